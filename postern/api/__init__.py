@@ -1,0 +1,43 @@
+"""The REST API: a falcon ASGI app whose resources parse, call the core and shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from postern.api.errors import handle_unexpected, serialize_error
+from postern.api.health import HealthResource
+from postern.api.middleware import Lifespan, RequestContext
+from postern.api.openapi import OpenApiResource
+from postern.core.db import DatabaseRunner
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path and the resource serving it; plugins return these from ``postern_routes``."""
+
+    path: str
+    resource: Any
+
+
+def build_routes(postern, runner: DatabaseRunner) -> list[Route]:
+    """Core routes, then every plugin's; the OpenAPI document covers them all."""
+    routes = [Route("/healthz", HealthResource(runner))]
+    for batch in postern.hook.postern_routes(postern=postern):
+        routes.extend(batch or ())
+    routes.append(Route("/v1/openapi.json", OpenApiResource(routes)))
+    return routes
+
+
+def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App:
+    """The API app for ``postern``."""
+    runner = runner or DatabaseRunner(postern.config.database.threads)
+    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner)])
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected)
+    for route in build_routes(postern, runner):
+        app.add_route(route.path, route.resource)
+    return app

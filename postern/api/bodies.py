@@ -1,0 +1,30 @@
+"""Reading JSON request bodies with clean 4xx errors for every way they go wrong."""
+
+from __future__ import annotations
+
+import json
+
+import falcon
+
+from postern.api.errors import ApiError
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+async def read_json(req, *, max_bytes: int = DEFAULT_MAX_BODY) -> dict:
+    """The body as a JSON object: 415 for another content type, 413 when too big,
+    400 ``malformed_json`` when it does not parse, 422 when it is not an object."""
+    if req.content_type is None or falcon.MEDIA_JSON not in req.content_type.lower():
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise ApiError(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
+    raw = await req.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", "request body must be a JSON object")
+    return body

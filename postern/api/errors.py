@@ -1,0 +1,80 @@
+"""One error envelope for every failure: ``{"error": {type, code, message, request_id}}``.
+
+Domain code raises ``ApiError`` (or a falcon ``HTTPError``); everything else becomes
+a logged 500 whose body says nothing about the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+log = logging.getLogger("postern.api")
+
+# The envelope's ``type`` by status, as the API reference documents it.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "payment_required_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    411: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
+}
+
+# Stable codes for falcon's own errors, which carry none.
+FALCON_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(falcon.HTTPError):
+    """An error the API reports to its caller with a stable ``code``."""
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict | None = None):
+        super().__init__(falcon.code_to_http_status(status), title=code, description=message, headers=headers)
+        self.error_code = code
+
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def envelope(status: int, code: str, message: str, request_id: str | None) -> dict:
+    return {"error": {"type": error_type(status), "code": code, "message": message, "request_id": request_id}}
+
+
+def serialize_error(req, resp, exc: falcon.HTTPError) -> None:
+    """falcon's error serializer: every HTTPError, ours or falcon's, as the envelope."""
+    status = exc.status_code
+    code = getattr(exc, "error_code", None) or FALCON_CODES.get(status) or f"http_{status}"
+    message = exc.description or exc.title or falcon.code_to_http_status(status)
+    if isinstance(exc, falcon.MediaMalformedError):
+        code, message = "malformed_json", "request body is not valid JSON"
+    elif isinstance(exc, falcon.HTTPRouteNotFound):
+        message = f"no route {req.path}"
+    elif isinstance(exc, falcon.HTTPMethodNotAllowed):
+        message = f"{req.method} is not allowed on {req.path}"
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = envelope(status, code, message, getattr(req.context, "request_id", None))
+
+
+async def handle_unexpected(req, resp, exc, params) -> None:
+    """Anything unplanned: log it with the request id, answer a bare 500."""
+    request_id = getattr(req.context, "request_id", None)
+    log.exception("unhandled error in %s %s (request %s)", req.method, req.path, request_id)
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = envelope(500, "internal_error", "internal error; quote the request id when reporting it", request_id)

@@ -1,0 +1,75 @@
+"""``GET /healthz``: database reachability, schema version and each service's state."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+import peewee
+
+from postern.core import migrations
+from postern.core.models import ServiceState
+
+log = logging.getLogger("postern.api")
+
+
+def health_snapshot() -> dict:
+    """Read what /healthz reports; raises if the database is unreachable."""
+    version = migrations.current_version()
+    services = [
+        {
+            "name": row.name,
+            "host": row.host,
+            "state": row.state,
+            "pid": row.pid,
+            "restarts": row.restarts,
+            "last_exit": row.last_exit,
+            "updated_at": row.updated_at.isoformat() + "Z",
+        }
+        for row in ServiceState.select().order_by(ServiceState.host, ServiceState.name)
+    ]
+    return {"schema_version": version, "services": services}
+
+
+class HealthResource:
+    """Liveness and readiness in one: 200 when the database answers, else 503."""
+
+    OPENAPI = {
+        "get": {
+            "summary": "Health of the API, its database and supervised services",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The database answers",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+                "503": {
+                    "description": "The database does not answer",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+            },
+        }
+    }
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    async def on_get(self, req, resp) -> None:
+        try:
+            snapshot = await self.runner.run(health_snapshot)
+        except (peewee.PeeweeException, OSError) as exc:  # what this endpoint exists to report
+            log.warning("health check: database unreachable: %s", exc)
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "5")
+            resp.media = {
+                "status": "unavailable",
+                "database": {"ok": False, "error": type(exc).__name__},
+                "services": [],
+            }
+            return
+        degraded = any(s["state"] in ("backoff", "failed") for s in snapshot["services"])
+        resp.media = {
+            "status": "degraded" if degraded else "ok",
+            "database": {"ok": True, "schema_version": snapshot["schema_version"]},
+            "services": snapshot["services"],
+        }

@@ -1,0 +1,29 @@
+"""Per-request context: a request id on every response."""
+
+from __future__ import annotations
+
+import secrets
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class RequestContext:
+    """Gives each request an id (``req_…``) that errors, logs and audit rows quote."""
+
+    async def process_request(self, req, resp) -> None:
+        req.context.request_id = "req_" + secrets.token_hex(12)
+
+    async def process_response(self, req, resp, resource, req_succeeded) -> None:
+        request_id = getattr(req.context, "request_id", None)
+        if request_id:
+            resp.set_header(REQUEST_ID_HEADER, request_id)
+
+
+class Lifespan:
+    """Releases the database thread pool when the worker shuts down."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    async def process_shutdown(self, scope, event) -> None:
+        self.runner.shutdown()

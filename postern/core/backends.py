@@ -1,0 +1,160 @@
+"""Backend interfaces: one small base class per role, typed results, typed failures.
+
+A plugin subclasses one of these, sets ``name``, and registers the class through
+``postern_register_backends``. The core builds it with ``from_config(options)``,
+where ``options`` is the ``[<role>.<name>]`` table of the config. Heavy or optional
+imports belong inside ``from_config`` so an uninstalled extra fails only when chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+ROLES = ("send", "receive", "dns", "billing")
+
+
+class BackendError(Exception):
+    """Base class of every failure a backend reports."""
+
+
+class TemporaryFailure(BackendError):
+    """The operation may succeed later; the core retries, honouring ``retry_after``."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str = "temporary"):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.code = code
+
+
+class PermanentFailure(BackendError):
+    """The operation will not succeed as asked; the core reports it and stops."""
+
+    def __init__(self, message: str, *, code: str = "permanent"):
+        super().__init__(message)
+        self.code = code
+
+
+class Backend:
+    """Common shape of every backend: a ``name`` and ``from_config``."""
+
+    name: ClassVar[str] = ""
+    role: ClassVar[str] = ""
+    #: Shown by ``postern plugins``; one line.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> Backend:
+        """Build the backend from its config table.
+
+        Raise ``ValueError`` for a bad or unknown option; the core reports it at
+        start-up naming the ``[role.name]`` table.
+        """
+        if options:
+            raise ValueError(f"{cls.role} backend '{cls.name}' takes no options, got: {', '.join(sorted(options))}")
+        return cls()
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A message ready to leave: envelope plus the MIME bytes the core built."""
+
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    raw: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a send backend did with a message."""
+
+    backend: str
+    backend_message_id: str | None
+    status: str  # "sent" (handed over for good) or "accepted" (backend still working)
+
+
+class Sender(Backend):
+    """Role ``send``: hands outbound messages to a transport."""
+
+    role = "send"
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """Send ``message``; raise ``TemporaryFailure`` or ``PermanentFailure``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class InboxRef:
+    """The identity of an inbox as a receive backend needs it."""
+
+    inbox_id: str
+    customer_id: str
+    address: str
+
+
+class Receiver(Backend):
+    """Role ``receive``: where inbound mail for an inbox arrives and is kept."""
+
+    role = "receive"
+
+    def provision(self, inbox: InboxRef) -> None:
+        """Make ``inbox.address`` receivable; idempotent."""
+        raise NotImplementedError
+
+    def deprovision(self, inbox: InboxRef) -> None:
+        """Stop receiving for ``inbox.address``; idempotent."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    """One resource record: owner name (absolute, no trailing dot), type, TTL, value."""
+
+    name: str
+    rtype: str
+    value: str
+    ttl: int = 300
+
+
+class DnsProvider(Backend):
+    """Role ``dns``: publishes each tenant zone's records."""
+
+    role = "dns"
+
+    def zone_changed(self, zone: str) -> None:
+        """The records of ``zone`` changed in the database; republish or drop caches."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    """Answer of a billing backend or quota hook."""
+
+    allowed: bool
+    reason: str = ""
+    retry_after: float | None = None
+
+
+class BillingBackend(Backend):
+    """Role ``billing``: decides whether a customer may use a metered action."""
+
+    role = "billing"
+
+    def check(self, customer_id: str, action: str, quantity: int = 1) -> QuotaDecision:
+        """Return whether ``customer_id`` may perform ``action`` ``quantity`` times."""
+        raise NotImplementedError
+
+    def record(self, customer_id: str, action: str, quantity: int = 1) -> None:
+        """Record usage after the action succeeded."""
+        raise NotImplementedError
+
+
+BASE_CLASSES: dict[str, type[Backend]] = {
+    "send": Sender,
+    "receive": Receiver,
+    "dns": DnsProvider,
+    "billing": BillingBackend,
+}

@@ -1,0 +1,275 @@
+"""Settings: ``postern.toml`` + ``POSTERN_<SECTION>_<KEY>`` environment overrides.
+
+Every key is typed and known: an unknown key, a wrong type, an unknown backend name
+or a missing secret stops start-up with a message naming the key. Secrets are given
+as ``{ env = "NAME" }`` and resolved at load, so the file itself holds none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postern.core.backends import ROLES
+
+DEFAULT_CONFIG_NAME = "postern.toml"
+DEFAULT_DATA_DIR = "postern-data"
+ENV_PREFIX = "POSTERN_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass
+class ServerConfig:
+    bind: str = "127.0.0.1:8800"
+    workers: int = 2
+    #: Seconds a worker may stay silent before gunicorn restarts it.
+    timeout: int = 120
+    #: Seconds given to in-flight requests on SIGTERM.
+    graceful_timeout: int = 20
+
+
+@dataclass
+class DatabaseConfig:
+    #: Empty means ``sqlite:///<data_dir>/postern.db``.
+    url: str = ""
+    #: Apply pending migrations at start; with false, a behind schema refuses to start.
+    auto_migrate: bool = True
+    #: SQLite only: "full" keeps every commit across power loss, "normal" only across crashes.
+    sqlite_synchronous: str = "full"
+    #: Threads per API worker that run database work off the event loop.
+    threads: int = 8
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    #: "text" or "json" (one JSON object per line).
+    format: str = "text"
+
+
+@dataclass
+class PluginsConfig:
+    #: Plugin names (entry-point or module) that must not load.
+    disabled: list[str] = field(default_factory=list)
+    #: Extra plugin modules, by import path.
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoleConfig:
+    """One backend role: the chosen backend and every backend's options table."""
+
+    backend: str
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: False when the name is the built-in default rather than chosen in config.
+    explicit: bool = False
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        return self.options.get(name, {})
+
+
+DEFAULT_BACKENDS = {"send": "smtp_local", "receive": "smtp_local", "dns": "dns_builtin", "billing": "free"}
+
+_CHOICES = {
+    ("database", "sqlite_synchronous"): ("full", "normal"),
+    ("log", "level"): ("debug", "info", "warning", "error"),
+    ("log", "format"): ("text", "json"),
+}
+
+
+@dataclass
+class Config:
+    """The whole configuration, resolved and validated."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+    #: The file this came from, if any; child processes reload it.
+    source: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.data_dir / 'postern.db').resolve()}"
+
+    def role(self, role: str) -> RoleConfig:
+        return self.roles[role]
+
+
+_SECTIONS = {"server": ServerConfig, "database": DatabaseConfig, "log": LogConfig, "plugins": PluginsConfig}
+
+
+def find_config_file(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to use: ``path``, else ``$POSTERN_CONFIG``, else ./postern.toml if present."""
+    environ = os.environ if environ is None else environ
+    if path:
+        return Path(path)
+    if environ.get("POSTERN_CONFIG"):
+        return Path(environ["POSTERN_CONFIG"])
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, override from the environment, resolve secrets and validate."""
+    environ = os.environ if environ is None else environ
+    source = find_config_file(path, environ)
+    raw: dict[str, Any] = {}
+    if source is not None:
+        try:
+            raw = tomllib.loads(source.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _apply_env(raw, environ)
+    raw = _resolve_secrets(raw, environ, "")
+    config = _build(raw)
+    if source is not None:
+        config.source = source.resolve()
+        # A relative data_dir in a file means "next to this file", whatever the cwd.
+        config.data_dir = config.source.parent / config.data_dir
+    config.data_dir = config.data_dir.absolute()
+    return config
+
+
+def _build(raw: dict[str, Any]) -> Config:
+    config = Config()
+    for key, value in raw.items():
+        if key == "data_dir":
+            config.data_dir = Path(_coerce("data_dir", value, str))
+        elif key in _SECTIONS:
+            setattr(config, key, _build_section(key, value, _SECTIONS[key]))
+        elif key in ROLES:
+            continue
+        else:
+            raise ConfigError(f"unknown config key '{key}'; known: {', '.join(['data_dir', *_SECTIONS, *ROLES])}")
+    for role in ROLES:
+        config.roles[role] = _build_role(role, raw.get(role, {}))
+    return config
+
+
+def _build_section(name: str, value: Any, cls: type) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{name}' must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, item in value.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{name}.{key}'; known: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(f"{name}.{key}", item, hints[key])
+        choices = _CHOICES.get((name, key))
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{name}.{key}: '{kwargs[key]}' is not one of {', '.join(choices)}")
+    section = cls(**kwargs)
+    if name == "server" and section.workers < 1:
+        raise ConfigError("server.workers must be at least 1")
+    return section
+
+
+def _build_role(role: str, value: Any) -> RoleConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{role}' must be a table")
+    options: dict[str, dict[str, Any]] = {}
+    backend = None
+    for key, item in value.items():
+        if key == "backend":
+            backend = _coerce(f"{role}.backend", item, str)
+        elif isinstance(item, dict):
+            options[key] = item
+        else:
+            raise ConfigError(
+                f"unknown config key '{role}.{key}'; "
+                f"'{role}' takes 'backend' and one table per backend, e.g. [{role}.NAME]"
+            )
+    if backend is None:
+        return RoleConfig(DEFAULT_BACKENDS[role], options, explicit=False)
+    return RoleConfig(backend, options, explicit=True)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if isinstance(value, str):  # from the environment: comma-separated
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {kind}")  # a programming error in a section class
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, Secret) else "a secret"
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Overlay ``POSTERN_<SECTION>_<KEY>`` variables onto the parsed file."""
+    sections = [*_SECTIONS, *ROLES]
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest == "data_dir":
+            raw["data_dir"] = value
+            continue
+        for section in sections:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                known = {"backend"} if section in ROLES else {f.name for f in dataclasses.fields(_SECTIONS[section])}
+                if key in known:
+                    table = raw.setdefault(section, {})
+                    if not isinstance(table, dict):
+                        raise ConfigError(f"'{section}' must be a table")
+                    table[key] = value
+                break
+
+
+def _resolve_secrets(value: Any, environ: Mapping[str, str], key: str) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"env"} and isinstance(value["env"], str):
+            env_name = value["env"]
+            if env_name not in environ:
+                raise ConfigError(f"{key}: secret environment variable {env_name} is not set")
+            return Secret(environ[env_name])
+        return {k: _resolve_secrets(v, environ, f"{key}.{k}" if key else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_secrets(v, environ, key) for v in value]
+    return value

@@ -1,0 +1,90 @@
+"""The plugin manager factory: built-ins, then the ``postern`` entry-point group.
+
+No manager exists at import time: ``get_plugin_manager()`` builds one, and tests
+build their own. Built-in plugins are also declared in the entry-point group, as a
+third-party plugin would be; registering them first by that same name makes pluggy
+skip the duplicate when the entry points load, and keeps a source checkout working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable
+
+import pluggy
+
+from postern.core import hookspecs
+
+PROJECT = "postern"
+
+#: (entry-point name, module) of the plugins that ship with Postern.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (("billing_free", "postern.plugins.billing_free"),)
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or implements a hook wrongly."""
+
+
+class PosternPluginManager(pluggy.PluginManager):
+    """Treats every ``postern_*`` function as a hook implementation, marked or not,
+    so a misspelt hook name fails ``check_pending()`` instead of being ignored."""
+
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith(f"{PROJECT}_"):
+            if inspect.isroutine(getattr(plugin, name, None)):
+                return {}
+        return opts
+
+
+def get_plugin_manager(
+    disabled: Iterable[str] = (),
+    modules: Iterable[str] = (),
+    load_entrypoints: bool = True,
+) -> pluggy.PluginManager:
+    """Build a manager with the built-ins, ``modules`` and installed plugins.
+
+    ``disabled`` names plugins (entry-point or module names) that must not load.
+    ``modules`` are extra plugin modules given by import path in config.
+    """
+    pm = PosternPluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in disabled:
+        pm.set_blocked(name)
+    for name, module in DEFAULT_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(module), name=name)
+    for module in modules:
+        if pm.is_blocked(module):
+            continue
+        try:
+            pm.register(importlib.import_module(module), name=module)
+        except ImportError as exc:
+            raise PluginError(f"plugins.modules: cannot import '{module}': {exc}") from exc
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints(PROJECT)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
+    return pm
+
+
+def plugin_summaries(pm: pluggy.PluginManager) -> list[dict]:
+    """Name, module and implemented hooks of every registered plugin."""
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0] or ""):
+        if plugin is None:  # a blocked name
+            continue
+        dist = dists.get(id(plugin))
+        rows.append(
+            {
+                "name": name,
+                "module": getattr(plugin, "__name__", type(plugin).__name__),
+                "version": dist.version if dist is not None else None,
+                "hooks": sorted(impl.name for impl in pm.get_hookcallers(plugin) or ()),
+            }
+        )
+    return rows

@@ -1,0 +1,104 @@
+"""``Postern``: what one process knows: config, plugins, backends. Hooks receive it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from postern.core import migrations
+from postern.core.backends import ROLES, Backend
+from postern.core.config import Config, ConfigError
+from postern.core.db import open_database
+from postern.core.plugins import get_plugin_manager
+from postern.core.registry import BackendRegistry, UnknownBackendError
+from postern.core.services import Service
+
+
+class BackendUnavailable(LookupError):
+    """The role's default backend is not installed yet, and config chose none."""
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    role: str
+    backend: str
+    explicit: bool
+    available: bool
+    plugin: str | None
+
+
+class Postern:
+    """The running system as one process sees it."""
+
+    def __init__(self, config: Config, pm: pluggy.PluginManager, registry: BackendRegistry):
+        self.config = config
+        self.pm = pm
+        self.hook = pm.hook
+        self.registry = registry
+        self._backends: dict[str, Backend] = {}
+
+    def role_status(self) -> list[RoleStatus]:
+        rows = []
+        for role in ROLES:
+            rc = self.config.role(role)
+            available = self.registry.has(role, rc.backend)
+            plugin = self.registry.get(role, rc.backend).plugin if available else None
+            rows.append(RoleStatus(role, rc.backend, rc.explicit, available, plugin))
+        return rows
+
+    def validate_backends(self) -> None:
+        """Refuse an explicitly configured backend that is not installed, and build
+        every available one so bad options fail at start, not on first use."""
+        for status in self.role_status():
+            if status.explicit and not status.available:
+                raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
+            if status.available:
+                try:
+                    self.backend(status.role)
+                except ValueError as exc:
+                    raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
+
+    def backend(self, role: str) -> Any:
+        """The configured backend for ``role``, built once per process."""
+        if role not in self._backends:
+            rc = self.config.role(role)
+            if not self.registry.has(role, rc.backend):
+                if rc.explicit:
+                    raise UnknownBackendError(role, rc.backend, self.registry.names(role))
+                raise BackendUnavailable(
+                    f"no {role} backend: the default '{rc.backend}' is not installed and [{role}] backend is not set"
+                )
+            factory = self.registry.get(role, rc.backend).factory
+            self._backends[role] = factory.from_config(rc.options_for(rc.backend))
+        return self._backends[role]
+
+    def services(self) -> list[Service]:
+        found: dict[str, Service] = {}
+        for batch in self.hook.postern_services(postern=self):
+            for service in batch or ():
+                if service.name in found:
+                    raise ValueError(f"two plugins declare a service named '{service.name}'")
+                found[service.name] = service
+        return list(found.values())
+
+
+def build_postern(config: Config, *, open_db: bool = True) -> Postern:
+    """Load plugins and backends for ``config``; open the database if asked."""
+    pm = get_plugin_manager(disabled=config.plugins.disabled, modules=config.plugins.modules)
+    registry = BackendRegistry.from_plugin_manager(pm)
+    postern = Postern(config, pm, registry)
+    postern.validate_backends()
+    if open_db:
+        open_database(config.database_url, config.database.sqlite_synchronous)
+    return postern
+
+
+def prepare_database(config: Config) -> int:
+    """Open the database and make sure its schema is current (or refuse)."""
+    from postern.core.db import database
+
+    open_database(config.database_url, config.database.sqlite_synchronous)
+    with database.connection_context():
+        return migrations.check(auto_upgrade=config.database.auto_migrate)

@@ -1,0 +1,1 @@
+"""Plugins that ship with Postern, each declared in the ``postern`` entry-point group."""

@@ -1,0 +1,63 @@
+"""``postern serve``: the falcon ASGI app under gunicorn, run from Python.
+
+gunicorn's native ``asgi`` worker was chosen by measurement (docs/design.md): on
+this class of machine it served about three times the requests of sync or gthread
+WSGI workers, and a parked ``wait_for_email`` costs a coroutine, not a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from postern.core.config import Config
+from postern.core.logs import gunicorn_logconfig
+
+log = logging.getLogger("postern.server")
+
+
+class ApiApplication(BaseApplication):
+    """gunicorn application: one ``create_app`` per worker process, nothing preloaded,
+    so no database connection is ever shared across a fork."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        server = self.config.server
+        settings = {
+            "bind": [server.bind],
+            "workers": server.workers,
+            "worker_class": "asgi",
+            "timeout": server.timeout,
+            "graceful_timeout": server.graceful_timeout,
+            "proc_name": "postern-api",
+            # gunicorn 27's control socket sits at one path per user: two instances
+            # on a host would fight over it, and Postern does not use it.
+            "control_socket_disable": True,
+            "logconfig_dict": gunicorn_logconfig(self.config.log.level, self.config.log.format),
+            "accesslog": "-",
+            # Only the method and path: query strings may one day carry signed tokens.
+            "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from postern.api import create_app
+        from postern.core.runtime import build_postern
+
+        return create_app(build_postern(self.config))
+
+
+def run_api(config: Config) -> None:
+    """Run gunicorn in this process until it is told to stop."""
+    from postern.core.runtime import prepare_database
+
+    version = prepare_database(config)
+    log.info(
+        "schema at version %s; starting API on %s with %s workers", version, config.server.bind, config.server.workers
+    )
+    ApiApplication(config).run()

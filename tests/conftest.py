@@ -1,0 +1,58 @@
+"""Shared fixtures. The whole suite runs on SQLite, and on PostgreSQL when
+POSTERN_TEST_DATABASE_URL is set (tox -e postgres); each test gets its own schema."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from postern.core import migrations
+from postern.core.config import load_config
+from postern.core.db import database, open_database
+
+PG_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "")
+TESTS_DIR = Path(__file__).parent
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema."""
+    if not PG_URL:
+        yield f"sqlite:///{tmp_path}/postern.db"
+        return
+    import psycopg2
+
+    schema = "t_" + secrets.token_hex(6)
+    admin = psycopg2.connect(PG_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        admin.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+@pytest.fixture
+def env(tmp_path, db_url):
+    """Environment that points a Postern (in-process or a child) at the test database."""
+    return {"POSTERN_DATA_DIR": str(tmp_path / "data"), "POSTERN_DATABASE_URL": db_url}
+
+
+@pytest.fixture
+def config(env):
+    return load_config(environ=env)
+
+
+@pytest.fixture
+def db(db_url):
+    """The test database, migrated to the latest schema and connected."""
+    open_database(db_url)
+    database.connect(reuse_if_open=True)
+    migrations.upgrade()
+    yield database.obj
+    database.close()

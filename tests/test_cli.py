@@ -1,0 +1,101 @@
+"""The click CLI, in process through click's runner, as a user types it."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import postern
+from postern.cli import cli, main
+
+
+@pytest.fixture
+def run(env, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("POSTERN_CONFIG", raising=False)
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, list(args), obj={}, catch_exceptions=False)
+
+    return invoke
+
+
+def test_version(run):
+    result = run("version")
+    assert result.exit_code == 0 and result.output == f"postern {postern.__version__}\n"
+
+
+def test_plugins_lists_builtins_and_roles(run):
+    result = run("plugins")
+    assert result.exit_code == 0
+    assert "billing_free" in result.output and "postern_register_backends" in result.output
+    assert "billing  free" in result.output and "active (from billing_free)" in result.output
+    assert "send     smtp_local" in result.output and "NOT AVAILABLE" in result.output
+
+
+def test_plugins_json(run):
+    data = json.loads(run("plugins", "--json").output)
+    roles = {r["role"]: r for r in data["roles"]}
+    assert roles["billing"] == {
+        "role": "billing",
+        "backend": "free",
+        "configured": False,
+        "available": True,
+        "plugin": "billing_free",
+        "choices": ["free"],
+    }
+    assert roles["dns"]["available"] is False and roles["dns"]["choices"] == []
+    assert [p["name"] for p in data["plugins"]] == ["billing_free"]
+
+
+def test_init_writes_config_and_database(run, tmp_path, monkeypatch):
+    monkeypatch.delenv("POSTERN_DATA_DIR")
+    monkeypatch.delenv("POSTERN_DATABASE_URL")
+    target = tmp_path / "site"
+    result = run("init", str(target))
+    assert result.exit_code == 0, result.output
+    assert (target / "postern.toml").read_text().startswith("# Postern configuration.")
+    assert (target / "postern-data" / "postern.db").is_file()
+    assert "schema version 1" in result.output
+    again = CliRunner().invoke(cli, ["init", str(target)], obj={})
+    assert again.exit_code == 1 and "exists; use --force" in again.output
+    assert run("init", "--force", str(target)).exit_code == 0
+
+
+def test_db_upgrade(run):
+    first = run("db", "upgrade")
+    assert first.exit_code == 0 and "applied m0001_initial" in first.output
+    second = run("db", "upgrade")
+    assert "applied" not in second.output and "schema at version 1" in second.output
+
+
+def test_config_error_is_one_clean_line(run, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nworkers = 'x'\n")
+    result = CliRunner().invoke(cli, ["--config", str(bad), "plugins"], obj={})
+    assert result.exit_code == 1
+    assert result.output == "Error: server.workers: expected an integer, got str 'x'\n"
+
+
+def test_unknown_backend_refused_by_serve(run, monkeypatch):
+    monkeypatch.setenv("POSTERN_RECEIVE_BACKEND", "wildduck")
+    result = CliRunner().invoke(cli, ["serve"], obj={})
+    assert result.exit_code == 1
+    assert "receive backend 'wildduck' is not available (plugin not installed?)" in result.output
+
+
+def test_plugin_commands_are_added(run, monkeypatch, capsys):
+    monkeypatch.setenv("POSTERN_PLUGINS_MODULES", "support.demo_plugin")
+    monkeypatch.setattr("sys.argv", ["postern", "demo-hello"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == "hello from the demo plugin\n"
+
+
+def test_service_list_and_unknown_service(run, monkeypatch):
+    monkeypatch.setenv("POSTERN_PLUGINS_MODULES", "support.demo_plugin")
+    assert run("service", "list").output.startswith("demo-sleeper\t")
+    result = CliRunner().invoke(cli, ["service", "run", "nope"], obj={})
+    assert result.exit_code == 1 and "no service named 'nope'; services: demo-sleeper" in result.output
