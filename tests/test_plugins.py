@@ -364,3 +364,10 @@ def test_billing_refusal_wins_over_plugins(config):
 def test_free_billing_allows_everything(config):
     p = make_postern(config)
     assert check_quota(p, "cus_1", "message.send", 1000) == QuotaDecision(True)
+
+
+def test_hookimpl_with_an_argument_the_spec_lacks_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "badargs_plugin.py").write_text("def postern_routes(postern, colour):\n    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="colour"):
+        get_plugin_manager(modules=["badargs_plugin"], load_entrypoints=False)

@@ -52,23 +52,27 @@ def get_plugin_manager(
     pm.add_hookspecs(hookspecs)
     for name in disabled:
         pm.set_blocked(name)
-    for name, module in DEFAULT_PLUGINS:
-        if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module), name=name)
-    for module in modules:
-        if pm.is_blocked(module):
-            continue
-        try:
-            pm.register(importlib.import_module(module), name=module)
-        except ImportError as exc:
-            raise PluginError(f"plugins.modules: cannot import '{module}': {exc}") from exc
-    if load_entrypoints:
-        pm.load_setuptools_entrypoints(PROJECT)
     try:
+        for name, module in DEFAULT_PLUGINS:
+            if not pm.is_blocked(name):
+                pm.register(importlib.import_module(module), name=name)
+        for module in modules:
+            if not pm.is_blocked(module):
+                pm.register(_import_plugin(module), name=module)
+        if load_entrypoints:
+            pm.load_setuptools_entrypoints(PROJECT)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc)) from exc
+        # A hook implementation whose name or arguments match no spec.
+        raise PluginError(f"plugin {exc.plugin!r}: {exc}") from exc
     return pm
+
+
+def _import_plugin(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(f"plugins.modules: cannot import '{module}': {exc}") from exc
 
 
 def plugin_summaries(pm: pluggy.PluginManager) -> list[dict]:
