@@ -1,8 +1,9 @@
 """``postern serve``: the falcon ASGI app under gunicorn, run from Python.
 
-gunicorn's native ``asgi`` worker was chosen by measurement (docs/design.md): on
-this class of machine it served about three times the requests of sync or gthread
-WSGI workers, and a parked ``wait_for_email`` costs a coroutine, not a thread.
+gunicorn's native ``asgi`` worker was chosen by measurement (docs/design.md,
+bench/serve_models.py): it served ~2.6x the requests of sync WSGI workers on a
+ping and ~1.2-1.8x on a database read, and a parked ``wait_for_email`` costs a
+coroutine where a WSGI worker would hold a thread or a whole process.
 """
 
 from __future__ import annotations
