@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 import postern
 from postern.cli import cli, main
+from postern.core import migrations
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_init_writes_config_and_database(run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (target / "postern.toml").read_text().startswith("# Postern configuration.")
     assert (target / "postern-data" / "postern.db").is_file()
-    assert "schema version 1" in result.output
+    assert f"schema version {migrations.latest_version()}" in result.output
     again = CliRunner().invoke(cli, ["init", str(target)], obj={})
     assert again.exit_code == 1 and "exists; use --force" in again.output
     assert run("init", "--force", str(target)).exit_code == 0
@@ -67,7 +68,7 @@ def test_db_upgrade(run):
     first = run("db", "upgrade")
     assert first.exit_code == 0 and "applied m0001_initial" in first.output
     second = run("db", "upgrade")
-    assert "applied" not in second.output and "schema at version 1" in second.output
+    assert "applied" not in second.output and f"schema at version {migrations.latest_version()}" in second.output
 
 
 def test_config_error_is_one_clean_line(run, tmp_path):

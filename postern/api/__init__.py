@@ -8,11 +8,16 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from postern.api.errors import handle_unexpected, serialize_error
+from postern.api import admin
+from postern.api.agents import EnrollResource, MeResource
+from postern.api.calls import CoreCaller
+from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
 from postern.api.health import HealthResource
+from postern.api.inboxes import InboxesResource, InboxResource
 from postern.api.middleware import Lifespan, RequestContext
 from postern.api.openapi import OpenApiResource
 from postern.core.db import DatabaseRunner
+from postern.core.errors import PosternError
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,22 @@ class Route:
 
 def build_routes(postern, runner: DatabaseRunner) -> list[Route]:
     """Core routes, then every plugin's; the OpenAPI document covers them all."""
-    routes = [Route("/healthz", HealthResource(runner))]
+    caller = CoreCaller(postern, runner)
+    routes = [
+        Route("/healthz", HealthResource(runner)),
+        Route("/v1/enroll", EnrollResource(caller)),
+        Route("/v1/me", MeResource(caller)),
+        Route("/v1/inboxes", InboxesResource(caller)),
+        Route("/v1/inboxes/{inbox_id}", InboxResource(caller)),
+        Route("/v1/admin/customers", admin.CustomersResource(caller)),
+        Route("/v1/admin/enrollment-keys", admin.EnrollmentKeysResource(caller)),
+        Route("/v1/admin/enrollment-keys/{key_id}", admin.EnrollmentKeyResource(caller)),
+        Route("/v1/admin/enrollment-keys/{key_id}/revoke", admin.EnrollmentKeyRevokeResource(caller)),
+        Route("/v1/admin/agents", admin.AgentsResource(caller)),
+        Route("/v1/admin/agents/{agent_id}", admin.AgentResource(caller)),
+        Route("/v1/admin/agent-keys/{key_id}/revoke", admin.AgentKeyRevokeResource(caller)),
+        Route("/v1/admin/audit", admin.AuditResource(caller)),
+    ]
     for batch in postern.hook.postern_routes(postern=postern):
         routes.extend(batch or ())
     routes.append(Route("/v1/openapi.json", OpenApiResource(routes)))
@@ -38,6 +58,7 @@ def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App
     app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner)])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(PosternError, handle_domain_error)
     for route in build_routes(postern, runner):
         app.add_route(route.path, route.resource)
     return app

@@ -78,3 +78,17 @@ async def handle_unexpected(req, resp, exc, params) -> None:
     resp.status = falcon.HTTP_500
     resp.content_type = falcon.MEDIA_JSON
     resp.media = envelope(500, "internal_error", "internal error; quote the request id when reporting it", request_id)
+
+
+async def handle_domain_error(req, resp, exc, params) -> None:
+    """A ``PosternError`` from the core: its status and code, as the envelope."""
+    body = envelope(exc.status, exc.code, exc.message, getattr(req.context, "request_id", None))
+    if exc.field:
+        body["error"]["field"] = exc.field
+    resp.status = falcon.code_to_http_status(exc.status)
+    resp.content_type = falcon.MEDIA_JSON
+    if exc.retry_after is not None:
+        resp.set_header("Retry-After", str(int(max(1, exc.retry_after))))
+    if exc.status == 401:
+        resp.set_header("WWW-Authenticate", 'Bearer realm="postern"')
+    resp.media = body

@@ -7,6 +7,7 @@ Each resource class documents its own operations in an ``OPENAPI`` mapping
 from __future__ import annotations
 
 import postern
+from postern.api.schemas import SCHEMAS
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -20,6 +21,7 @@ ERROR_SCHEMA = {
                 "code": {"type": "string"},
                 "message": {"type": "string"},
                 "request_id": {"type": ["string", "null"]},
+                "field": {"type": "string", "description": "the request field at fault, when one is"},
             },
         }
     },
@@ -57,7 +59,7 @@ def build_document(routes) -> dict:
         "info": {"title": "Postern API", "version": postern.__version__},
         "paths": paths,
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA, "Health": HEALTH_SCHEMA},
+            "schemas": {"Error": ERROR_SCHEMA, "Health": HEALTH_SCHEMA, **SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

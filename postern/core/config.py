@@ -64,6 +64,18 @@ class LogConfig:
 
 
 @dataclass
+class MailConfig:
+    #: Base mail domain: each tenant receives at <label>.<domain>.
+    domain: str = "agents.localhost"
+
+
+@dataclass
+class AuthConfig:
+    #: Lifetime of a minted agent key, in seconds (never beyond its enrollment key's expiry).
+    agent_key_ttl_seconds: int = 86400
+
+
+@dataclass
 class PluginsConfig:
     #: Plugin names (entry-point or module) that must not load.
     disabled: list[str] = field(default_factory=list)
@@ -101,6 +113,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -114,7 +128,14 @@ class Config:
         return self.roles[role]
 
 
-_SECTIONS = {"server": ServerConfig, "database": DatabaseConfig, "log": LogConfig, "plugins": PluginsConfig}
+_SECTIONS = {
+    "server": ServerConfig,
+    "database": DatabaseConfig,
+    "log": LogConfig,
+    "mail": MailConfig,
+    "auth": AuthConfig,
+    "plugins": PluginsConfig,
+}
 
 
 def find_config_file(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -183,6 +204,10 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
     section = cls(**kwargs)
     if name == "server" and section.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if name == "auth" and section.agent_key_ttl_seconds < 60:
+        raise ConfigError("auth.agent_key_ttl_seconds must be at least 60")
+    if name == "mail":
+        section.domain = _validate_domain("mail.domain", section.domain)
     return section
 
 
@@ -234,6 +259,15 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {kind}")  # a programming error in a section class
+
+
+def _validate_domain(key: str, value: str) -> str:
+    from postern.core.names import InvalidName, normalise_domain
+
+    try:
+        return normalise_domain(value)
+    except InvalidName as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _describe(value: Any) -> str:

@@ -88,3 +88,16 @@ def _in_connection(fn, *args, **kwargs):
         # A dropped server connection: reconnect once for the next call.
         db.close()
         raise
+
+
+def write_transaction():
+    """A transaction that takes the write lock up front.
+
+    On SQLite, BEGIN IMMEDIATE makes concurrent writers queue on the busy timeout
+    instead of failing to upgrade a read lock; PostgreSQL's row locks do the same
+    job inside an ordinary transaction.
+    """
+    db = database.obj
+    if isinstance(db, peewee.SqliteDatabase):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()

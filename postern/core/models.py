@@ -44,5 +44,102 @@ class ServiceState(BaseModel):
         primary_key = peewee.CompositeKey("host", "name")
 
 
+class AdminToken(BaseModel):
+    """An org admin credential (``pk_admin_…``). ``customer`` None: operator-wide."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("adm"))
+    customer = peewee.ForeignKeyField(Customer, null=True, backref="admin_tokens", on_delete="CASCADE")
+    key_hash = peewee.CharField(max_length=64, unique=True)
+    key_prefix = peewee.CharField(max_length=40)
+    description = peewee.CharField(max_length=200, default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+    revoked_at = peewee.DateTimeField(null=True)
+
+
+class EnrollmentKey(BaseModel):
+    """A bootstrap key (``pk_enroll_…``) a human hands to agents."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("enr"))
+    customer = peewee.ForeignKeyField(Customer, backref="enrollment_keys", on_delete="CASCADE")
+    key_hash = peewee.CharField(max_length=64, unique=True)
+    key_prefix = peewee.CharField(max_length=40)
+    scopes = peewee.CharField(max_length=200)  # space-separated
+    allowed_domains = peewee.TextField()  # JSON list
+    max_mailboxes = peewee.IntegerField()
+    mailboxes_used = peewee.IntegerField(default=0)
+    max_redemptions = peewee.IntegerField(null=True)
+    redemptions = peewee.IntegerField(default=0)
+    description = peewee.CharField(max_length=200, default="")
+    created_by = peewee.CharField(max_length=40)
+    created_at = peewee.DateTimeField(default=utcnow)
+    expires_at = peewee.DateTimeField()
+    revoked_at = peewee.DateTimeField(null=True)
+
+
+class Agent(BaseModel):
+    """An agent: one handle under one enrollment key, stable across redemptions."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("agt"))
+    customer = peewee.ForeignKeyField(Customer, backref="agents", on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(EnrollmentKey, backref="agents", on_delete="CASCADE")
+    handle = peewee.CharField(max_length=64)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("enrollment", "handle"), True),)
+
+
+class AgentKey(BaseModel):
+    """A short-lived agent key (``pk_agent_…``) minted by one redemption."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("key"))
+    customer = peewee.ForeignKeyField(Customer, backref="agent_keys", on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(EnrollmentKey, backref="agent_keys", on_delete="CASCADE")
+    agent = peewee.ForeignKeyField(Agent, backref="keys", on_delete="CASCADE")
+    key_hash = peewee.CharField(max_length=64, unique=True)
+    key_prefix = peewee.CharField(max_length=40)
+    scopes = peewee.CharField(max_length=200)
+    created_at = peewee.DateTimeField(default=utcnow)
+    expires_at = peewee.DateTimeField()
+    revoked_at = peewee.DateTimeField(null=True)
+
+
+class Inbox(BaseModel):
+    """A mailbox address owned by a tenant, created under one enrollment key."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("inb"))
+    customer = peewee.ForeignKeyField(Customer, backref="inboxes", on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(EnrollmentKey, backref="inboxes", on_delete="CASCADE")
+    agent = peewee.ForeignKeyField(Agent, backref="inboxes", on_delete="CASCADE")
+    address = peewee.CharField(max_length=320, unique=True)
+    username = peewee.CharField(max_length=64)
+    domain = peewee.CharField(max_length=253)
+    display_name = peewee.CharField(max_length=200, default="")
+    client_id = peewee.CharField(max_length=200, null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "client_id"), True), (("enrollment", "created_at"), False))
+
+
+class AuditEvent(BaseModel):
+    """One audited action or denied attempt. Ids are plain strings: the log outlives rows."""
+
+    id = peewee.BigAutoField()
+    at = peewee.DateTimeField(default=utcnow, index=True)
+    customer_id = peewee.CharField(max_length=40, null=True, index=True)
+    enrollment_id = peewee.CharField(max_length=40, null=True)
+    agent_id = peewee.CharField(max_length=40, null=True)
+    token_id = peewee.CharField(max_length=40, null=True)
+    key_prefix = peewee.CharField(max_length=40, null=True)
+    actor = peewee.CharField(max_length=20)  # admin, agent, enrollment, cli, anonymous
+    action = peewee.CharField(max_length=60)
+    target = peewee.CharField(max_length=100, null=True)
+    outcome = peewee.CharField(max_length=10)  # ok, denied, error
+    code = peewee.CharField(max_length=60, null=True)
+    request_id = peewee.CharField(max_length=40, null=True)
+    client_addr = peewee.CharField(max_length=64, null=True)
+
+
 #: Every model, for the schema check that keeps migrations and models in step.
-ALL_MODELS = (Customer, ServiceState)
+ALL_MODELS = (Customer, ServiceState, AdminToken, EnrollmentKey, Agent, AgentKey, Inbox, AuditEvent)

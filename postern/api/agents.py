@@ -1,0 +1,85 @@
+"""Agent-facing identity: ``POST /v1/enroll`` and ``GET /v1/me``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import falcon
+
+from postern.api.bodies import read_json
+from postern.api.docs import operation, ref
+from postern.api.serialize import iso
+from postern.core.enrollment import allowed_domains, describe_key, redeem
+
+ENROLL_REQUEST = {
+    "type": "object",
+    "required": ["enrollment_token", "agent_handle"],
+    "properties": {
+        "enrollment_token": {"type": "string", "description": "a pk_enroll_… key"},
+        "agent_handle": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9][a-z0-9._-]*$"},
+    },
+}
+
+
+class EnrollResource:
+    OPENAPI = {
+        "post": operation(
+            "Redeem an enrollment key for an agent key (shown once)",
+            {
+                201: ("The agent and its new key", ref("Enrollment")),
+                401: ("Unknown, expired or revoked enrollment key", ref("Error")),
+                403: ("Redemption limit reached", ref("Error")),
+                422: ("A field is missing or invalid", ref("Error")),
+            },
+            body=ENROLL_REQUEST,
+            auth=None,
+        )
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+        self.ttl = dt.timedelta(seconds=caller.postern.config.auth.agent_key_ttl_seconds)
+
+    async def on_post(self, req, resp):
+        body = await read_json(req, max_bytes=4096)
+        result = await self.caller.anonymous(
+            req, redeem, body.get("enrollment_token"), body.get("agent_handle"), agent_key_ttl=self.ttl
+        )
+        resp.status = falcon.HTTP_201
+        resp.media = {
+            "agent_id": result.agent.id,
+            "agent_handle": result.agent.handle,
+            "agent_key": result.agent_key,
+            "agent_key_prefix": result.key.key_prefix,
+            "scopes": result.key.scopes.split(),
+            "mailboxes_used": result.enrollment.mailboxes_used,
+            "mailboxes_max": result.enrollment.max_mailboxes,
+            "expires_at": iso(result.key.expires_at),
+        }
+
+
+class MeResource:
+    OPENAPI = {
+        "get": operation(
+            "What this key is: agent, scopes, quota and expiry",
+            {200: ("The key's identity", ref("Me")), 401: ("No valid agent key", ref("Error"))},
+        )
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_get(self, req, resp):
+        me = await self.caller.as_agent(req, describe_key)
+        resp.media = {
+            "agent_id": me.agent.id,
+            "agent_handle": me.agent.handle,
+            "customer_id": me.agent.customer_id,
+            "enrollment_id": me.enrollment.id,
+            "key_prefix": me.principal.key_prefix,
+            "scopes": sorted(me.principal.scopes),
+            "domains": allowed_domains(me.enrollment),
+            "mailboxes_used": me.enrollment.mailboxes_used,
+            "mailboxes_max": me.enrollment.max_mailboxes,
+            "expires_at": iso(me.principal.expires_at),
+        }

@@ -1,0 +1,123 @@
+"""JSON schemas of the API's objects, for the OpenAPI document."""
+
+from __future__ import annotations
+
+S = {"type": "string"}
+S_NULL = {"type": ["string", "null"]}
+INT = {"type": "integer"}
+INT_NULL = {"type": ["integer", "null"]}
+STRS = {"type": "array", "items": S}
+
+
+def obj(props: dict, required=None) -> dict:
+    return {"type": "object", "required": list(required or props), "properties": props}
+
+
+CUSTOMER = obj({"id": S, "label": S, "name": S, "created_at": S})
+ENROLLMENT_KEY_FIELDS = {
+    "id": S,
+    "customer_id": S,
+    "key_prefix": S,
+    "scopes": STRS,
+    "allowed_domains": STRS,
+    "max_mailboxes": INT,
+    "mailboxes_used": INT,
+    "max_redemptions": INT_NULL,
+    "redemptions": INT,
+    "description": S,
+    "created_at": S,
+    "expires_at": S,
+    "revoked_at": S_NULL,
+}
+AGENT_KEY = obj(
+    {
+        "id": S,
+        "agent_id": S,
+        "enrollment_id": S,
+        "key_prefix": S,
+        "scopes": STRS,
+        "created_at": S,
+        "expires_at": S,
+        "revoked_at": S_NULL,
+    }
+)
+AGENT = obj(
+    {
+        "id": S,
+        "customer_id": S,
+        "enrollment_id": S,
+        "handle": S,
+        "created_at": S,
+        "keys": {"type": "array", "items": AGENT_KEY},
+    },
+    required=["id", "customer_id", "enrollment_id", "handle", "created_at"],
+)
+ENROLLMENT = obj(
+    {
+        "agent_id": S,
+        "agent_handle": S,
+        "agent_key": S,
+        "agent_key_prefix": S,
+        "scopes": STRS,
+        "mailboxes_used": INT,
+        "mailboxes_max": INT,
+        "expires_at": S,
+    }
+)
+ME = obj(
+    {
+        "agent_id": S,
+        "agent_handle": S,
+        "customer_id": S,
+        "enrollment_id": S,
+        "key_prefix": S,
+        "scopes": STRS,
+        "domains": STRS,
+        "mailboxes_used": INT,
+        "mailboxes_max": INT,
+        "expires_at": S,
+    }
+)
+INBOX = obj(
+    {
+        "id": S,
+        "address": S,
+        "username": S,
+        "domain": S,
+        "display_name": S,
+        "client_id": S_NULL,
+        "agent_id": S,
+        "created_at": S,
+    }
+)
+AUDIT_EVENT = obj(
+    {
+        "id": INT,
+        "at": S,
+        "customer_id": S_NULL,
+        "enrollment_id": S_NULL,
+        "agent_id": S_NULL,
+        "token_id": S_NULL,
+        "key_prefix": S_NULL,
+        "actor": S,
+        "action": S,
+        "target": S_NULL,
+        "outcome": S,
+        "code": S_NULL,
+        "request_id": S_NULL,
+        "client_addr": S_NULL,
+    }
+)
+
+SCHEMAS = {
+    "Customer": CUSTOMER,
+    "EnrollmentKey": obj(ENROLLMENT_KEY_FIELDS),
+    "EnrollmentKeyCreated": obj({**ENROLLMENT_KEY_FIELDS, "enrollment_key": S}),
+    "EnrollmentKeyRevoked": obj({**ENROLLMENT_KEY_FIELDS, "agent_keys_revoked": INT}),
+    "AgentKey": AGENT_KEY,
+    "Agent": AGENT,
+    "Enrollment": ENROLLMENT,
+    "Me": ME,
+    "Inbox": INBOX,
+    "AuditEvent": AUDIT_EVENT,
+}

@@ -1,0 +1,48 @@
+"""The audit log: every action and every denied attempt, with who, what and where."""
+
+from __future__ import annotations
+
+import logging
+
+from postern.core.models import AuditEvent
+from postern.core.principal import Principal, RequestInfo
+
+log = logging.getLogger("postern.audit")
+
+
+def record(
+    action: str,
+    *,
+    principal: Principal | None,
+    info: RequestInfo,
+    outcome: str = "ok",
+    target: str | None = None,
+    code: str | None = None,
+    customer_id: str | None = None,
+    enrollment_id: str | None = None,
+    agent_id: str | None = None,
+    token_id: str | None = None,
+    key_prefix: str | None = None,
+) -> None:
+    """Write one audit row; call inside the action's transaction so both commit together.
+
+    Explicit keyword ids fill in what an unauthenticated attempt knows (e.g. the
+    enrollment key a redemption named) and override nothing the principal carries.
+    """
+    p = principal
+    AuditEvent.create(
+        customer_id=(p.customer_id if p else None) or customer_id,
+        enrollment_id=(p.enrollment_id if p else None) or enrollment_id,
+        agent_id=(p.agent_id if p else None) or agent_id,
+        token_id=(p.token_id if p else None) or token_id,
+        key_prefix=(p.key_prefix if p else None) or key_prefix,
+        actor=p.kind if p else "anonymous",
+        action=action,
+        target=target,
+        outcome=outcome,
+        code=code,
+        request_id=info.request_id,
+        client_addr=info.client_addr,
+    )
+    if outcome != "ok":
+        log.info("denied %s on %s: %s (request %s)", action, target, code, info.request_id)

@@ -1,0 +1,97 @@
+"""Authentication: a presented key becomes a ``Principal``, or a typed, audited refusal.
+
+Every request reads the key's row, so a revocation takes effect on the very next
+request in every worker and host: there is no per-process cache to outlive it.
+"""
+
+from __future__ import annotations
+
+from postern.core import audit, keys
+from postern.core.db import database
+from postern.core.errors import AuthenticationFailed, PermissionDenied
+from postern.core.models import AdminToken, AgentKey, utcnow
+from postern.core.principal import Principal, RequestInfo
+
+REALM_KIND = {"agent": "agent", "admin": "admin"}
+WRONG_REALM = {
+    "agent": "this API takes agent keys (pk_agent_…); admin and enrollment keys are refused here",
+    "admin": "the admin API takes admin tokens (pk_admin_…) only",
+}
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate(token: str | None, realm: str, info: RequestInfo) -> Principal:
+    """Resolve ``token`` for ``realm`` (``agent`` or ``admin``); refusals are audited."""
+    if token is None:
+        _deny(info, "missing_key", AuthenticationFailed, "send Authorization: Bearer <key>")
+    try:
+        kind = keys.parse_kind(token)
+    except keys.MalformedKey as exc:
+        _deny(info, "invalid_key", AuthenticationFailed, f"invalid key: {exc}")
+    if kind != REALM_KIND[realm]:
+        _deny(info, "wrong_key_type", PermissionDenied, WRONG_REALM[realm], key_prefix=keys.display_prefix(token))
+    if realm == "agent":
+        return _agent(token, info)
+    return _admin(token, info)
+
+
+def _agent(token: str, info: RequestInfo) -> Principal:
+    row = AgentKey.get_or_none(AgentKey.key_hash == keys.hash_key(token))
+    if row is None or not keys.matches(token, row.key_hash):
+        _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
+    principal = Principal(
+        kind="agent",
+        customer_id=row.customer_id,
+        token_id=row.id,
+        key_prefix=row.key_prefix,
+        agent_id=row.agent_id,
+        enrollment_id=row.enrollment_id,
+        scopes=frozenset(row.scopes.split()),
+        expires_at=row.expires_at,
+    )
+    if row.revoked_at is not None:
+        _deny(info, "key_revoked", AuthenticationFailed, "this key was revoked", principal=principal)
+    if row.expires_at <= utcnow():
+        _deny(info, "key_expired", AuthenticationFailed, "this key expired; enroll again", principal=principal)
+    return principal
+
+
+def _admin(token: str, info: RequestInfo) -> Principal:
+    row = AdminToken.get_or_none(AdminToken.key_hash == keys.hash_key(token))
+    if row is None or not keys.matches(token, row.key_hash):
+        _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
+    principal = Principal(kind="admin", customer_id=row.customer_id, token_id=row.id, key_prefix=row.key_prefix)
+    if row.revoked_at is not None:
+        _deny(info, "key_revoked", AuthenticationFailed, "this token was revoked", principal=principal)
+    return principal
+
+
+def require_scope(principal: Principal, scope: str, info: RequestInfo, action: str, target: str | None = None) -> None:
+    """Refuse (403 ``insufficient_scope``, audited) a key that lacks ``scope``."""
+    if principal.kind == "agent" and scope not in principal.scopes:
+        _deny(
+            info,
+            "insufficient_scope",
+            PermissionDenied,
+            f"this key lacks the scope '{scope}'",
+            principal=principal,
+            action=action,
+            target=target,
+        )
+
+
+def _deny(info, code, error, message, *, principal=None, key_prefix=None, action="auth", target=None):
+    with database.obj.atomic():
+        audit.record(
+            action, principal=principal, info=info, outcome="denied", code=code, target=target, key_prefix=key_prefix
+        )
+    raise error(message, code=code)

@@ -1,0 +1,281 @@
+"""Enrollment keys, redemption into agent keys, and revocation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import peewee
+
+from postern.core import audit, keys
+from postern.core.db import write_transaction
+from postern.core.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
+from postern.core.models import Agent, AgentKey, Customer, EnrollmentKey, utcnow
+from postern.core.names import InvalidName, is_within, normalise_domain, normalise_handle
+from postern.core.principal import SCOPES, Principal, RequestInfo
+from postern.core.tenancy import tenant_domain
+
+MAX_ENROLLMENT_LIFETIME = dt.timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What a redemption returns; ``agent_key`` is shown this once."""
+
+    agent: Agent
+    agent_key: str
+    key: AgentKey
+    enrollment: EnrollmentKey
+
+
+def parse_scopes(value) -> list[str]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise InvalidInput(f"scopes must be a non-empty list drawn from {', '.join(SCOPES)}", field="scopes")
+    unknown = sorted(set(value) - set(SCOPES))
+    if unknown:
+        raise InvalidInput(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}", field="scopes")
+    return [s for s in SCOPES if s in value]
+
+
+def allowed_domains(key: EnrollmentKey) -> list[str]:
+    return json.loads(key.allowed_domains)
+
+
+def create_enrollment_key(
+    principal: Principal,
+    info: RequestInfo,
+    customer: Customer,
+    *,
+    base_domain: str,
+    scopes,
+    max_mailboxes: int,
+    expires_in: dt.timedelta,
+    domains: list[str] | None = None,
+    max_redemptions: int | None = None,
+    description: str = "",
+) -> tuple[EnrollmentKey, str]:
+    """Mint an enrollment key for ``customer``; the plaintext is returned once."""
+    scopes = parse_scopes(scopes)
+    if not isinstance(max_mailboxes, int) or isinstance(max_mailboxes, bool) or not 0 <= max_mailboxes <= 100_000:
+        raise InvalidInput("max_mailboxes must be an integer from 0 to 100000", field="max_mailboxes")
+    if max_redemptions is not None and (
+        not isinstance(max_redemptions, int) or isinstance(max_redemptions, bool) or max_redemptions < 1
+    ):
+        raise InvalidInput("max_redemptions must be a positive integer or null", field="max_redemptions")
+    if not dt.timedelta(minutes=1) <= expires_in <= MAX_ENROLLMENT_LIFETIME:
+        raise InvalidInput("expiry must be between 1 minute and 366 days away", field="expires_in")
+    home = tenant_domain(base_domain, customer)
+    checked = []
+    for domain in domains or [home]:
+        try:
+            domain = normalise_domain(domain) if isinstance(domain, str) else None
+        except InvalidName as exc:
+            raise InvalidInput(str(exc), field="allowed_domains") from None
+        if domain is None or not is_within(domain, home):
+            raise InvalidInput(f"allowed domains must be {home} or below it", field="allowed_domains")
+        if domain not in checked:
+            checked.append(domain)
+    if len(description) > 200:
+        raise InvalidInput("description is longer than 200 characters", field="description")
+    minted = keys.mint("enroll")
+    with write_transaction():
+        key = EnrollmentKey.create(
+            customer=customer,
+            key_hash=minted.hash,
+            key_prefix=minted.prefix,
+            scopes=" ".join(scopes),
+            allowed_domains=json.dumps(checked),
+            max_mailboxes=max_mailboxes,
+            max_redemptions=max_redemptions,
+            description=description,
+            created_by=principal.token_id or principal.kind,
+            expires_at=utcnow() + expires_in,
+        )
+        audit.record("enrollment_key.create", principal=principal, info=info, target=key.id, customer_id=customer.id)
+    return key, minted.plaintext
+
+
+def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> Enrollment:
+    """``POST /v1/enroll``: the same handle under one enrollment is always the same agent;
+    every redemption mints a fresh agent key, never outliving the enrollment key."""
+    if not isinstance(token, str) or not token:
+        raise InvalidInput("enrollment_token is required", field="enrollment_token")
+    if not isinstance(handle, str) or not handle:
+        raise InvalidInput("agent_handle is required", field="agent_handle")
+    try:
+        handle = normalise_handle(handle)
+    except InvalidName as exc:
+        raise InvalidInput(str(exc), field="agent_handle") from None
+    try:
+        kind = keys.parse_kind(token)
+    except keys.MalformedKey as exc:
+        _deny(info, "invalid_key", AuthenticationFailed, f"invalid enrollment token: {exc}")
+    if kind != "enroll":
+        _deny(
+            info,
+            "wrong_key_type",
+            AuthenticationFailed,
+            "enrollment_token must be a pk_enroll_… key",
+            key_prefix=keys.display_prefix(token),
+        )
+    prefix = keys.display_prefix(token)
+    key = EnrollmentKey.get_or_none(EnrollmentKey.key_hash == keys.hash_key(token))
+    if key is None or not keys.matches(token, key.key_hash):
+        _deny(info, "invalid_key", AuthenticationFailed, "unknown enrollment token", key_prefix=prefix)
+    ids = {"customer_id": key.customer_id, "enrollment_id": key.id, "key_prefix": key.key_prefix}
+    if key.revoked_at is not None:
+        _deny(info, "key_revoked", AuthenticationFailed, "this enrollment key was revoked", **ids)
+    now = utcnow()
+    if key.expires_at <= now:
+        _deny(info, "key_expired", AuthenticationFailed, "this enrollment key expired", **ids)
+    with write_transaction():
+        # Count the redemption atomically: concurrent redemptions cannot overshoot the limit.
+        counted = (
+            EnrollmentKey.update(redemptions=EnrollmentKey.redemptions + 1)
+            .where(
+                (EnrollmentKey.id == key.id)
+                & EnrollmentKey.revoked_at.is_null()
+                & (
+                    EnrollmentKey.max_redemptions.is_null()
+                    | (EnrollmentKey.redemptions < EnrollmentKey.max_redemptions)
+                )
+            )
+            .execute()
+        )
+        if counted:
+            agent = _agent_for(key, handle)
+            minted = keys.mint("agent")
+            agent_key = AgentKey.create(
+                customer=key.customer_id,
+                enrollment=key.id,
+                agent=agent,
+                key_hash=minted.hash,
+                key_prefix=minted.prefix,
+                scopes=key.scopes,
+                expires_at=min(now + agent_key_ttl, key.expires_at),
+            )
+            audit.record(
+                "enroll", principal=None, info=info, target=agent.id, agent_id=agent.id, token_id=agent_key.id, **ids
+            )
+    if not counted:
+        _deny(
+            info,
+            "redemption_limit_reached",
+            PermissionDenied,
+            "this enrollment key was redeemed as often as allowed",
+            **ids,
+        )
+    key = EnrollmentKey.get_by_id(key.id)
+    return Enrollment(agent=agent, agent_key=minted.plaintext, key=agent_key, enrollment=key)
+
+
+def _agent_for(key: EnrollmentKey, handle: str) -> Agent:
+    agent = Agent.get_or_none((Agent.enrollment == key.id) & (Agent.handle == handle))
+    if agent is not None:
+        return agent
+    try:
+        with key._meta.database.atomic():  # a savepoint: a lost race leaves the outer transaction usable
+            return Agent.create(customer=key.customer_id, enrollment=key.id, handle=handle)
+    except peewee.IntegrityError:
+        return Agent.get((Agent.enrollment == key.id) & (Agent.handle == handle))
+
+
+def _deny(info, code, error, message, **ids):
+    with write_transaction():
+        audit.record("enroll", principal=None, info=info, outcome="denied", code=code, **ids)
+    raise error(message, code=code)
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    """What ``GET /v1/me`` tells an agent key about itself."""
+
+    principal: Principal
+    agent: Agent
+    enrollment: EnrollmentKey
+
+
+def describe_key(principal: Principal, info: RequestInfo) -> KeyDescription:
+    description = KeyDescription(
+        principal, Agent.get_by_id(principal.agent_id), EnrollmentKey.get_by_id(principal.enrollment_id)
+    )
+    with write_transaction():
+        audit.record("me.read", principal=principal, info=info, target=principal.agent_id)
+    return description
+
+
+def visible_enrollment_keys(principal: Principal):
+    query = EnrollmentKey.select().order_by(EnrollmentKey.created_at, EnrollmentKey.id)
+    if not principal.is_operator:
+        query = query.where(EnrollmentKey.customer == principal.customer_id)
+    return query
+
+
+def get_enrollment_key(principal: Principal, key_id: str) -> EnrollmentKey:
+    key = visible_enrollment_keys(principal).where(EnrollmentKey.id == key_id).first()
+    if key is None:
+        raise NotFound(f"no enrollment key '{key_id}'")
+    return key
+
+
+def revoke_enrollment_key(principal: Principal, info: RequestInfo, key_id: str, *, revoke_agent_keys: bool) -> int:
+    """Stop further redemptions; with ``revoke_agent_keys``, also every key it minted.
+    Returns how many agent keys were revoked now."""
+    key = get_enrollment_key(principal, key_id)
+    now = utcnow()
+    with write_transaction():
+        EnrollmentKey.update(revoked_at=now).where(
+            (EnrollmentKey.id == key.id) & EnrollmentKey.revoked_at.is_null()
+        ).execute()
+        revoked = 0
+        if revoke_agent_keys:
+            revoked = (
+                AgentKey.update(revoked_at=now)
+                .where((AgentKey.enrollment == key.id) & AgentKey.revoked_at.is_null())
+                .execute()
+            )
+        audit.record(
+            "enrollment_key.revoke",
+            principal=principal,
+            info=info,
+            target=key.id,
+            customer_id=key.customer_id,
+            code=f"agent_keys_revoked={revoked}",
+        )
+    return revoked
+
+
+def get_agent_key(principal: Principal, key_id: str) -> AgentKey:
+    query = AgentKey.select().where(AgentKey.id == key_id)
+    if not principal.is_operator:
+        query = query.where(AgentKey.customer == principal.customer_id)
+    row = query.first()
+    if row is None:
+        raise NotFound(f"no agent key '{key_id}'")
+    return row
+
+
+def revoke_agent_key(principal: Principal, info: RequestInfo, key_id: str) -> AgentKey:
+    """Revoke one agent key; no other key, of this agent or another, is touched."""
+    row = get_agent_key(principal, key_id)
+    with write_transaction():
+        AgentKey.update(revoked_at=utcnow()).where((AgentKey.id == row.id) & AgentKey.revoked_at.is_null()).execute()
+        audit.record("agent_key.revoke", principal=principal, info=info, target=row.id, customer_id=row.customer_id)
+    return AgentKey.get_by_id(row.id)
+
+
+def visible_agents(principal: Principal):
+    query = Agent.select().order_by(Agent.created_at, Agent.id)
+    if not principal.is_operator:
+        query = query.where(Agent.customer == principal.customer_id)
+    return query
+
+
+def get_agent(principal: Principal, agent_id: str) -> Agent:
+    agent = visible_agents(principal).where(Agent.id == agent_id).first()
+    if agent is None:
+        raise NotFound(f"no agent '{agent_id}'")
+    return agent

@@ -1,0 +1,208 @@
+"""Inboxes: one call creates an address on the tenant's domain, within the key's quota."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import peewee
+from email_validator import EmailNotValidError, validate_email
+
+from postern.core import audit
+from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
+from postern.core.db import write_transaction
+from postern.core.enrollment import allowed_domains
+from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired, QuotaExceeded, Unavailable
+from postern.core.models import Agent, EnrollmentKey, Inbox
+from postern.core.names import InvalidName, normalise_domain, normalise_local_part
+from postern.core.pagination import Page, paginate, parse_limit
+from postern.core.principal import Principal, RequestInfo
+from postern.core.quota import check_quota
+from postern.core.runtime import BackendUnavailable
+
+log = logging.getLogger("postern.inboxes")
+
+MAX_CLIENT_ID = 200
+MAX_DISPLAY_NAME = 200
+
+
+def _optional_str(body: dict, name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string", field=name)
+    if len(value) > limit:
+        raise InvalidInput(f"{name} is longer than {limit} characters", field=name)
+    if any(c in value for c in "\r\n\0"):
+        raise InvalidInput(f"{name} must not contain line breaks or NUL", field=name)
+    return value
+
+
+def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -> tuple[Inbox, bool]:
+    """Create (or, for a repeated ``client_id``, return) an inbox. Returns (inbox, created)."""
+    unknown = sorted(set(body) - {"username", "domain", "display_name", "client_id"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    client_id = _optional_str(body, "client_id", MAX_CLIENT_ID)
+    display_name = _optional_str(body, "display_name", MAX_DISPLAY_NAME) or ""
+    username = _optional_str(body, "username", 64)
+    domain = _optional_str(body, "domain", 253)
+
+    if client_id is not None:
+        existing = _by_client_id(principal, client_id)
+        if existing is not None:
+            return existing, False
+
+    enrollment = EnrollmentKey.get_by_id(principal.enrollment_id)
+    domains = allowed_domains(enrollment)
+    if domain is None:
+        domain = domains[0]
+    else:
+        try:
+            domain = normalise_domain(domain)
+        except InvalidName as exc:
+            raise InvalidInput(str(exc), field="domain") from None
+        if domain not in domains:
+            raise InvalidInput(f"domain must be one of: {', '.join(domains)}", field="domain")
+    agent = Agent.get_by_id(principal.agent_id)
+    if username is None:
+        username = _free_username(agent.handle, domain)
+    else:
+        try:
+            username = normalise_local_part(username)
+        except InvalidName as exc:
+            raise InvalidInput(str(exc), field="username") from None
+    address = f"{username}@{domain}"
+    try:
+        address = validate_email(address, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"'{address}' is not a valid address: {exc}", field="username") from None
+
+    decision = check_quota(postern, principal.customer_id, "inbox.create", 1)
+    if not decision.allowed:
+        raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
+
+    try:
+        with write_transaction():
+            taken = (
+                EnrollmentKey.update(mailboxes_used=EnrollmentKey.mailboxes_used + 1)
+                .where(
+                    (EnrollmentKey.id == enrollment.id) & (EnrollmentKey.mailboxes_used < EnrollmentKey.max_mailboxes)
+                )
+                .execute()
+            )
+            if not taken:
+                raise QuotaExceeded(f"this enrollment allows {enrollment.max_mailboxes} mailboxes; all are in use")
+            inbox = Inbox.create(
+                customer=principal.customer_id,
+                enrollment=enrollment.id,
+                agent=principal.agent_id,
+                address=address,
+                username=username,
+                domain=domain,
+                display_name=display_name,
+                client_id=client_id,
+            )
+            _provision(postern, inbox)
+            audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
+    except QuotaExceeded as exc:
+        _denied(principal, info, "inbox.create", exc.code)
+        raise
+    except peewee.IntegrityError:
+        if client_id is not None and (existing := _by_client_id(principal, client_id)) is not None:
+            return existing, False  # a concurrent retry with the same client_id won
+        raise Conflict(f"the address {address} is taken", code="address_taken", field="username") from None
+    return inbox, True
+
+
+def _provision(postern, inbox: Inbox) -> None:
+    """Ask the receive backend to accept mail for the inbox, inside the transaction:
+    a failure rolls the inbox back, so nothing is half-made."""
+    try:
+        receiver = postern.backend("receive")
+    except BackendUnavailable:
+        log.warning("no receive backend installed: inbox %s is stored but nothing will deliver to it", inbox.id)
+        return
+    ref = InboxRef(inbox.id, inbox.customer_id, inbox.address)
+    try:
+        receiver.provision(ref)
+    except TemporaryFailure as exc:
+        raise Unavailable(
+            f"the receive backend could not provision the inbox: {exc}",
+            code="provisioning_failed",
+            retry_after=exc.retry_after or 5,
+        ) from exc
+    except PermanentFailure as exc:
+        raise Unavailable(f"the receive backend refused the inbox: {exc}", code="provisioning_refused") from exc
+
+
+def _free_username(handle: str, domain: str) -> str:
+    candidate = handle
+    while Inbox.select().where(Inbox.address == f"{candidate}@{domain}").exists():
+        candidate = f"{handle[:55]}-{secrets.token_hex(4)}"
+    return candidate
+
+
+def _by_client_id(principal: Principal, client_id: str) -> Inbox | None:
+    return visible_inboxes(principal).where(Inbox.client_id == client_id).first()
+
+
+def _denied(principal, info, action, code, target=None) -> None:
+    with write_transaction():
+        audit.record(action, principal=principal, info=info, outcome="denied", code=code, target=target)
+
+
+def visible_inboxes(principal: Principal):
+    """Inboxes ``principal`` may see: an agent key sees those made under its enrollment
+    key (the grant a human handed out); admins see their tenant's; operators all."""
+    query = Inbox.select()
+    if principal.kind == "agent":
+        return query.where((Inbox.customer == principal.customer_id) & (Inbox.enrollment == principal.enrollment_id))
+    if not principal.is_operator:
+        return query.where(Inbox.customer == principal.customer_id)
+    return query
+
+
+def list_inboxes(principal: Principal, info: RequestInfo, limit, page_token) -> Page:
+    page = paginate(visible_inboxes(principal), Inbox.created_at, Inbox.id, parse_limit(limit), page_token)
+    with write_transaction():
+        audit.record("inbox.list", principal=principal, info=info)
+    return page
+
+
+def get_inbox(principal: Principal, info: RequestInfo, inbox_id: str, *, audit_read: bool = True) -> Inbox:
+    inbox = visible_inboxes(principal).where(Inbox.id == inbox_id).first()
+    if inbox is None:
+        _denied(principal, info, "inbox.read", "not_found", target=inbox_id)
+        raise NotFound(f"no inbox '{inbox_id}'")
+    if audit_read:
+        with write_transaction():
+            audit.record("inbox.read", principal=principal, info=info, target=inbox.id)
+    return inbox
+
+
+def delete_inbox(postern, principal: Principal, info: RequestInfo, inbox_id: str) -> None:
+    """Delete an inbox, free its mailbox slot, and deprovision it; all or nothing."""
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False)
+    with write_transaction():
+        deleted = Inbox.delete().where(Inbox.id == inbox.id).execute()
+        if not deleted:
+            raise NotFound(f"no inbox '{inbox_id}'")  # a concurrent delete won
+        EnrollmentKey.update(mailboxes_used=EnrollmentKey.mailboxes_used - 1).where(
+            (EnrollmentKey.id == inbox.enrollment_id) & (EnrollmentKey.mailboxes_used > 0)
+        ).execute()
+        try:
+            receiver = postern.backend("receive")
+        except BackendUnavailable:
+            receiver = None
+        if receiver is not None:
+            try:
+                receiver.deprovision(InboxRef(inbox.id, inbox.customer_id, inbox.address))
+            except (TemporaryFailure, PermanentFailure) as exc:
+                raise Unavailable(
+                    f"the receive backend could not remove the inbox: {exc}",
+                    code="deprovisioning_failed",
+                    retry_after=getattr(exc, "retry_after", None) or 5,
+                ) from exc
+        audit.record("inbox.delete", principal=principal, info=info, target=inbox.id)

@@ -1,0 +1,74 @@
+"""Customers (tenants), their mail domains, and org admin tokens."""
+
+from __future__ import annotations
+
+import peewee
+
+from postern.core import audit, keys
+from postern.core.db import write_transaction
+from postern.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from postern.core.models import AdminToken, Customer
+from postern.core.names import InvalidName, normalise_label
+from postern.core.principal import Principal, RequestInfo
+
+
+def tenant_domain(base_domain: str, customer: Customer) -> str:
+    """The subdomain a tenant receives mail on, e.g. ``acme.agents.example.org``."""
+    return f"{customer.label}.{base_domain}"
+
+
+def create_customer(principal: Principal, info: RequestInfo, label: str, name: str) -> Customer:
+    if not principal.is_operator:
+        raise PermissionDenied("only an operator token can create customers", code="operator_only")
+    try:
+        label = normalise_label(label)
+    except InvalidName as exc:
+        raise InvalidInput(str(exc), field="label") from None
+    name = (name or label).strip()
+    if len(name) > 200:
+        raise InvalidInput("name is longer than 200 characters", field="name")
+    try:
+        with write_transaction():
+            customer = Customer.create(label=label, name=name)
+            audit.record("customer.create", principal=principal, info=info, target=customer.id, customer_id=customer.id)
+    except peewee.IntegrityError:
+        raise Conflict(f"a customer with label '{label}' exists", code="label_taken") from None
+    return customer
+
+
+def visible_customers(principal: Principal):
+    query = Customer.select().order_by(Customer.created_at, Customer.id)
+    if not principal.is_operator:
+        query = query.where(Customer.id == principal.customer_id)
+    return query
+
+
+def get_customer(principal: Principal, customer_id_or_label: str) -> Customer:
+    """A customer by id or label, as ``principal`` may see it (404 otherwise)."""
+    customer = Customer.get_or_none(
+        (Customer.id == customer_id_or_label) | (Customer.label == customer_id_or_label.lower())
+    )
+    if customer is None or not (principal.is_operator or principal.customer_id == customer.id):
+        raise NotFound(f"no customer '{customer_id_or_label}'")
+    return customer
+
+
+def create_admin_token(
+    principal: Principal, info: RequestInfo, customer: Customer | None, description: str = ""
+) -> tuple[AdminToken, str]:
+    """Mint an org admin token (operator-wide when ``customer`` is None); plaintext once."""
+    if not principal.is_operator:
+        raise PermissionDenied("only an operator can mint admin tokens", code="operator_only")
+    minted = keys.mint("admin")
+    with write_transaction():
+        token = AdminToken.create(
+            customer=customer, key_hash=minted.hash, key_prefix=minted.prefix, description=description[:200]
+        )
+        audit.record(
+            "admin_token.create",
+            principal=principal,
+            info=info,
+            target=token.id,
+            customer_id=customer.id if customer else None,
+        )
+    return token, minted.plaintext
