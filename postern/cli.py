@@ -12,13 +12,22 @@ import click
 import postern
 from postern.core.config import ConfigError, load_config
 from postern.core.db import DatabaseConfigError
+from postern.core.errors import PosternError
 from postern.core.logs import configure_logging
 from postern.core.migrations import SchemaError
 from postern.core.plugins import PluginError
 from postern.core.registry import RegistryError, UnknownBackendError
 
 # Domain errors the CLI reports as one clean line instead of a traceback.
-CLEAN_ERRORS = (ConfigError, DatabaseConfigError, SchemaError, PluginError, RegistryError, UnknownBackendError)
+CLEAN_ERRORS = (
+    ConfigError,
+    DatabaseConfigError,
+    SchemaError,
+    PluginError,
+    RegistryError,
+    UnknownBackendError,
+    PosternError,
+)
 
 TEMPLATE = Path(__file__).parent / "postern.example.toml"
 
@@ -198,6 +207,15 @@ def plugins(ctx, as_json):
             status = "NOT AVAILABLE: no installed plugin provides it yet"
         origin = "configured" if row["configured"] else "default"
         click.echo(f"  {row['role']:8} {row['backend']:12} {origin:10} {status}")
+
+
+def _add_core_commands() -> None:
+    from postern.cli_admin import admin
+
+    cli.add_command(admin)
+
+
+_add_core_commands()
 
 
 def _add_plugin_commands() -> None:

@@ -73,11 +73,14 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
             username = normalise_local_part(username)
         except InvalidName as exc:
             raise InvalidInput(str(exc), field="username") from None
-    address = f"{username}@{domain}"
     try:
-        address = validate_email(address, check_deliverability=False).normalized.lower()
+        # The domain was checked against the enrollment's allowed domains (set by the
+        # operator, possibly a special-use name such as *.localhost that email-validator
+        # refuses), so only the local part is put to email-validator here.
+        validate_email(f"{username}@example.org", check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"'{address}' is not a valid address: {exc}", field="username") from None
+        raise InvalidInput(f"'{username}' is not a valid mailbox name: {exc}", field="username") from None
+    address = f"{username}@{domain}"
 
     decision = check_quota(postern, principal.customer_id, "inbox.create", 1)
     if not decision.allowed:

@@ -1,0 +1,220 @@
+"""``postern admin …``: operator commands run against the database directly.
+
+They act as the local operator (audited with actor ``cli``); each has ``--json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import click
+
+from postern.api.serialize import (
+    agent_key_json,
+    audit_json,
+    customer_json,
+    enrollment_key_json,
+)
+from postern.core import enrollment, tenancy
+from postern.core.auditlog import query_audit
+from postern.core.errors import PosternError
+from postern.core.principal import CLI, RequestInfo
+
+DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+INFO = RequestInfo(request_id=None, client_addr="cli")
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    match = DURATION.match(value.strip().lower())
+    if not match:
+        raise click.BadParameter(f"'{value}' is not a duration such as 90m, 12h, 7d or 3600")
+    return dt.timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
+
+
+def _run(ctx, fn):
+    """Open the database (checking its schema) and run ``fn``; domain errors as one line."""
+    from postern.cli import obtain_config
+    from postern.core.db import database
+    from postern.core.runtime import prepare_database
+
+    prepare_database(obtain_config(ctx))
+    try:
+        with database.connection_context():
+            return fn()
+    except PosternError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _emit(as_json: bool, data, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def admin():
+    """Administer customers, keys and the audit log (local operator)."""
+
+
+@admin.group()
+def customer():
+    """Customers (tenants)."""
+
+
+@customer.command("create")
+@click.option("--label", required=True, help="DNS label: the tenant's mail subdomain.")
+@click.option("--name", help="Display name (default: the label).")
+@json_option
+@click.pass_context
+def customer_create(ctx, label, name, as_json):
+    """Create a customer."""
+    from postern.cli import obtain_config
+
+    base = obtain_config(ctx).mail.domain
+    created = _run(ctx, lambda: tenancy.create_customer(CLI, INFO, label, name or label))
+    data = {**customer_json(created), "domain": tenancy.tenant_domain(base, created)}
+    _emit(as_json, data, f"{created.id}\t{created.label}\t{data['domain']}")
+
+
+@customer.command("list")
+@json_option
+@click.pass_context
+def customer_list(ctx, as_json):
+    """List customers."""
+    rows = _run(ctx, lambda: [customer_json(c) for c in tenancy.visible_customers(CLI)])
+    _emit(as_json, rows, "\n".join(f"{r['id']}\t{r['label']}\t{r['name']}" for r in rows))
+
+
+@admin.group()
+def token():
+    """Org admin tokens (pk_admin_…) for the admin API."""
+
+
+@token.command("create")
+@click.option("--customer", "customer_ref", help="Limit the token to this customer (id or label).")
+@click.option("--description", default="")
+@json_option
+@click.pass_context
+def token_create(ctx, customer_ref, description, as_json):
+    """Mint an admin token; without --customer it is operator-wide. Shown once."""
+
+    def mint():
+        cust = tenancy.get_customer(CLI, customer_ref) if customer_ref else None
+        return tenancy.create_admin_token(CLI, INFO, cust, description)
+
+    row, plaintext = _run(ctx, mint)
+    data = {"id": row.id, "customer_id": row.customer_id, "key_prefix": row.key_prefix, "admin_token": plaintext}
+    _emit(as_json, data, f"{plaintext}\n(id {row.id}; shown once: store it now)")
+
+
+@admin.group("enroll-key")
+def enroll_key():
+    """Enrollment keys (pk_enroll_…) that agents redeem."""
+
+
+@enroll_key.command("create")
+@click.option("--customer", "customer_ref", required=True, help="Customer id or label.")
+@click.option("--scopes", required=True, help="Comma-separated: mailbox:create,mailbox:read,mailbox:send.")
+@click.option("--max-mailboxes", type=int, required=True)
+@click.option("--expires-in", default="7d", show_default=True, help="e.g. 12h, 7d.")
+@click.option("--domain", "domains", multiple=True, help="Allowed domain (repeatable); default the tenant's.")
+@click.option("--max-redemptions", type=int)
+@click.option("--description", default="")
+@json_option
+@click.pass_context
+def enroll_key_create(
+    ctx, customer_ref, scopes, max_mailboxes, expires_in, domains, max_redemptions, description, as_json
+):
+    """Mint an enrollment key. Shown once."""
+    from postern.cli import obtain_config
+
+    base = obtain_config(ctx).mail.domain
+    lifetime = parse_duration(expires_in)
+
+    def mint():
+        cust = tenancy.get_customer(CLI, customer_ref)
+        return enrollment.create_enrollment_key(
+            CLI,
+            INFO,
+            cust,
+            base_domain=base,
+            scopes=scopes,
+            max_mailboxes=max_mailboxes,
+            expires_in=lifetime,
+            domains=list(domains) or None,
+            max_redemptions=max_redemptions,
+            description=description,
+        )
+
+    row, plaintext = _run(ctx, mint)
+    data = {**enrollment_key_json(row), "enrollment_key": plaintext}
+    _emit(as_json, data, f"{plaintext}\n(id {row.id}; expires {data['expires_at']}; shown once: store it now)")
+
+
+@enroll_key.command("list")
+@json_option
+@click.pass_context
+def enroll_key_list(ctx, as_json):
+    """List enrollment keys (never their secrets)."""
+    rows = _run(ctx, lambda: [enrollment_key_json(k) for k in enrollment.visible_enrollment_keys(CLI)])
+    lines = [
+        f"{r['id']}\t{r['key_prefix']}…\t{r['customer_id']}\t{r['mailboxes_used']}/{r['max_mailboxes']}\t"
+        f"{'revoked' if r['revoked_at'] else 'expires ' + r['expires_at']}"
+        for r in rows
+    ]
+    _emit(as_json, rows, "\n".join(lines))
+
+
+@enroll_key.command("revoke")
+@click.argument("key_id")
+@click.option("--revoke-agent-keys", is_flag=True, help="Also revoke every agent key it minted.")
+@json_option
+@click.pass_context
+def enroll_key_revoke(ctx, key_id, revoke_agent_keys, as_json):
+    """Revoke an enrollment key: no further redemptions."""
+    count = _run(ctx, lambda: enrollment.revoke_enrollment_key(CLI, INFO, key_id, revoke_agent_keys=revoke_agent_keys))
+    _emit(
+        as_json,
+        {"id": key_id, "revoked": True, "agent_keys_revoked": count},
+        f"revoked {key_id}; {count} agent key(s) revoked with it",
+    )
+
+
+@admin.group("agent-key")
+def agent_key():
+    """Agent keys (pk_agent_…)."""
+
+
+@agent_key.command("revoke")
+@click.argument("key_id")
+@json_option
+@click.pass_context
+def agent_key_revoke(ctx, key_id, as_json):
+    """Revoke one agent key; no other key is affected."""
+    row = _run(ctx, lambda: enrollment.revoke_agent_key(CLI, INFO, key_id))
+    _emit(as_json, agent_key_json(row), f"revoked {row.id} ({row.key_prefix}…)")
+
+
+@admin.command("audit")
+@click.option("--customer", "customer_id")
+@click.option("--agent", "agent_id")
+@click.option("--action")
+@click.option("--outcome", type=click.Choice(["ok", "denied", "error"]))
+@click.option("--since", help="ISO 8601 time.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+@click.pass_context
+def audit_cmd(ctx, customer_id, agent_id, action, outcome, since, limit, as_json):
+    """Show the audit log, newest first."""
+    filters = {"customer_id": customer_id, "agent_id": agent_id, "action": action, "outcome": outcome, "since": since}
+    rows = _run(ctx, lambda: [audit_json(e) for e in query_audit(CLI, filters, limit).items])
+    lines = [
+        f"{r['at']} {r['outcome']:6} {r['action']:24} {r['actor']:9} {r['key_prefix'] or '-':20} "
+        f"{r['target'] or '-'} {r['code'] or ''}"
+        for r in rows
+    ]
+    _emit(as_json, rows, "\n".join(lines))
