@@ -4,78 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import psutil
 import pytest
-from tests_paths import TESTS_DIR
+from support.server import Server, descendants, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout=30.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {predicate.__name__}")
-
-
-class Server:
-    def __init__(self, env: dict, tmp_path: Path, *args: str):
-        self.port = free_port()
-        self.pidfile = tmp_path / "sleeper.pids"
-        self.logfile = tmp_path / f"serve-{self.port}.log"
-        self.log = open(self.logfile, "w")
-        full_env = {
-            **os.environ,
-            **env,
-            "POSTERN_SERVER_BIND": f"127.0.0.1:{self.port}",
-            "POSTERN_SERVER_WORKERS": "2",
-            "POSTERN_PLUGINS_MODULES": "support.demo_plugin",
-            "POSTERN_DEMO_PIDFILE": str(self.pidfile),
-            "PYTHONPATH": str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-        full_env.pop("POSTERN_CONFIG", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postern", "serve", *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def health(self):
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).json()
-        except httpx.HTTPError:
-            return None
-
-    def sleeper_pids(self) -> list[int]:
-        if not self.pidfile.exists():
-            return []
-        return [int(line) for line in self.pidfile.read_text().split()]
-
-    def output(self) -> str:
-        return self.logfile.read_text()
-
-    def stop(self, sig=signal.SIGTERM, timeout=40) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.log.close()
 
 
 @pytest.fixture
@@ -93,10 +27,6 @@ def server(env, tmp_path):
                 child.kill()
             s.proc.kill()
             s.proc.wait()
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    return psutil.Process(pid).children(recursive=True)
 
 
 def test_serve_health_supervision_and_clean_exit(server):

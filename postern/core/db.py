@@ -68,14 +68,19 @@ class DatabaseRunner:
     """
 
     def __init__(self, threads: int):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="postern-db")
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
 
     async def run(self, fn, /, *args, **kwargs):
+        if self._pool is None:  # first use, or used again after an ASGI lifespan shutdown
+            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="postern-db")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(_in_connection, fn, *args, **kwargs))
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _in_connection(fn, *args, **kwargs):
