@@ -100,3 +100,101 @@ def test_service_list_and_unknown_service(run, monkeypatch):
     assert run("service", "list").output.startswith("demo-sleeper\t")
     result = CliRunner().invoke(cli, ["service", "run", "nope"], obj={})
     assert result.exit_code == 1 and "no service named 'nope'; services: demo-sleeper" in result.output
+
+
+def test_admin_commands_end_to_end(run):
+    customer = json.loads(run("admin", "customer", "create", "--label", "Acme", "--name", "Acme Inc", "--json").output)
+    assert customer["label"] == "acme" and customer["domain"] == "acme.agents.localhost"
+    assert [c["id"] for c in json.loads(run("admin", "customer", "list", "--json").output)] == [customer["id"]]
+
+    token = json.loads(run("admin", "token", "create", "--customer", "acme", "--json").output)
+    assert token["admin_token"].startswith("pk_admin_") and token["customer_id"] == customer["id"]
+
+    created = run(
+        "admin",
+        "enroll-key",
+        "create",
+        "--customer",
+        "acme",
+        "--scopes",
+        "mailbox:read,mailbox:create",
+        "--max-mailboxes",
+        "4",
+        "--expires-in",
+        "12h",
+        "--max-redemptions",
+        "3",
+        "--json",
+    )
+    key = json.loads(created.output)
+    assert key["enrollment_key"].startswith("pk_enroll_") and key["max_mailboxes"] == 4
+    assert key["scopes"] == ["mailbox:create", "mailbox:read"] and key["max_redemptions"] == 3
+    listed = json.loads(run("admin", "enroll-key", "list", "--json").output)
+    assert [k["id"] for k in listed] == [key["id"]] and "enrollment_key" not in listed[0]
+
+    revoked = json.loads(run("admin", "enroll-key", "revoke", key["id"], "--revoke-agent-keys", "--json").output)
+    assert revoked == {"id": key["id"], "revoked": True, "agent_keys_revoked": 0}
+
+    events = json.loads(run("admin", "audit", "--json").output)
+    assert [e["action"] for e in events] == [
+        "enrollment_key.revoke",
+        "enrollment_key.create",
+        "admin_token.create",
+        "customer.create",
+    ]
+    assert {e["actor"] for e in events} == {"cli"}
+    assert key["enrollment_key"] not in run("admin", "audit").output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            [
+                "admin",
+                "enroll-key",
+                "create",
+                "--customer",
+                "nobody",
+                "--scopes",
+                "mailbox:read",
+                "--max-mailboxes",
+                "1",
+            ],
+            "no customer 'nobody'",
+        ),
+        (
+            ["admin", "enroll-key", "create", "--customer", "acme", "--scopes", "mail:all", "--max-mailboxes", "1"],
+            "unknown scope(s) mail:all",
+        ),
+        (
+            [
+                "admin",
+                "enroll-key",
+                "create",
+                "--customer",
+                "acme",
+                "--scopes",
+                "mailbox:read",
+                "--max-mailboxes",
+                "1",
+                "--expires-in",
+                "soon",
+            ],
+            "'soon' is not a duration",
+        ),
+        (["admin", "customer", "create", "--label", "-bad-"], "is not a DNS label"),
+        (["admin", "agent-key", "revoke", "key_nope"], "no agent key 'key_nope'"),
+    ],
+)
+def test_admin_command_errors_are_one_line(run, args, message):
+    run("admin", "customer", "create", "--label", "acme")
+    result = CliRunner().invoke(cli, args, obj={})
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_duplicate_customer_label_is_refused(run):
+    run("admin", "customer", "create", "--label", "acme")
+    result = CliRunner().invoke(cli, ["admin", "customer", "create", "--label", "ACME"], obj={})
+    assert result.exit_code == 1 and "a customer with label 'acme' exists" in result.output
