@@ -10,11 +10,12 @@ import peewee
 
 from postern.core import audit, keys
 from postern.core.db import write_transaction
-from postern.core.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
+from postern.core.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from postern.core.models import Agent, AgentKey, Customer, EnrollmentKey, utcnow
 from postern.core.names import InvalidName, is_within, normalise_domain, normalise_handle
 from postern.core.principal import SCOPES, Principal, RequestInfo
 from postern.core.tenancy import tenant_domain
+from postern.core.visibility import get_visible, visible
 
 MAX_ENROLLMENT_LIFETIME = dt.timedelta(days=366)
 
@@ -208,17 +209,11 @@ def describe_key(principal: Principal, info: RequestInfo) -> KeyDescription:
 
 
 def visible_enrollment_keys(principal: Principal):
-    query = EnrollmentKey.select().order_by(EnrollmentKey.created_at, EnrollmentKey.id)
-    if not principal.is_operator:
-        query = query.where(EnrollmentKey.customer == principal.customer_id)
-    return query
+    return visible(EnrollmentKey, principal)
 
 
 def get_enrollment_key(principal: Principal, key_id: str) -> EnrollmentKey:
-    key = visible_enrollment_keys(principal).where(EnrollmentKey.id == key_id).first()
-    if key is None:
-        raise NotFound(f"no enrollment key '{key_id}'")
-    return key
+    return get_visible(EnrollmentKey, principal, key_id, "enrollment key")
 
 
 def revoke_enrollment_key(principal: Principal, info: RequestInfo, key_id: str, *, revoke_agent_keys: bool) -> int:
@@ -249,13 +244,7 @@ def revoke_enrollment_key(principal: Principal, info: RequestInfo, key_id: str, 
 
 
 def get_agent_key(principal: Principal, key_id: str) -> AgentKey:
-    query = AgentKey.select().where(AgentKey.id == key_id)
-    if not principal.is_operator:
-        query = query.where(AgentKey.customer == principal.customer_id)
-    row = query.first()
-    if row is None:
-        raise NotFound(f"no agent key '{key_id}'")
-    return row
+    return get_visible(AgentKey, principal, key_id, "agent key")
 
 
 def revoke_agent_key(principal: Principal, info: RequestInfo, key_id: str) -> AgentKey:
@@ -268,14 +257,8 @@ def revoke_agent_key(principal: Principal, info: RequestInfo, key_id: str) -> Ag
 
 
 def visible_agents(principal: Principal):
-    query = Agent.select().order_by(Agent.created_at, Agent.id)
-    if not principal.is_operator:
-        query = query.where(Agent.customer == principal.customer_id)
-    return query
+    return visible(Agent, principal)
 
 
 def get_agent(principal: Principal, agent_id: str) -> Agent:
-    agent = visible_agents(principal).where(Agent.id == agent_id).first()
-    if agent is None:
-        raise NotFound(f"no agent '{agent_id}'")
-    return agent
+    return get_visible(Agent, principal, agent_id, "agent")

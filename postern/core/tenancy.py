@@ -10,6 +10,7 @@ from postern.core.errors import Conflict, InvalidInput, NotFound, PermissionDeni
 from postern.core.models import AdminToken, Customer
 from postern.core.names import InvalidName, normalise_label
 from postern.core.principal import Principal, RequestInfo
+from postern.core.visibility import visible
 
 
 def tenant_domain(base_domain: str, customer: Customer) -> str:
@@ -37,10 +38,7 @@ def create_customer(principal: Principal, info: RequestInfo, label: str, name: s
 
 
 def visible_customers(principal: Principal):
-    query = Customer.select().order_by(Customer.created_at, Customer.id)
-    if not principal.is_operator:
-        query = query.where(Customer.id == principal.customer_id)
-    return query
+    return visible(Customer, principal, tenant_field=Customer.id)
 
 
 def get_customer(principal: Principal, customer_id_or_label: str) -> Customer:
