@@ -6,7 +6,7 @@ import datetime as dt
 
 import falcon
 
-from postern.api.bodies import read_json
+from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.serialize import (
     agent_json,
@@ -51,13 +51,15 @@ class CustomersResource:
         self.caller = caller
 
     async def on_post(self, req, resp):
+        principal = await self.caller.principal(req, "admin")
         body = await read_json(req, max_bytes=4096)
+        reject_unknown(body, {"label", "name"})
         label, name = body.get("label"), body.get("name")
         if not isinstance(label, str):
             raise InvalidInput("label is required", field="label")
         if name is not None and not isinstance(name, str):
             raise InvalidInput("name must be a string", field="name")
-        customer = await self.caller.as_admin(req, tenancy.create_customer, label, name or label)
+        customer = await self.caller.acting_as(principal, req, tenancy.create_customer, label, name or label)
         resp.status = falcon.HTTP_201
         resp.media = customer_json(customer)
 
@@ -75,6 +77,8 @@ class CustomersResource:
 
         resp.media = page_json(await self.caller.as_admin(req, listing), customer_json)
 
+
+MAX_EXPIRES_IN = 366 * 86400
 
 ENROLLMENT_REQUEST = {
     "type": "object",
@@ -111,11 +115,15 @@ class EnrollmentKeysResource:
         self.caller = caller
 
     async def on_post(self, req, resp):
+        principal = await self.caller.principal(req, "admin")
         body = await read_json(req, max_bytes=16384)
+        reject_unknown(body, set(ENROLLMENT_REQUEST["properties"]))
         base_domain = self.caller.postern.config.mail.domain
         expires_in = body.get("expires_in", 7 * 86400)
-        if not isinstance(expires_in, int) or isinstance(expires_in, bool):
-            raise InvalidInput("expires_in must be an integer number of seconds", field="expires_in")
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or not 60 <= expires_in <= MAX_EXPIRES_IN:
+            raise InvalidInput(
+                f"expires_in must be an integer number of seconds from 60 to {MAX_EXPIRES_IN}", field="expires_in"
+            )
         domains = body.get("allowed_domains")
         if domains is not None and not isinstance(domains, list):
             raise InvalidInput("allowed_domains must be a list of domains", field="allowed_domains")
@@ -141,7 +149,7 @@ class EnrollmentKeysResource:
                 description=description,
             )
 
-        key, plaintext = await self.caller.as_admin(req, mint)
+        key, plaintext = await self.caller.acting_as(principal, req, mint)
         resp.status = falcon.HTTP_201
         resp.media = {**enrollment_key_json(key), "enrollment_key": plaintext}
 
@@ -201,7 +209,9 @@ class EnrollmentKeyRevokeResource:
         self.caller = caller
 
     async def on_post(self, req, resp, key_id):
+        principal = await self.caller.principal(req, "admin")
         body = await read_json(req, max_bytes=1024) if req.content_length else {}
+        reject_unknown(body, {"revoke_agent_keys"})
         cascade = body.get("revoke_agent_keys", False)
         if not isinstance(cascade, bool):
             raise InvalidInput("revoke_agent_keys must be true or false", field="revoke_agent_keys")
@@ -210,7 +220,7 @@ class EnrollmentKeyRevokeResource:
             count = enrollment.revoke_enrollment_key(principal, info, key_id, revoke_agent_keys=cascade)
             return enrollment.get_enrollment_key(principal, key_id), count
 
-        key, count = await self.caller.as_admin(req, revoke)
+        key, count = await self.caller.acting_as(principal, req, revoke)
         resp.media = {**enrollment_key_json(key), "agent_keys_revoked": count}
 
 

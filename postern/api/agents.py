@@ -6,7 +6,7 @@ import datetime as dt
 
 import falcon
 
-from postern.api.bodies import read_json
+from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import operation, ref
 from postern.api.serialize import iso
 from postern.core.enrollment import allowed_domains, describe_key, redeem
@@ -42,6 +42,7 @@ class EnrollResource:
 
     async def on_post(self, req, resp):
         body = await read_json(req, max_bytes=4096)
+        reject_unknown(body, set(ENROLL_REQUEST["properties"]))
         result = await self.caller.anonymous(
             req, redeem, body.get("enrollment_token"), body.get("agent_handle"), agent_key_ttl=self.ttl
         )

@@ -7,6 +7,7 @@ import json
 import falcon
 
 from postern.api.errors import ApiError
+from postern.core.errors import InvalidInput
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
@@ -28,3 +29,10 @@ async def read_json(req, *, max_bytes: int = DEFAULT_MAX_BODY) -> dict:
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_body", "request body must be a JSON object")
     return body
+
+
+def reject_unknown(body: dict, allowed: set[str]) -> None:
+    """422 naming the first unknown field: a typo (``max_redemption``) must not be ignored."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])

@@ -28,6 +28,17 @@ class CoreCaller:
         info = request_info(req)
         return await self.runner.run(lambda: fn(info, *args, **kwargs))
 
+    async def principal(self, req, realm: str):
+        """Authenticate first (401/403 before any body is read or validated)."""
+        info = request_info(req)
+        token = bearer_token(req.get_header("Authorization"))
+        return await self.runner.run(authenticate, token, realm, info)
+
+    async def acting_as(self, principal, req, fn, *args, **kwargs):
+        """Run ``fn(principal, info, ...)`` for an already authenticated principal."""
+        info = request_info(req)
+        return await self.runner.run(lambda: fn(principal, info, *args, **kwargs))
+
     async def _call(self, req, realm, fn, *args, **kwargs):
         info = request_info(req)
         token = bearer_token(req.get_header("Authorization"))

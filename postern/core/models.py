@@ -119,7 +119,7 @@ class Inbox(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
-        indexes = ((("customer", "client_id"), True), (("enrollment", "created_at"), False))
+        indexes = ((("enrollment", "client_id"), True), (("enrollment", "created_at"), False))
 
 
 class AuditEvent(BaseModel):

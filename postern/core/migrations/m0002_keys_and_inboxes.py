@@ -75,7 +75,7 @@ def upgrade(db: peewee.Database) -> None:
         created_at = peewee.DateTimeField()
 
         class Meta:
-            indexes = ((("customer", "client_id"), True), (("enrollment", "created_at"), False))
+            indexes = ((("enrollment", "client_id"), True), (("enrollment", "created_at"), False))
 
     class AuditEvent(Base):
         id = peewee.BigAutoField()
