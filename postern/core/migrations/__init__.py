@@ -70,7 +70,9 @@ def upgrade() -> list[str]:
     """Apply every pending migration; return the names applied."""
     applied = []
     db = database.obj
-    SchemaMigration.create_table(safe=True)
+    with _locked_transaction(db):
+        # Under the lock too: concurrent CREATE TABLE IF NOT EXISTS races on PostgreSQL.
+        SchemaMigration.create_table(safe=True)
     for migration in available():
         with _locked_transaction(db):
             if SchemaMigration.get_or_none(SchemaMigration.version == migration.version):
