@@ -47,7 +47,9 @@ def test_plugins_json(run):
         "choices": ["free"],
     }
     assert roles["dns"]["available"] is False and roles["dns"]["choices"] == []
-    assert [p["name"] for p in data["plugins"]] == ["billing_free"]
+    assert [p["name"] for p in data["plugins"]] == ["billing_free", "smtp_local"]
+    assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
+    assert roles["send"]["available"] is False
 
 
 def test_init_writes_config_and_database(run, tmp_path, monkeypatch):

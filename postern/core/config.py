@@ -67,6 +67,11 @@ class LogConfig:
 class MailConfig:
     #: Base mail domain: each tenant receives at <label>.<domain>.
     domain: str = "agents.localhost"
+    #: Largest message accepted, in bytes (SMTP answers 552 above it).
+    max_message_bytes: int = 25 * 1024 * 1024
+    #: Deepest MIME nesting and most MIME parts accepted (MIME-bomb limits).
+    max_mime_depth: int = 10
+    max_mime_parts: int = 200
 
 
 @dataclass

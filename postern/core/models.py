@@ -117,9 +117,74 @@ class Inbox(BaseModel):
     display_name = peewee.CharField(max_length=200, default="")
     client_id = peewee.CharField(max_length=200, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
+    #: Sequence number of the newest message; a message's ``seq`` is this plus one,
+    #: taken under the inbox row's lock, so seq order is commit order (the wait cursor).
+    last_seq = peewee.BigIntegerField(default=0)
 
     class Meta:
         indexes = ((("enrollment", "client_id"), True), (("enrollment", "created_at"), False))
+
+
+class Thread(BaseModel):
+    """A conversation inside one inbox, found through In-Reply-To/References."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("thr"))
+    customer = peewee.ForeignKeyField(Customer, backref="threads", on_delete="CASCADE")
+    inbox = peewee.ForeignKeyField(Inbox, backref="threads", on_delete="CASCADE")
+    subject = peewee.CharField(max_length=998, default="")
+    normalized_subject = peewee.CharField(max_length=998, default="", index=True)
+    message_count = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    last_message_at = peewee.DateTimeField(default=utcnow)
+
+
+class Message(BaseModel):
+    """One message in one inbox, inbound or outbound, with its parsed parts and raw bytes."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("msg"))
+    customer = peewee.ForeignKeyField(Customer, backref="messages", on_delete="CASCADE")
+    inbox = peewee.ForeignKeyField(Inbox, backref="messages", on_delete="CASCADE")
+    thread = peewee.ForeignKeyField(Thread, backref="messages", on_delete="CASCADE")
+    seq = peewee.BigIntegerField()
+    direction = peewee.CharField(max_length=10)  # inbound, outbound
+    status = peewee.CharField(max_length=10)  # received, queued, sent, failed
+    message_id_header = peewee.CharField(max_length=998, index=True)
+    in_reply_to = peewee.CharField(max_length=998, null=True)
+    references = peewee.TextField(default="")
+    subject = peewee.CharField(max_length=998, default="")
+    from_address = peewee.CharField(max_length=320, default="")
+    from_name = peewee.CharField(max_length=200, default="")
+    to_addresses = peewee.TextField(default="[]")  # JSON list of {"address", "name"}
+    cc_addresses = peewee.TextField(default="[]")
+    reply_to = peewee.TextField(default="[]")
+    envelope_from = peewee.CharField(max_length=320, default="")
+    sent_at = peewee.DateTimeField(null=True)  # the Date header
+    received_at = peewee.DateTimeField(default=utcnow)
+    text = peewee.TextField(default="")
+    html = peewee.TextField(default="")
+    headers = peewee.TextField(default="[]")  # JSON list of [name, value]
+    size = peewee.IntegerField()
+    raw = peewee.BlobField()
+    backend = peewee.CharField(max_length=40, null=True)
+    backend_message_id = peewee.CharField(max_length=200, null=True)
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))
+
+
+class Attachment(BaseModel):
+    """A MIME part with a filename or a Content-ID; its bytes, decoded."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("att"))
+    message = peewee.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
+    filename = peewee.CharField(max_length=255)
+    content_type = peewee.CharField(max_length=255)
+    content_id = peewee.CharField(max_length=998, null=True)
+    inline = peewee.BooleanField(default=False)
+    size = peewee.IntegerField()
+    sha256 = peewee.CharField(max_length=64)
+    data = peewee.BlobField()
 
 
 class AuditEvent(BaseModel):
@@ -142,4 +207,16 @@ class AuditEvent(BaseModel):
 
 
 #: Every model, for the schema check that keeps migrations and models in step.
-ALL_MODELS = (Customer, ServiceState, AdminToken, EnrollmentKey, Agent, AgentKey, Inbox, AuditEvent)
+ALL_MODELS = (
+    Customer,
+    ServiceState,
+    AdminToken,
+    EnrollmentKey,
+    Agent,
+    AgentKey,
+    Inbox,
+    AuditEvent,
+    Thread,
+    Message,
+    Attachment,
+)

@@ -19,7 +19,10 @@ from postern.core import hookspecs
 PROJECT = "postern"
 
 #: (entry-point name, module) of the plugins that ship with Postern.
-DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (("billing_free", "postern.plugins.billing_free"),)
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("billing_free", "postern.plugins.billing_free"),
+    ("smtp_local", "postern.plugins.smtp_local"),
+)
 
 
 class PluginError(Exception):

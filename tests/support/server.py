@@ -35,6 +35,10 @@ def wait_for(predicate, timeout=30.0, interval=0.1):
 class Server:
     def __init__(self, env: dict, tmp_path: Path, *args: str):
         self.port = free_port()
+        self.smtp_port = free_port()
+        self.config_file = tmp_path / f"postern-{self.port}.toml"
+        # Backend options live in the file; everything else comes from the environment.
+        self.config_file.write_text(f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n')
         self.pidfile = tmp_path / "sleeper.pids"
         self.logfile = tmp_path / f"serve-{self.port}.log"
         self.log = open(self.logfile, "w")
@@ -47,7 +51,7 @@ class Server:
             "POSTERN_DEMO_PIDFILE": str(self.pidfile),
             "PYTHONPATH": str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
-        full_env.pop("POSTERN_CONFIG", None)
+        full_env["POSTERN_CONFIG"] = str(self.config_file)
         self.env = full_env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "postern", "serve", *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT

@@ -1,0 +1,1 @@
+"""Mail: parsing untrusted MIME, threading, and the one ingest path every backend feeds."""

@@ -1,0 +1,121 @@
+"""The one inbound path: every receive backend hands raw bytes and an envelope here.
+
+Parse (within limits), then one transaction stores the message for every local
+recipient inbox, with its thread and attachments; only after the commit do the
+doorbell ring and the ``postern_message_received`` hook fire. A caller that answers
+an SMTP ``250`` after ``ingest`` returns has the message durably stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+
+from postern.core import doorbell
+from postern.core.db import write_transaction
+from postern.core.ids import new_id
+from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, parse
+from postern.core.mail.threads import find_thread, normalize_subject
+from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
+
+log = logging.getLogger("postern.ingest")
+
+
+def limits_for(postern) -> MailLimits:
+    mail = postern.config.mail
+    return MailLimits(mail.max_message_bytes, mail.max_mime_depth, mail.max_mime_parts)
+
+
+def local_inbox(address: str) -> Inbox | None:
+    """The inbox an address belongs to, if this Postern serves it."""
+    return Inbox.get_or_none(Inbox.address == address.strip().lower())
+
+
+def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str]) -> list[Message]:
+    """Store ``raw`` once per local inbox among ``recipients``; returns the stored rows.
+
+    Raises ``MailRejected`` for a message refused for good (size, MIME limits) and
+    lets database errors propagate, so the SMTP layer answers 4xx and the sender retries.
+    """
+    parsed = parse(raw, limits_for(postern))
+    addresses = list(dict.fromkeys(r.strip().lower() for r in recipients))
+    with write_transaction():
+        stored = []
+        for address in addresses:
+            inbox = local_inbox(address)
+            if inbox is None:
+                continue  # not ours: the listener refused it at RCPT already
+            stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
+        if not stored:
+            raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
+        doorbell.ring_in_transaction(m.inbox_id for m in stored)
+    doorbell.ring_after_commit(postern.config.data_dir, [m.inbox_id for m in stored])
+    for message in stored:
+        postern.hook.postern_message_received(postern=postern, message=message)
+    return stored
+
+
+def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, *, direction, status) -> Message:
+    seq = _next_seq(inbox.id)
+    sender = parsed.sender.address if parsed.sender else ""
+    thread = find_thread(inbox.id, parsed.subject, parsed.in_reply_to, parsed.references, sender or None)
+    now = utcnow()
+    if thread is None:
+        thread = Thread.create(
+            customer=inbox.customer_id,
+            inbox=inbox.id,
+            subject=parsed.subject,
+            normalized_subject=normalize_subject(parsed.subject),
+            created_at=now,
+            last_message_at=now,
+        )
+    Thread.update(message_count=Thread.message_count + 1, last_message_at=now).where(Thread.id == thread.id).execute()
+    message_id = new_id("msg")
+    message = Message.create(
+        id=message_id,
+        customer=inbox.customer_id,
+        inbox=inbox.id,
+        thread=thread.id,
+        seq=seq,
+        direction=direction,
+        status=status,
+        message_id_header=parsed.message_id or f"<{message_id}@{inbox.domain}>",
+        in_reply_to=parsed.in_reply_to,
+        references=" ".join(parsed.references),
+        subject=parsed.subject,
+        from_address=sender,
+        from_name=parsed.sender.name if parsed.sender else "",
+        to_addresses=json.dumps([asdict(m) for m in parsed.to]),
+        cc_addresses=json.dumps([asdict(m) for m in parsed.cc]),
+        reply_to=json.dumps([asdict(m) for m in parsed.reply_to]),
+        envelope_from=envelope_from[:320],
+        sent_at=parsed.date,
+        received_at=now,
+        text=parsed.text,
+        html=parsed.html,
+        headers=json.dumps(parsed.headers),
+        size=len(raw),
+        raw=raw,
+    )
+    for item in parsed.attachments:
+        Attachment.create(
+            message=message,
+            filename=item.filename,
+            content_type=item.content_type,
+            content_id=item.content_id,
+            inline=item.inline,
+            size=len(item.data),
+            sha256=hashlib.sha256(item.data).hexdigest(),
+            data=item.data,
+        )
+    return message
+
+
+def _next_seq(inbox_id: str) -> int:
+    """Take the inbox's next sequence number. The UPDATE holds the inbox row's lock
+    (SQLite: the database's) until commit, so deliveries to one inbox commit in
+    sequence order: a waiter that has seen seq N can never later meet N-1."""
+    Inbox.update(last_seq=Inbox.last_seq + 1).where(Inbox.id == inbox_id).execute()
+    return Inbox.select(Inbox.last_seq).where(Inbox.id == inbox_id).scalar()

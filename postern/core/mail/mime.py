@@ -1,0 +1,221 @@
+"""Parse inbound MIME with the standard library, inside limits that a hostile sender
+cannot blow through: total size, nesting depth and part count are checked before the
+content is decoded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from postern.core.errors import PosternError
+
+
+class MailRejected(PosternError):
+    """The message is refused for good; ``smtp_code`` is what the SMTP listener answers."""
+
+    status = 422
+    code = "message_rejected"
+
+    def __init__(self, message: str, *, smtp_code: str = "554 5.6.0", code: str | None = None):
+        super().__init__(message, code=code)
+        self.smtp_code = smtp_code
+
+
+@dataclass(frozen=True)
+class MailLimits:
+    max_bytes: int = 25 * 1024 * 1024
+    max_depth: int = 10
+    max_parts: int = 200
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    filename: str
+    content_type: str
+    content_id: str | None
+    inline: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    message_id: str | None
+    in_reply_to: str | None
+    references: list[str]
+    subject: str
+    sender: Mailbox | None
+    to: list[Mailbox]
+    cc: list[Mailbox]
+    reply_to: list[Mailbox]
+    date: dt.datetime | None
+    text: str
+    html: str
+    headers: list[tuple[str, str]]
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+
+
+MSGID = re.compile(r"<[^<>\s]+>")
+UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
+
+
+def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
+    if len(raw) > limits.max_bytes:
+        raise MailRejected(f"message exceeds {limits.max_bytes} bytes", smtp_code="552 5.3.4", code="message_too_large")
+    try:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+    except RecursionError:
+        raise MailRejected("MIME structure nested too deeply", code="mime_too_deep") from None
+    _check_structure(msg, limits)
+    text, html, body_parts = _bodies(msg)
+    return ParsedMessage(
+        message_id=_first_msgid(msg.get("Message-ID")),
+        in_reply_to=_first_msgid(msg.get("In-Reply-To")),
+        references=MSGID.findall(str(msg.get("References", "")))[-50:],
+        subject=_header_text(msg, "Subject")[:998],
+        sender=_first(_mailboxes(msg, "From")),
+        to=_mailboxes(msg, "To"),
+        cc=_mailboxes(msg, "Cc"),
+        reply_to=_mailboxes(msg, "Reply-To"),
+        date=_date(msg),
+        text=text,
+        html=html,
+        headers=[(name, _safe_str(value)) for name, value in msg.items()][:500],
+        attachments=_attachments(msg, body_parts),
+    )
+
+
+def _check_structure(msg: EmailMessage, limits: MailLimits) -> None:
+    """Walk the tree iteratively (no recursion to exhaust) counting parts and depth."""
+    stack, parts = [(msg, 0)], 0
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if depth > limits.max_depth:
+            raise MailRejected(f"MIME nesting deeper than {limits.max_depth}", code="mime_too_deep")
+        if parts > limits.max_parts:
+            raise MailRejected(f"more than {limits.max_parts} MIME parts", code="mime_too_many_parts")
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend((child, depth + 1) for child in payload)
+
+
+def _bodies(msg: EmailMessage) -> tuple[str, str, set[int]]:
+    used: set[int] = set()
+    texts = []
+    for kind in ("plain", "html"):
+        part = msg.get_body(preferencelist=(kind,))
+        if part is None:
+            texts.append("")
+            continue
+        used.add(id(part))
+        texts.append(_decode_text(part))
+    return texts[0], texts[1], used
+
+
+def _decode_text(part: EmailMessage) -> str:
+    try:
+        return part.get_content()
+    except (LookupError, UnicodeError, AssertionError):
+        # Unknown or lying charset: keep what can be read rather than lose the message.
+        payload = part.get_payload(decode=True) or b""
+        return payload.decode("utf-8", errors="replace")
+
+
+def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachment]:
+    found = []
+    for part in msg.walk():
+        if part.is_multipart() or id(part) in body_parts:
+            continue
+        disposition = part.get_content_disposition()
+        filename = part.get_filename()
+        content_id = _first_msgid(part.get("Content-ID"))
+        if disposition is None and filename is None and content_id is None:
+            if part.get_content_maintype() == "text":
+                continue  # an alternative body we did not pick
+        data = part.get_payload(decode=True) or b""
+        found.append(
+            ParsedAttachment(
+                filename=sanitize_filename(filename, len(found) + 1, part.get_content_type()),
+                content_type=part.get_content_type()[:255],
+                content_id=content_id,
+                inline=disposition == "inline",
+                data=data,
+            )
+        )
+    return found
+
+
+def sanitize_filename(name: str | None, index: int, content_type: str) -> str:
+    """A filename safe to show and to save: no path, no control or shell-special
+    characters, no leading dots, at most 255 bytes; a generated one if nothing remains."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = UNSAFE_FILENAME.sub("_", name).strip().lstrip(".")
+    while len(name.encode()) > 255:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[:-1] + dot + ext) if dot and len(ext) < 20 and stem else name[:-1]
+    if not name:
+        subtype = content_type.split("/", 1)[-1]
+        name = f"attachment-{index}.{re.sub(r'[^a-z0-9]+', '', subtype)[:10] or 'bin'}"
+    return name
+
+
+def _first_msgid(value) -> str | None:
+    if value is None:
+        return None
+    match = MSGID.search(str(value))
+    return match.group(0)[:998] if match else None
+
+
+def _header_text(msg: EmailMessage, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except (ValueError, IndexError, TypeError):
+        return ""
+    return _safe_str(value) if value is not None else ""
+
+
+def _safe_str(value) -> str:
+    try:
+        text = str(value)
+    except (ValueError, IndexError, TypeError):
+        text = ""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
+    try:
+        header = msg.get(name)
+        addresses = getattr(header, "addresses", ()) if header is not None else ()
+        return [Mailbox(a.addr_spec.lower()[:320], (a.display_name or "")[:200]) for a in addresses if a.addr_spec]
+    except (ValueError, IndexError, TypeError, AttributeError):
+        return []  # a header too broken to parse is kept raw, not trusted
+
+
+def _first(items):
+    return items[0] if items else None
+
+
+def _date(msg: EmailMessage) -> dt.datetime | None:
+    try:
+        value = msg.get("Date")
+        moment = getattr(value, "datetime", None)
+    except (ValueError, IndexError, TypeError):
+        return None
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment

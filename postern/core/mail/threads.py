@@ -1,0 +1,64 @@
+"""Which thread a message belongs to.
+
+1. In-Reply-To and References: the newest message of this inbox whose Message-ID is
+   among them gives the thread.
+2. Fallback, for clients that drop those headers: a subject with a reply prefix
+   (Re:, Fwd:, AW:, SV:…) joins the inbox's most recent thread with the same
+   normalised subject, if that thread saw a message in the last 7 days and the
+   sender took part in it.
+3. Otherwise a new thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+from postern.core.models import Message, Thread, utcnow
+
+REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|sv|wg|vs)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+FALLBACK_WINDOW = dt.timedelta(days=7)
+
+
+def normalize_subject(subject: str) -> str:
+    return " ".join(REPLY_PREFIX.sub("", subject).split()).casefold()[:998]
+
+
+def find_thread(inbox_id: str, subject: str, in_reply_to: str | None, references: list[str], sender: str | None):
+    ids = [ref for ref in [in_reply_to, *reversed(references)] if ref]
+    if ids:
+        parent = (
+            Message.select(Message.thread)
+            .where((Message.inbox == inbox_id) & Message.message_id_header.in_(ids))
+            .order_by(Message.seq.desc())
+            .first()
+        )
+        if parent is not None:
+            return Thread.get_by_id(parent.thread_id)
+    if sender and REPLY_PREFIX.match(subject):
+        candidate = (
+            Thread.select()
+            .where(
+                (Thread.inbox == inbox_id)
+                & (Thread.normalized_subject == normalize_subject(subject))
+                & (Thread.last_message_at >= utcnow() - FALLBACK_WINDOW)
+            )
+            .order_by(Thread.last_message_at.desc())
+            .first()
+        )
+        if candidate is not None and _took_part(candidate, sender):
+            return candidate
+    return None
+
+
+def _took_part(thread: Thread, address: str) -> bool:
+    for msg in Message.select(Message.from_address, Message.to_addresses, Message.cc_addresses).where(
+        Message.thread == thread.id
+    ):
+        people = {msg.from_address} | {
+            m["address"] for m in json.loads(msg.to_addresses) + json.loads(msg.cc_addresses)
+        }
+        if address in people:
+            return True
+    return False

@@ -1,0 +1,18 @@
+"""``smtp_local``: the embedded default backend. Receive: an aiosmtpd listener that
+accepts mail for this Postern's inboxes only and answers 250 after the commit."""
+
+from postern.core.hookspecs import hookimpl
+from postern.core.services import Service
+from postern.plugins.smtp_local.receiver import SmtpLocalReceiver, run_listener
+
+
+@hookimpl
+def postern_register_backends(register):
+    register("receive", SmtpLocalReceiver.name, SmtpLocalReceiver)
+
+
+@hookimpl
+def postern_services(postern):
+    if postern.config.role("receive").backend != SmtpLocalReceiver.name:
+        return []
+    return [Service("smtp", run_listener, "SMTP listener for inbound mail (aiosmtpd)")]

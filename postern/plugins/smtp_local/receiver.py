@@ -1,0 +1,127 @@
+"""The SMTP listener: RCPT checked against the core, DATA stored before 250."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import peewee
+
+from postern.core.backends import InboxRef, Receiver
+from postern.core.db import DatabaseRunner
+from postern.core.mail.ingest import MailRejected, ingest, local_inbox
+
+log = logging.getLogger("postern.smtp")
+
+DEFAULT_BIND = "127.0.0.1:2525"
+
+
+class SmtpLocalReceiver(Receiver):
+    """Inboxes live in the core's database, so the listener needs no provisioning:
+    an address is receivable from the moment its inbox row commits."""
+
+    name = "smtp_local"
+    description = "SMTP listener (aiosmtpd); inboxes stored in Postern's database"
+    OPTIONS = {"bind": str, "hostname": str, "max_recipients": int, "threads": int}
+
+    def __init__(
+        self, bind: str = DEFAULT_BIND, hostname: str = "postern.localhost", max_recipients: int = 100, threads: int = 4
+    ):
+        self.bind, self.hostname, self.max_recipients, self.threads = bind, hostname, max_recipients, threads
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalReceiver:
+        for key, value in options.items():
+            kind = cls.OPTIONS.get(key)
+            if kind is None:
+                raise ValueError(f"unknown option '{key}'; known: {', '.join(cls.OPTIONS)}")
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"'{key}' must be a {kind.__name__}")
+        receiver = cls(**options)
+        host, _, port = receiver.bind.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bind must be host:port, got '{receiver.bind}'")
+        if receiver.max_recipients < 1:
+            raise ValueError("max_recipients must be at least 1")
+        return receiver
+
+    def provision(self, inbox: InboxRef) -> None:
+        """Nothing to do: RCPT TO is answered from the inbox table."""
+
+    def deprovision(self, inbox: InboxRef) -> None:
+        """Nothing to do: a deleted inbox's address is refused at RCPT from then on."""
+
+
+class Handler:
+    """aiosmtpd handler. Database work runs on a small thread pool, off the loop."""
+
+    def __init__(self, postern, receiver: SmtpLocalReceiver, runner: DatabaseRunner):
+        self.postern = postern
+        self.receiver = receiver
+        self.runner = runner
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.receiver.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            known = await self.runner.run(local_inbox, address)
+        except peewee.PeeweeException as exc:
+            log.warning("RCPT %s: database unavailable: %s", address, exc)
+            return "451 4.3.0 Temporary failure, try again later"
+        if known is None:
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content or envelope.content
+        try:
+            stored = await self.runner.run(ingest, self.postern, raw, envelope.mail_from or "", envelope.rcpt_tos)
+        except MailRejected as exc:
+            log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
+            return f"{exc.smtp_code} {exc.message}"
+        except Exception:  # anything unforeseen: the sender must retry, never lose it
+            log.exception("could not store a message from %s; answered 451", envelope.mail_from)
+            return "451 4.3.0 Temporary failure storing the message, try again later"
+        return f"250 2.0.0 OK stored as {' '.join(m.id for m in stored)}"
+
+
+def run_listener(postern) -> None:
+    """Service entry point (``postern service run smtp``): serve until SIGTERM."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(postern))
+
+
+async def _serve(postern) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    receiver = postern.backend("receive")
+    runner = DatabaseRunner(receiver.threads)
+    handler = Handler(postern, receiver, runner)
+    host, _, port = receiver.bind.rpartition(":")
+    limit = postern.config.mail.max_message_bytes
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        # A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection.
+        lambda: SMTP(
+            handler, hostname=receiver.hostname, data_size_limit=limit, enable_SMTPUTF8=True, ident="Postern ESMTP"
+        ),
+        host.strip("[]"),
+        int(port),
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("SMTP listening on %s (max %s bytes, %s recipients)", receiver.bind, limit, receiver.max_recipients)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    runner.shutdown()
