@@ -28,10 +28,13 @@ INFO = RequestInfo(request_id=None, client_addr="cli")
 
 
 def parse_duration(value: str) -> dt.timedelta:
-    match = DURATION.match(value.strip().lower())
+    match = DURATION.fullmatch(value.strip().lower())
     if not match:
         raise click.BadParameter(f"'{value}' is not a duration such as 90m, 12h, 7d or 3600")
-    return dt.timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds > 10 * 366 * 86400:
+        raise click.BadParameter(f"'{value}' is longer than ten years")
+    return dt.timedelta(seconds=seconds)
 
 
 def _run(ctx, fn):
@@ -109,6 +112,41 @@ def token_create(ctx, customer_ref, description, as_json):
     row, plaintext = _run(ctx, mint)
     data = {"id": row.id, "customer_id": row.customer_id, "key_prefix": row.key_prefix, "admin_token": plaintext}
     _emit(as_json, data, f"{plaintext}\n(id {row.id}; shown once: store it now)")
+
+
+@token.command("list")
+@json_option
+@click.pass_context
+def token_list(ctx, as_json):
+    """List admin tokens (never their secrets)."""
+    rows = _run(ctx, lambda: [_admin_token_json(t) for t in tenancy.visible_admin_tokens(CLI)])
+    lines = [
+        f"{r['id']}\t{r['key_prefix']}…\t{r['customer_id'] or 'operator'}\t{r['revoked_at'] or 'active'}" for r in rows
+    ]
+    _emit(as_json, rows, "\n".join(lines))
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@json_option
+@click.pass_context
+def token_revoke(ctx, token_id, as_json):
+    """Revoke an admin token."""
+    row = _run(ctx, lambda: tenancy.revoke_admin_token(CLI, INFO, token_id))
+    _emit(as_json, _admin_token_json(row), f"revoked {row.id} ({row.key_prefix}…)")
+
+
+def _admin_token_json(row) -> dict:
+    from postern.api.serialize import iso
+
+    return {
+        "id": row.id,
+        "customer_id": row.customer_id,
+        "key_prefix": row.key_prefix,
+        "description": row.description,
+        "created_at": iso(row.created_at),
+        "revoked_at": iso(row.revoked_at),
+    }
 
 
 @admin.group("enroll-key")

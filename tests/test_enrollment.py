@@ -134,7 +134,7 @@ def test_agent_or_admin_key_as_enrollment_token_is_refused(client):
     agent_key = acme.agent_key().agent_key
     for token in (agent_key, acme.admin_token):
         resp = enroll(client, token)
-        assert resp.status_code == 401 and resp.json["error"]["code"] == "wrong_key_type"
+        assert resp.status_code == 403 and resp.json["error"]["code"] == "wrong_key_type"
     assert Agent.select().count() == 1
 
 

@@ -51,7 +51,7 @@ class CustomersResource:
         self.caller = caller
 
     async def on_post(self, req, resp):
-        principal = await self.caller.principal(req, "admin")
+        await self.caller.check(req, "admin")
         body = await read_json(req, max_bytes=4096)
         reject_unknown(body, {"label", "name"})
         label, name = body.get("label"), body.get("name")
@@ -59,7 +59,7 @@ class CustomersResource:
             raise InvalidInput("label is required", field="label")
         if name is not None and not isinstance(name, str):
             raise InvalidInput("name must be a string", field="name")
-        customer = await self.caller.acting_as(principal, req, tenancy.create_customer, label, name or label)
+        customer = await self.caller.as_admin(req, tenancy.create_customer, label, name or label)
         resp.status = falcon.HTTP_201
         resp.media = customer_json(customer)
 
@@ -115,7 +115,7 @@ class EnrollmentKeysResource:
         self.caller = caller
 
     async def on_post(self, req, resp):
-        principal = await self.caller.principal(req, "admin")
+        await self.caller.check(req, "admin")
         body = await read_json(req, max_bytes=16384)
         reject_unknown(body, set(ENROLLMENT_REQUEST["properties"]))
         base_domain = self.caller.postern.config.mail.domain
@@ -149,7 +149,7 @@ class EnrollmentKeysResource:
                 description=description,
             )
 
-        key, plaintext = await self.caller.acting_as(principal, req, mint)
+        key, plaintext = await self.caller.as_admin(req, mint)
         resp.status = falcon.HTTP_201
         resp.media = {**enrollment_key_json(key), "enrollment_key": plaintext}
 
@@ -209,8 +209,10 @@ class EnrollmentKeyRevokeResource:
         self.caller = caller
 
     async def on_post(self, req, resp, key_id):
-        principal = await self.caller.principal(req, "admin")
-        body = await read_json(req, max_bytes=1024) if req.content_length else {}
+        await self.caller.check(req, "admin")
+        # An empty body (no content type, no bytes) means the defaults.
+        empty = req.content_type is None and not req.content_length
+        body = {} if empty else await read_json(req, max_bytes=1024)
         reject_unknown(body, {"revoke_agent_keys"})
         cascade = body.get("revoke_agent_keys", False)
         if not isinstance(cascade, bool):
@@ -220,7 +222,7 @@ class EnrollmentKeyRevokeResource:
             count = enrollment.revoke_enrollment_key(principal, info, key_id, revoke_agent_keys=cascade)
             return enrollment.get_enrollment_key(principal, key_id), count
 
-        key, count = await self.caller.acting_as(principal, req, revoke)
+        key, count = await self.caller.as_admin(req, revoke)
         resp.media = {**enrollment_key_json(key), "agent_keys_revoked": count}
 
 

@@ -24,11 +24,27 @@ async def read_json(req, *, max_bytes: int = DEFAULT_MAX_BODY) -> dict:
         raise ApiError(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
     try:
         body = json.loads(raw) if raw else None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nesting deeper than the parser goes
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_body", "request body must be a JSON object")
+    _refuse_nul(body, "")
     return body
+
+
+def _refuse_nul(value, path: str) -> None:
+    """NUL has no place in any field (and PostgreSQL text cannot store it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{path or 'body'} must not contain NUL characters", field=path.split(".")[0] or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise InvalidInput("field names must not contain NUL characters")
+            _refuse_nul(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nul(item, path)
 
 
 def reject_unknown(body: dict, allowed: set[str]) -> None:

@@ -1,13 +1,29 @@
-"""How resources reach the core: authenticate and act in one database-thread hop."""
+"""How resources reach the core: authenticate and act in one database-thread hop.
+
+Every refusal is audited here unless the core already audited it, so an agent or
+admin poking at another tenant's ids leaves a trail even when the answer is a 404.
+"""
 
 from __future__ import annotations
 
-from postern.core.auth import authenticate, bearer_token
+from postern.core import audit
+from postern.core.auth import authenticate, bearer_token, require_scope
+from postern.core.db import write_transaction
+from postern.core.errors import PosternError
 from postern.core.principal import RequestInfo
 
 
 def request_info(req) -> RequestInfo:
     return RequestInfo(request_id=getattr(req.context, "request_id", None), client_addr=req.remote_addr)
+
+
+def _action(req) -> str:
+    return f"{req.method} {getattr(req, 'uri_template', None) or req.path}"
+
+
+def _target(req) -> str | None:
+    params = getattr(req.context, "path_params", None) or {}
+    return next(iter(params.values()), None)
 
 
 class CoreCaller:
@@ -28,23 +44,34 @@ class CoreCaller:
         info = request_info(req)
         return await self.runner.run(lambda: fn(info, *args, **kwargs))
 
-    async def principal(self, req, realm: str):
-        """Authenticate first (401/403 before any body is read or validated)."""
-        info = request_info(req)
-        token = bearer_token(req.get_header("Authorization"))
-        return await self.runner.run(authenticate, token, realm, info)
-
-    async def acting_as(self, principal, req, fn, *args, **kwargs):
-        """Run ``fn(principal, info, ...)`` for an already authenticated principal."""
-        info = request_info(req)
-        return await self.runner.run(lambda: fn(principal, info, *args, **kwargs))
-
-    async def _call(self, req, realm, fn, *args, **kwargs):
-        info = request_info(req)
-        token = bearer_token(req.get_header("Authorization"))
+    async def check(self, req, realm: str, scope: str | None = None, action: str | None = None) -> None:
+        """Authenticate (and check ``scope``) before a body is read, so a caller without
+        the right key learns nothing from body validation. The action itself
+        authenticates again, in its own step: a key revoked meanwhile stops it."""
+        info, token = request_info(req), bearer_token(req.get_header("Authorization"))
 
         def work():
             principal = authenticate(token, realm, info)
-            return fn(principal, info, *args, **kwargs)
+            if scope:
+                require_scope(principal, scope, info, action or _action(req), _target(req))
+
+        await self.runner.run(work)
+
+    async def _call(self, req, realm, fn, *args, **kwargs):
+        info, token = request_info(req), bearer_token(req.get_header("Authorization"))
+        action, target = _action(req), _target(req)
+
+        def work():
+            principal = authenticate(token, realm, info)
+            try:
+                return fn(principal, info, *args, **kwargs)
+            except PosternError as exc:
+                if not exc.audited:
+                    with write_transaction():
+                        audit.record(
+                            action, principal=principal, info=info, outcome="denied", code=exc.code, target=target
+                        )
+                    exc.audited = True
+                raise
 
         return await self.runner.run(work)

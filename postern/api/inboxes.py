@@ -48,7 +48,7 @@ class InboxesResource:
         self.caller = caller
 
     async def on_post(self, req, resp):
-        principal = await self.caller.principal(req, "agent")
+        await self.caller.check(req, "agent", "mailbox:create", "inbox.create")
         body = await read_json(req, max_bytes=8192)
         postern = self.caller.postern
 
@@ -56,7 +56,7 @@ class InboxesResource:
             require_scope(principal, "mailbox:create", info, "inbox.create")
             return create_inbox(postern, principal, info, body)
 
-        inbox, created = await self.caller.acting_as(principal, req, create)
+        inbox, created = await self.caller.as_agent(req, create)
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.media = inbox_json(inbox)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from postern.core.logs import redact
 from postern.core.models import AuditEvent
 from postern.core.principal import Principal, RequestInfo
 
@@ -30,6 +31,9 @@ def record(
     enrollment key a redemption named) and override nothing the principal carries.
     """
     p = principal
+    if target is not None:
+        # Targets come from URLs: never keep a key pasted into one, nor control characters.
+        target = redact(target).encode("unicode_escape").decode("ascii")[:100]
     AuditEvent.create(
         customer_id=(p.customer_id if p else None) or customer_id,
         enrollment_id=(p.enrollment_id if p else None) or enrollment_id,
@@ -45,4 +49,4 @@ def record(
         client_addr=info.client_addr,
     )
     if outcome != "ok":
-        log.info("denied %s on %s: %s (request %s)", action, target, code, info.request_id)
+        log.info("denied %s on %r: %s (request %s)", action, target, code, info.request_id)

@@ -28,6 +28,9 @@ def query_audit(principal: Principal, filters: dict, limit=None, page_token=None
             except ValueError:
                 raise InvalidInput(f"{name} must be an ISO 8601 time", field=name) from None
             if moment.tzinfo is not None:
-                moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+                try:
+                    moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+                except OverflowError:
+                    raise InvalidInput(f"{name} is out of range", field=name) from None
             query = query.where(op(moment))
     return paginate_newest_first(query, AuditEvent.id, parse_limit(limit), page_token)

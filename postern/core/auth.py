@@ -7,7 +7,7 @@ request in every worker and host: there is no per-process cache to outlive it.
 from __future__ import annotations
 
 from postern.core import audit, keys
-from postern.core.db import database
+from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, PermissionDenied
 from postern.core.models import AdminToken, AgentKey, utcnow
 from postern.core.principal import Principal, RequestInfo
@@ -90,8 +90,10 @@ def require_scope(principal: Principal, scope: str, info: RequestInfo, action: s
 
 
 def _deny(info, code, error, message, *, principal=None, key_prefix=None, action="auth", target=None):
-    with database.obj.atomic():
+    with write_transaction():
         audit.record(
             action, principal=principal, info=info, outcome="denied", code=code, target=target, key_prefix=key_prefix
         )
-    raise error(message, code=code)
+    exc = error(message, code=code)
+    exc.audited = True
+    raise exc

@@ -63,9 +63,9 @@ def create_enrollment_key(
     if not isinstance(max_mailboxes, int) or isinstance(max_mailboxes, bool) or not 0 <= max_mailboxes <= 100_000:
         raise InvalidInput("max_mailboxes must be an integer from 0 to 100000", field="max_mailboxes")
     if max_redemptions is not None and (
-        not isinstance(max_redemptions, int) or isinstance(max_redemptions, bool) or max_redemptions < 1
+        not isinstance(max_redemptions, int) or isinstance(max_redemptions, bool) or not 1 <= max_redemptions <= 10**6
     ):
-        raise InvalidInput("max_redemptions must be a positive integer or null", field="max_redemptions")
+        raise InvalidInput("max_redemptions must be an integer from 1 to 1000000, or null", field="max_redemptions")
     if not dt.timedelta(minutes=1) <= expires_in <= MAX_ENROLLMENT_LIFETIME:
         raise InvalidInput("expiry must be between 1 minute and 366 days away", field="expires_in")
     home = tenant_domain(base_domain, customer)
@@ -118,7 +118,7 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
         _deny(
             info,
             "wrong_key_type",
-            AuthenticationFailed,
+            PermissionDenied,
             "enrollment_token must be a pk_enroll_… key",
             key_prefix=keys.display_prefix(token),
         )
@@ -187,7 +187,9 @@ def _agent_for(key: EnrollmentKey, handle: str) -> Agent:
 def _deny(info, code, error, message, **ids):
     with write_transaction():
         audit.record("enroll", principal=None, info=info, outcome="denied", code=code, **ids)
-    raise error(message, code=code)
+    exc = error(message, code=code)
+    exc.audited = True
+    raise exc
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ class PosternError(Exception):
             self.code = code
         self.field = field
         self.retry_after = retry_after
+        #: Set once an audit row records this refusal, so it is written only once.
+        self.audited = False
 
 
 class InvalidInput(PosternError):

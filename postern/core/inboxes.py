@@ -13,6 +13,7 @@ from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
 from postern.core.db import write_transaction
 from postern.core.enrollment import allowed_domains
 from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired, QuotaExceeded, Unavailable
+from postern.core.ids import well_formed
 from postern.core.models import Agent, EnrollmentKey, Inbox
 from postern.core.names import InvalidName, normalise_domain, normalise_local_part
 from postern.core.pagination import Page, paginate, parse_limit
@@ -111,6 +112,7 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
             audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
     except QuotaExceeded as exc:
         _denied(principal, info, "inbox.create", exc.code)
+        exc.audited = True
         raise
     except peewee.IntegrityError:
         if client_id is not None and (existing := _by_client_id(principal, client_id)) is not None:
@@ -174,11 +176,15 @@ def list_inboxes(principal: Principal, info: RequestInfo, limit, page_token) -> 
     return page
 
 
-def get_inbox(principal: Principal, info: RequestInfo, inbox_id: str, *, audit_read: bool = True) -> Inbox:
-    inbox = visible_inboxes(principal).where(Inbox.id == inbox_id).first()
+def get_inbox(
+    principal: Principal, info: RequestInfo, inbox_id: str, *, audit_read: bool = True, action: str = "inbox.read"
+) -> Inbox:
+    inbox = visible_inboxes(principal).where(Inbox.id == inbox_id).first() if well_formed(inbox_id, "inb") else None
     if inbox is None:
-        _denied(principal, info, "inbox.read", "not_found", target=inbox_id)
-        raise NotFound(f"no inbox '{inbox_id}'")
+        _denied(principal, info, action, "not_found", target=inbox_id)
+        exc = NotFound(f"no inbox '{inbox_id[:60]}'")
+        exc.audited = True
+        raise exc
     if audit_read:
         with write_transaction():
             audit.record("inbox.read", principal=principal, info=info, target=inbox.id)
@@ -187,7 +193,7 @@ def get_inbox(principal: Principal, info: RequestInfo, inbox_id: str, *, audit_r
 
 def delete_inbox(postern, principal: Principal, info: RequestInfo, inbox_id: str) -> None:
     """Delete an inbox, free its mailbox slot, and deprovision it; all or nothing."""
-    inbox = get_inbox(principal, info, inbox_id, audit_read=False)
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="inbox.delete")
     with write_transaction():
         deleted = Inbox.delete().where(Inbox.id == inbox.id).execute()
         if not deleted:

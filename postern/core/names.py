@@ -6,6 +6,7 @@ import re
 
 LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 LOCAL_PART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+DOMAIN_CHARS = re.compile(r"[a-z0-9.-]+")
 HANDLE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
 
@@ -15,14 +16,14 @@ class InvalidName(ValueError):
 
 def normalise_label(value: str) -> str:
     label = value.strip().lower()
-    if not LABEL.match(label):
+    if not LABEL.fullmatch(label):
         raise InvalidName(f"'{value}' is not a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'")
     return label
 
 
 def normalise_domain(value: str) -> str:
     domain = value.strip().lower().rstrip(".")
-    if not domain or len(domain) > 253:
+    if not domain or len(domain) > 253 or not DOMAIN_CHARS.fullmatch(domain):
         raise InvalidName(f"'{value}' is not a domain name")
     for label in domain.split("."):
         try:
@@ -34,7 +35,7 @@ def normalise_domain(value: str) -> str:
 
 def normalise_local_part(value: str) -> str:
     local = value.strip().lower()
-    if not LOCAL_PART.match(local) or ".." in local:
+    if not LOCAL_PART.fullmatch(local) or ".." in local:
         raise InvalidName(
             f"'{value}' is not a valid username: 1-64 of a-z, 0-9, '.', '_' and '-', "
             "starting and ending with a letter or digit, no '..'"
@@ -44,7 +45,7 @@ def normalise_local_part(value: str) -> str:
 
 def normalise_handle(value: str) -> str:
     handle = value.strip().lower()
-    if not HANDLE.match(handle) or ".." in handle:
+    if not HANDLE.fullmatch(handle) or ".." in handle:
         raise InvalidName(
             f"'{value}' is not a valid agent handle: 1-64 of a-z, 0-9, '.', '_' and '-', "
             "starting and ending with a letter or digit"

@@ -74,7 +74,7 @@ def paginate_newest_first(query, id_field, limit: int, page_token: str | None) -
     """Newest first by a monotonic integer id (the audit log)."""
     key = decode_token(page_token, 1)
     if key is not None:
-        if not isinstance(key[0], int):
+        if not isinstance(key[0], int) or not 0 < key[0] < 2**63:
             raise InvalidInput("page_token is not one this API issued", field="page_token")
         query = query.where(id_field < key[0])
     rows = list(query.order_by(id_field.desc()).limit(limit + 1))

@@ -7,10 +7,11 @@ import peewee
 from postern.core import audit, keys
 from postern.core.db import write_transaction
 from postern.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from postern.core.models import AdminToken, Customer
-from postern.core.names import InvalidName, normalise_label
+from postern.core.ids import well_formed
+from postern.core.models import AdminToken, Customer, utcnow
+from postern.core.names import LABEL, InvalidName, normalise_label
 from postern.core.principal import Principal, RequestInfo
-from postern.core.visibility import visible
+from postern.core.visibility import get_visible, visible
 
 
 def tenant_domain(base_domain: str, customer: Customer) -> str:
@@ -43,11 +44,15 @@ def visible_customers(principal: Principal):
 
 def get_customer(principal: Principal, customer_id_or_label: str) -> Customer:
     """A customer by id or label, as ``principal`` may see it (404 otherwise)."""
-    customer = Customer.get_or_none(
-        (Customer.id == customer_id_or_label) | (Customer.label == customer_id_or_label.lower())
-    )
+    ref = customer_id_or_label
+    if well_formed(ref, "cus"):
+        customer = Customer.get_or_none(Customer.id == ref)
+    elif LABEL.fullmatch(ref.lower()):
+        customer = Customer.get_or_none(Customer.label == ref.lower())
+    else:
+        customer = None
     if customer is None or not (principal.is_operator or principal.customer_id == customer.id):
-        raise NotFound(f"no customer '{customer_id_or_label}'")
+        raise NotFound(f"no customer '{ref[:60]}'")
     return customer
 
 
@@ -70,3 +75,20 @@ def create_admin_token(
             customer_id=customer.id if customer else None,
         )
     return token, minted.plaintext
+
+
+def visible_admin_tokens(principal: Principal):
+    return visible(AdminToken, principal)
+
+
+def revoke_admin_token(principal: Principal, info: RequestInfo, token_id: str) -> AdminToken:
+    """Revoke an admin token; effective on its next request. Operators only."""
+    if not principal.is_operator:
+        raise PermissionDenied("only an operator can revoke admin tokens", code="operator_only")
+    row = get_visible(AdminToken, principal, token_id, "admin token")
+    with write_transaction():
+        AdminToken.update(revoked_at=utcnow()).where(
+            (AdminToken.id == row.id) & AdminToken.revoked_at.is_null()
+        ).execute()
+        audit.record("admin_token.revoke", principal=principal, info=info, target=row.id, customer_id=row.customer_id)
+    return AdminToken.get_by_id(row.id)

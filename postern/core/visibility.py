@@ -7,6 +7,7 @@ One place for the rule, so every lookup of another tenant's object answers the s
 from __future__ import annotations
 
 from postern.core.errors import NotFound
+from postern.core.ids import well_formed
 from postern.core.principal import Principal
 
 
@@ -21,7 +22,10 @@ def visible(model, principal: Principal, tenant_field=None):
 
 def get_visible(model, principal: Principal, object_id: str, noun: str, tenant_field=None):
     """One row by id, or ``NotFound`` when it is missing or belongs to another tenant."""
-    row = visible(model, principal, tenant_field).where(model.id == object_id).first()
+    prefix = model.id.default().split("_", 1)[0]
+    row = None
+    if well_formed(object_id, prefix):
+        row = visible(model, principal, tenant_field).where(model.id == object_id).first()
     if row is None:
-        raise NotFound(f"no {noun} '{object_id}'")
+        raise NotFound(f"no {noun} '{object_id[:60]}'")
     return row
