@@ -30,7 +30,19 @@ from postern.core.db import DatabaseRunner
 from postern.core.errors import InvalidInput
 from postern.core.ids import new_id
 from postern.core.inboxes import create_inbox
-from postern.core.models import AdminToken, Agent, AgentKey, AuditEvent, Customer, EnrollmentKey, Inbox, utcnow
+from postern.core.mail.ingest import ingest
+from postern.core.models import (
+    AdminToken,
+    Agent,
+    AgentKey,
+    AuditEvent,
+    Customer,
+    EnrollmentKey,
+    Inbox,
+    Message,
+    Thread,
+    utcnow,
+)
 from postern.core.principal import SCOPES
 from postern.core.runtime import build_postern
 
@@ -135,10 +147,18 @@ def assert_error(resp, status: int, code: str, field: str | None = None) -> dict
 
 
 def seed_inbox(postern, enrolled, username: str | None = None) -> Inbox:
-    """An inbox under ``enrolled``'s enrollment, made through the core whatever its scopes."""
+    """An inbox under ``enrolled``'s enrollment, made through the core whatever its scopes,
+    holding one received message (so message and thread ids exist too)."""
     principal = authenticate(enrolled.agent_key, "agent", INFO)
     body = {"username": username} if username else {}
-    return create_inbox(postern, principal, INFO, body)[0]
+    inbox = create_inbox(postern, principal, INFO, body)[0]
+    raw = f"From: a@example.org\r\nTo: {inbox.address}\r\nSubject: seed\r\n\r\nhello\r\n".encode()
+    ingest(postern, raw, "a@example.org", [inbox.address])
+    return Inbox.get_by_id(inbox.id)
+
+
+def first_message(inbox: Inbox) -> Message:
+    return Message.select().where(Message.inbox == inbox.id).order_by(Message.seq).first()
 
 
 def denials(code: str | None = None) -> list[AuditEvent]:
@@ -151,7 +171,7 @@ def denials(code: str | None = None) -> list[AuditEvent]:
 def tenant_snapshot(customer_id: str) -> dict:
     """Every row a tenant owns (audit aside), to prove a foreign caller changed nothing."""
     rows = {}
-    for model in (Customer, AdminToken, EnrollmentKey, Agent, AgentKey, Inbox):
+    for model in (Customer, AdminToken, EnrollmentKey, Agent, AgentKey, Inbox, Thread, Message):
         owner = model.id if model is Customer else model.customer
         found = model.select().where(owner == customer_id).order_by(model.id)
         rows[model.__name__] = [model_to_dict(row, recurse=False) for row in found]
@@ -177,6 +197,10 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "inbox", "inb"
     if param == "agent_id":
         return "agent", "agt"
+    if param == "message_id":
+        return "message", "msg"
+    if param == "thread_id":
+        return "thread", "thr"
     if param == "key_id" and "/enrollment-keys/" in path:
         return "enrollment_key", "enr"
     if param == "key_id" and "/agent-keys/" in path:
@@ -192,7 +216,9 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     """One of each object under a fresh enrollment of ``tenant``, by kind."""
     enrolled = tenant.agent_key(handle=handle)
     inbox = seed_inbox(postern, enrolled, username=handle)
+    message = first_message(inbox)
     ids = {"inbox": inbox.id, "agent": enrolled.agent.id, "agent_key": enrolled.key.id}
+    ids.update(message=message.id, thread=message.thread_id)
     ids["enrollment_key"] = enrolled.enrollment.id
     return ids, enrolled
 
@@ -226,12 +252,17 @@ AGENT_ENDPOINTS = {
     "read": ("GET", "/v1/inboxes/{inbox_id}", "mailbox:read", 200, "inbox.read"),
     "delete": ("DELETE", "/v1/inboxes/{inbox_id}", "mailbox:create", 204, "inbox.delete"),
     "me": ("GET", "/v1/me", None, 200, "me.read"),
+    "messages": ("GET", "/v1/inboxes/{inbox_id}/messages", "mailbox:read", 200, "message.list"),
+    "message": ("GET", "/v1/inboxes/{inbox_id}/messages/{message_id}", "mailbox:read", 200, "message.read"),
+    "wait": ("GET", "/v1/inboxes/{inbox_id}/messages/wait?timeout=0", "mailbox:read", 200, "message.wait"),
+    "threads": ("GET", "/v1/inboxes/{inbox_id}/threads", "mailbox:read", 200, "thread.list"),
+    "thread": ("GET", "/v1/inboxes/{inbox_id}/threads/{thread_id}", "mailbox:read", 200, "thread.read"),
 }
 
 
 def test_the_scope_matrix_covers_every_agent_operation():
     declared = {(op.method, op.path): op.scope for op in AGENT_OPS}
-    assert declared == {(m, p): scope for m, p, scope, _, _ in AGENT_ENDPOINTS.values()}
+    assert declared == {(m, p.split("?")[0]): scope for m, p, scope, _, _ in AGENT_ENDPOINTS.values()}
 
 
 def test_an_enrollment_key_needs_at_least_one_scope(acme, client):
@@ -256,9 +287,9 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
     enrolled = acme.agent_key(scopes=scopes)
     inbox = seed_inbox(postern, enrolled)
     body = {} if method == "POST" else None
-    resp = client.simulate_request(
-        method, path.format(inbox_id=inbox.id), headers=bearer(enrolled.agent_key), json=body
-    )
+    message = first_message(inbox)
+    url = path.format(inbox_id=inbox.id, message_id=message.id, thread_id=message.thread_id)
+    resp = client.simulate_request(method, url, headers=bearer(enrolled.agent_key), json=body)
 
     if needed is None or needed in scopes:
         assert resp.status_code == ok_status, resp.text

@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from postern.api import admin
+from postern.api import admin, messages
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller
 from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
@@ -17,6 +17,7 @@ from postern.api.inboxes import InboxesResource, InboxResource
 from postern.api.middleware import Lifespan, RequestContext
 from postern.api.openapi import OpenApiResource
 from postern.core.db import DatabaseRunner
+from postern.core.doorbell import Waiters
 from postern.core.errors import PosternError
 
 
@@ -28,15 +29,22 @@ class Route:
     resource: Any
 
 
-def build_routes(postern, runner: DatabaseRunner) -> list[Route]:
+def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None) -> list[Route]:
     """Core routes, then every plugin's; the OpenAPI document covers them all."""
     caller = CoreCaller(postern, runner)
+    waiters = waiters or Waiters(postern.config.data_dir, postern.config.database_url)
+    inbox = "/v1/inboxes/{inbox_id}"
     routes = [
         Route("/healthz", HealthResource(runner)),
         Route("/v1/enroll", EnrollResource(caller)),
         Route("/v1/me", MeResource(caller)),
         Route("/v1/inboxes", InboxesResource(caller)),
         Route("/v1/inboxes/{inbox_id}", InboxResource(caller)),
+        Route(f"{inbox}/messages", messages.MessagesResource(caller)),
+        Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters)),
+        Route(f"{inbox}/messages/{{message_id}}", messages.MessageResource(caller)),
+        Route(f"{inbox}/threads", messages.ThreadsResource(caller)),
+        Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),
         Route("/v1/admin/enrollment-keys", admin.EnrollmentKeysResource(caller)),
         Route("/v1/admin/enrollment-keys/{key_id}", admin.EnrollmentKeyResource(caller)),
@@ -55,10 +63,11 @@ def build_routes(postern, runner: DatabaseRunner) -> list[Route]:
 def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App:
     """The API app for ``postern``."""
     runner = runner or DatabaseRunner(postern.config.database.threads)
-    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner)])
+    waiters = Waiters(postern.config.data_dir, postern.config.database_url)
+    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner, waiters)])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(PosternError, handle_domain_error)
-    for route in build_routes(postern, runner):
+    for route in build_routes(postern, runner, waiters):
         app.add_route(route.path, route.resource)
     return app

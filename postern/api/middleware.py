@@ -28,10 +28,12 @@ class RequestContext:
 
 
 class Lifespan:
-    """Releases the database thread pool when the worker shuts down."""
+    """Releases the database thread pool and the doorbell when the worker shuts down."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, waiters):
         self.runner = runner
+        self.waiters = waiters
 
     async def process_shutdown(self, scope, event) -> None:
+        self.waiters.close()
         self.runner.shutdown()

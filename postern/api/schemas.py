@@ -121,3 +121,63 @@ SCHEMAS = {
     "Inbox": INBOX,
     "AuditEvent": AUDIT_EVENT,
 }
+
+PERSON = obj({"address": S, "name": S})
+PEOPLE = {"type": "array", "items": PERSON}
+ATTACHMENT = obj(
+    {
+        "id": S,
+        "filename": S,
+        "content_type": S,
+        "size": INT,
+        "sha256": S,
+        "content_id": S_NULL,
+        "inline": {"type": "boolean"},
+    }
+)
+MESSAGE_SUMMARY_FIELDS = {
+    "id": S,
+    "inbox_id": S,
+    "thread_id": S,
+    "cursor": S,
+    "direction": {"enum": ["inbound", "outbound"]},
+    "status": S,
+    "message_id": S,
+    "subject": S,
+    "from": PERSON,
+    "to": PEOPLE,
+    "cc": PEOPLE,
+    "snippet": S,
+    "received_at": S,
+    "sent_at": S_NULL,
+    "size": INT,
+    "attachment_count": INT,
+}
+MESSAGE_SUMMARY = obj(MESSAGE_SUMMARY_FIELDS)
+MESSAGE = obj(
+    {
+        **MESSAGE_SUMMARY_FIELDS,
+        "reply_to": PEOPLE,
+        "in_reply_to": S_NULL,
+        "references": STRS,
+        "envelope_from": S,
+        "headers": {"type": "array", "items": {"type": "array", "items": S}},
+        "text": S,
+        "html": S,
+        "truncated": {"type": "boolean"},
+        "attachments": {"type": "array", "items": ATTACHMENT},
+    }
+)
+THREAD_FIELDS = {"id": S, "inbox_id": S, "subject": S, "message_count": INT, "created_at": S, "last_message_at": S}
+SCHEMAS.update(
+    {
+        "MessageSummary": MESSAGE_SUMMARY,
+        "Message": MESSAGE,
+        "Attachment": ATTACHMENT,
+        "WaitResult": obj(
+            {"messages": {"type": "array", "items": MESSAGE_SUMMARY}, "cursor": S, "timed_out": {"type": "boolean"}}
+        ),
+        "Thread": obj(THREAD_FIELDS),
+        "ThreadWithMessages": obj({**THREAD_FIELDS, "messages": {"type": "array", "items": MESSAGE_SUMMARY}}),
+    }
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from postern.core.enrollment import allowed_domains
 
@@ -93,3 +94,73 @@ def audit_json(e) -> dict:
 
 def page_json(page, fn) -> dict:
     return {"data": [fn(item) for item in page.items], "next_page_token": page.next_page_token}
+
+
+def _people(raw: str) -> list[dict]:
+    return json.loads(raw)
+
+
+def attachment_json(a) -> dict:
+    return {
+        "id": a.id,
+        "filename": a.filename,
+        "content_type": a.content_type,
+        "size": a.size,
+        "sha256": a.sha256,
+        "content_id": a.content_id,
+        "inline": a.inline,
+    }
+
+
+def message_json(view, *, full: bool = False, max_length: int | None = None) -> dict:
+    """A message summary; with ``full``, bodies, headers and attachments too.
+    Mail is untrusted: ``html`` is returned as received, for the caller to sanitise."""
+    m = view.message
+    body = {
+        "id": m.id,
+        "inbox_id": m.inbox_id,
+        "thread_id": m.thread_id,
+        "cursor": str(m.seq),
+        "direction": m.direction,
+        "status": m.status,
+        "message_id": m.message_id_header,
+        "subject": m.subject,
+        "from": {"address": m.from_address, "name": m.from_name},
+        "to": _people(m.to_addresses),
+        "cc": _people(m.cc_addresses),
+        "snippet": " ".join(m.text.split())[:200],
+        "received_at": iso(m.received_at),
+        "sent_at": iso(m.sent_at),
+        "size": m.size,
+        "attachment_count": len(view.attachments),
+    }
+    if full:
+        text, html = m.text, m.html
+        truncated = max_length is not None and (len(text) > max_length or len(html) > max_length)
+        if max_length is not None:
+            text, html = text[:max_length], html[:max_length]
+        body.update(
+            {
+                "reply_to": _people(m.reply_to),
+                "in_reply_to": m.in_reply_to,
+                "references": m.references.split(),
+                "envelope_from": m.envelope_from,
+                "headers": [[name, value] for name, value in json.loads(m.headers)],
+                "text": text,
+                "html": html,
+                "truncated": truncated,
+                "attachments": [attachment_json(a) for a in view.attachments],
+            }
+        )
+    return body
+
+
+def thread_json(t) -> dict:
+    return {
+        "id": t.id,
+        "inbox_id": t.inbox_id,
+        "subject": t.subject,
+        "message_count": t.message_count,
+        "created_at": iso(t.created_at),
+        "last_message_at": iso(t.last_message_at),
+    }

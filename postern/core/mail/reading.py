@@ -1,0 +1,147 @@
+"""Reading mail: messages and threads of an inbox as a principal may see them, and
+the store side of ``wait_for_email``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import peewee
+
+from postern.core import audit
+from postern.core.db import write_transaction
+from postern.core.errors import InvalidInput, NotFound
+from postern.core.ids import well_formed
+from postern.core.inboxes import get_inbox
+from postern.core.models import Attachment, Inbox, Message, Thread
+from postern.core.pagination import Page, decode_token, encode_token, paginate_newest_first, parse_limit
+from postern.core.principal import Principal, RequestInfo
+
+DIRECTIONS = ("inbound", "outbound")
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message: Message
+    attachments: list[Attachment]
+
+
+def _audit(principal, info, action, target) -> None:
+    with write_transaction():
+        audit.record(action, principal=principal, info=info, target=target)
+
+
+def _with_attachments(messages: list[Message]) -> list[MessageView]:
+    ids = [m.id for m in messages]
+    by_message: dict[str, list[Attachment]] = {i: [] for i in ids}
+    if ids:
+        fields = [f for f in Attachment._meta.sorted_fields if f.name != "data"]  # never load bytes for a listing
+        for att in Attachment.select(*fields).where(Attachment.message.in_(ids)).order_by(Attachment.id):
+            by_message[att.message_id].append(att)
+    return [MessageView(m, by_message[m.id]) for m in messages]
+
+
+def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filters: dict, limit, page_token) -> Page:
+    """Newest first. Filters: ``thread_id``, ``direction``, ``received_after`` (ISO 8601)."""
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.list")
+    query = Message.select(*_summary_fields()).where(Message.inbox == inbox.id)
+    if filters.get("thread_id"):
+        query = query.where(Message.thread == filters["thread_id"])
+    direction = filters.get("direction")
+    if direction:
+        if direction not in DIRECTIONS:
+            raise InvalidInput(f"direction must be one of {', '.join(DIRECTIONS)}", field="direction")
+        query = query.where(Message.direction == direction)
+    after = filters.get("received_after")
+    if after:
+        query = query.where(Message.received_at > _parse_time(after, "received_after"))
+    page = paginate_newest_first(query, Message.seq, parse_limit(limit), page_token)
+    _audit(principal, info, "message.list", inbox.id)
+    return Page(_with_attachments(page.items), page.next_page_token)
+
+
+def get_message(principal: Principal, info: RequestInfo, inbox_id: str, message_id: str) -> MessageView:
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.read")
+    message = None
+    if well_formed(message_id, "msg"):
+        message = Message.get_or_none((Message.id == message_id) & (Message.inbox == inbox.id))
+    if message is None:
+        raise NotFound(f"no message '{message_id[:60]}' in this inbox")
+    _audit(principal, info, "message.read", message.id)
+    return _with_attachments([message])[0]
+
+
+def list_threads(principal: Principal, info: RequestInfo, inbox_id: str, limit, page_token) -> Page:
+    """Most recently active first."""
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="thread.list")
+    query = Thread.select().where(Thread.inbox == inbox.id)
+    key = decode_token(page_token, 2)
+    if key is not None:
+        at = _parse_time(key[0], "page_token")
+        query = query.where((Thread.last_message_at < at) | ((Thread.last_message_at == at) & (Thread.id < key[1])))
+    limit = parse_limit(limit)
+    rows = list(query.order_by(Thread.last_message_at.desc(), Thread.id.desc()).limit(limit + 1))
+    token = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        token = encode_token([rows[-1].last_message_at.isoformat(), rows[-1].id])
+    _audit(principal, info, "thread.list", inbox.id)
+    return Page(rows, token)
+
+
+def get_thread(principal: Principal, info: RequestInfo, inbox_id: str, thread_id: str):
+    """The thread and its messages, oldest first."""
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="thread.read")
+    thread = None
+    if well_formed(thread_id, "thr"):
+        thread = Thread.get_or_none((Thread.id == thread_id) & (Thread.inbox == inbox.id))
+    if thread is None:
+        raise NotFound(f"no thread '{thread_id[:60]}' in this inbox")
+    messages = list(Message.select(*_summary_fields()).where(Message.thread == thread.id).order_by(Message.seq))
+    _audit(principal, info, "thread.read", thread.id)
+    return thread, _with_attachments(messages)
+
+
+def open_wait(principal: Principal, info: RequestInfo, inbox_id: str, after: str | None) -> tuple[Inbox, int]:
+    """Check access once for a wait and resolve its cursor: ``after`` or, when absent,
+    the inbox's current position (so the wait returns the *next* message)."""
+    inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.wait")
+    cursor = parse_cursor(after) if after not in (None, "") else inbox.last_seq
+    _audit(principal, info, "message.wait", inbox.id)
+    return inbox, cursor
+
+
+def messages_after(inbox_id: str, cursor: int, limit: int) -> list[MessageView]:
+    """The oldest ``limit`` messages newer than ``cursor`` (seq order = commit order)."""
+    query = (
+        Message.select(*_summary_fields())
+        .where((Message.inbox == inbox_id) & (Message.seq > cursor))
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return _with_attachments(list(query))
+
+
+def parse_cursor(value: str) -> int:
+    try:
+        cursor = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("after must be a cursor returned by this API", field="after") from None
+    if not 0 <= cursor < 2**63:
+        raise InvalidInput("after must be a cursor returned by this API", field="after")
+    return cursor
+
+
+def _parse_time(value, name: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{name} must be an ISO 8601 time", field=name) from None
+    return moment
+
+
+def _summary_fields() -> list[peewee.Field]:
+    """Everything but the raw bytes: listings never load them."""
+    return [f for f in Message._meta.sorted_fields if f.name != "raw"]
