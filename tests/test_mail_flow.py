@@ -1,0 +1,219 @@
+"""Mail over real sockets: smtplib into the supervised SMTP listener, HTTP out of a
+two-worker API, waiters woken across processes."""
+
+from __future__ import annotations
+
+import hashlib
+import smtplib
+import socket
+import threading
+import time
+from email.message import EmailMessage
+
+import httpx
+import pytest
+from support.server import Server, kill_tree, wait_for
+from support.world import make_tenant
+
+from postern.core import migrations
+from postern.core.db import database, open_database
+from postern.core.doorbell import SAFETY_RECHECK
+from postern.core.models import Message
+
+pytestmark = pytest.mark.slow
+MAX_BYTES = 200_000
+
+
+@pytest.fixture
+def live(env, tmp_path, db_url):
+    open_database(db_url)
+    with database.connection_context():
+        migrations.upgrade()
+        acme = make_tenant("acme")
+        enrolled = acme.agent_key(handle="support", max_mailboxes=5)
+    server = Server({**env, "POSTERN_MAIL_MAX_MESSAGE_BYTES": str(MAX_BYTES)}, tmp_path)
+    server.key = enrolled.agent_key
+    wait_for(lambda: (h := server.health()) and any(s["name"] == "smtp" for s in h["services"]))
+    wait_for(lambda: _smtp_ready(server.smtp_port))
+    yield server
+    kill_tree(server)
+
+
+def _smtp_ready(port) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def api(server, method, path, **kwargs):
+    headers = {"Authorization": f"Bearer {server.key}"}
+    return httpx.request(method, f"{server.url}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def make_inbox(server, username):
+    resp = api(server, "POST", "/v1/inboxes", json={"username": username})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def smtp(server) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30)
+
+
+def messages(server, inbox):
+    return api(server, "GET", f"/v1/inboxes/{inbox['id']}/messages").json()["data"]
+
+
+def test_receive_thread_and_attachments(live):
+    inbox = make_inbox(live, "support")
+    first = EmailMessage()
+    first["From"], first["To"], first["Subject"] = "Alice <alice@example.org>", inbox["address"], "Order 42"
+    first["Message-ID"] = "<order-42@example.org>"
+    first.set_content("Where is my order?")
+    blob = bytes(range(256)) * 300
+    first.add_attachment(blob, maintype="application", subtype="octet-stream", filename="../../etc/passwd\x07.bin")
+    with smtp(live) as client:
+        refused = client.send_message(first)
+    assert refused == {}
+
+    reply = EmailMessage()
+    reply["From"], reply["To"], reply["Subject"] = "alice@example.org", inbox["address"], "Re: Order 42"
+    reply["In-Reply-To"] = reply["References"] = "<order-42@example.org>"
+    reply.set_content("Any news?")
+    unrelated = EmailMessage()
+    unrelated["From"], unrelated["To"], unrelated["Subject"] = "bob@example.org", inbox["address"], "Hello"
+    unrelated.set_content("Different thread")
+    with smtp(live) as client:
+        client.send_message(reply)
+        client.send_message(unrelated)
+
+    listed = messages(live, inbox)
+    assert [m["subject"] for m in listed] == ["Hello", "Re: Order 42", "Order 42"]  # newest first
+    assert listed[1]["thread_id"] == listed[2]["thread_id"] != listed[0]["thread_id"]
+    detail = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/{listed[2]['id']}").json()
+    assert detail["from"] == {"address": "alice@example.org", "name": "Alice"}
+    assert detail["text"].strip() == "Where is my order?"
+    [att] = detail["attachments"]
+    assert att["filename"] == "passwd_.bin" and att["size"] == len(blob)
+    assert att["sha256"] == hashlib.sha256(blob).hexdigest()
+    thread = api(live, "GET", f"/v1/inboxes/{inbox['id']}/threads/{listed[2]['thread_id']}").json()
+    assert thread["message_count"] == 2 and [m["subject"] for m in thread["messages"]] == ["Order 42", "Re: Order 42"]
+    trimmed = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/{listed[2]['id']}", params={"max_length": 5})
+    assert trimmed.json()["text"] == "Where" and trimmed.json()["truncated"] is True
+
+
+def test_one_message_to_two_inboxes_is_delivered_to_each(live):
+    a, b = make_inbox(live, "a"), make_inbox(live, "b")
+    with smtp(live) as client:
+        client.sendmail("x@example.org", [a["address"], b["address"]], b"Subject: both\r\n\r\nhi\r\n")
+    assert [m["subject"] for m in messages(live, a)] == ["both"]
+    assert [m["subject"] for m in messages(live, b)] == ["both"]
+
+
+def test_unknown_recipient_oversize_and_mime_bomb_are_refused(live):
+    inbox = make_inbox(live, "guard")
+    with smtp(live) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("x@example.org", ["nobody@acme.agents.localhost"], b"Subject: x\r\n\r\nx\r\n")
+        assert refused.value.recipients["nobody@acme.agents.localhost"][0] == 550
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("x@example.org", ["relay@elsewhere.example"], b"Subject: x\r\n\r\nx\r\n")
+    big = b"Subject: big\r\n\r\n" + b"x" * (MAX_BYTES + 10) + b"\r\n"
+    with smtp(live) as client:
+        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPSenderRefused)) as too_big:
+            client.sendmail("x@example.org", [inbox["address"]], big)
+        assert too_big.value.smtp_code == 552
+    bomb = _nested_multipart(40)
+    with smtp(live) as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused_bomb:
+            client.sendmail("x@example.org", [inbox["address"]], bomb)
+        assert refused_bomb.value.smtp_code == 554 and b"nesting" in refused_bomb.value.smtp_error
+    assert messages(live, inbox) == []
+
+
+def _nested_multipart(depth: int) -> bytes:
+    lines = ["Subject: bomb", "MIME-Version: 1.0"]
+    for level in range(depth):
+        lines += [f'Content-Type: multipart/mixed; boundary="b{level}"', "", f"--b{level}"]
+    lines += ["Content-Type: text/plain", "", "boom"]
+    for level in reversed(range(depth)):
+        lines += [f"--b{level}--"]
+    return "\r\n".join(lines).encode() + b"\r\n"
+
+
+def test_smtp_smuggling_stays_one_message(live):
+    inbox = make_inbox(live, "smuggle")
+    addr = inbox["address"].encode()
+    payload = (
+        b"Subject: outer\r\n\r\nfirst part\r\n"
+        b"\n.\n"  # bare-LF end-of-data trick
+        b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<" + addr + b">\r\nDATA\r\n"
+        b"Subject: smuggled\r\n\r\nsecond\r\n"
+        b"\r.\r"  # bare-CR variant
+        b"tail\r\n.\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", live.smtp_port), timeout=10) as sock:
+        f = sock.makefile("rwb")
+        f.readline()
+        for line in (b"EHLO test\r\n",):
+            f.write(line), f.flush()
+            while not f.readline().startswith(b"250 "):
+                pass
+        for line in (b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<" + addr + b">\r\n", b"DATA\r\n"):
+            f.write(line), f.flush()
+            f.readline()
+        f.write(payload), f.flush()
+        assert f.readline().startswith(b"250 ")
+        f.write(b"QUIT\r\n"), f.flush()
+    stored = messages(live, inbox)
+    assert [m["subject"] for m in stored] == ["outer"]
+    detail = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/{stored[0]['id']}").json()
+    assert "smuggled" in detail["text"] and "tail" in detail["text"]
+
+
+def test_waiters_in_every_worker_wake_when_mail_arrives_over_smtp(live):
+    inbox = make_inbox(live, "waiter")
+    idle = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/wait", params={"timeout": 0}).json()
+    assert idle == {"messages": [], "cursor": "0", "timed_out": True}
+    results, started = [], threading.Barrier(9)
+
+    def wait():
+        started.wait()
+        resp = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/wait", params={"after": "0", "timeout": 60})
+        results.append((resp.json(), time.monotonic()))
+
+    threads = [threading.Thread(target=wait) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(1.0)  # let every waiter park (this is set-up, not a timing assertion)
+    sent_at = time.monotonic()
+    with smtp(live) as client:
+        client.sendmail("x@example.org", [inbox["address"]], b"Subject: ding\r\n\r\ndong\r\n")
+    for t in threads:
+        t.join(70)
+    assert len(results) == 8
+    for body, _ in results:
+        assert body["timed_out"] is False and [m["subject"] for m in body["messages"]] == ["ding"]
+        assert body["cursor"] == body["messages"][0]["cursor"] == "1"
+    # Woken by the doorbell, not by the 15 s safety re-check (latency figures: bench/).
+    assert max(done for _, done in results) - sent_at < SAFETY_RECHECK / 2
+    again = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/wait", params={"after": "1", "timeout": 1}).json()
+    assert again == {"messages": [], "cursor": "1", "timed_out": True}
+    log = live.output()
+    workers = {
+        line.split("[")[1].split("]")[0] for line in log.splitlines() if "/messages/wait" in line and " 200 " in line
+    }
+    assert len(workers) == 2, f"waits were served by {workers}; expected both workers"
+
+
+def test_mail_is_stored_before_250(live, db_url):
+    inbox = make_inbox(live, "durable")
+    with smtp(live) as client:
+        client.sendmail("x@example.org", [inbox["address"]], b"Subject: sync\r\n\r\nnow\r\n")
+    # The 250 has been read: the row must already be committed and visible to anyone.
+    open_database(db_url)
+    with database.connection_context():
+        assert Message.select().where(Message.inbox == inbox["id"]).count() == 1
