@@ -32,7 +32,7 @@ def test_plugins_lists_builtins_and_roles(run):
     assert result.exit_code == 0
     assert "billing_free" in result.output and "postern_register_backends" in result.output
     assert "billing  free" in result.output and "active (from billing_free)" in result.output
-    assert "send     smtp_local" in result.output and "NOT AVAILABLE" in result.output
+    assert "send     smtp_local" in result.output and "dns      dns_builtin  default    NOT AVAILABLE" in result.output
 
 
 def test_plugins_json(run):
@@ -47,9 +47,9 @@ def test_plugins_json(run):
         "choices": ["free"],
     }
     assert roles["dns"]["available"] is False and roles["dns"]["choices"] == []
-    assert [p["name"] for p in data["plugins"]] == ["billing_free", "smtp_local"]
+    assert [p["name"] for p in data["plugins"]] == ["billing_free", "outbox", "smtp_local"]
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
-    assert roles["send"]["available"] is False
+    assert roles["send"]["available"] is True and roles["send"]["plugin"] == "smtp_local"
 
 
 def test_init_writes_config_and_database(run, tmp_path, monkeypatch):

@@ -155,23 +155,24 @@ def test_unknown_backend_names_role_name_and_choices(config):
     with pytest.raises(UnknownBackendError) as err:
         p.registry.get("send", "smtp_locl")
     assert str(err.value) == (
-        "send backend 'smtp_locl' is not available (plugin not installed?); choose one of: recording"
+        "send backend 'smtp_locl' is not available (plugin not installed?); choose one of: recording, smtp_local"
     )
 
 
 def test_explicit_unknown_backend_refused_at_start(tmp_path):
     config = load_config(environ={"POSTERN_SEND_BACKEND": "nope", "POSTERN_DATA_DIR": str(tmp_path)})
-    with pytest.raises(UnknownBackendError, match="send backend 'nope'.*choose one of: none installed"):
+    with pytest.raises(UnknownBackendError, match="send backend 'nope'.*choose one of: smtp_local"):
         build_postern(config, open_db=False)
 
 
 def test_default_backend_missing_is_reported_not_fatal(config):
     p = make_postern(config)
     status = {s.role: s for s in p.role_status()}
-    assert status["send"].backend == "smtp_local" and not status["send"].available and not status["send"].explicit
+    assert status["dns"].backend == "dns_builtin" and not status["dns"].available and not status["dns"].explicit
     assert status["billing"].available and status["billing"].plugin == "billing_free"
-    with pytest.raises(BackendUnavailable, match="default 'smtp_local' is not installed"):
-        p.backend("send")
+    assert status["send"].available and status["send"].plugin == "smtp_local"
+    with pytest.raises(BackendUnavailable, match="default 'dns_builtin' is not installed"):
+        p.backend("dns")
 
 
 def test_backend_chosen_by_name_with_options(tmp_path):
@@ -216,7 +217,7 @@ def test_registry_refuses_duplicates_wrong_roles_and_classes():
 
 def test_hook_postern_register_backends(config):
     p = make_postern(config, SenderPlugin())
-    assert p.registry.names("send") == ["recording"]
+    assert p.registry.names("send") == ["recording", "smtp_local"]
     assert p.registry.get("send", "recording").factory is RecordingSender
     assert p.registry.get("billing", "free").plugin == "billing_free"
 
@@ -225,7 +226,7 @@ def test_hook_postern_services(config):
     from support import demo_plugin
 
     p = make_postern(config, demo_plugin)
-    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "smtp"]
+    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "outbox", "smtp"]
 
     class Clash:
         @hookimpl

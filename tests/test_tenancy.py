@@ -257,6 +257,12 @@ AGENT_ENDPOINTS = {
     "wait": ("GET", "/v1/inboxes/{inbox_id}/messages/wait?timeout=0", "mailbox:read", 200, "message.wait"),
     "threads": ("GET", "/v1/inboxes/{inbox_id}/threads", "mailbox:read", 200, "thread.list"),
     "thread": ("GET", "/v1/inboxes/{inbox_id}/threads/{thread_id}", "mailbox:read", 200, "thread.read"),
+    "send": ("POST", "/v1/inboxes/{inbox_id}/messages", "mailbox:send", 201, "message.send"),
+    "reply": ("POST", "/v1/inboxes/{inbox_id}/messages/{message_id}/reply", "mailbox:send", 201, "message.send"),
+}
+POST_BODIES = {
+    "/v1/inboxes/{inbox_id}/messages": {"to": ["someone@example.org"], "subject": "s", "text": "t"},
+    "/v1/inboxes/{inbox_id}/messages/{message_id}/reply": {"text": "thanks"},
 }
 
 
@@ -286,7 +292,7 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
         return
     enrolled = acme.agent_key(scopes=scopes)
     inbox = seed_inbox(postern, enrolled)
-    body = {} if method == "POST" else None
+    body = POST_BODIES.get(path, {}) if method == "POST" else None
     message = first_message(inbox)
     url = path.format(inbox_id=inbox.id, message_id=message.id, thread_id=message.thread_id)
     resp = client.simulate_request(method, url, headers=bearer(enrolled.agent_key), json=body)

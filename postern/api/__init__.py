@@ -43,6 +43,7 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
         Route(f"{inbox}/messages", messages.MessagesResource(caller)),
         Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters)),
         Route(f"{inbox}/messages/{{message_id}}", messages.MessageResource(caller)),
+        Route(f"{inbox}/messages/{{message_id}}/reply", messages.ReplyResource(caller)),
         Route(f"{inbox}/threads", messages.ThreadsResource(caller)),
         Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),

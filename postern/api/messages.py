@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import falcon
+
+from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.serialize import message_json, page_json, thread_json
 from postern.core.auth import require_scope
 from postern.core.doorbell import SAFETY_RECHECK
 from postern.core.errors import InvalidInput
-from postern.core.mail import reading
+from postern.core.mail import outbound, reading
 
 DEFAULT_WAIT = 30
 MAX_WAIT = 300
@@ -29,8 +32,63 @@ def _read_scope(fn, action):
 INBOX = path_param("inbox_id")
 
 
+SEND_REQUEST = {
+    "type": "object",
+    "properties": {
+        "to": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Person"}]}},
+        "cc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Person"}]}},
+        "bcc": {"type": "array", "items": {"type": "string"}},
+        "subject": {"type": "string", "maxLength": 998},
+        "text": {"type": "string"},
+        "html": {"type": "string"},
+        "reply_to": {"type": "array", "items": {"type": "string"}},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "X-… headers only"},
+        "attachments": {"type": "array", "items": ref("OutboundAttachment")},
+    },
+    "additionalProperties": False,
+}
+REPLY_REQUEST = {
+    "type": "object",
+    "properties": {
+        "reply_all": {"type": "boolean"},
+        **{k: SEND_REQUEST["properties"][k] for k in ("cc", "bcc", "text", "html", "headers", "attachments")},
+    },
+    "additionalProperties": False,
+}
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
+SEND_RESPONSES = {
+    201: ("Stored and handed on; status is sent, captured, queued (retrying) or failed", ref("Message")),
+    200: ("A retry with the same Idempotency-Key: the first result", ref("Message")),
+    403: ("Missing scope mailbox:send", ref("Error")),
+    409: ("Idempotency-Key reused for a different request", ref("Error")),
+    422: ("A field is invalid", ref("Error")),
+}
+
+
+async def _send(caller, req, resp, inbox_id, reply_to=None):
+    await caller.check(req, "agent", "mailbox:send", "message.send")
+    body = await read_json(req, max_bytes=caller.postern.config.mail.max_message_bytes * 4 // 3 + 65536)
+    postern, key = caller.postern, req.get_header("Idempotency-Key")
+
+    def work(principal, info):
+        require_scope(principal, "mailbox:send", info, "message.send", inbox_id)
+        return outbound.send(postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to)
+
+    message, replayed = await caller.as_agent(req, work)
+    view = await caller.runner.run(reading.view_of, message)
+    resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_201
+    resp.media = message_json(view, full=True)
+
+
 class MessagesResource:
     OPENAPI = {
+        "post": operation(
+            "Send a message (Idempotency-Key makes retries safe)",
+            SEND_RESPONSES,
+            body=SEND_REQUEST,
+            params=(path_param("inbox_id"), IDEMPOTENCY),
+            scope="mailbox:send",
+        ),
         "get": operation(
             "List messages, newest first",
             {200: ("A page of message summaries", page_of(ref("MessageSummary")))},
@@ -42,11 +100,14 @@ class MessagesResource:
                 query_param("received_after", {"type": "string", "format": "date-time"}),
             ),
             scope="mailbox:read",
-        )
+        ),
     }
 
     def __init__(self, caller):
         self.caller = caller
+
+    async def on_post(self, req, resp, inbox_id):
+        await _send(self.caller, req, resp, inbox_id)
 
     async def on_get(self, req, resp, inbox_id):
         filters = {k: req.get_param(k) for k in ("thread_id", "direction", "received_after")}
@@ -82,6 +143,24 @@ class MessageResource:
             max_length = int(max_length)
         view = await self.caller.as_agent(req, _read_scope(reading.get_message, "message.read"), inbox_id, message_id)
         resp.media = message_json(view, full=True, max_length=max_length)
+
+
+class ReplyResource:
+    OPENAPI = {
+        "post": operation(
+            "Reply in the same thread (reply_all adds the other recipients)",
+            SEND_RESPONSES,
+            body=REPLY_REQUEST,
+            params=(INBOX, path_param("message_id"), IDEMPOTENCY),
+            scope="mailbox:send",
+        )
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_post(self, req, resp, inbox_id, message_id):
+        await _send(self.caller, req, resp, inbox_id, reply_to=message_id)
 
 
 class WaitResource:

@@ -165,6 +165,8 @@ MESSAGE = obj(
         "text": S,
         "html": S,
         "truncated": {"type": "boolean"},
+        "error": S_NULL,
+        "attempts": INT,
         "attachments": {"type": "array", "items": ATTACHMENT},
     }
 )
@@ -174,6 +176,17 @@ SCHEMAS.update(
         "MessageSummary": MESSAGE_SUMMARY,
         "Message": MESSAGE,
         "Attachment": ATTACHMENT,
+        "Person": PERSON,
+        "OutboundAttachment": obj(
+            {
+                "filename": S,
+                "content_type": S,
+                "content": {"type": "string", "contentEncoding": "base64"},
+                "content_id": S,
+                "inline": {"type": "boolean"},
+            },
+            required=["content"],
+        ),
         "WaitResult": obj(
             {"messages": {"type": "array", "items": MESSAGE_SUMMARY}, "cursor": S, "timed_out": {"type": "boolean"}}
         ),

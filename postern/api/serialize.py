@@ -149,6 +149,8 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
                 "text": text,
                 "html": html,
                 "truncated": truncated,
+                "error": m.error,
+                "attempts": m.attempts,
                 "attachments": [attachment_json(a) for a in view.attachments],
             }
         )

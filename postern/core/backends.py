@@ -58,13 +58,33 @@ class Backend:
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """A message ready to leave: envelope plus the MIME bytes the core built."""
+    """A message ready to leave: the envelope, the MIME bytes the core built, and the
+    same content structured, for backends that take fields rather than MIME (ACS)."""
 
     message_id: str
     sender: str
     recipients: tuple[str, ...]
     raw: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    postern_id: str = ""
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    from_name: str = ""
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    reply_to: tuple[str, ...] = ()
+    attachments: tuple = ()  # of OutboundAttachment
+
+
+@dataclass(frozen=True)
+class OutboundAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str | None = None
+    inline: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class SendResult:
 
     backend: str
     backend_message_id: str | None
-    status: str  # "sent" (handed over for good) or "accepted" (backend still working)
+    status: str  # "sent" (handed over for good), "accepted" (backend still working) or "captured" (kept locally)
 
 
 class Sender(Backend):

@@ -168,6 +168,12 @@ class Message(BaseModel):
     backend = peewee.CharField(max_length=40, null=True)
     backend_message_id = peewee.CharField(max_length=200, null=True)
     error = peewee.TextField(null=True)
+    #: Outbound only: every envelope recipient (To, Cc and Bcc), and the retry state.
+    envelope_to = peewee.TextField(default="[]")
+    attempts = peewee.IntegerField(default=0)
+    next_attempt_at = peewee.DateTimeField(null=True, index=True)
+    #: Outbound only: recipients served by this Postern already have their copy.
+    local_done = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))
@@ -185,6 +191,19 @@ class Attachment(BaseModel):
     size = peewee.IntegerField()
     sha256 = peewee.CharField(max_length=64)
     data = peewee.BlobField()
+
+
+class IdempotencyRecord(BaseModel):
+    """``Idempotency-Key`` of a send: a retry with the same key returns the first result."""
+
+    inbox = peewee.ForeignKeyField(Inbox, on_delete="CASCADE")
+    key = peewee.CharField(max_length=200)
+    request_hash = peewee.CharField(max_length=64)
+    message = peewee.ForeignKeyField(Message, on_delete="CASCADE")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("inbox", "key")
 
 
 class AuditEvent(BaseModel):
@@ -219,4 +238,5 @@ ALL_MODELS = (
     Thread,
     Message,
     Attachment,
+    IdempotencyRecord,
 )

@@ -22,6 +22,7 @@ PROJECT = "postern"
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("billing_free", "postern.plugins.billing_free"),
     ("smtp_local", "postern.plugins.smtp_local"),
+    ("outbox", "postern.plugins.outbox"),
 )
 
 

@@ -58,7 +58,7 @@ def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str]) -> li
 
 
 def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, *, direction, status) -> Message:
-    seq = _next_seq(inbox.id)
+    seq = next_seq(inbox.id)
     sender = parsed.sender.address if parsed.sender else ""
     thread = find_thread(inbox.id, parsed.subject, parsed.in_reply_to, parsed.references, sender or None)
     now = utcnow()
@@ -113,7 +113,7 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
     return message
 
 
-def _next_seq(inbox_id: str) -> int:
+def next_seq(inbox_id: str) -> int:
     """Take the inbox's next sequence number. The UPDATE holds the inbox row's lock
     (SQLite: the database's) until commit, so deliveries to one inbox commit in
     sequence order: a waiter that has seen seq N can never later meet N-1."""

@@ -41,6 +41,10 @@ def _with_attachments(messages: list[Message]) -> list[MessageView]:
     return [MessageView(m, by_message[m.id]) for m in messages]
 
 
+def view_of(message: Message) -> MessageView:
+    return _with_attachments([message])[0]
+
+
 def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filters: dict, limit, page_token) -> Page:
     """Newest first. Filters: ``thread_id``, ``direction``, ``received_after`` (ISO 8601)."""
     inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.list")
