@@ -69,7 +69,7 @@ class World:
         env["POSTERN_CONFIG"] = str(self.config_file)
         return env
 
-    def write_config(self, extra: str = "") -> None:
+    def write_config(self, extra: str = "", smtp_extra: str = "") -> None:
         self.config_file.write_text(
             f'data_dir = "{self.data_dir}"\n'
             f"{extra}"
@@ -79,10 +79,13 @@ class World:
             "graceful_timeout = 5\n"
             "[receive.smtp_local]\n"
             f'bind = "127.0.0.1:{self.smtp_port}"\n'
+            f"{smtp_extra}"
         )
 
 
-def make_world(tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str = "") -> World:
+def make_world(
+    tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str = "", smtp_extra: str = ""
+) -> World:
     """Config file + migrated SQLite database + tenant ``bench`` + one agent key + inboxes."""
     from support.world import INFO, make_tenant
 
@@ -94,7 +97,7 @@ def make_world(tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str 
     from postern.core.runtime import build_postern
 
     world = World(tmp, free_port(), free_port(), workers)
-    world.write_config(config_extra)
+    world.write_config(config_extra, smtp_extra)
     postern = build_postern(load_config(world.config_file, environ={}))
     with database.connection_context():
         migrations.upgrade()

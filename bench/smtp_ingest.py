@@ -75,6 +75,10 @@ def config_extra(args) -> str:
     return extra
 
 
+def smtp_extra(args) -> str:
+    return f"threads = {args.smtp_threads}\n" if args.smtp_threads else ""
+
+
 def check_tools() -> None:
     missing = [tool for tool in ("smtp-source", "smtp-sink") if shutil.which(tool) is None]
     if missing:
@@ -94,6 +98,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse connections (smtp-source -d) instead of one each")
     parser.add_argument("--log-level", help="Postern's [log] level (default: Postern's default, info)")
     parser.add_argument("--sqlite-synchronous", choices=["full", "normal"], help="Postern's [database] setting")
+    parser.add_argument("--smtp-threads", type=int, help="[receive.smtp_local] threads (Postern's default: 4)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database) and print its path")
     args = parser.parse_args()
     check_tools()
@@ -113,7 +118,7 @@ def main() -> int:
     sent_to_postern = 0
     tmp = Path(tempfile.mkdtemp(prefix="postern-bench-smtp-"))
     try:
-        world = make_world(tmp, config_extra=config_extra(args))
+        world = make_world(tmp, config_extra=config_extra(args), smtp_extra=smtp_extra(args))
         inbox = world.inboxes[0]["address"]
         for round_no in range(1, args.rounds + 1):
             for name in ("postern", "aiosmtpd null", "smtp-sink"):

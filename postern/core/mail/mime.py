@@ -125,12 +125,15 @@ def _bodies(msg: EmailMessage) -> tuple[str, str, set[int]]:
 
 
 def _decode_text(part: EmailMessage) -> str:
+    """The part's text with line endings as agents expect them (``\n``); the raw
+    message keeps the bytes exactly as received."""
     try:
-        return part.get_content()
+        text = part.get_content()
     except (LookupError, UnicodeError, AssertionError):
         # Unknown or lying charset: keep what can be read rather than lose the message.
         payload = part.get_payload(decode=True) or b""
-        return payload.decode("utf-8", errors="replace")
+        text = payload.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n")
 
 
 def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachment]:

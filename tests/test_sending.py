@@ -1,0 +1,236 @@
+"""Sending and replying through the API, with a real SMTP smarthost where mail leaves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+
+import falcon.testing
+import pytest
+from aiosmtpd.controller import Controller
+from support.world import make_tenant
+
+from postern.api import create_app
+from postern.core.mail.outbound import deliver_due
+from postern.core.models import Message, utcnow
+from postern.core.runtime import build_postern
+
+
+class Sink:
+    """A real SMTP server (aiosmtpd) standing in for the smarthost: records or refuses."""
+
+    def __init__(self):
+        self.received = []
+        self.reply = "250 OK queued"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.reply.startswith("250"):
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return self.reply
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def sink():
+    handler = Sink()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+def make_client(config, smarthost=None):
+    if smarthost:
+        config.roles["send"].options = {"smtp_local": {"smarthost": smarthost, "starttls": False}}
+    postern = build_postern(config)
+    return falcon.testing.TestClient(create_app(postern)), postern
+
+
+@pytest.fixture
+def world(db):
+    acme = make_tenant("acme")
+    return acme, acme.agent_key(handle="alice", max_mailboxes=5)
+
+
+def auth(agent, **extra):
+    return {"Authorization": f"Bearer {agent.agent_key}", **extra}
+
+
+def new_inbox(client, agent, username):
+    return client.simulate_post("/v1/inboxes", headers=auth(agent), json={"username": username}).json
+
+
+def test_agent_to_agent_and_threaded_reply(config, world):
+    client, _ = make_client(config)
+    _, agent = world
+    alice, bob = new_inbox(client, agent, "alice"), new_inbox(client, agent, "bob")
+    blob = bytes(range(256)) * 50
+    sent = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages",
+        headers=auth(agent),
+        json={
+            "to": [{"address": bob["address"], "name": "Bob"}],
+            "subject": "Plan",
+            "text": "Shall we?",
+            "html": "<p>Shall we?</p>",
+            "attachments": [
+                {
+                    "filename": "plan.bin",
+                    "content_type": "application/octet-stream",
+                    "content": base64.b64encode(blob).decode(),
+                }
+            ],
+        },
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json["status"] == "sent" and sent.json["direction"] == "outbound"
+    assert sent.json["message_id"].endswith("@acme.agents.localhost>")
+    [received] = client.simulate_get(f"/v1/inboxes/{bob['id']}/messages", headers=auth(agent)).json["data"]
+    assert received["from"] == {"address": alice["address"], "name": ""} and received["subject"] == "Plan"
+    detail = client.simulate_get(f"/v1/inboxes/{bob['id']}/messages/{received['id']}", headers=auth(agent)).json
+    assert detail["attachments"][0]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert detail["html"] == "<p>Shall we?</p>\n" and detail["text"] == "Shall we?\n"
+
+    reply = client.simulate_post(
+        f"/v1/inboxes/{bob['id']}/messages/{received['id']}/reply", headers=auth(agent), json={"text": "Yes."}
+    )
+    assert reply.status_code == 201 and reply.json["subject"] == "Re: Plan"
+    assert reply.json["in_reply_to"] == sent.json["message_id"]
+    assert reply.json["thread_id"] == received["thread_id"]
+    back = client.simulate_get(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent)).json["data"]
+    assert [m["subject"] for m in back] == ["Re: Plan", "Plan"]
+    assert back[0]["thread_id"] == back[1]["thread_id"] == sent.json["thread_id"]  # same thread on Alice's side
+
+
+def test_external_mail_is_captured_without_a_smarthost(config, world):
+    client, _ = make_client(config)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    resp = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages",
+        headers=auth(agent),
+        json={"to": ["someone@example.org"], "subject": "hi", "text": "hello"},
+    )
+    assert resp.status_code == 201 and resp.json["status"] == "captured"
+    outbox = client.simulate_get(
+        f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), params={"direction": "outbound"}
+    ).json["data"]
+    assert [m["status"] for m in outbox] == ["captured"]
+
+
+def test_relay_through_a_smarthost(config, world, sink):
+    handler, port = sink
+    client, _ = make_client(config, f"127.0.0.1:{port}")
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    resp = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages",
+        headers=auth(agent),
+        json={"to": ["a@example.org"], "bcc": ["hidden@example.org"], "subject": "out", "text": "x"},
+    )
+    assert resp.status_code == 201 and resp.json["status"] == "sent", resp.text
+    [(mail_from, rcpts, content)] = handler.received
+    assert mail_from == alice["address"] and sorted(rcpts) == ["a@example.org", "hidden@example.org"]
+    assert b"hidden@example.org" not in content  # Bcc travels in the envelope only
+    assert b"Subject: out" in content
+
+
+def test_smarthost_refusal_fails_and_outage_retries(config, world, sink):
+    handler, port = sink
+    client, postern = make_client(config, f"127.0.0.1:{port}")
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+    handler.reply = "550 5.1.1 no such user"
+    failed = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert failed.json["status"] == "failed" and failed.json["error"].startswith("550")
+
+    handler.reply = "451 4.3.0 try later"
+    queued = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert queued.json["status"] == "queued" and queued.json["attempts"] == 1
+    handler.reply = "250 OK"
+    Message.update(next_attempt_at=utcnow()).where(Message.id == queued.json["id"]).execute()
+    assert deliver_due(postern) == 1
+    assert Message.get_by_id(queued.json["id"]).status == "sent"
+    assert len(handler.received) == 1
+
+
+def test_idempotency_key_replays_the_first_result(config, world, sink):
+    handler, port = sink
+    client, _ = make_client(config, f"127.0.0.1:{port}")
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    body = {"to": ["a@example.org"], "subject": "once", "text": "t"}
+    first = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent, **{"Idempotency-Key": "k1"}), json=body
+    )
+    again = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent, **{"Idempotency-Key": "k1"}), json=body
+    )
+    assert (first.status_code, again.status_code) == (201, 200) and first.json["id"] == again.json["id"]
+    assert len(handler.received) == 1
+    other = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages",
+        headers=auth(agent, **{"Idempotency-Key": "k1"}),
+        json={**body, "subject": "different"},
+    )
+    assert other.status_code == 409 and other.json["error"]["code"] == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"to": ["a@example.org"], "subject": "x\r\nBcc: victim@example.org", "text": "t"}, "subject"),
+        ({"to": ["a@example.org"], "text": "t", "headers": {"X-Ok": "a\r\nBcc: v@example.org"}}, "headers"),
+        ({"to": ["a@example.org"], "text": "t", "headers": {"From": "ceo@example.org"}}, "headers"),
+        ({"to": ["not an address"], "text": "t"}, "to"),
+        ({"to": ["a@example.org\r\nRCPT TO:<b@example.org>"], "text": "t"}, "to"),
+        ({"to": [], "text": "t"}, "to"),
+        ({"to": ["a@example.org"]}, "text"),
+        ({"to": ["a@example.org"], "text": "t", "attachments": [{"content": "!!notbase64"}]}, "attachments"),
+        ({"to": ["a@example.org"], "text": "t", "attachments": [{"content": "", "content_type": "x"}]}, "attachments"),
+        ({"to": ["a@example.org"], "text": "t", "priority": "high"}, "priority"),
+        ({"to": [{"address": "a@example.org", "name": "A\nB"}], "text": "t"}, "to"),
+    ],
+)
+def test_bad_sends_are_refused_and_store_nothing(config, world, body, field):
+    client, _ = make_client(config)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert resp.status_code == 422 and resp.json["error"]["field"] == field, resp.text
+    assert Message.select().count() == 0
+
+
+def test_reply_all_and_reply_to_header(config, world):
+    client, postern = make_client(config)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    from postern.core.mail.ingest import ingest
+
+    raw = (
+        f"From: Carol <carol@example.org>\r\nTo: {alice['address']}, dave@example.org\r\n"
+        "Cc: erin@example.org\r\nReply-To: helpdesk@example.org\r\nSubject: Ticket\r\n"
+        "Message-ID: <t1@example.org>\r\n\r\nhelp\r\n"
+    ).encode()
+    [inbound] = ingest(postern, raw, "carol@example.org", [alice["address"]])
+    reply = client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages/{inbound.id}/reply",
+        headers=auth(agent),
+        json={"text": "on it", "reply_all": True},
+    ).json
+    assert [p["address"] for p in reply["to"]] == ["helpdesk@example.org"]
+    assert sorted(p["address"] for p in reply["cc"]) == ["dave@example.org", "erin@example.org"]
+    assert reply["references"] == ["<t1@example.org>"] and reply["status"] == "captured"
+    assert json.loads(Message.get_by_id(reply["id"]).envelope_to) == [
+        "helpdesk@example.org",
+        "dave@example.org",
+        "erin@example.org",
+    ]
