@@ -91,7 +91,9 @@ OPERATIONS = served_operations()
 AUTHED = [op for op in OPERATIONS if op.auth in ("agent", "admin")]
 AGENT_OPS = [op for op in AUTHED if op.auth == "agent"]
 ADMIN_OPS = [op for op in AUTHED if op.auth == "admin"]
-ID_OPS = [op for op in OPERATIONS if op.params]
+# /v1/downloads/{token} takes a signed capability, not an id: tests/test_links.py covers it.
+CAPABILITY_PATHS = {"/v1/downloads/{token}"}
+ID_OPS = [op for op in OPERATIONS if op.params and op.path not in CAPABILITY_PATHS]
 AGENT_ID_OPS = [op for op in ID_OPS if op.auth == "agent"]
 
 # A valid body for each operation that reads one, so authentication is what is tested.
@@ -152,7 +154,12 @@ def seed_inbox(postern, enrolled, username: str | None = None) -> Inbox:
     principal = authenticate(enrolled.agent_key, "agent", INFO)
     body = {"username": username} if username else {}
     inbox = create_inbox(postern, principal, INFO, body)[0]
-    raw = f"From: a@example.org\r\nTo: {inbox.address}\r\nSubject: seed\r\n\r\nhello\r\n".encode()
+    raw = (
+        f"From: a@example.org\r\nTo: {inbox.address}\r\nSubject: seed\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n'
+        '--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="a.pdf"\r\n\r\n'
+        "%PDF\r\n--b--\r\n"
+    ).encode()
     ingest(postern, raw, "a@example.org", [inbox.address])
     return Inbox.get_by_id(inbox.id)
 
@@ -201,6 +208,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "message", "msg"
     if param == "thread_id":
         return "thread", "thr"
+    if param == "attachment_id":
+        return "attachment", "att"
     if param == "key_id" and "/enrollment-keys/" in path:
         return "enrollment_key", "enr"
     if param == "key_id" and "/agent-keys/" in path:
@@ -218,7 +227,7 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     inbox = seed_inbox(postern, enrolled, username=handle)
     message = first_message(inbox)
     ids = {"inbox": inbox.id, "agent": enrolled.agent.id, "agent_key": enrolled.key.id}
-    ids.update(message=message.id, thread=message.thread_id)
+    ids.update(message=message.id, thread=message.thread_id, attachment=message.attachments[0].id)
     ids["enrollment_key"] = enrolled.enrollment.id
     return ids, enrolled
 
@@ -259,6 +268,14 @@ AGENT_ENDPOINTS = {
     "thread": ("GET", "/v1/inboxes/{inbox_id}/threads/{thread_id}", "mailbox:read", 200, "thread.read"),
     "send": ("POST", "/v1/inboxes/{inbox_id}/messages", "mailbox:send", 201, "message.send"),
     "reply": ("POST", "/v1/inboxes/{inbox_id}/messages/{message_id}/reply", "mailbox:send", 201, "message.send"),
+    "raw-link": ("POST", "/v1/inboxes/{inbox_id}/messages/{message_id}/raw-link", "mailbox:read", 201, "link.create"),
+    "attachment-link": (
+        "POST",
+        "/v1/inboxes/{inbox_id}/messages/{message_id}/attachments/{attachment_id}/link",
+        "mailbox:read",
+        201,
+        "link.create",
+    ),
 }
 POST_BODIES = {
     "/v1/inboxes/{inbox_id}/messages": {"to": ["someone@example.org"], "subject": "s", "text": "t"},
@@ -294,7 +311,9 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
     inbox = seed_inbox(postern, enrolled)
     body = POST_BODIES.get(path, {}) if method == "POST" else None
     message = first_message(inbox)
-    url = path.format(inbox_id=inbox.id, message_id=message.id, thread_id=message.thread_id)
+    url = path.format(
+        inbox_id=inbox.id, message_id=message.id, thread_id=message.thread_id, attachment_id=message.attachments[0].id
+    )
     resp = client.simulate_request(method, url, headers=bearer(enrolled.agent_key), json=body)
 
     if needed is None or needed in scopes:

@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from postern.api import admin, messages
+from postern.api import admin, downloads, messages
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller
 from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
@@ -44,6 +44,12 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
         Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters)),
         Route(f"{inbox}/messages/{{message_id}}", messages.MessageResource(caller)),
         Route(f"{inbox}/messages/{{message_id}}/reply", messages.ReplyResource(caller)),
+        Route(f"{inbox}/messages/{{message_id}}/raw-link", downloads.RawLinkResource(caller)),
+        Route(
+            f"{inbox}/messages/{{message_id}}/attachments/{{attachment_id}}/link",
+            downloads.AttachmentLinkResource(caller),
+        ),
+        Route("/v1/downloads/{token}", downloads.DownloadResource(caller)),
         Route(f"{inbox}/threads", messages.ThreadsResource(caller)),
         Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),

@@ -177,6 +177,7 @@ SCHEMAS.update(
         "Message": MESSAGE,
         "Attachment": ATTACHMENT,
         "Person": PERSON,
+        "DownloadLink": obj({"url": S, "expires_at": S}),
         "OutboundAttachment": obj(
             {
                 "filename": S,

@@ -78,6 +78,8 @@ class MailConfig:
 class AuthConfig:
     #: Lifetime of a minted agent key, in seconds (never beyond its enrollment key's expiry).
     agent_key_ttl_seconds: int = 86400
+    #: Lifetime of a signed download link (raw message, attachment), in seconds.
+    download_link_ttl_seconds: int = 300
 
 
 @dataclass
@@ -211,6 +213,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("server.workers must be at least 1")
     if name == "auth" and section.agent_key_ttl_seconds < 60:
         raise ConfigError("auth.agent_key_ttl_seconds must be at least 60")
+    if name == "auth" and not 5 <= section.download_link_ttl_seconds <= 86400:
+        raise ConfigError("auth.download_link_ttl_seconds must be from 5 to 86400")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
     return section

@@ -4,7 +4,7 @@ import base64
 import re
 import secrets
 
-ID_SHAPE = re.compile(r"[a-z]{3}_[a-z2-7]{26}")
+ID_SHAPE = re.compile(r"[a-z]{2,3}_[a-z2-7]{26}")
 
 
 def new_id(prefix: str) -> str:

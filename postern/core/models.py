@@ -206,6 +206,25 @@ class IdempotencyRecord(BaseModel):
         primary_key = peewee.CompositeKey("inbox", "key")
 
 
+class ServerSecret(BaseModel):
+    """Random secrets shared by every process and host (e.g. the download-link key)."""
+
+    name = peewee.CharField(primary_key=True, max_length=40)
+    value = peewee.CharField(max_length=128)
+
+
+class DownloadLink(BaseModel):
+    """A signed, short-lived, single-use link to a raw message or an attachment."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("dl"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    kind = peewee.CharField(max_length=10)  # raw, attachment
+    object_id = peewee.CharField(max_length=40)
+    expires_at = peewee.DateTimeField()
+    used_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
 class AuditEvent(BaseModel):
     """One audited action or denied attempt. Ids are plain strings: the log outlives rows."""
 
@@ -239,4 +258,6 @@ ALL_MODELS = (
     Message,
     Attachment,
     IdempotencyRecord,
+    ServerSecret,
+    DownloadLink,
 )
