@@ -1,0 +1,69 @@
+"""The SMTP handler's answers when storing fails: never 250 for what was not stored."""
+
+import asyncio
+from types import SimpleNamespace
+
+import peewee
+import pytest
+from support.world import INFO, make_tenant
+
+from postern.core.auth import authenticate
+from postern.core.db import DatabaseRunner
+from postern.core.inboxes import create_inbox
+from postern.core.models import Message
+from postern.core.runtime import build_postern
+from postern.plugins.smtp_local import receiver as smtp
+
+
+@pytest.fixture
+def handler(config, db):
+    postern = build_postern(config)
+    agent = make_tenant("acme").agent_key()
+    inbox, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
+    runner = DatabaseRunner(1)
+    yield smtp.Handler(postern, postern.backend("receive"), runner), inbox
+    runner.shutdown()
+
+
+def envelope(rcpts, content=b"Subject: x\r\n\r\nbody\r\n"):
+    return SimpleNamespace(rcpt_tos=list(rcpts), mail_from="a@example.org", content=content, original_content=content)
+
+
+def test_database_failure_answers_451_and_stores_nothing(handler, monkeypatch):
+    h, inbox = handler
+
+    def broken(*args, **kwargs):
+        raise peewee.OperationalError("database is locked")
+
+    monkeypatch.setattr(smtp, "ingest", broken)
+    answer = asyncio.run(h.handle_DATA(None, None, envelope([inbox.address])))
+    assert answer.startswith("451 ")
+    assert Message.select().count() == 0
+
+
+def test_unexpected_failure_answers_451_too(handler, monkeypatch):
+    h, inbox = handler
+    monkeypatch.setattr(smtp, "ingest", lambda *a, **k: 1 / 0)
+    assert asyncio.run(h.handle_DATA(None, None, envelope([inbox.address]))).startswith("451 ")
+
+
+def test_rcpt_answers(handler, monkeypatch):
+    h, inbox = handler
+    env = envelope([])
+    assert asyncio.run(h.handle_RCPT(None, None, env, inbox.address.upper(), [])).startswith("250")
+    assert asyncio.run(h.handle_RCPT(None, None, env, "ghost@acme.agents.localhost", [])).startswith("550")
+    h.receiver.max_recipients = 1
+    assert asyncio.run(h.handle_RCPT(None, None, env, inbox.address, [])).startswith("452")
+
+    def down(*args, **kwargs):
+        raise peewee.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(smtp, "local_inbox", down)
+    assert asyncio.run(h.handle_RCPT(None, None, envelope([]), inbox.address, [])).startswith("451")
+
+
+def test_success_is_250_with_the_stored_ids(handler):
+    h, inbox = handler
+    answer = asyncio.run(h.handle_DATA(None, None, envelope([inbox.address])))
+    [message] = Message.select()
+    assert answer == f"250 2.0.0 OK stored as {message.id}"
