@@ -83,9 +83,7 @@ class World:
         )
 
 
-def make_world(
-    tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str = "", smtp_extra: str = ""
-) -> World:
+def make_world(tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str = "", smtp_extra: str = "") -> World:
     """Config file + migrated SQLite database + tenant ``bench`` + one agent key + inboxes."""
     from support.world import INFO, make_tenant
 

@@ -13,7 +13,7 @@ connection per message. Postern answers 250 only after the message is committed.
 Rounds interleave the servers; the table shows the median. After the run, the rows
 in Postern's ``message`` table are counted and must equal the messages sent to it.
 
-    python bench/smtp_ingest.py [--messages 5000] [--sessions 10] [--size 2048] [--rounds 2]
+    python bench/smtp_ingest.py [--messages 2000] [--sessions 10] [--size 2048] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def check_tools() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=5000, help="messages per measured run [5000]")
-    parser.add_argument("--warmup", type=int, default=200, help="unmeasured messages before each run [200]")
+    parser.add_argument("--messages", type=int, default=2000, help="messages per measured run [2000]")
+    parser.add_argument("--warmup", type=int, default=100, help="unmeasured messages before each run [100]")
     parser.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions (smtp-source -s) [10]")
     parser.add_argument("--size", type=int, default=2048, help="message payload bytes (smtp-source -l) [2048]")
     parser.add_argument("--rounds", type=int, default=2, help="passes over all servers; the median is shown [2]")
@@ -103,9 +103,15 @@ def main() -> int:
     args = parser.parse_args()
     check_tools()
 
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio (no uvloop)"
     print(
         f"# {platform.node()} | {os.cpu_count()} CPUs | Python {platform.python_version()} | "
-        f"aiosmtpd {aiosmtpd.__version__} | load: smtp-source"
+        f"aiosmtpd {aiosmtpd.__version__} on {loop} | load: smtp-source"
     )
     print(
         f"# {args.sessions} sessions, {args.size}-byte payloads, {args.messages} messages per run after "
@@ -128,21 +134,18 @@ def main() -> int:
                     child = Child(
                         name, postern_cmd("service", "run", "smtp"), tmp / f"postern-{round_no}.log", world.env(), tmp
                     )
-                    to = inbox
                 elif name == "aiosmtpd null":
                     port = free_port()
                     cmd = [sys.executable, str(BENCH_DIR / "null_smtp.py"), f"127.0.0.1:{port}"]
                     child = Child(name, cmd, tmp / f"null-{round_no}.log", cwd=tmp)
-                    to = inbox
                 else:
                     port = free_port()
                     child = Child(name, sink_cmd(port), tmp / f"sink-{round_no}.log", cwd=tmp)
-                    to = inbox
                 with running(child):
                     wait_smtp(child, port)
                     if args.warmup:
-                        smtp_source(args, port, to, args.warmup)
-                    elapsed = smtp_source(args, port, to, args.messages)
+                        smtp_source(args, port, inbox, args.warmup)
+                    elapsed = smtp_source(args, port, inbox, args.messages)
                     child.check_alive()
                 if name == "postern":
                     sent_to_postern += args.warmup + args.messages
@@ -167,7 +170,10 @@ def main() -> int:
     verdict = "met" if ratio >= TARGET else "NOT met"
     print(f"\ntarget: postern >= {TARGET:.0%} of aiosmtpd null -> {ratio:.0%}, {verdict}")
     ok = stored == sent_to_postern
-    print(f"stored rows in postern's message table: {stored:,} of {sent_to_postern:,} sent -> {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"stored rows in postern's message table: {stored:,} of {sent_to_postern:,} sent -> "
+        f"{'OK' if ok else 'MISMATCH'}"
+    )
     return 0 if ok else 1
 
 
