@@ -234,3 +234,26 @@ def test_reply_all_and_reply_to_header(config, world):
         "dave@example.org",
         "erin@example.org",
     ]
+
+
+def test_a_wait_skips_the_inbox_own_sent_mail(config, world):
+    client, _ = make_client(config)
+    _, agent = world
+    alice, bob = new_inbox(client, agent, "alice"), new_inbox(client, agent, "bob")
+    start = client.simulate_get(f"/v1/inboxes/{alice['id']}/messages/wait", headers=auth(agent), params={"timeout": 0})
+    cursor = start.json["cursor"]
+    client.simulate_post(
+        f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json={"to": [bob["address"]], "text": "ping"}
+    )
+    own = client.simulate_get(
+        f"/v1/inboxes/{alice['id']}/messages/wait", headers=auth(agent), params={"after": cursor, "timeout": 0}
+    ).json
+    assert own["messages"] == [] and int(own["cursor"]) > int(cursor)  # skipped, but the cursor moved on
+    bob_msgs = client.simulate_get(f"/v1/inboxes/{bob['id']}/messages", headers=auth(agent)).json["data"]
+    client.simulate_post(
+        f"/v1/inboxes/{bob['id']}/messages/{bob_msgs[0]['id']}/reply", headers=auth(agent), json={"text": "pong"}
+    )
+    got = client.simulate_get(
+        f"/v1/inboxes/{alice['id']}/messages/wait", headers=auth(agent), params={"after": own["cursor"], "timeout": 0}
+    ).json
+    assert [m["snippet"] for m in got["messages"]] == ["pong"] and got["timed_out"] is False

@@ -203,7 +203,11 @@ class WaitResource:
             # sleep still wakes us, so no message can slip through.
             event = self.waiters.subscribe(inbox.id)
             try:
-                views = await self.caller.runner.run(reading.messages_after, inbox.id, cursor, WAIT_BATCH)
+                views, cursor = await self.waiters.read_shared(
+                    (inbox.id, cursor),
+                    event,
+                    lambda c=cursor: self.caller.runner.run(reading.inbound_after, inbox.id, c, WAIT_BATCH),
+                )
                 remaining = deadline - loop.time()
                 if views or remaining <= 0:
                     break
@@ -213,8 +217,6 @@ class WaitResource:
                     pass  # re-read the store: covers a lost ring
             finally:
                 self.waiters.unsubscribe(inbox.id, event)
-        if views:
-            cursor = views[-1].message.seq
         resp.media = {
             "messages": [message_json(v) for v in views],
             "cursor": str(cursor),

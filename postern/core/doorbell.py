@@ -76,11 +76,33 @@ class Waiters:
         self.database_url = database_url
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listener = None
+        self._tick = 0
+        self._reads: dict[tuple, tuple[int, asyncio.Future]] = {}
 
     def subscribe(self, inbox_id: str) -> asyncio.Event:
         event = asyncio.Event()
+        self._tick += 1
+        event.tick = self._tick  # reads started from now on may serve this waiter
         self._events[inbox_id].add(event)
         return event
+
+    async def read_shared(self, key: tuple, event: asyncio.Event, make):
+        """Run ``make()`` once for every waiter woken together on the same ``key``.
+
+        A waiter joins a read in flight only if that read began after the waiter
+        subscribed; an older read might predate the commit that rang the bell.
+        """
+        found = self._reads.get(key)
+        if found is None or found[0] < event.tick:
+            future = asyncio.ensure_future(make())
+            found = (self._tick, future)
+            self._reads[key] = found
+            future.add_done_callback(lambda _, key=key, found=found: self._forget(key, found))
+        return await asyncio.shield(found[1])
+
+    def _forget(self, key, found) -> None:
+        if self._reads.get(key) is found:
+            del self._reads[key]
 
     def unsubscribe(self, inbox_id: str, event: asyncio.Event) -> None:
         events = self._events.get(inbox_id)

@@ -115,15 +115,19 @@ def open_wait(principal: Principal, info: RequestInfo, inbox_id: str, after: str
     return inbox, cursor
 
 
-def messages_after(inbox_id: str, cursor: int, limit: int) -> list[MessageView]:
-    """The oldest ``limit`` messages newer than ``cursor`` (seq order = commit order)."""
-    query = (
+def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageView], int]:
+    """Inbound messages newer than ``cursor`` (at most ``limit`` scanned, oldest first),
+    and the cursor after them. The inbox's own sent mail advances the cursor without
+    being returned: a waiter wants what arrives, not what it sent."""
+    rows = list(
         Message.select(*_summary_fields())
         .where((Message.inbox == inbox_id) & (Message.seq > cursor))
         .order_by(Message.seq)
         .limit(limit)
     )
-    return _with_attachments(list(query))
+    if not rows:
+        return [], cursor
+    return _with_attachments([m for m in rows if m.direction == "inbound"]), rows[-1].seq
 
 
 def parse_cursor(value: str) -> int:
