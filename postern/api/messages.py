@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import falcon
 
@@ -198,30 +199,37 @@ class WaitResource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + int(timeout)
         self.waiters.ensure_listening()
-        while True:
-            # Subscribe before reading the store: a ring between the read and the
-            # sleep still wakes us, so no message can slip through.
-            event = self.waiters.subscribe(inbox.id)
-            try:
-                views, cursor = await self.waiters.read_shared(
-                    (inbox.id, cursor),
-                    event,
-                    lambda c=cursor: self.caller.runner.run(reading.inbound_after, inbox.id, c, WAIT_BATCH),
+        # One subscription for the whole wait, cleared before each read of the store:
+        # a ring for a commit the read might miss arrives after the clear and sets it.
+        event = self.waiters.subscribe(inbox.id)
+        try:
+            while True:
+                event.clear()
+                since = self.waiters.generation(inbox.id)
+                body, cursor = await self.waiters.read_shared(
+                    inbox.id, (inbox.id, cursor), since, lambda c=cursor: self._read(inbox.id, c)
                 )
                 remaining = deadline - loop.time()
-                if views or remaining <= 0:
+                if body is not None or remaining <= 0:
                     break
                 try:
                     await asyncio.wait_for(event.wait(), min(remaining, SAFETY_RECHECK))
                 except TimeoutError:
                     pass  # re-read the store: covers a lost ring
-            finally:
-                self.waiters.unsubscribe(inbox.id, event)
-        resp.media = {
-            "messages": [message_json(v) for v in views],
-            "cursor": str(cursor),
-            "timed_out": not views,
-        }
+        finally:
+            self.waiters.unsubscribe(inbox.id, event)
+        if body is None:
+            body = json.dumps({"messages": [], "cursor": str(cursor), "timed_out": True}).encode()
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = body
+
+    async def _read(self, inbox_id: str, cursor: int) -> tuple[bytes | None, int]:
+        """Read the store and encode the answer once for every waiter sharing it."""
+        views, cursor = await self.caller.runner.run(reading.inbound_after, inbox_id, cursor, WAIT_BATCH)
+        if not views:
+            return None, cursor
+        body = {"messages": [message_json(v) for v in views], "cursor": str(cursor), "timed_out": False}
+        return json.dumps(body).encode(), cursor
 
 
 class ThreadsResource:

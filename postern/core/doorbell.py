@@ -76,26 +76,30 @@ class Waiters:
         self.database_url = database_url
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listener = None
-        self._tick = 0
+        #: Rings seen per inbox. A store read tagged with generation g reflects every
+        #: commit whose ring arrived before it started.
+        self._generation: dict[str, int] = defaultdict(int)
         self._reads: dict[tuple, tuple[int, asyncio.Future]] = {}
 
     def subscribe(self, inbox_id: str) -> asyncio.Event:
         event = asyncio.Event()
-        self._tick += 1
-        event.tick = self._tick  # reads started from now on may serve this waiter
         self._events[inbox_id].add(event)
         return event
 
-    async def read_shared(self, key: tuple, event: asyncio.Event, make):
-        """Run ``make()`` once for every waiter woken together on the same ``key``.
+    def generation(self, inbox_id: str) -> int:
+        return self._generation.get(inbox_id, 0)
 
-        A waiter joins a read in flight only if that read began after the waiter
-        subscribed; an older read might predate the commit that rang the bell.
+    async def read_shared(self, inbox_id: str, key: tuple, since: int, make):
+        """Run ``make()`` once for all waiters woken together on the same ``key``.
+
+        A waiter that cleared its event at generation ``since`` may share a read that
+        started at that generation or later: any commit the read could miss rings
+        after the waiter cleared its event, so the waiter looks again.
         """
         found = self._reads.get(key)
-        if found is None or found[0] < event.tick:
+        if found is None or found[0] < since:
             future = asyncio.ensure_future(make())
-            found = (self._tick, future)
+            found = (self.generation(inbox_id), future)
             self._reads[key] = found
             future.add_done_callback(lambda _, key=key, found=found: self._forget(key, found))
         return await asyncio.shield(found[1])
@@ -112,6 +116,7 @@ class Waiters:
                 del self._events[inbox_id]
 
     def wake(self, inbox_id: str) -> None:
+        self._generation[inbox_id] += 1
         for event in self._events.get(inbox_id, ()):
             event.set()
 
