@@ -33,18 +33,21 @@ def local_inbox(address: str) -> Inbox | None:
     return Inbox.get_or_none(Inbox.address == address.strip().lower())
 
 
-def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str]) -> list[Message]:
+def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str], known: dict | None = None) -> list[Message]:
     """Store ``raw`` once per local inbox among ``recipients``; returns the stored rows.
 
-    Raises ``MailRejected`` for a message refused for good (size, MIME limits) and
-    lets database errors propagate, so the SMTP layer answers 4xx and the sender retries.
+    ``known`` maps addresses to the ``Inbox`` rows a caller already looked up (the SMTP
+    listener does at RCPT), saving a query per recipient. Raises ``MailRejected`` for
+    a message refused for good (size, MIME limits) and lets database errors propagate,
+    so the SMTP layer answers 4xx and the sender retries.
     """
     parsed = parse(raw, limits_for(postern))
     addresses = list(dict.fromkeys(r.strip().lower() for r in recipients))
+    known = known or {}
     with write_transaction():
         stored = []
         for address in addresses:
-            inbox = local_inbox(address)
+            inbox = known.get(address) or local_inbox(address)
             if inbox is None:
                 continue  # not ours: the listener refused it at RCPT already
             stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
@@ -68,10 +71,14 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
             inbox=inbox.id,
             subject=parsed.subject,
             normalized_subject=normalize_subject(parsed.subject),
+            message_count=1,
             created_at=now,
             last_message_at=now,
         )
-    Thread.update(message_count=Thread.message_count + 1, last_message_at=now).where(Thread.id == thread.id).execute()
+    else:
+        Thread.update(message_count=Thread.message_count + 1, last_message_at=now).where(
+            Thread.id == thread.id
+        ).execute()
     message_id = new_id("msg")
     message = Message.create(
         id=message_id,
@@ -117,5 +124,5 @@ def next_seq(inbox_id: str) -> int:
     """Take the inbox's next sequence number. The UPDATE holds the inbox row's lock
     (SQLite: the database's) until commit, so deliveries to one inbox commit in
     sequence order: a waiter that has seen seq N can never later meet N-1."""
-    Inbox.update(last_seq=Inbox.last_seq + 1).where(Inbox.id == inbox_id).execute()
-    return Inbox.select(Inbox.last_seq).where(Inbox.id == inbox_id).scalar()
+    updated = Inbox.update(last_seq=Inbox.last_seq + 1).where(Inbox.id == inbox_id).returning(Inbox.last_seq)
+    return next(iter(updated.execute())).last_seq

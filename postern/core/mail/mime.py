@@ -79,19 +79,24 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
         raise MailRejected("MIME structure nested too deeply", code="mime_too_deep") from None
     _check_structure(msg, limits)
     text, html, body_parts = _bodies(msg)
+    # Raw header values where no structure is needed: the policy's header parsing is
+    # the costliest step of ingest, so only Subject and addresses go through it.
+    raw = {}
+    for name, value in msg.raw_items():
+        raw.setdefault(name.lower(), value)
     return ParsedMessage(
-        message_id=_first_msgid(msg.get("Message-ID")),
-        in_reply_to=_first_msgid(msg.get("In-Reply-To")),
-        references=MSGID.findall(str(msg.get("References", "")))[-50:],
-        subject=_header_text(msg, "Subject")[:998],
-        sender=_first(_mailboxes(msg, "From")),
-        to=_mailboxes(msg, "To"),
-        cc=_mailboxes(msg, "Cc"),
-        reply_to=_mailboxes(msg, "Reply-To"),
-        date=_date(msg),
+        message_id=_first_msgid(raw.get("message-id")),
+        in_reply_to=_first_msgid(raw.get("in-reply-to")),
+        references=MSGID.findall(str(raw.get("references", "")))[-50:],
+        subject=_header_text(msg, "Subject")[:998] if "subject" in raw else "",
+        sender=_first(_mailboxes(msg, "From")) if "from" in raw else None,
+        to=_mailboxes(msg, "To") if "to" in raw else [],
+        cc=_mailboxes(msg, "Cc") if "cc" in raw else [],
+        reply_to=_mailboxes(msg, "Reply-To") if "reply-to" in raw else [],
+        date=_date(raw.get("date")),
         text=text,
         html=html,
-        headers=[(name, _safe_str(value)) for name, value in msg.items()][:500],
+        headers=[(name, _safe_str(value)) for name, value in msg.raw_items()][:500],
         attachments=_attachments(msg, body_parts),
     )
 
@@ -211,13 +216,12 @@ def _first(items):
     return items[0] if items else None
 
 
-def _date(msg: EmailMessage) -> dt.datetime | None:
-    try:
-        value = msg.get("Date")
-        moment = getattr(value, "datetime", None)
-    except (ValueError, IndexError, TypeError):
+def _date(value) -> dt.datetime | None:
+    if not value:
         return None
-    if moment is None:
+    try:
+        moment = email.utils.parsedate_to_datetime(str(value))
+    except (ValueError, IndexError, TypeError):
         return None
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC).replace(tzinfo=None)

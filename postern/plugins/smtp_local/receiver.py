@@ -73,13 +73,23 @@ class Handler:
             return "451 4.3.0 Temporary failure, try again later"
         if known is None:
             return "550 5.1.1 No such mailbox here"
+        if not hasattr(envelope, "postern_inboxes"):
+            envelope.postern_inboxes = {}
+        envelope.postern_inboxes[address.strip().lower()] = known
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
         try:
-            stored = await self.runner.run(ingest, self.postern, raw, envelope.mail_from or "", envelope.rcpt_tos)
+            stored = await self.runner.run(
+                ingest,
+                self.postern,
+                raw,
+                envelope.mail_from or "",
+                envelope.rcpt_tos,
+                getattr(envelope, "postern_inboxes", None),
+            )
         except MailRejected as exc:
             log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
             return f"{exc.smtp_code} {exc.message}"
@@ -104,6 +114,8 @@ async def _serve(postern) -> None:
     from aiosmtpd.smtp import SMTP
 
     receiver = postern.backend("receive")
+    # aiosmtpd logs every command at INFO: a dozen lines per message, a measurable cost.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     runner = DatabaseRunner(receiver.threads)
     handler = Handler(postern, receiver, runner)
     host, _, port = receiver.bind.rpartition(":")
