@@ -231,4 +231,5 @@ def test_core_refusals_are_typed(db):
     with pytest.raises(PermissionDenied):
         enrollment.redeem(INFO, token, "b", agent_key_ttl=dt.timedelta(hours=1))
     with pytest.raises(AuthenticationFailed):
-        enrollment.redeem(INFO, token[:-1] + "0", "a", agent_key_ttl=dt.timedelta(hours=1))
+        typo = token[:-1] + ("1" if token.endswith("0") else "0")  # always a different checksum
+        enrollment.redeem(INFO, typo, "a", agent_key_ttl=dt.timedelta(hours=1))

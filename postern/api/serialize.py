@@ -128,7 +128,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "from": {"address": m.from_address, "name": m.from_name},
         "to": _people(m.to_addresses),
         "cc": _people(m.cc_addresses),
-        "snippet": " ".join(m.text.split())[:200],
+        "snippet": m.snippet,
         "received_at": iso(m.received_at),
         "sent_at": iso(m.sent_at),
         "size": m.size,

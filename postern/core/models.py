@@ -162,6 +162,8 @@ class Message(BaseModel):
     received_at = peewee.DateTimeField(default=utcnow)
     text = peewee.TextField(default="")
     html = peewee.TextField(default="")
+    #: The first 200 characters of the text, whitespace collapsed: listings never load bodies.
+    snippet = peewee.CharField(max_length=200, default="")
     headers = peewee.TextField(default="[]")  # JSON list of [name, value]
     size = peewee.IntegerField()
     raw = peewee.BlobField()

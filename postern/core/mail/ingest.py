@@ -28,6 +28,10 @@ def limits_for(postern) -> MailLimits:
     return MailLimits(mail.max_message_bytes, mail.max_mime_depth, mail.max_mime_parts)
 
 
+def snippet_of(text: str) -> str:
+    return " ".join(text[:2000].split())[:200]
+
+
 def local_inbox(address: str) -> Inbox | None:
     """The inbox an address belongs to, if this Postern serves it."""
     return Inbox.get_or_none(Inbox.address == address.strip().lower())
@@ -102,6 +106,7 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
         received_at=now,
         text=parsed.text,
         html=parsed.html,
+        snippet=snippet_of(parsed.text),
         headers=json.dumps(parsed.headers),
         size=len(raw),
         raw=raw,

@@ -31,7 +31,7 @@ from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequire
 from postern.core.ids import new_id, well_formed
 from postern.core.inboxes import get_inbox
 from postern.core.mail.compose import SendRequest, build_mime, parse_send_request
-from postern.core.mail.ingest import ingest, local_inbox, next_seq
+from postern.core.mail.ingest import ingest, local_inbox, next_seq, snippet_of
 from postern.core.mail.mime import Mailbox
 from postern.core.mail.threads import normalize_subject
 from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, Thread, utcnow
@@ -186,6 +186,7 @@ def _store(inbox, request: SendRequest, raw, sender, message_id_header, in_reply
         received_at=now,
         text=request.text,
         html=request.html,
+        snippet=snippet_of(request.text),
         headers=json.dumps([list(h) for h in request.headers]),
         size=len(raw),
         raw=raw,

@@ -151,5 +151,5 @@ def _parse_time(value, name: str) -> dt.datetime:
 
 
 def _summary_fields() -> list[peewee.Field]:
-    """Everything but the raw bytes: listings never load them."""
-    return [f for f in Message._meta.sorted_fields if f.name != "raw"]
+    """Everything but the raw bytes and the bodies: listings never load them."""
+    return [f for f in Message._meta.sorted_fields if f.name not in ("raw", "text", "html", "headers")]

@@ -52,6 +52,7 @@ def upgrade(db: peewee.Database) -> None:
         received_at = peewee.DateTimeField()
         text = peewee.TextField(default="")
         html = peewee.TextField(default="")
+        snippet = peewee.CharField(max_length=200, default="")
         headers = peewee.TextField(default="[]")
         size = peewee.IntegerField()
         raw = peewee.BlobField()
