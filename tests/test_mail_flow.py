@@ -217,3 +217,32 @@ def test_mail_is_stored_before_250(live, db_url):
     open_database(db_url)
     with database.connection_context():
         assert Message.select().where(Message.inbox == inbox["id"]).count() == 1
+
+
+def test_outside_mail_answered_over_http_lands_in_threads(live):
+    a, b = make_inbox(live, "desk"), make_inbox(live, "colleague")
+    original = EmailMessage()
+    original["From"], original["To"], original["Subject"] = "carol@example.org", a["address"], "Invoice 7"
+    original["Message-ID"] = "<inv-7@example.org>"
+    original.set_content("Please confirm.")
+    with smtp(live) as client:
+        client.send_message(original)
+    [inbound] = messages(live, a)
+    # A answers the outside sender and copies B, who is served by the same Postern.
+    reply = api(
+        live,
+        "POST",
+        f"/v1/inboxes/{a['id']}/messages/{inbound['id']}/reply",
+        json={"text": "Confirmed.", "cc": [b["address"]]},
+    )
+    assert reply.status_code == 201 and reply.json()["status"] == "captured"  # carol is outside: captured
+    [copy] = messages(live, b)
+    assert copy["subject"] == "Re: Invoice 7" and copy["from"]["address"] == a["address"]
+    # B answers all: A receives it in the original thread.
+    answer = api(
+        live, "POST", f"/v1/inboxes/{b['id']}/messages/{copy['id']}/reply", json={"text": "Noted.", "reply_all": True}
+    )
+    assert answer.status_code == 201, answer.text
+    inbound_a = [m for m in messages(live, a) if m["direction"] == "inbound"]
+    assert [m["subject"] for m in inbound_a] == ["Re: Invoice 7", "Invoice 7"]
+    assert inbound_a[0]["thread_id"] == inbound_a[1]["thread_id"] == inbound["thread_id"]
