@@ -48,7 +48,7 @@ def test_attachments_inline_and_content_id():
         ("../../etc/passwd", "passwd"),
         ("C:\\Windows\\evil.exe", "evil.exe"),
         ("..hidden", "hidden"),
-        ("a\x00b\nc.txt", "a_b_c.txt"),
+        ("a\x00b\nc.txt", "ab_c.txt"),
         ('x<>:"|?*.pdf', "x_.pdf"),
         ("", "attachment-3.pdf"),
         (None, "attachment-3.pdf"),

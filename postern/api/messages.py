@@ -206,12 +206,15 @@ class WaitResource:
             while True:
                 event.clear()
                 since = self.waiters.generation(inbox.id)
+                before = cursor
                 body, cursor = await self.waiters.read_shared(
                     inbox.id, (inbox.id, cursor), since, lambda c=cursor: self._read(inbox.id, c)
                 )
                 remaining = deadline - loop.time()
                 if body is not None or remaining <= 0:
                     break
+                if cursor != before:
+                    continue  # a batch of our own sent mail: read on at once
                 try:
                     await asyncio.wait_for(event.wait(), min(remaining, SAFETY_RECHECK))
                 except TimeoutError:

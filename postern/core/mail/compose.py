@@ -20,7 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from postern.core.backends import OutboundAttachment
 from postern.core.errors import InvalidInput
-from postern.core.mail.mime import Mailbox, sanitize_filename
+from postern.core.mail.mime import CONTENT_TYPE, Mailbox, sanitize_filename
 from postern.core.models import utcnow
 from postern.core.names import InvalidName, normalise_domain
 
@@ -29,7 +29,6 @@ REPLY_FIELDS = {"cc", "bcc", "text", "html", "headers", "attachments", "reply_al
 MAX_RECIPIENTS = 100
 MAX_HEADERS = 20
 HEADER_NAME = re.compile(r"X-[A-Za-z0-9-]{1,60}")
-CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,60}/[a-z0-9!#$&^_.+-]{1,100}")
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,29 @@ class SendRequest:
         return list(dict.fromkeys(m.address for m in (*self.to, *self.cc, *self.bcc)))
 
 
+def one_line(value: str) -> bool:
+    """No line break of any kind (Python's email package also breaks on VT, FF, NEL,
+    U+2028…), no NUL, and encodable as UTF-8 (no lone surrogates)."""
+    return "\x00" not in value and (value == "" or value.splitlines() == [value]) and encodable(value)
+
+
+def encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_address(value: str, field: str) -> str:
     """Syntax only: local part by email-validator, domain by Postern's own rules (which,
     unlike email-validator, accept special-use names such as *.localhost)."""
     if not isinstance(value, str) or "@" not in value or len(value) > 320:
         raise InvalidInput(f"'{str(value)[:80]}' is not an email address", field=field)
     local, _, domain = value.strip().rpartition("@")
+    if not local.isascii():
+        # Sending to one would need SMTPUTF8 end to end; refuse now rather than fail later.
+        raise InvalidInput(f"'{value[:80]}': non-ASCII mailbox names are not supported yet", field=field)
     try:
         validate_email(f"{local}@example.org", check_deliverability=False)
         domain = normalise_domain(domain)
@@ -75,7 +91,7 @@ def _mailboxes(body: dict, field: str) -> tuple[Mailbox, ...]:
     for item in value:
         if isinstance(item, dict):
             address, name = item.get("address"), item.get("name", "")
-            if not isinstance(name, str) or len(name) > 200 or any(c in name for c in "\r\n\0"):
+            if not isinstance(name, str) or len(name) > 200 or not one_line(name):
                 raise InvalidInput(f"{field}: a display name must be a one-line string", field=field)
         else:
             address, name = item, ""
@@ -87,8 +103,8 @@ def _text(body: dict, field: str, limit: int) -> str:
     value = body.get(field, "")
     if value is None:
         return ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string", field=field)
+    if not isinstance(value, str) or not encodable(value):
+        raise InvalidInput(f"{field} must be a string of valid Unicode", field=field)
     if len(value) > limit:
         raise InvalidInput(f"{field} is longer than {limit} characters", field=field)
     return value
@@ -102,7 +118,7 @@ def _headers(body: dict) -> tuple[tuple[str, str], ...]:
     for name, item in value.items():
         if not HEADER_NAME.fullmatch(name):
             raise InvalidInput(f"header '{name[:60]}' is not allowed: only X-… extension headers", field="headers")
-        if not isinstance(item, str) or len(item) > 998 or any(c in item for c in "\r\n\0"):
+        if not isinstance(item, str) or len(item) > 998 or not one_line(item):
             raise InvalidInput(f"header {name}: the value must be one line of at most 998 characters", field="headers")
         found.append((name, item))
     return tuple(found)
@@ -162,7 +178,7 @@ def parse_send_request(body: dict, *, max_bytes: int, reply: bool = False) -> Se
         headers=_headers(body),
         attachments=_attachments(body, max_bytes),
     )
-    if any(c in request.subject for c in "\r\n\0"):
+    if not one_line(request.subject):
         raise InvalidInput("subject must be one line", field="subject")
     if not request.text and not request.html:
         raise InvalidInput("give text, html or both", field="text")

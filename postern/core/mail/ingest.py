@@ -37,13 +37,22 @@ def local_inbox(address: str) -> Inbox | None:
     return Inbox.get_or_none(Inbox.address == address.strip().lower())
 
 
-def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str], known: dict | None = None) -> list[Message]:
+def ingest(
+    postern,
+    raw: bytes,
+    envelope_from: str,
+    recipients: list[str],
+    known: dict | None = None,
+    delivered_for: str | None = None,
+) -> list[Message]:
     """Store ``raw`` once per local inbox among ``recipients``; returns the stored rows.
 
     ``known`` maps addresses to the ``Inbox`` rows a caller already looked up (the SMTP
     listener does at RCPT), saving a query per recipient. Raises ``MailRejected`` for
     a message refused for good (size, MIME limits) and lets database errors propagate,
-    so the SMTP layer answers 4xx and the sender retries.
+    so the SMTP layer answers 4xx and the sender retries. ``delivered_for`` names an
+    outbound message whose local delivery this is: it is marked done in the same
+    transaction, so a retry can never deliver it twice.
     """
     parsed = parse(raw, limits_for(postern))
     addresses = list(dict.fromkeys(r.strip().lower() for r in recipients))
@@ -57,10 +66,20 @@ def ingest(postern, raw: bytes, envelope_from: str, recipients: list[str], known
             stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
         if not stored:
             raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
+        if delivered_for is not None:
+            Message.update(local_done=True).where(Message.id == delivered_for).execute()
         doorbell.ring_in_transaction(m.inbox_id for m in stored)
-    doorbell.ring_after_commit(postern.config.data_dir, [m.inbox_id for m in stored])
+    # Committed: from here nothing may fail the caller, or the sender would retry and
+    # the message would be stored twice. Failures are logged with the message ids.
+    try:
+        doorbell.ring_after_commit(postern.config.data_dir, [m.inbox_id for m in stored])
+    except OSError:
+        log.exception("doorbell failed after storing %s; waiters will re-check", [m.id for m in stored])
     for message in stored:
-        postern.hook.postern_message_received(postern=postern, message=message)
+        try:
+            postern.hook.postern_message_received(postern=postern, message=message)
+        except Exception:  # a plugin's failure must not un-acknowledge stored mail
+            log.exception("a postern_message_received hook failed for %s", message.id)
     return stored
 
 

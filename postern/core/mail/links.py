@@ -16,6 +16,7 @@ from postern.core import audit
 from postern.core.db import write_transaction
 from postern.core.errors import NotFound, PosternError
 from postern.core.ids import well_formed
+from postern.core.mail.mime import safe_content_type
 from postern.core.mail.reading import get_message
 from postern.core.models import Attachment, DownloadLink, Message, ServerSecret, utcnow
 from postern.core.principal import Principal, RequestInfo
@@ -73,7 +74,7 @@ def redeem(info: RequestInfo, token: str) -> Download:
     """The bytes behind a link, once. A bad signature is a 404; used or expired, a 410."""
     link_id, _, rest = token.partition(".")
     expires, _, signature = rest.partition(".")
-    if not (well_formed(link_id, "dl") and expires.isdigit() and len(signature) == 64):
+    if not (well_formed(link_id, "dl") and expires.isascii() and expires.isdigit() and len(signature) == 64):
         raise NotFound("no such download")
     if not hmac.compare_digest(_sign(link_id, int(expires)), signature):
         raise NotFound("no such download")
@@ -99,7 +100,11 @@ def redeem(info: RequestInfo, token: str) -> Download:
     if not claimed:
         raise LinkGone("this link was used already or has expired; ask for a new one")
     if link.kind == "raw":
-        message = Message.get_by_id(link.object_id)
-        return Download(f"{message.id}.eml", "message/rfc822", bytes(message.raw))
-    attachment = Attachment.get_by_id(link.object_id)
-    return Download(attachment.filename, attachment.content_type, bytes(attachment.data))
+        message = Message.get_or_none(Message.id == link.object_id)
+        if message is not None:
+            return Download(f"{message.id}.eml", "message/rfc822", bytes(message.raw))
+    else:
+        attachment = Attachment.get_or_none(Attachment.id == link.object_id)
+        if attachment is not None:
+            return Download(attachment.filename, safe_content_type(attachment.content_type), bytes(attachment.data))
+    raise LinkGone("what this link pointed to has been deleted")

@@ -67,6 +67,7 @@ class ParsedMessage:
 
 
 MSGID = re.compile(r"<[^<>\s]+>")
+MAX_MSGID = 500  # indexed: PostgreSQL's btree entries are capped near 2,700 bytes
 UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
 
 
@@ -74,7 +75,7 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
     if len(raw) > limits.max_bytes:
         raise MailRejected(f"message exceeds {limits.max_bytes} bytes", smtp_code="552 5.3.4", code="message_too_large")
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        msg = email.message_from_bytes(raw, policy=_counting_policy(limits.max_parts))
     except RecursionError:
         raise MailRejected("MIME structure nested too deeply", code="mime_too_deep") from None
     _check_structure(msg, limits)
@@ -99,6 +100,22 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
         headers=[(name, _safe_str(value)) for name, value in msg.raw_items()][:500],
         attachments=_attachments(msg, body_parts),
     )
+
+
+def _counting_policy(max_parts: int):
+    """A policy whose message factory counts parts as the parser creates them, so a
+    MIME bomb is refused after ``max_parts`` parts rather than after parsing all."""
+    made = 0
+
+    class CountingMessage(EmailMessage):
+        def __init__(self, policy=None):
+            nonlocal made
+            made += 1
+            if made > max_parts:
+                raise MailRejected(f"more than {max_parts} MIME parts", code="mime_too_many_parts")
+            super().__init__(policy)
+
+    return email.policy.default.clone(message_factory=CountingMessage)
 
 
 def _check_structure(msg: EmailMessage, limits: MailLimits) -> None:
@@ -134,11 +151,11 @@ def _decode_text(part: EmailMessage) -> str:
     message keeps the bytes exactly as received."""
     try:
         text = part.get_content()
-    except (LookupError, UnicodeError, AssertionError):
-        # Unknown or lying charset: keep what can be read rather than lose the message.
+    except (LookupError, UnicodeError, AssertionError, ValueError):
+        # Unknown, malformed or lying charset: keep what can be read rather than lose the message.
         payload = part.get_payload(decode=True) or b""
         text = payload.decode("utf-8", errors="replace")
-    return text.replace("\r\n", "\n")
+    return clean(text).replace("\r\n", "\n")
 
 
 def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachment]:
@@ -156,7 +173,7 @@ def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachme
         found.append(
             ParsedAttachment(
                 filename=sanitize_filename(filename, len(found) + 1, part.get_content_type()),
-                content_type=part.get_content_type()[:255],
+                content_type=safe_content_type(part.get_content_type()),
                 content_id=content_id,
                 inline=disposition == "inline",
                 data=data,
@@ -165,10 +182,19 @@ def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachme
     return found
 
 
+CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,60}/[a-z0-9!#$&^_.+-]{1,100}")
+
+
+def safe_content_type(value: str) -> str:
+    """A declared type is kept only if it is a plain ``type/subtype`` token pair."""
+    value = value.lower()
+    return value if CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
+
+
 def sanitize_filename(name: str | None, index: int, content_type: str) -> str:
     """A filename safe to show and to save: no path, no control or shell-special
     characters, no leading dots, at most 255 bytes; a generated one if nothing remains."""
-    name = unicodedata.normalize("NFC", name or "")
+    name = unicodedata.normalize("NFC", clean(name or ""))
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = UNSAFE_FILENAME.sub("_", name).strip().lstrip(".")
     while len(name.encode()) > 255:
@@ -183,8 +209,8 @@ def sanitize_filename(name: str | None, index: int, content_type: str) -> str:
 def _first_msgid(value) -> str | None:
     if value is None:
         return None
-    match = MSGID.search(str(value))
-    return match.group(0)[:998] if match else None
+    match = MSGID.search(clean(str(value)))
+    return match.group(0)[:MAX_MSGID] if match else None
 
 
 def _header_text(msg: EmailMessage, name: str) -> str:
@@ -195,19 +221,32 @@ def _header_text(msg: EmailMessage, name: str) -> str:
     return _safe_str(value) if value is not None else ""
 
 
+def clean(text: str) -> str:
+    """Text fit to store anywhere: raw 8-bit header bytes (which the parser keeps as
+    surrogates) decoded as UTF-8, and NUL removed (PostgreSQL text cannot hold it;
+    the raw message keeps every byte)."""
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.replace("\x00", "")
+
+
 def _safe_str(value) -> str:
     try:
         text = str(value)
     except (ValueError, IndexError, TypeError):
         text = ""
-    return text.replace("\r", " ").replace("\n", " ")
+    return clean(text).replace("\r", " ").replace("\n", " ")
 
 
 def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
     try:
         header = msg.get(name)
         addresses = getattr(header, "addresses", ()) if header is not None else ()
-        return [Mailbox(a.addr_spec.lower()[:320], (a.display_name or "")[:200]) for a in addresses if a.addr_spec]
+        return [
+            Mailbox(clean(a.addr_spec).lower()[:320], clean(a.display_name or "")[:200])
+            for a in addresses
+            if a.addr_spec
+        ]
     except (ValueError, IndexError, TypeError, AttributeError):
         return []  # a header too broken to parse is kept raw, not trusted
 

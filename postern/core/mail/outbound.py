@@ -42,6 +42,8 @@ from postern.core.runtime import BackendUnavailable
 log = logging.getLogger("postern.outbound")
 
 MAX_ATTEMPTS = 8
+#: How long a delivery attempt owns a message; longer than any backend's timeouts.
+LEASE = dt.timedelta(seconds=300)
 RETRY_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200)  # seconds before attempts 2..8
 
 
@@ -126,17 +128,21 @@ def _as_reply(inbox: Inbox, original: Message, request: SendRequest, reply_all: 
         to = people(original.reply_to) or (Mailbox(original.from_address, original.from_name),)
     else:
         to = people(original.to_addresses)
+    to = _unique(m for m in to if m.address and m.address != inbox.address)
     cc = request.cc
     if reply_all:
-        seen = {m.address for m in to} | {inbox.address}
-        extra = [m for m in people(original.to_addresses) + people(original.cc_addresses) if m.address not in seen]
-        cc = tuple(dict.fromkeys((*cc, *extra)))
+        extra = people(original.to_addresses) + people(original.cc_addresses)
+        cc = (*cc, *extra)
+    seen = {m.address for m in to} | {inbox.address}
+    cc = _unique(m for m in cc if m.address not in seen)
+    if not to and cc:
+        to, cc = cc[:1], cc[1:]
     subject = original.subject
     if not subject.lower().startswith("re:"):
         subject = f"Re: {subject}"
     references = tuple([*original.references.split(), original.message_id_header][-20:])
     reply = SendRequest(
-        to=tuple(m for m in to if m.address),
+        to=to,
         cc=cc,
         bcc=request.bcc,
         subject=subject[:998],
@@ -147,6 +153,14 @@ def _as_reply(inbox: Inbox, original: Message, request: SendRequest, reply_all: 
         attachments=request.attachments,
     )
     return reply, original.message_id_header, references
+
+
+def _unique(mailboxes) -> tuple[Mailbox, ...]:
+    """First occurrence of each address wins (names differ between headers)."""
+    found: dict[str, Mailbox] = {}
+    for m in mailboxes:
+        found.setdefault(m.address, m)
+    return tuple(found.values())
 
 
 def _store(inbox, request: SendRequest, raw, sender, message_id_header, in_reply_to, references, original) -> Message:
@@ -190,7 +204,7 @@ def _store(inbox, request: SendRequest, raw, sender, message_id_header, in_reply
         headers=json.dumps([list(h) for h in request.headers]),
         size=len(raw),
         raw=raw,
-        next_attempt_at=now + dt.timedelta(seconds=60),  # picked up by the outbox if this process dies
+        next_attempt_at=now + LEASE,  # the sender's claim; the outbox takes over only if it lapses
     )
     for att in request.attachments:
         Attachment.create(
@@ -209,13 +223,14 @@ def _store(inbox, request: SendRequest, raw, sender, message_id_header, in_reply
 def deliver(postern, message_id: str) -> Message:
     """One delivery attempt; updates the row and fires the sent/failed hook."""
     message = Message.get_by_id(message_id)
+    if message.status != "queued":
+        return message  # delivered meanwhile by another attempt
     recipients = json.loads(message.envelope_to)
     local = [r for r in recipients if local_inbox(r) is not None]
     remote = [r for r in recipients if r not in local]
     try:
         if local and not message.local_done:
-            ingest(postern, bytes(message.raw), message.envelope_from, local)
-            Message.update(local_done=True).where(Message.id == message.id).execute()
+            ingest(postern, bytes(message.raw), message.envelope_from, local, delivered_for=message.id)
         result = _hand_over(postern, message, remote) if remote else None
     except TemporaryFailure as exc:
         return _retry_later(postern, message, exc)
@@ -307,21 +322,26 @@ def deliver_due(postern, limit: int = 50) -> int:
     """The outbox's sweep: claim queued messages whose retry time has come (or whose
     sender crashed before delivering) and attempt them. Safe in several processes:
     a message is claimed by moving its retry time forward only if nobody else has."""
-    now = utcnow()
     due = list(
         Message.select(Message.id, Message.next_attempt_at)
-        .where((Message.status == "queued") & (Message.next_attempt_at <= now))
+        .where((Message.status == "queued") & (Message.next_attempt_at <= utcnow()))
         .order_by(Message.next_attempt_at)
         .limit(limit)
     )
     done = 0
     for row in due:
         claimed = (
-            Message.update(next_attempt_at=now + dt.timedelta(seconds=300))
-            .where((Message.id == row.id) & (Message.next_attempt_at == row.next_attempt_at))
+            Message.update(next_attempt_at=utcnow() + LEASE)
+            .where(
+                (Message.id == row.id) & (Message.status == "queued") & (Message.next_attempt_at == row.next_attempt_at)
+            )
             .execute()
         )
-        if claimed:
+        if not claimed:
+            continue  # another outbox took it
+        try:
             deliver(postern, row.id)
-            done += 1
+        except Exception:  # one bad message must not stop the sweep; its lease expires and it is retried
+            log.exception("outbox: delivering %s failed unexpectedly", row.id)
+        done += 1
     return done
