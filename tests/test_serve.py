@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -24,7 +25,8 @@ def server(env, tmp_path):
     for s in servers:
         if s.proc.poll() is None:
             for child in psutil.Process(s.proc.pid).children(recursive=True):
-                child.kill()
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             s.proc.kill()
             s.proc.wait()
 
@@ -88,7 +90,7 @@ def test_crashed_api_is_restarted(server):
             try:
                 if "--only" in child.cmdline():
                     return child
-            except psutil.ZombieProcess:
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
                 continue  # the killed one, until the supervisor reaps it
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,6 +89,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 def kill_tree(server: Server) -> None:
     if server.proc.poll() is None:
         for child in descendants(server.proc.pid):
-            child.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         server.proc.kill()
         server.proc.wait()
