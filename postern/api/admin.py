@@ -19,7 +19,20 @@ from postern.core import audit, enrollment, tenancy
 from postern.core.auditlog import FILTERS, query_audit
 from postern.core.db import write_transaction
 from postern.core.errors import InvalidInput
+from postern.core.models import Agent, Customer, EnrollmentKey
 from postern.core.pagination import paginate, parse_limit
+
+
+async def _list(caller, req, resp, visible, model, action: str, to_json) -> None:
+    """A paged, audited listing of what ``visible(principal)`` selects, oldest first."""
+    limit, token = req.get_param("limit"), req.get_param("page_token")
+
+    def listing(principal, info):
+        page = paginate(visible(principal), model.created_at, model.id, parse_limit(limit), token)
+        _audited_read(principal, info, action)
+        return page
+
+    resp.media = page_json(await caller.as_admin(req, listing), to_json)
 
 
 def _audited_read(principal, info, action, target=None):
@@ -64,18 +77,7 @@ class CustomersResource:
         resp.media = customer_json(customer)
 
     async def on_get(self, req, resp):
-        limit, token = req.get_param("limit"), req.get_param("page_token")
-
-        def listing(principal, info):
-            from postern.core.models import Customer
-
-            page = paginate(
-                tenancy.visible_customers(principal), Customer.created_at, Customer.id, parse_limit(limit), token
-            )
-            _audited_read(principal, info, "customer.list")
-            return page
-
-        resp.media = page_json(await self.caller.as_admin(req, listing), customer_json)
+        await _list(self.caller, req, resp, tenancy.visible_customers, Customer, "customer.list", customer_json)
 
 
 MAX_EXPIRES_IN = 366 * 86400
@@ -154,22 +156,15 @@ class EnrollmentKeysResource:
         resp.media = {**enrollment_key_json(key), "enrollment_key": plaintext}
 
     async def on_get(self, req, resp):
-        limit, token = req.get_param("limit"), req.get_param("page_token")
-
-        def listing(principal, info):
-            from postern.core.models import EnrollmentKey
-
-            page = paginate(
-                enrollment.visible_enrollment_keys(principal),
-                EnrollmentKey.created_at,
-                EnrollmentKey.id,
-                parse_limit(limit),
-                token,
-            )
-            _audited_read(principal, info, "enrollment_key.list")
-            return page
-
-        resp.media = page_json(await self.caller.as_admin(req, listing), enrollment_key_json)
+        await _list(
+            self.caller,
+            req,
+            resp,
+            enrollment.visible_enrollment_keys,
+            EnrollmentKey,
+            "enrollment_key.list",
+            enrollment_key_json,
+        )
 
 
 class EnrollmentKeyResource:
@@ -240,23 +235,13 @@ class AgentsResource:
         self.caller = caller
 
     async def on_get(self, req, resp):
-        limit, token, enrollment_id = (
-            req.get_param("limit"),
-            req.get_param("page_token"),
-            req.get_param("enrollment_id"),
-        )
+        enrollment_id = req.get_param("enrollment_id")
 
-        def listing(principal, info):
-            from postern.core.models import Agent
-
+        def visible(principal):
             query = enrollment.visible_agents(principal)
-            if enrollment_id:
-                query = query.where(Agent.enrollment == enrollment_id)
-            page = paginate(query, Agent.created_at, Agent.id, parse_limit(limit), token)
-            _audited_read(principal, info, "agent.list")
-            return page
+            return query.where(Agent.enrollment == enrollment_id) if enrollment_id else query
 
-        resp.media = page_json(await self.caller.as_admin(req, listing), agent_json)
+        await _list(self.caller, req, resp, visible, Agent, "agent.list", agent_json)
 
 
 class AgentResource:
