@@ -233,3 +233,16 @@ def test_core_refusals_are_typed(db):
     with pytest.raises(AuthenticationFailed):
         typo = token[:-1] + ("1" if token.endswith("0") else "0")  # always a different checksum
         enrollment.redeem(INFO, typo, "a", agent_key_ttl=dt.timedelta(hours=1))
+
+
+def test_read_audit_relaxes_and_restores_sqlite_durability(db):
+    from postern.core import audit
+    from postern.core.principal import CLI
+
+    if not isinstance(db, __import__("peewee").SqliteDatabase):
+        pytest.skip("SQLite durability setting")
+    full = db.execute_sql("PRAGMA synchronous").fetchone()[0]
+    assert full == 2  # FULL: acknowledged mail survives power loss
+    audit.record_read("customer.list", principal=CLI, info=INFO)
+    assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == full
+    assert AuditEvent.select().where(AuditEvent.action == "customer.list").count() == 1

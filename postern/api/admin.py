@@ -17,7 +17,6 @@ from postern.api.serialize import (
 )
 from postern.core import audit, enrollment, tenancy
 from postern.core.auditlog import FILTERS, query_audit
-from postern.core.db import write_transaction
 from postern.core.errors import InvalidInput
 from postern.core.models import Agent, Customer, EnrollmentKey
 from postern.core.pagination import paginate, parse_limit
@@ -36,8 +35,7 @@ async def _list(caller, req, resp, visible, model, action: str, to_json) -> None
 
 
 def _audited_read(principal, info, action, target=None):
-    with write_transaction():
-        audit.record(action, principal=principal, info=info, target=target)
+    audit.record_read(action, principal=principal, info=info, target=target)
 
 
 class CustomersResource:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import peewee
+
+from postern.core.db import database, write_transaction
 from postern.core.logs import redact
 from postern.core.models import AuditEvent
 from postern.core.principal import Principal, RequestInfo
@@ -50,3 +54,30 @@ def record(
     )
     if outcome != "ok":
         log.info("denied %s on %r: %s (request %s)", action, target, code, info.request_id)
+
+
+def record_read(action: str, *, principal: Principal, info: RequestInfo, target: str | None = None) -> None:
+    """Audit a read in a transaction of its own that skips the fsync on SQLite.
+
+    A read changes nothing, so its audit row need not survive power loss the way an
+    acknowledged message must: committed with ``synchronous=NORMAL`` it survives any
+    crash of Postern, and reads stop queueing behind a disk flush each. Actions and
+    refusals keep the configured durability.
+    """
+    with relaxed_durability():
+        with write_transaction():
+            record(action, principal=principal, info=info, target=target)
+
+
+@contextlib.contextmanager
+def relaxed_durability():
+    db = database.obj
+    if not isinstance(db, peewee.SqliteDatabase) or db.in_transaction():
+        yield
+        return
+    previous = db.execute_sql("PRAGMA synchronous").fetchone()[0]
+    db.execute_sql("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        db.execute_sql(f"PRAGMA synchronous = {int(previous)}")

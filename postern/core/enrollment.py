@@ -205,8 +205,7 @@ def describe_key(principal: Principal, info: RequestInfo) -> KeyDescription:
     description = KeyDescription(
         principal, Agent.get_by_id(principal.agent_id), EnrollmentKey.get_by_id(principal.enrollment_id)
     )
-    with write_transaction():
-        audit.record("me.read", principal=principal, info=info, target=principal.agent_id)
+    audit.record_read("me.read", principal=principal, info=info, target=principal.agent_id)
     return description
 
 

@@ -171,8 +171,7 @@ def visible_inboxes(principal: Principal):
 
 def list_inboxes(principal: Principal, info: RequestInfo, limit, page_token) -> Page:
     page = paginate(visible_inboxes(principal), Inbox.created_at, Inbox.id, parse_limit(limit), page_token)
-    with write_transaction():
-        audit.record("inbox.list", principal=principal, info=info)
+    audit.record_read("inbox.list", principal=principal, info=info)
     return page
 
 
@@ -186,8 +185,7 @@ def get_inbox(
         exc.audited = True
         raise exc
     if audit_read:
-        with write_transaction():
-            audit.record("inbox.read", principal=principal, info=info, target=inbox.id)
+        audit.record_read("inbox.read", principal=principal, info=info, target=inbox.id)
     return inbox
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import peewee
 
 from postern.core import audit
-from postern.core.db import write_transaction
 from postern.core.errors import InvalidInput, NotFound
 from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
@@ -27,8 +26,7 @@ class MessageView:
 
 
 def _audit(principal, info, action, target) -> None:
-    with write_transaction():
-        audit.record(action, principal=principal, info=info, target=target)
+    audit.record_read(action, principal=principal, info=info, target=target)
 
 
 def _with_attachments(messages: list[Message]) -> list[MessageView]:
