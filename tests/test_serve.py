@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 
 import psutil
 import pytest
-from support.server import Server, descendants, wait_for
+from support.server import Server, descendants, kill_tree, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +22,7 @@ def server(env, tmp_path):
 
     yield start
     for s in servers:
-        if s.proc.poll() is None:
-            for child in psutil.Process(s.proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-            s.proc.kill()
-            s.proc.wait()
+        kill_tree(s)
 
 
 def test_serve_health_supervision_and_clean_exit(server):

@@ -71,12 +71,15 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
     body = await read_json(req, max_bytes=caller.postern.config.mail.max_message_bytes * 4 // 3 + 65536)
     postern, key = caller.postern, req.get_header("Idempotency-Key")
 
+    # The scope was checked before the body was read (a key's scopes never change);
+    # the action re-authenticates so a key revoked meanwhile stops it.
     def work(principal, info):
-        require_scope(principal, "mailbox:send", info, "message.send", inbox_id)
-        return outbound.send(postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to)
+        message, replayed = outbound.send(
+            postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to
+        )
+        return reading.view_of(message), replayed
 
-    message, replayed = await caller.as_agent(req, work)
-    view = await caller.runner.run(reading.view_of, message)
+    view, replayed = await caller.as_agent(req, work)
     resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_201
     resp.media = message_json(view, full=True)
 
