@@ -38,6 +38,13 @@ def test_file_then_environment_overrides(tmp_path):
     assert config.source == path
 
 
+def test_database_threads_pick_for_the_database_unless_set(tmp_path):
+    assert load_config(environ={"POSTERN_DATA_DIR": str(tmp_path)}).database_threads == 2
+    pg = {"POSTERN_DATABASE_URL": "postgresql://db/postern"}
+    assert load_config(environ=pg).database_threads == 8
+    assert load_config(environ={**pg, "POSTERN_DATABASE_THREADS": "3"}).database_threads == 3
+
+
 def test_config_path_from_environment(tmp_path):
     path = write(tmp_path, "[server]\nworkers = 4\n")
     assert load_config(environ={"POSTERN_CONFIG": str(path)}).server.workers == 4
@@ -71,6 +78,7 @@ def test_secrets_resolved_from_environment(tmp_path):
         ("colour = 'blue'\n", {}, "unknown config key 'colour'"),
         ('[server]\nworkers = "two"\n', {}, "server.workers: expected an integer, got str 'two'"),
         ("[server]\nworkers = 0\n", {}, "server.workers must be at least 1"),
+        ("[database]\nthreads = -1\n", {}, "database.threads must be from 0"),
         ("[database]\nauto_migrate = 1\n", {}, "database.auto_migrate: expected true or false"),
         ('[log]\nformat = "xml"\n', {}, "log.format: 'xml' is not one of text, json"),
         ('[plugins]\ndisabled = "x"\n', {}, None),  # a string is read as a comma list: allowed

@@ -7,6 +7,7 @@ from typing import Any
 
 import falcon
 import falcon.asgi
+import orjson
 
 from postern.api import admin, downloads, messages
 from postern.api.agents import EnrollResource, MeResource
@@ -69,9 +70,13 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
 
 def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App:
     """The API app for ``postern``."""
-    runner = runner or DatabaseRunner(postern.config.database.threads)
+    runner = runner or DatabaseRunner(postern.config.database_threads)
     waiters = Waiters(postern.config.data_dir, postern.config.database_url)
     app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner, waiters)])
+    # orjson encodes a page of 50 message summaries (~35 KB) several times faster than the
+    # standard library, which was a fifth of a listing's CPU. Request bodies keep their own
+    # parser (api/bodies.py).
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=orjson.dumps)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(PosternError, handle_domain_error)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import falcon
+import orjson
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
@@ -225,7 +225,7 @@ class WaitResource:
         finally:
             self.waiters.unsubscribe(inbox.id, event)
         if body is None:
-            body = json.dumps({"messages": [], "cursor": str(cursor), "timed_out": True}).encode()
+            body = orjson.dumps({"messages": [], "cursor": str(cursor), "timed_out": True})
         resp.content_type = falcon.MEDIA_JSON
         resp.data = body
 
@@ -235,7 +235,7 @@ class WaitResource:
         if not views:
             return None, cursor
         body = {"messages": [message_json(v) for v in views], "cursor": str(cursor), "timed_out": False}
-        return json.dumps(body).encode(), cursor
+        return orjson.dumps(body), cursor
 
 
 class ThreadsResource:

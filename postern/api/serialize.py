@@ -97,7 +97,7 @@ def page_json(page, fn) -> dict:
 
 
 def _people(raw: str) -> list[dict]:
-    return json.loads(raw)
+    return [] if raw == "[]" else json.loads(raw)  # most Cc lists are empty: skip the parser
 
 
 def attachment_json(a) -> dict:

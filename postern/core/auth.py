@@ -6,7 +6,7 @@ request in every worker and host: there is no per-process cache to outlive it.
 
 from __future__ import annotations
 
-from postern.core import audit, keys
+from postern.core import audit, fastsql, keys
 from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, PermissionDenied
 from postern.core.models import AdminToken, AgentKey, utcnow
@@ -44,8 +44,11 @@ def authenticate(token: str | None, realm: str, info: RequestInfo) -> Principal:
     return _admin(token, info)
 
 
+_AGENT_KEY_FIELDS = fastsql.all_fields(AgentKey)
+
+
 def _agent(token: str, info: RequestInfo) -> Principal:
-    row = AgentKey.get_or_none(AgentKey.key_hash == keys.hash_key(token))
+    row = fastsql.select_one(AgentKey, _AGENT_KEY_FIELDS, "WHERE key_hash = ?", (keys.hash_key(token),))
     if row is None or not keys.matches(token, row.key_hash):
         _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
     principal = Principal(

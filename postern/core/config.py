@@ -52,8 +52,9 @@ class DatabaseConfig:
     auto_migrate: bool = True
     #: SQLite only: "full" keeps every commit across power loss, "normal" only across crashes.
     sqlite_synchronous: str = "full"
-    #: Threads per API worker that run database work off the event loop.
-    threads: int = 8
+    #: Threads per API worker that run database work off the event loop; 0 picks for
+    #: the database (see ``Config.database_threads``).
+    threads: int = 0
 
 
 @dataclass
@@ -130,6 +131,16 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'postern.db').resolve()}"
+
+    @property
+    def database_threads(self) -> int:
+        """``database.threads``, or when 0: 2 on SQLite, 8 on PostgreSQL. SQLite runs one
+        writer at a time and a read takes microseconds, so more threads only queue for
+        the GIL (measured: ~20% more CPU per request with 8 than with 2); PostgreSQL
+        reads wait on the network, where threads overlap."""
+        if self.database.threads > 0:
+            return self.database.threads
+        return 2 if self.database_url.startswith("sqlite") else 8
 
     def role(self, role: str) -> RoleConfig:
         return self.roles[role]
@@ -211,6 +222,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
     section = cls(**kwargs)
     if name == "server" and section.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if name == "database" and not 0 <= section.threads <= 256:
+        raise ConfigError("database.threads must be from 0 (pick for the database) to 256")
     if name == "auth" and section.agent_key_ttl_seconds < 60:
         raise ConfigError("auth.agent_key_ttl_seconds must be at least 60")
     if name == "auth" and not 5 <= section.download_link_ttl_seconds <= 86400:

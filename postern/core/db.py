@@ -8,7 +8,9 @@ busy timeout; ``postgresql://…`` is the path to several hosts. Models bind to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -95,14 +97,25 @@ def _in_connection(fn, *args, **kwargs):
         raise
 
 
+# One SQLite writer at a time per process, queued on a Python lock. SQLite's own busy
+# handler polls with sleeps of up to 100 ms, so threads of one worker that collide on
+# BEGIN IMMEDIATE (every request writes an audit row) would otherwise wait far longer
+# than the write they queue behind. Other processes still meet the busy handler.
+_sqlite_writer = threading.RLock()
+
+
+@contextlib.contextmanager
 def write_transaction():
     """A transaction that takes the write lock up front.
 
-    On SQLite, BEGIN IMMEDIATE makes concurrent writers queue on the busy timeout
-    instead of failing to upgrade a read lock; PostgreSQL's row locks do the same
-    job inside an ordinary transaction.
+    On SQLite, BEGIN IMMEDIATE makes concurrent writers queue instead of failing to
+    upgrade a read lock; PostgreSQL's row locks do the same job inside an ordinary
+    transaction.
     """
     db = database.obj
     if isinstance(db, peewee.SqliteDatabase):
-        return db.atomic("IMMEDIATE")
-    return db.atomic()
+        with _sqlite_writer, db.atomic("IMMEDIATE"):
+            yield
+    else:
+        with db.atomic():
+            yield

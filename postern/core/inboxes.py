@@ -8,7 +8,7 @@ import secrets
 import peewee
 from email_validator import EmailNotValidError, validate_email
 
-from postern.core import audit
+from postern.core import audit, fastsql
 from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
 from postern.core.db import write_transaction
 from postern.core.enrollment import allowed_domains
@@ -169,6 +169,28 @@ def visible_inboxes(principal: Principal):
     return query
 
 
+_INBOX_FIELDS = fastsql.all_fields(Inbox)
+
+
+def _visible_inbox(principal: Principal, inbox_id: str) -> Inbox | None:
+    """``visible_inboxes(principal)`` narrowed to one id, in hand-written SQL: every
+    mail request starts here (see ``fastsql``)."""
+    if principal.kind == "agent":
+        tail, params = (
+            "WHERE id = ? AND customer_id = ? AND enrollment_id = ?",
+            (
+                inbox_id,
+                principal.customer_id,
+                principal.enrollment_id,
+            ),
+        )
+    elif not principal.is_operator:
+        tail, params = "WHERE id = ? AND customer_id = ?", (inbox_id, principal.customer_id)
+    else:
+        tail, params = "WHERE id = ?", (inbox_id,)
+    return fastsql.select_one(Inbox, _INBOX_FIELDS, tail, params)
+
+
 def list_inboxes(principal: Principal, info: RequestInfo, limit, page_token) -> Page:
     page = paginate(visible_inboxes(principal), Inbox.created_at, Inbox.id, parse_limit(limit), page_token)
     audit.record_read("inbox.list", principal=principal, info=info)
@@ -178,7 +200,7 @@ def list_inboxes(principal: Principal, info: RequestInfo, limit, page_token) -> 
 def get_inbox(
     principal: Principal, info: RequestInfo, inbox_id: str, *, audit_read: bool = True, action: str = "inbox.read"
 ) -> Inbox:
-    inbox = visible_inboxes(principal).where(Inbox.id == inbox_id).first() if well_formed(inbox_id, "inb") else None
+    inbox = _visible_inbox(principal, inbox_id) if well_formed(inbox_id, "inb") else None
     if inbox is None:
         _denied(principal, info, action, "not_found", target=inbox_id)
         exc = NotFound(f"no inbox '{inbox_id[:60]}'")

@@ -72,12 +72,25 @@ def paginate(query, created_field, id_field, limit: int, page_token: str | None)
 
 def paginate_newest_first(query, id_field, limit: int, page_token: str | None) -> Page:
     """Newest first by a monotonic integer id (the audit log)."""
-    key = decode_token(page_token, 1)
-    if key is not None:
-        if not isinstance(key[0], int) or not 0 < key[0] < 2**63:
-            raise InvalidInput("page_token is not one this API issued", field="page_token")
-        query = query.where(id_field < key[0])
+    before = newest_first_bound(page_token)
+    if before is not None:
+        query = query.where(id_field < before)
     rows = list(query.order_by(id_field.desc()).limit(limit + 1))
+    return newest_first_page(rows, limit, id_field.name)
+
+
+def newest_first_bound(page_token: str | None) -> int | None:
+    """The id a newest-first page starts below, or None for the first page."""
+    key = decode_token(page_token, 1)
+    if key is None:
+        return None
+    if not isinstance(key[0], int) or not 0 < key[0] < 2**63:
+        raise InvalidInput("page_token is not one this API issued", field="page_token")
+    return key[0]
+
+
+def newest_first_page(rows: list, limit: int, id_name: str) -> Page:
+    """A page of ``limit`` from ``rows`` fetched with ``limit + 1`` (the extra row says more follow)."""
     if len(rows) <= limit:
         return Page(rows, None)
-    return Page(rows[:limit], encode_token([getattr(rows[limit - 1], id_field.name)]))
+    return Page(rows[:limit], encode_token([getattr(rows[limit - 1], id_name)]))

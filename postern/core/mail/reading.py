@@ -6,14 +6,19 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import peewee
-
-from postern.core import audit
+from postern.core import audit, fastsql
 from postern.core.errors import InvalidInput, NotFound
 from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
 from postern.core.models import Attachment, Inbox, Message, Thread
-from postern.core.pagination import Page, decode_token, encode_token, paginate_newest_first, parse_limit
+from postern.core.pagination import (
+    Page,
+    decode_token,
+    encode_token,
+    newest_first_bound,
+    newest_first_page,
+    parse_limit,
+)
 from postern.core.principal import Principal, RequestInfo
 
 DIRECTIONS = ("inbound", "outbound")
@@ -29,12 +34,18 @@ def _audit(principal, info, action, target) -> None:
     audit.record_read(action, principal=principal, info=info, target=target)
 
 
+# Listings never load raw bytes, bodies or attachment data.
+_SUMMARY_FIELDS = fastsql.all_fields(Message, without=("raw", "text", "html", "headers"))
+_ATTACHMENT_META_FIELDS = fastsql.all_fields(Attachment, without=("data",))
+
+
 def _with_attachments(messages: list[Message]) -> list[MessageView]:
     ids = [m.id for m in messages]
     by_message: dict[str, list[Attachment]] = {i: [] for i in ids}
     if ids:
-        fields = [f for f in Attachment._meta.sorted_fields if f.name != "data"]  # never load bytes for a listing
-        for att in Attachment.select(*fields).where(Attachment.message.in_(ids)).order_by(Attachment.id):
+        marks = ", ".join("?" * len(ids))
+        tail = f"WHERE message_id IN ({marks}) ORDER BY id"
+        for att in fastsql.select(Attachment, _ATTACHMENT_META_FIELDS, tail, ids):
             by_message[att.message_id].append(att)
     return [MessageView(m, by_message[m.id]) for m in messages]
 
@@ -46,18 +57,27 @@ def view_of(message: Message) -> MessageView:
 def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filters: dict, limit, page_token) -> Page:
     """Newest first. Filters: ``thread_id``, ``direction``, ``received_after`` (ISO 8601)."""
     inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.list")
-    query = Message.select(*_summary_fields()).where(Message.inbox == inbox.id)
+    clauses, params = ["inbox_id = ?"], [inbox.id]
     if filters.get("thread_id"):
-        query = query.where(Message.thread == filters["thread_id"])
+        clauses.append("thread_id = ?")
+        params.append(filters["thread_id"])
     direction = filters.get("direction")
     if direction:
         if direction not in DIRECTIONS:
             raise InvalidInput(f"direction must be one of {', '.join(DIRECTIONS)}", field="direction")
-        query = query.where(Message.direction == direction)
+        clauses.append("direction = ?")
+        params.append(direction)
     after = filters.get("received_after")
     if after:
-        query = query.where(Message.received_at > _parse_time(after, "received_after"))
-    page = paginate_newest_first(query, Message.seq, parse_limit(limit), page_token)
+        clauses.append("received_at > ?")
+        params.append(Message.received_at.db_value(_parse_time(after, "received_after")))
+    before = newest_first_bound(page_token)
+    if before is not None:
+        clauses.append("seq < ?")
+        params.append(before)
+    limit = parse_limit(limit)
+    tail = f"WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+    page = newest_first_page(fastsql.select(Message, _SUMMARY_FIELDS, tail, [*params, limit + 1]), limit, "seq")
     _audit(principal, info, "message.list", inbox.id)
     return Page(_with_attachments(page.items), page.next_page_token)
 
@@ -99,7 +119,7 @@ def get_thread(principal: Principal, info: RequestInfo, inbox_id: str, thread_id
         thread = Thread.get_or_none((Thread.id == thread_id) & (Thread.inbox == inbox.id))
     if thread is None:
         raise NotFound(f"no thread '{thread_id[:60]}' in this inbox")
-    messages = list(Message.select(*_summary_fields()).where(Message.thread == thread.id).order_by(Message.seq))
+    messages = list(Message.select(*_SUMMARY_FIELDS).where(Message.thread == thread.id).order_by(Message.seq))
     _audit(principal, info, "thread.read", thread.id)
     return thread, _with_attachments(messages)
 
@@ -117,12 +137,8 @@ def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageV
     """Inbound messages newer than ``cursor`` (at most ``limit`` scanned, oldest first),
     and the cursor after them. The inbox's own sent mail advances the cursor without
     being returned: a waiter wants what arrives, not what it sent."""
-    rows = list(
-        Message.select(*_summary_fields())
-        .where((Message.inbox == inbox_id) & (Message.seq > cursor))
-        .order_by(Message.seq)
-        .limit(limit)
-    )
+    tail = "WHERE inbox_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    rows = fastsql.select(Message, _SUMMARY_FIELDS, tail, (inbox_id, cursor, limit))
     if not rows:
         return [], cursor
     return _with_attachments([m for m in rows if m.direction == "inbound"]), rows[-1].seq
@@ -146,8 +162,3 @@ def _parse_time(value, name: str) -> dt.datetime:
     except (ValueError, OverflowError):
         raise InvalidInput(f"{name} must be an ISO 8601 time", field=name) from None
     return moment
-
-
-def _summary_fields() -> list[peewee.Field]:
-    """Everything but the raw bytes and the bodies: listings never load them."""
-    return [f for f in Message._meta.sorted_fields if f.name not in ("raw", "text", "html", "headers")]
