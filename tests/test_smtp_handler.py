@@ -8,7 +8,7 @@ import pytest
 from support.world import INFO, make_tenant
 
 from postern.core.auth import authenticate
-from postern.core.db import DatabaseRunner
+from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.inboxes import create_inbox
 from postern.core.models import Message
 from postern.core.runtime import build_postern
@@ -20,8 +20,9 @@ def handler(config, db):
     postern = build_postern(config)
     agent = make_tenant("acme").agent_key()
     inbox, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
-    runner = DatabaseRunner(1)
-    yield smtp.Handler(postern, postern.backend("receive"), runner), inbox
+    runner, committer = DatabaseRunner(1), GroupCommitter()
+    yield smtp.Handler(postern, postern.backend("receive"), runner, committer), inbox
+    committer.shutdown()
     runner.shutdown()
 
 
@@ -35,7 +36,7 @@ def test_database_failure_answers_451_and_stores_nothing(handler, monkeypatch):
     def broken(*args, **kwargs):
         raise peewee.OperationalError("database is locked")
 
-    monkeypatch.setattr(smtp, "ingest", broken)
+    monkeypatch.setattr(smtp, "store", broken)
     answer = asyncio.run(h.handle_DATA(None, None, envelope([inbox.address])))
     assert answer.startswith("451 ")
     assert Message.select().count() == 0
@@ -43,7 +44,7 @@ def test_database_failure_answers_451_and_stores_nothing(handler, monkeypatch):
 
 def test_unexpected_failure_answers_451_too(handler, monkeypatch):
     h, inbox = handler
-    monkeypatch.setattr(smtp, "ingest", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(smtp, "store", lambda *a, **k: 1 / 0)
     assert asyncio.run(h.handle_DATA(None, None, envelope([inbox.address]))).startswith("451 ")
 
 

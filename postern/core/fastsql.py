@@ -79,10 +79,18 @@ def all_fields(model, *, without: tuple[str, ...] = ()) -> tuple:
     return tuple(f for f in model._meta.sorted_fields if f.name not in without)
 
 
-def insert(model, values: dict) -> None:
-    """``INSERT`` one row of ``values`` (field name -> Python value), converted by each
-    field's ``db_value`` as peewee would; defaults are the caller's job."""
+def instance(model, values: dict):
+    """A model instance holding ``values`` (field name -> Python value), as if loaded."""
+    return _instance(model, tuple(values), tuple(values.values()), ())
+
+
+def insert(model, values: dict):
+    """``INSERT`` one row and return it as a model instance, like ``model.create``:
+    fields missing from ``values`` take the model's defaults, and every value goes
+    through its field's ``db_value``."""
     fields = model._meta.fields
+    missing = model._meta.get_default_dict().items()
+    values = {**{k: v for k, v in missing if k not in values}, **values}
     names = tuple(values)
     key = (id(database.obj), model, names, "insert")
     compiled = _cache.get(key)
@@ -92,3 +100,13 @@ def insert(model, values: dict) -> None:
         sql = f"INSERT INTO {_quote(model._meta.table_name)} ({columns}) VALUES ({marks})"
         compiled = _cache[key] = _Compiled(sql, names, ())
     database.execute_sql(compiled.sql, [fields[n].db_value(values[n]) for n in names])
+    return instance(model, values)
+
+
+def execute(sql: str, params: tuple | list = ()):
+    """Run a hand-written statement (``?`` placeholders); returns the cursor."""
+    key = (id(database.obj), sql)
+    compiled = _cache.get(key)
+    if compiled is None:
+        compiled = _cache[key] = _Compiled(sql.replace("?", database.obj.param), (), ())
+    return database.execute_sql(compiled.sql, params)

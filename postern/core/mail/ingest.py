@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import asdict
 
-from postern.core import doorbell
+from postern.core import doorbell, fastsql
 from postern.core.db import write_transaction
 from postern.core.ids import new_id
 from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, parse
@@ -32,9 +32,12 @@ def snippet_of(text: str) -> str:
     return " ".join(text[:2000].split())[:200]
 
 
+_INBOX_FIELDS = fastsql.all_fields(Inbox)
+
+
 def local_inbox(address: str) -> Inbox | None:
     """The inbox an address belongs to, if this Postern serves it."""
-    return Inbox.get_or_none(Inbox.address == address.strip().lower())
+    return fastsql.select_one(Inbox, _INBOX_FIELDS, "WHERE address = ?", (address.strip().lower(),))
 
 
 def ingest(
@@ -55,22 +58,41 @@ def ingest(
     transaction, so a retry can never deliver it twice.
     """
     parsed = parse(raw, limits_for(postern))
-    addresses = list(dict.fromkeys(r.strip().lower() for r in recipients))
-    known = known or {}
     with write_transaction():
-        stored = []
-        for address in addresses:
-            inbox = known.get(address) or local_inbox(address)
-            if inbox is None:
-                continue  # not ours: the listener refused it at RCPT already
-            stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
-        if not stored:
-            raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
-        if delivered_for is not None:
-            Message.update(local_done=True).where(Message.id == delivered_for).execute()
-        doorbell.ring_in_transaction(m.inbox_id for m in stored)
-    # Committed: from here nothing may fail the caller, or the sender would retry and
-    # the message would be stored twice. Failures are logged with the message ids.
+        stored = store(parsed, raw, envelope_from, recipients, known, delivered_for)
+    announce(postern, stored)
+    return stored
+
+
+def store(
+    parsed: ParsedMessage,
+    raw: bytes,
+    envelope_from: str,
+    recipients: list[str],
+    known: dict | None = None,
+    delivered_for: str | None = None,
+) -> list[Message]:
+    """The transactional half of ``ingest``: call inside a write transaction, and
+    ``announce`` the result only once that transaction has committed."""
+    known = known or {}
+    stored = []
+    for address in dict.fromkeys(r.strip().lower() for r in recipients):
+        inbox = known.get(address) or local_inbox(address)
+        if inbox is None:
+            continue  # not ours: the listener refused it at RCPT already
+        stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
+    if not stored:
+        raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
+    if delivered_for is not None:
+        fastsql.execute('UPDATE "message" SET "local_done" = ? WHERE "id" = ?', (True, delivered_for))
+    doorbell.ring_in_transaction(m.inbox_id for m in stored)
+    return stored
+
+
+def announce(postern, stored: list[Message]) -> None:
+    """After the commit: wake waiters and tell plugins. Nothing here may fail the
+    caller, or the sender would retry and the message would be stored twice, so
+    failures are logged with the message ids."""
     try:
         doorbell.ring_after_commit(postern.config.data_dir, [m.inbox_id for m in stored])
     except OSError:
@@ -80,7 +102,6 @@ def ingest(
             postern.hook.postern_message_received(postern=postern, message=message)
         except Exception:  # a plugin's failure must not un-acknowledge stored mail
             log.exception("a postern_message_received hook failed for %s", message.id)
-    return stored
 
 
 def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, *, direction, status) -> Message:
@@ -89,57 +110,68 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
     thread = find_thread(inbox.id, parsed.subject, parsed.in_reply_to, parsed.references, sender or None)
     now = utcnow()
     if thread is None:
-        thread = Thread.create(
-            customer=inbox.customer_id,
-            inbox=inbox.id,
-            subject=parsed.subject,
-            normalized_subject=normalize_subject(parsed.subject),
-            message_count=1,
-            created_at=now,
-            last_message_at=now,
+        # Statements in hand-written SQL (see fastsql): this is the SMTP hot path.
+        thread = fastsql.insert(
+            Thread,
+            dict(
+                customer=inbox.customer_id,
+                inbox=inbox.id,
+                subject=parsed.subject,
+                normalized_subject=normalize_subject(parsed.subject),
+                message_count=1,
+                created_at=now,
+                last_message_at=now,
+            ),
         )
     else:
-        Thread.update(message_count=Thread.message_count + 1, last_message_at=now).where(
-            Thread.id == thread.id
-        ).execute()
+        fastsql.execute(
+            'UPDATE "thread" SET "message_count" = "message_count" + 1, "last_message_at" = ? WHERE "id" = ?',
+            (Thread.last_message_at.db_value(now), thread.id),
+        )
     message_id = new_id("msg")
-    message = Message.create(
-        id=message_id,
-        customer=inbox.customer_id,
-        inbox=inbox.id,
-        thread=thread.id,
-        seq=seq,
-        direction=direction,
-        status=status,
-        message_id_header=parsed.message_id or f"<{message_id}@{inbox.domain}>",
-        in_reply_to=parsed.in_reply_to,
-        references=" ".join(parsed.references),
-        subject=parsed.subject,
-        from_address=sender,
-        from_name=parsed.sender.name if parsed.sender else "",
-        to_addresses=json.dumps([asdict(m) for m in parsed.to]),
-        cc_addresses=json.dumps([asdict(m) for m in parsed.cc]),
-        reply_to=json.dumps([asdict(m) for m in parsed.reply_to]),
-        envelope_from=envelope_from[:320],
-        sent_at=parsed.date,
-        received_at=now,
-        text=parsed.text,
-        html=parsed.html,
-        snippet=snippet_of(parsed.text),
-        headers=json.dumps(parsed.headers),
-        size=len(raw),
-        raw=raw,
+    message = fastsql.insert(
+        Message,
+        dict(
+            id=message_id,
+            customer=inbox.customer_id,
+            inbox=inbox.id,
+            thread=thread.id,
+            seq=seq,
+            direction=direction,
+            status=status,
+            message_id_header=parsed.message_id or f"<{message_id}@{inbox.domain}>",
+            in_reply_to=parsed.in_reply_to,
+            references=" ".join(parsed.references),
+            subject=parsed.subject,
+            from_address=sender,
+            from_name=parsed.sender.name if parsed.sender else "",
+            to_addresses=json.dumps([asdict(m) for m in parsed.to]),
+            cc_addresses=json.dumps([asdict(m) for m in parsed.cc]),
+            reply_to=json.dumps([asdict(m) for m in parsed.reply_to]),
+            envelope_from=envelope_from[:320],
+            sent_at=parsed.date,
+            received_at=now,
+            text=parsed.text,
+            html=parsed.html,
+            snippet=snippet_of(parsed.text),
+            headers=json.dumps(parsed.headers),
+            size=len(raw),
+            raw=raw,
+        ),
     )
     for item in parsed.attachments:
-        Attachment.create(
-            message=message,
-            filename=item.filename,
-            content_type=item.content_type,
-            content_id=item.content_id,
-            inline=item.inline,
-            size=len(item.data),
-            sha256=hashlib.sha256(item.data).hexdigest(),
-            data=item.data,
+        fastsql.insert(
+            Attachment,
+            dict(
+                message=message.id,
+                filename=item.filename,
+                content_type=item.content_type,
+                content_id=item.content_id,
+                inline=item.inline,
+                size=len(item.data),
+                sha256=hashlib.sha256(item.data).hexdigest(),
+                data=item.data,
+            ),
         )
     return message
 
@@ -148,5 +180,5 @@ def next_seq(inbox_id: str) -> int:
     """Take the inbox's next sequence number. The UPDATE holds the inbox row's lock
     (SQLite: the database's) until commit, so deliveries to one inbox commit in
     sequence order: a waiter that has seen seq N can never later meet N-1."""
-    updated = Inbox.update(last_seq=Inbox.last_seq + 1).where(Inbox.id == inbox_id).returning(Inbox.last_seq)
-    return next(iter(updated.execute())).last_seq
+    sql = 'UPDATE "inbox" SET "last_seq" = "last_seq" + 1 WHERE "id" = ? RETURNING "last_seq"'
+    return fastsql.execute(sql, (inbox_id,)).fetchone()[0]

@@ -11,8 +11,9 @@ from typing import Any
 import peewee
 
 from postern.core.backends import InboxRef, Receiver
-from postern.core.db import DatabaseRunner
-from postern.core.mail.ingest import MailRejected, ingest, local_inbox
+from postern.core.db import DatabaseRunner, GroupCommitter
+from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, store
+from postern.core.mail.mime import parse
 
 log = logging.getLogger("postern.smtp")
 
@@ -56,12 +57,15 @@ class SmtpLocalReceiver(Receiver):
 
 
 class Handler:
-    """aiosmtpd handler. Database work runs on a small thread pool, off the loop."""
+    """aiosmtpd handler. Lookups and parsing run on a small thread pool, off the loop;
+    stores go through a group committer, so concurrent sessions share one commit."""
 
-    def __init__(self, postern, receiver: SmtpLocalReceiver, runner: DatabaseRunner):
+    def __init__(self, postern, receiver: SmtpLocalReceiver, runner: DatabaseRunner, committer: GroupCommitter):
         self.postern = postern
         self.receiver = receiver
         self.runner = runner
+        self.committer = committer
+        self.limits = limits_for(postern)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.receiver.max_recipients:
@@ -82,13 +86,15 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
         try:
-            stored = await self.runner.run(
-                ingest,
-                self.postern,
+            parsed = await self.runner.run(parse, raw, self.limits)
+            stored = await self.committer.run(
+                store,
+                parsed,
                 raw,
                 envelope.mail_from or "",
                 envelope.rcpt_tos,
                 getattr(envelope, "postern_inboxes", None),
+                after=lambda messages: announce(self.postern, messages),
             )
         except MailRejected as exc:
             log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
@@ -117,7 +123,8 @@ async def _serve(postern) -> None:
     # aiosmtpd logs every command at INFO: a dozen lines per message, a measurable cost.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     runner = DatabaseRunner(receiver.threads)
-    handler = Handler(postern, receiver, runner)
+    committer = GroupCommitter()
+    handler = Handler(postern, receiver, runner, committer)
     host, _, port = receiver.bind.rpartition(":")
     limit = postern.config.mail.max_message_bytes
     loop = asyncio.get_running_loop()
@@ -136,4 +143,5 @@ async def _serve(postern) -> None:
     await stop.wait()
     server.close()
     await server.wait_closed()
+    committer.shutdown()
     runner.shutdown()

@@ -1,0 +1,90 @@
+"""The group committer: concurrent writers share commits, and each is answered only
+with what really committed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import peewee
+import pytest
+from support.world import INFO, make_tenant
+
+from postern.core.auth import authenticate
+from postern.core.db import GroupCommitter, database
+from postern.core.inboxes import create_inbox
+from postern.core.mail.ingest import store
+from postern.core.mail.mime import MailLimits, MailRejected, parse
+from postern.core.models import Message
+from postern.core.runtime import build_postern
+
+
+@pytest.fixture
+def inbox(config, db):
+    postern = build_postern(config)
+    agent = make_tenant("acme").agent_key()
+    box, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
+    return box
+
+
+def raw(n: int) -> bytes:
+    return f"Subject: m{n}\r\nMessage-ID: <m{n}@example.org>\r\n\r\nbody {n}\r\n".encode()
+
+
+def store_one(inbox, n: int):
+    return store(parse(raw(n), MailLimits()), raw(n), "a@example.org", [inbox.address])
+
+
+async def submit_all(committer, jobs):
+    return await asyncio.gather(
+        *(committer.run(fn, *args, after=after) for fn, args, after in jobs), return_exceptions=True
+    )
+
+
+def test_concurrent_writers_share_commits_and_all_are_stored(inbox):
+    committer, announced = GroupCommitter(), []
+    jobs = [(store_one, (inbox, n), announced.extend) for n in range(40)]
+    try:
+        results = asyncio.run(submit_all(committer, jobs))
+    finally:
+        committer.shutdown()
+    assert all(isinstance(r, list) and len(r) == 1 for r in results)
+    assert Message.select().count() == 40
+    assert sorted(m.seq for m in Message.select()) == list(range(1, 41))  # one seq each, none lost
+    assert len(announced) == 40  # every job's after-commit step ran
+    assert 1 <= committer.commits < 40  # queued jobs joined a shared transaction
+
+
+def test_a_failing_job_is_rolled_back_alone(inbox):
+    committer = GroupCommitter()
+
+    def half_then_fail():
+        store_one(inbox, 999)  # written, then taken back by the job's savepoint
+        raise MailRejected("refused for the test", smtp_code="554 5.6.0", code="test")
+
+    jobs = [(store_one, (inbox, 1), None), (half_then_fail, (), None), (store_one, (inbox, 2), None)]
+    try:
+        results = asyncio.run(submit_all(committer, jobs))
+    finally:
+        committer.shutdown()
+    assert isinstance(results[1], MailRejected)
+    assert [type(r) for r in (results[0], results[2])] == [list, list]
+    assert sorted(m.subject for m in Message.select()) == ["m1", "m2"]
+
+
+def test_a_failed_commit_answers_every_job_with_the_error(inbox, monkeypatch):
+    committer, announced = GroupCommitter(), []
+    real_commit = type(database.obj).commit
+
+    def failing_commit(self):
+        raise peewee.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(type(database.obj), "commit", failing_commit)
+    jobs = [(store_one, (inbox, n), announced.extend) for n in range(5)]
+    try:
+        results = asyncio.run(submit_all(committer, jobs))
+    finally:
+        monkeypatch.setattr(type(database.obj), "commit", real_commit)
+        committer.shutdown()
+    assert all(isinstance(r, peewee.OperationalError) for r in results)
+    assert announced == []  # nothing announced that did not commit
+    assert Message.select().count() == 0
