@@ -88,3 +88,36 @@ def test_a_failed_commit_answers_every_job_with_the_error(inbox, monkeypatch):
     assert all(isinstance(r, peewee.OperationalError) for r in results)
     assert announced == []  # nothing announced that did not commit
     assert Message.select().count() == 0
+
+
+def test_concurrent_reads_share_audit_commits_and_each_is_audited_before_its_answer(config, db, monkeypatch):
+    import falcon.testing
+
+    from postern.api import calls, create_app
+    from postern.core.models import AuditEvent
+
+    made = []
+
+    class Recorded(GroupCommitter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(calls, "GroupCommitter", Recorded)
+    postern = build_postern(config)
+    agent = make_tenant("acme").agent_key()
+    box, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
+    app = create_app(postern)
+    headers = {"Authorization": f"Bearer {agent.agent_key}"}
+    listed = AuditEvent.select().where(AuditEvent.action == "message.list", AuditEvent.target == box.id)
+
+    async def many():
+        async with falcon.testing.ASGIConductor(app) as conductor:
+            calls = [conductor.simulate_get(f"/v1/inboxes/{box.id}/messages", headers=headers) for _ in range(30)]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(many())
+    assert [a.status_code for a in answers] == [200] * 30
+    assert listed.count() == 30  # every read audited, each before its answer was sent
+    [committer] = made
+    assert 1 <= committer.commits <= 30

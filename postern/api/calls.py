@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from postern.core import audit
 from postern.core.auth import authenticate, bearer_token, require_scope
-from postern.core.db import write_transaction
+from postern.core.db import GroupCommitter, write_transaction
 from postern.core.errors import PosternError
 from postern.core.principal import RequestInfo
 
@@ -33,6 +33,9 @@ class CoreCaller:
     def __init__(self, postern, runner):
         self.postern = postern
         self.runner = runner
+        # Read audit rows of concurrent requests commit together (see audit.deferring_reads).
+        self.read_audits = GroupCommitter(transaction=audit.read_audit_transaction)
+        runner.on_shutdown(self.read_audits.shutdown)
 
     async def as_agent(self, req, fn, *args, **kwargs):
         return await self._call(req, "agent", fn, *args, **kwargs)
@@ -62,16 +65,20 @@ class CoreCaller:
         action, target = _action(req), _target(req)
 
         def work():
-            principal = authenticate(token, realm, info)
-            try:
-                return fn(principal, info, *args, **kwargs)
-            except PosternError as exc:
-                if not exc.audited:
-                    with write_transaction():
-                        audit.record(
-                            action, principal=principal, info=info, outcome="denied", code=exc.code, target=target
-                        )
-                    exc.audited = True
-                raise
+            with audit.deferring_reads() as reads:
+                principal = authenticate(token, realm, info)
+                try:
+                    return fn(principal, info, *args, **kwargs), reads
+                except PosternError as exc:
+                    if not exc.audited:
+                        with write_transaction():
+                            audit.record(
+                                action, principal=principal, info=info, outcome="denied", code=exc.code, target=target
+                            )
+                        exc.audited = True
+                    raise
 
-        return await self.runner.run(work)
+        result, reads = await self.runner.run(work)
+        if reads:  # answered only once its audit rows are committed
+            await self.read_audits.run(audit.write_rows, reads)
+        return result

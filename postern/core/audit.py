@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import peewee
 
@@ -35,31 +36,43 @@ def record(
     Explicit keyword ids fill in what an unauthenticated attempt knows (e.g. the
     enrollment key a redemption named) and override nothing the principal carries.
     """
-    p = principal
+    row = _row(
+        action,
+        principal,
+        info,
+        outcome=outcome,
+        target=target,
+        code=code,
+        customer_id=customer_id,
+        enrollment_id=enrollment_id,
+        agent_id=agent_id,
+        token_id=token_id,
+        key_prefix=key_prefix,
+    )
+    fastsql.insert(AuditEvent, row)
+    if outcome != "ok":
+        log.info("denied %s on %r: %s (request %s)", action, row["target"], code, info.request_id)
+
+
+def _row(action, p: Principal | None, info: RequestInfo, *, outcome="ok", target=None, code=None, **ids) -> dict:
     if target is not None:
         # Targets come from URLs: never keep a key pasted into one, nor control characters.
         target = redact(target).encode("unicode_escape").decode("ascii")[:100]
-    # Hand-written INSERT (see fastsql): every request writes one of these.
-    fastsql.insert(
-        AuditEvent,
-        dict(
-            at=utcnow(),
-            customer_id=(p.customer_id if p else None) or customer_id,
-            enrollment_id=(p.enrollment_id if p else None) or enrollment_id,
-            agent_id=(p.agent_id if p else None) or agent_id,
-            token_id=(p.token_id if p else None) or token_id,
-            key_prefix=(p.key_prefix if p else None) or key_prefix,
-            actor=p.kind if p else "anonymous",
-            action=action,
-            target=target,
-            outcome=outcome,
-            code=code,
-            request_id=info.request_id,
-            client_addr=info.client_addr,
-        ),
+    return dict(
+        at=utcnow(),
+        customer_id=(p.customer_id if p else None) or ids.get("customer_id"),
+        enrollment_id=(p.enrollment_id if p else None) or ids.get("enrollment_id"),
+        agent_id=(p.agent_id if p else None) or ids.get("agent_id"),
+        token_id=(p.token_id if p else None) or ids.get("token_id"),
+        key_prefix=(p.key_prefix if p else None) or ids.get("key_prefix"),
+        actor=p.kind if p else "anonymous",
+        action=action,
+        target=target,
+        outcome=outcome,
+        code=code,
+        request_id=info.request_id,
+        client_addr=info.client_addr,
     )
-    if outcome != "ok":
-        log.info("denied %s on %r: %s (request %s)", action, target, code, info.request_id)
 
 
 def record_read(action: str, *, principal: Principal, info: RequestInfo, target: str | None = None) -> None:
@@ -69,10 +82,44 @@ def record_read(action: str, *, principal: Principal, info: RequestInfo, target:
     acknowledged message must: committed with ``synchronous=NORMAL`` it survives any
     crash of Postern, and reads stop queueing behind a disk flush each. Actions and
     refusals keep the configured durability.
+
+    Under ``deferring_reads`` (the API) the row is handed back instead, for the caller
+    to commit before it answers.
     """
-    with relaxed_durability():
-        with write_transaction():
-            record(action, principal=principal, info=info, target=target)
+    row = _row(action, principal, info, target=target)
+    deferred = getattr(_deferred, "rows", None)
+    if deferred is not None:
+        deferred.append(row)
+        return
+    with read_audit_transaction():
+        fastsql.insert(AuditEvent, row)
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferring_reads():
+    """Collect this thread's read audit rows instead of writing them. The API commits
+    them after the read, in a transaction shared with concurrent requests of the same
+    worker (``GroupCommitter``), and answers only once they are committed: reads then
+    take the database's write lock once per batch instead of once each."""
+    _deferred.rows = rows = []
+    try:
+        yield rows
+    finally:
+        _deferred.rows = None
+
+
+def write_rows(rows: list[dict]) -> None:
+    for row in rows:
+        fastsql.insert(AuditEvent, row)
+
+
+@contextlib.contextmanager
+def read_audit_transaction():
+    with relaxed_durability(), write_transaction():
+        yield
 
 
 @contextlib.contextmanager

@@ -75,6 +75,11 @@ class DatabaseRunner:
     def __init__(self, threads: int):
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._on_shutdown: list = []
+
+    def on_shutdown(self, fn) -> None:
+        """Call ``fn`` when the runner shuts down (e.g. a ``GroupCommitter`` beside it)."""
+        self._on_shutdown.append(fn)
 
     async def run(self, fn, /, *args, **kwargs):
         if self._pool is None:  # first use, or used again after an ASGI lifespan shutdown
@@ -83,6 +88,8 @@ class DatabaseRunner:
         return await loop.run_in_executor(self._pool, functools.partial(_in_connection, fn, *args, **kwargs))
 
     def shutdown(self) -> None:
+        for fn in self._on_shutdown:
+            fn()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
@@ -136,8 +143,9 @@ class GroupCommitter:
     the commit itself fails, every job of the batch gets that error.
     """
 
-    def __init__(self, max_batch: int = 64):
+    def __init__(self, max_batch: int = 64, transaction=None):
         self.max_batch = max_batch
+        self._transaction = transaction or write_transaction
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -189,7 +197,7 @@ class GroupCommitter:
     def _commit(self, batch) -> list[tuple[bool, object]]:
         outcomes: list[tuple[bool, object]] = []
         try:
-            with write_transaction():
+            with self._transaction():
                 for fn, args, _, _, _ in batch:
                     try:
                         with database.atomic():  # a savepoint: a failing job takes only itself back
