@@ -142,6 +142,92 @@ def test_relay_through_a_smarthost(config, world, sink):
     assert b"Subject: out" in content
 
 
+class TlsAuthSink(Sink):
+    """Records the TLS and login state of the session each message came in on."""
+
+    async def handle_DATA(self, server, session, envelope):
+        self.sessions.append((session.ssl is not None, session.authenticated, list(self.logins)))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def tls_sink(tmp_path):
+    """A real smarthost that requires STARTTLS, then AUTH, with a certificate from a private CA."""
+    import ssl
+
+    import trustme
+    from aiosmtpd.smtp import AuthResult
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(tls)
+    ca_file = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login, auth_data.password) == (b"relay-user", b"s3cret pass")
+        if ok:
+            handler.logins.append(auth_data.login)
+        return AuthResult(success=ok, handled=False)
+
+    handler = TlsAuthSink()
+    handler.sessions, handler.logins = [], []
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=tls,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=check,
+    )
+    controller.start()
+    yield handler, controller.port, str(ca_file)
+    controller.stop()
+
+
+def tls_client(config, port, ca_file, password="s3cret pass", **extra):
+    options = {"smarthost": f"127.0.0.1:{port}", "username": "relay-user", "password": password, **extra}
+    if ca_file:
+        options["ca_file"] = ca_file
+    config.roles["send"].options = {"smtp_local": options}
+    postern = build_postern(config)
+    return falcon.testing.TestClient(create_app(postern)), postern
+
+
+def test_relay_over_starttls_with_auth_to_a_private_ca_smarthost(config, world, tls_sink):
+    handler, port, ca_file = tls_sink
+    client, _ = tls_client(config, port, ca_file)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    body = {"to": ["a@example.org"], "subject": "over tls", "text": "x"}
+    resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert resp.status_code == 201 and resp.json["status"] == "sent", resp.text
+    assert handler.sessions == [(True, True, [b"relay-user"])]  # encrypted, then logged in
+    [(mail_from, rcpts, content)] = handler.received
+    assert mail_from == alice["address"] and rcpts == ["a@example.org"] and b"Subject: over tls" in content
+
+
+@pytest.mark.parametrize(
+    "ca, password, expected",
+    [
+        (False, "s3cret pass", "certificate verify failed"),  # the private CA is not trusted by default
+        (True, "wrong", "refused our login: 535"),
+    ],
+)
+def test_untrusted_certificate_or_wrong_login_keeps_the_message_queued(config, world, tls_sink, ca, password, expected):
+    handler, port, ca_file = tls_sink
+    client, _ = tls_client(config, port, ca_file if ca else "", password=password)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+    resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert resp.status_code == 201 and resp.json["status"] == "queued", resp.text
+    assert expected in resp.json["error"] and "s3cret" not in resp.json["error"]
+    assert handler.received == []
+
+
 def test_smarthost_refusal_fails_and_outage_retries(config, world, sink):
     handler, port = sink
     client, postern = make_client(config, f"127.0.0.1:{port}")
@@ -257,3 +343,24 @@ def test_a_wait_skips_the_inbox_own_sent_mail(config, world):
         f"/v1/inboxes/{alice['id']}/messages/wait", headers=auth(agent), params={"after": own["cursor"], "timeout": 0}
     ).json
     assert [m["snippet"] for m in got["messages"]] == ["pong"] and got["timed_out"] is False
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"smarthost": "relay.example.org"}, "smarthost must be host:port"),
+        ({"smarthost": "relay.example.org:587", "username": "u"}, "username and password go together"),
+        (
+            {"smarthost": "relay.example.org:25", "starttls": False, "username": "u", "password": "p"},
+            "a password is never sent in clear",
+        ),
+        ({"smarthost": "relay.example.org:587", "ca_file": "/nonexistent/ca.pem"}, "is not a readable PEM file"),
+        ({"smarthost": "relay.example.org:587", "tls": True}, "unknown option 'tls'"),
+        ({"starttls": "yes"}, "'starttls' must be a bool"),
+    ],
+)
+def test_bad_smarthost_options_are_refused_at_start(options, message):
+    from postern.plugins.smtp_local.sender import SmtpLocalSender
+
+    with pytest.raises(ValueError, match=message):
+        SmtpLocalSender.from_config(options)

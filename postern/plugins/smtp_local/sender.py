@@ -20,7 +20,15 @@ from postern.core.backends import OutboundMessage, PermanentFailure, Sender, Sen
 class SmtpLocalSender(Sender):
     name = "smtp_local"
     description = "local delivery; relay via a smarthost, or capture when none is set"
-    OPTIONS = {"smarthost": str, "starttls": bool, "username": str, "password": str, "timeout": int, "helo": str}
+    OPTIONS = {
+        "smarthost": str,
+        "starttls": bool,
+        "username": str,
+        "password": str,
+        "timeout": int,
+        "helo": str,
+        "ca_file": str,
+    }
 
     def __init__(
         self,
@@ -30,9 +38,13 @@ class SmtpLocalSender(Sender):
         password: str = "",
         timeout: int = 30,
         helo: str = "",
+        ca_file: str = "",
     ):
         self.smarthost, self.starttls, self.username, self.password = smarthost, starttls, username, password
         self.timeout, self.helo = timeout, helo
+        #: PEM file of the CAs to trust for the smarthost's certificate (a private CA);
+        #: empty trusts the system's store. Verification is never switched off.
+        self.ca_file = ca_file
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalSender:
@@ -49,6 +61,15 @@ class SmtpLocalSender(Sender):
                 raise ValueError(f"smarthost must be host:port, got '{sender.smarthost}'")
         if bool(sender.username) != bool(sender.password):
             raise ValueError("username and password go together")
+        if sender.username and not sender.starttls:
+            raise ValueError("username needs starttls = true: a password is never sent in clear")
+        if sender.ca_file:
+            try:
+                ssl.create_default_context(cafile=sender.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"ca_file '{sender.ca_file}' is not a readable PEM file of certificates: {exc}"
+                ) from None
         return sender
 
     def send(self, message: OutboundMessage) -> SendResult:
@@ -58,10 +79,14 @@ class SmtpLocalSender(Sender):
         try:
             with smtplib.SMTP(host, int(port), local_hostname=self.helo or None, timeout=self.timeout) as client:
                 if self.starttls:
-                    client.starttls(context=ssl.create_default_context())
+                    client.starttls(context=ssl.create_default_context(cafile=self.ca_file or None))
                 if self.username:
                     client.login(self.username, self.password)
                 refused = client.sendmail(message.sender, list(message.recipients), message.raw)
+        except smtplib.SMTPAuthenticationError as exc:
+            # Wrong credentials are the operator's to fix, not the message's fault: keep
+            # retrying (the outbox's schedule) rather than fail every message for good.
+            raise TemporaryFailure(f"smarthost {self.smarthost} refused our login: {exc.smtp_code}") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             raise _classify(exc.recipients) from exc
         except smtplib.SMTPResponseException as exc:
