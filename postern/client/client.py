@@ -1,0 +1,262 @@
+"""The Postern client: ``Postern(api_key=..., base_url=...)``.
+
+Both default to ``POSTERN_API_KEY`` and ``POSTERN_API_BASE_URL``. Calls retry on 429 and
+503 (and on a connection that could not be made) honouring ``Retry-After``; sends carry
+an ``Idempotency-Key`` so a retried send is sent once; ``wait`` uses a read timeout longer
+than the wait it asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from postern.client import errors
+from postern.client.models import DownloadLink, Inbox, Me, Message, Thread, WaitResult
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8800"
+RETRY_STATUSES = (429, 503)
+MAX_WAIT = 300  # the server's cap on one wait, in seconds
+
+
+class Postern:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.api_key = api_key if api_key is not None else os.environ.get("POSTERN_API_KEY", "")
+        self.base_url = (base_url or os.environ.get("POSTERN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.max_retries = max_retries
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self.inboxes = Inboxes(self)
+        self.messages = Messages(self)
+        self.threads = Threads(self)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Postern(base_url={self.base_url!r})"
+
+    def __enter__(self) -> Postern:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def me(self) -> Me:
+        """What this key is: agent, scopes, mailbox quota and expiry."""
+        return Me.from_json(self.request("GET", "/v1/me"))
+
+    def download(self, link: DownloadLink | str) -> bytes:
+        """Fetch a signed download link (works once, until it expires)."""
+        url = link.url if isinstance(link, DownloadLink) else link
+        return self.request("GET", url, raw=True)
+
+    # ---- plumbing ----------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+        raw: bool = False,
+        authenticated: bool = True,
+    ):
+        headers = dict(headers or {})
+        if authenticated and self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        kwargs = {"json": json, "params": params, "headers": headers}
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=10.0)
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                # Only a connection never made is safe to repeat for any method.
+                if isinstance(exc, httpx.ConnectError) and attempt < self.max_retries:
+                    time.sleep(_backoff(attempt, None))
+                    continue
+                raise errors.ConnectionFailed(f"{method} {path}: {exc}") from exc
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
+            if resp.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                time.sleep(_backoff(attempt, retry_after))
+                continue
+            if resp.status_code >= 400:
+                try:
+                    body = resp.json()
+                except ValueError:
+                    body = None
+                raise errors.from_response(resp.status_code, body, retry_after)
+            if raw:
+                return resp.content
+            return resp.json() if resp.content else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def paginate(self, path: str, params: dict, parse) -> Iterator:
+        """Every item of a listing, fetching page after page as the caller iterates."""
+        params = dict(params)
+        while True:
+            page = self.request("GET", path, params=params)
+            yield from (parse(item) for item in page["data"])
+            token = page.get("next_page_token")
+            if not token:
+                return
+            params["page_token"] = token
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, 60.0)
+    return min(0.5 * 2**attempt, 8.0)
+
+
+class Inboxes:
+    def __init__(self, client: Postern):
+        self._c = client
+
+    def create(
+        self,
+        username: str | None = None,
+        *,
+        domain: str | None = None,
+        display_name: str | None = None,
+        client_id: str | None = None,
+    ) -> Inbox:
+        """Create an inbox. With ``client_id`` the call is idempotent: the same id returns
+        the inbox made the first time."""
+        body = {"username": username, "domain": domain, "display_name": display_name, "client_id": client_id}
+        data = self._c.request("POST", "/v1/inboxes", json={k: v for k, v in body.items() if v is not None})
+        return Inbox.from_json(data)
+
+    def list(self, *, limit: int | None = None) -> Iterator[Inbox]:
+        return self._c.paginate("/v1/inboxes", {"limit": limit}, Inbox.from_json)
+
+    def get(self, inbox_id: str) -> Inbox:
+        return Inbox.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}"))
+
+    def delete(self, inbox_id: str) -> None:
+        self._c.request("DELETE", f"/v1/inboxes/{inbox_id}")
+
+
+class Messages:
+    def __init__(self, client: Postern):
+        self._c = client
+
+    def list(
+        self,
+        inbox_id: str,
+        *,
+        thread_id: str | None = None,
+        direction: str | None = None,
+        received_after: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Message]:
+        """Newest first, every page as you iterate."""
+        params = {"thread_id": thread_id, "direction": direction, "received_after": received_after, "limit": limit}
+        return self._c.paginate(f"/v1/inboxes/{inbox_id}/messages", params, Message.from_json)
+
+    def get(self, inbox_id: str, message_id: str, *, max_length: int | None = None) -> Message:
+        params = {"max_length": max_length}
+        return Message.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}/messages/{message_id}", params=params))
+
+    def send(
+        self,
+        inbox_id: str,
+        *,
+        to: list,
+        subject: str = "",
+        text: str | None = None,
+        html: str | None = None,
+        cc: list | None = None,
+        bcc: list | None = None,
+        reply_to: list | None = None,
+        headers: dict | None = None,
+        attachments: list[dict] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        """Send; retried sends with the same ``idempotency_key`` (one is made for you)
+        are sent once and return the first result."""
+        body = _drop_none(
+            to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
+            reply_to=reply_to, headers=headers, attachments=attachments,
+        )  # fmt: skip
+        return self._post_send(f"/v1/inboxes/{inbox_id}/messages", body, idempotency_key)
+
+    def reply(
+        self,
+        inbox_id: str,
+        message_id: str,
+        *,
+        text: str | None = None,
+        html: str | None = None,
+        reply_all: bool = False,
+        cc: list | None = None,
+        bcc: list | None = None,
+        headers: dict | None = None,
+        attachments: list[dict] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        body = _drop_none(
+            text=text, html=html, reply_all=reply_all or None, cc=cc, bcc=bcc, headers=headers, attachments=attachments
+        )
+        return self._post_send(f"/v1/inboxes/{inbox_id}/messages/{message_id}/reply", body, idempotency_key)
+
+    def wait(self, inbox_id: str, *, after: str | None = None, timeout: int = 30) -> WaitResult:
+        """Block until a message newer than ``after`` arrives, or ``timeout`` seconds pass
+        (at most 300). Without ``after`` it waits for the next message from now. Always
+        pass the returned ``cursor`` as the next ``after``: nothing is missed between calls."""
+        if not 0 <= timeout <= MAX_WAIT:
+            raise ValueError(f"timeout must be from 0 to {MAX_WAIT} seconds")
+        params = {"after": after, "timeout": timeout}
+        data = self._c.request("GET", f"/v1/inboxes/{inbox_id}/messages/wait", params=params, timeout=timeout + 30)
+        return WaitResult.from_json(data)
+
+    def raw_link(self, inbox_id: str, message_id: str) -> DownloadLink:
+        path = f"/v1/inboxes/{inbox_id}/messages/{message_id}/raw-link"
+        return DownloadLink.from_json(self._c.request("POST", path))
+
+    def attachment_link(self, inbox_id: str, message_id: str, attachment_id: str) -> DownloadLink:
+        path = f"/v1/inboxes/{inbox_id}/messages/{message_id}/attachments/{attachment_id}/link"
+        return DownloadLink.from_json(self._c.request("POST", path))
+
+    def _post_send(self, path: str, body: dict, idempotency_key: str | None) -> Message:
+        key = idempotency_key or f"sdk-{uuid.uuid4()}"
+        return Message.from_json(self._c.request("POST", path, json=body, headers={"Idempotency-Key": key}))
+
+
+class Threads:
+    def __init__(self, client: Postern):
+        self._c = client
+
+    def list(self, inbox_id: str, *, limit: int | None = None) -> Iterator[Thread]:
+        return self._c.paginate(f"/v1/inboxes/{inbox_id}/threads", {"limit": limit}, Thread.from_json)
+
+    def get(self, inbox_id: str, thread_id: str) -> Thread:
+        return Thread.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}/threads/{thread_id}"))
+
+
+def _drop_none(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
