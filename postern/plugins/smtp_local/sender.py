@@ -20,7 +20,17 @@ from postern.core.backends import OutboundMessage, PermanentFailure, Sender, Sen
 class SmtpLocalSender(Sender):
     name = "smtp_local"
     description = "local delivery; relay via a smarthost, or capture when none is set"
-    OPTIONS = {"smarthost": str, "starttls": bool, "username": str, "password": str, "timeout": int, "helo": str}
+    OPTIONS = {
+        "smarthost": str,
+        "starttls": bool,
+        "username": str,
+        "password": str,
+        "timeout": int,
+        "helo": str,
+        "spf": list,
+    }
+    #: Mail it relays leaves DKIM-signed with the tenant's key (the core signs before ``send``).
+    dkim_sign = True
 
     def __init__(
         self,
@@ -30,9 +40,13 @@ class SmtpLocalSender(Sender):
         password: str = "",
         timeout: int = 30,
         helo: str = "",
+        spf: list | None = None,
     ):
         self.smarthost, self.starttls, self.username, self.password = smarthost, starttls, username, password
         self.timeout, self.helo = timeout, helo
+        #: SPF mechanisms for the relay's outgoing addresses: by default the domain's MX
+        #: (Postern's mail host); with a smarthost, e.g. ["include:_spf.provider.example"].
+        self.spf = ["mx"] if spf is None else spf
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalSender:
@@ -47,6 +61,8 @@ class SmtpLocalSender(Sender):
             host, _, port = sender.smarthost.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"smarthost must be host:port, got '{sender.smarthost}'")
+        if not all(isinstance(m, str) and m and " " not in m for m in sender.spf):
+            raise ValueError('\'spf\' must be a list of SPF mechanisms such as "mx" or "include:spf.example"')
         if bool(sender.username) != bool(sender.password):
             raise ValueError("username and password go together")
         return sender
