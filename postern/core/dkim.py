@@ -20,12 +20,14 @@ from pathlib import Path
 
 import peewee
 
+from postern.core import zonebell
 from postern.core.db import write_transaction
 from postern.core.models import Customer, DkimKey
 
 log = logging.getLogger("postern.dkim")
 
 KEY_BITS = 2048
+DEFAULT_SELECTOR = "postern"
 SEAL_VERSION = "v1"
 #: Headers signed: those a forwarder must not change, and those that would mislead if added.
 SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references")
@@ -108,8 +110,9 @@ def ensure_key(config, customer: Customer, domain: str, selector: str) -> DkimKe
                 private_key_sealed=seal(kek(config), pem, domain, selector),
             )
     except peewee.IntegrityError:
-        pass  # a concurrent caller stored its key first; theirs is the one published
+        return DkimKey.get_by_id(domain)  # a concurrent caller stored its key first; theirs is published
     log.info("generated a DKIM key for %s (selector %s)", domain, selector)
+    zonebell.ring([domain])  # DNS servers publish it before any mail signed with it arrives
     return DkimKey.get_by_id(domain)
 
 
@@ -134,3 +137,24 @@ def sign(config, key: DkimKey, raw: bytes) -> bytes:
         include_headers=headers,
     )
     return header + raw
+
+
+def sign_as(postern, sender: str, raw: bytes) -> bytes:
+    """``raw`` signed with the key of the tenant domain ``sender`` belongs to.
+
+    Unchanged when the sender is in no tenant zone, or when a plugin publishes its
+    own DKIM records for the domain (its backend signs). Raises ``DkimKeyUnavailable``.
+    """
+    from postern.core.runtime import BackendUnavailable
+    from postern.core.zones import customer_of, settings_of, zone_apex
+
+    base = postern.config.mail.domain
+    apex = zone_apex(base, sender.rpartition("@")[2].lower())
+    customer = customer_of(base, apex) if apex else None
+    if customer is None or postern.hook.postern_dkim_records(postern=postern, domain=apex) is not None:
+        return raw
+    try:
+        selector = settings_of(postern).dkim_selector
+    except BackendUnavailable:
+        selector = DEFAULT_SELECTOR
+    return sign(postern.config, ensure_key(postern.config, customer, apex, selector), raw)
