@@ -289,3 +289,27 @@ def test_the_zone_file_lists_every_record(postern, acme):
 
     parsed = dns.zone.from_text(text, origin=ACME, relativize=False, check_origin=True)
     assert parsed.find_rdataset(f"postern._domainkey.{ACME}.", "TXT")
+
+
+def test_zones_keep_being_served_while_the_database_is_down(postern, acme):
+    import peewee
+
+    from postern.core.db import database
+    from postern.plugins.dns_builtin.answers import Answerer
+    from postern.plugins.dns_builtin.store import ZoneStore
+
+    answerer = Answerer(ZoneStore(postern))
+    query = dns.message.make_query(ACME, "MX")
+    assert rdatas(dns.message.from_wire(answerer.answer(query.to_wire())), "MX") == [f"10 mail.{BASE}."]
+    working = database.obj
+    database.close()
+    database.initialize(peewee.SqliteDatabase("/proc/no-such-dir/postern.db"))  # every connect fails
+    try:
+        answerer.store.invalidate(["*"])  # the refresh comes while the database is away
+        stale = dns.message.from_wire(answerer.answer(query.to_wire()))
+        assert rdatas(stale, "MX") == [f"10 mail.{BASE}."]  # the last copy, not SERVFAIL
+        never_read = dns.message.from_wire(answerer.answer(dns.message.make_query(f"x.{BASE}", "A").to_wire()))
+        assert never_read.rcode() == dns.rcode.SERVFAIL  # nothing to fall back on: say so, cache nothing
+        assert not any(key[1].startswith(b"\x01x") for key in answerer.cache)
+    finally:
+        database.initialize(working)

@@ -44,6 +44,7 @@ class Answerer:
                 return _stamp(cached, data, key[0])
         try:
             reply = self._slow(data, tcp)
+            reply = None if reply is None else bytes(reply)  # dnslib packs into a bytearray
         except Exception:  # a hostile packet must never take the server down
             log.debug("unparseable DNS packet of %d bytes", len(data), exc_info=True)
             return _formerr(data)

@@ -31,6 +31,7 @@ class ZoneStore:
         self._zones: dict[str, ZoneIndex | None] = {}
         self._stale: dict[str, ZoneIndex | None] = {}
         self._labels: set[str] | None = None
+        self._stale_labels: set[str] = set()
 
     def zone_for(self, qname: str) -> ZoneIndex | None:
         """The zone answering for ``qname``; None when Postern is not authoritative."""
@@ -49,6 +50,7 @@ class ZoneStore:
             if item == "*":
                 self._stale.update(self._zones)
                 self._zones.clear()
+                self._stale_labels = self._labels or self._stale_labels
                 self._labels = None
                 continue
             if item.startswith("label:"):
@@ -63,7 +65,12 @@ class ZoneStore:
 
     def _tenant_labels(self) -> set[str]:
         if self._labels is None:
-            self._labels = set(self._read(lambda: [label for (label,) in Customer.select(Customer.label).tuples()]))
+            try:
+                self._labels = set(self._read(lambda: [label for (label,) in Customer.select(Customer.label).tuples()]))
+            except ZoneUnavailable:
+                if not self._stale_labels:
+                    raise
+                return self._stale_labels
         return self._labels
 
     def _get(self, apex: str) -> ZoneIndex | None:
