@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from postern.core import dkim
 from postern.core.backends import DnsRecord
 from postern.core.models import Customer, DkimKey, EnrollmentKey, Inbox
 from postern.core.names import is_within
@@ -120,53 +121,53 @@ def build_zone(postern, apex: str, *, config=None, ensure_dkim: bool = False) ->
     ttl = settings.ttl
     domains = mail_domains(customer, apex)
     spf = spf_value(postern, apex)
-    records = [*_apex_records(settings, apex, 0), DnsRecord(f"*.{apex}", "MX", f"10 {settings.mail_host}", ttl)]
-    records.append(DnsRecord(f"*.{apex}", "TXT", spf, ttl))
+    records = _ns_records(settings, apex)
+    records += [DnsRecord(f"*.{apex}", "MX", f"10 {settings.mail_host}", ttl), DnsRecord(f"*.{apex}", "TXT", spf, ttl)]
     for domain in domains:
         records += [
             DnsRecord(domain, "MX", f"10 {settings.mail_host}", ttl),
             DnsRecord(domain, "TXT", spf, ttl),
             DnsRecord(f"_dmarc.{domain}", "TXT", settings.dmarc, ttl),
         ]
-    dkim_records = postern.hook.postern_dkim_records(postern=postern, domain=apex)
-    key_row = None
-    if dkim_records is None:
-        if ensure_dkim:
-            from postern.core import dkim
-
-            key_row = dkim.ensure_key(config, customer, apex, settings.dkim_selector)
-        else:
-            key_row = DkimKey.get_or_none(DkimKey.domain == apex)
-        if key_row is not None:
-            from postern.core.dkim import txt_value
-
-            dkim_records = [DnsRecord(f"{key_row.selector}._domainkey.{apex}", "TXT", txt_value(key_row), ttl)]
-    records += dkim_records or []
-    records += _extras(postern, apex)
+    dkim_records, key_row = _dkim_records(postern, config, settings, customer, apex, ensure_dkim)
+    records += dkim_records + _extras(postern, apex)
     serial = _serial(customer, key_row)
-    records[0] = _soa(settings, apex, serial)
+    records.insert(0, _soa(settings, apex, serial))
     return Zone(apex, customer.id, serial, tuple(domains), tuple(_unique(records)))
 
 
+def _dkim_records(postern, config, settings: ZoneSettings, customer: Customer, apex: str, ensure: bool):
+    """A plugin's DKIM records if one answers ``postern_dkim_records``, else Postern's own key
+    (made now when ``ensure``), else none yet. Returns (records, Postern's key row or None)."""
+    records = postern.hook.postern_dkim_records(postern=postern, domain=apex)
+    if records is not None:
+        return list(records), None
+    if ensure:
+        key_row = dkim.ensure_key(config, customer, apex, settings.dkim_selector)
+    else:
+        key_row = DkimKey.get_or_none(DkimKey.domain == apex)
+    if key_row is None:
+        return [], None
+    name = f"{key_row.selector}._domainkey.{apex}"
+    return [DnsRecord(name, "TXT", dkim.txt_value(key_row), settings.ttl)], key_row
+
+
 def _base_zone(postern, settings: ZoneSettings, base: str) -> Zone:
-    records = _apex_records(settings, base, 0)
+    records = _ns_records(settings, base)
     hosts = [(ns.name, ns.addresses) for ns in settings.nameservers]
     hosts.append((settings.mail_host, settings.mail_host_addresses))
     for host, addresses in hosts:
+        # Only names this zone answers for: deeper ones belong to a tenant's zone.
         if is_within(host, base) and zone_apex(base, host) in (base, host):
-            # A host inside a tenant's zone would be shadowed by it: only glue here.
             records += [DnsRecord(host, "AAAA" if ":" in a else "A", a, settings.ttl) for a in addresses]
     records += _extras(postern, base)
-    serial = 1
-    records[0] = _soa(settings, base, serial)
+    serial = 1  # the base zone changes only with the config
+    records.insert(0, _soa(settings, base, serial))
     return Zone(base, None, serial, (), tuple(_unique(records)))
 
 
-def _apex_records(settings: ZoneSettings, apex: str, serial: int) -> list[DnsRecord]:
-    return [
-        _soa(settings, apex, serial),
-        *(DnsRecord(apex, "NS", ns.name, settings.ttl) for ns in settings.nameservers),
-    ]
+def _ns_records(settings: ZoneSettings, apex: str) -> list[DnsRecord]:
+    return [DnsRecord(apex, "NS", ns.name, settings.ttl) for ns in settings.nameservers]
 
 
 def _soa(settings: ZoneSettings, apex: str, serial: int) -> DnsRecord:
