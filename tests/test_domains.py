@@ -170,3 +170,11 @@ def test_admin_dns_commands(env, monkeypatch, tmp_path, acme, agent, port):
     assert missing.exit_code == 1 and "serves no zone holding 'example.com'" in missing.output
     listing = run("domains").stdout.splitlines()
     assert f"{SALES}\t{ACME}\tunverified" in listing and f"{ACME}\t{ACME}\tunverified" in listing
+
+
+def test_without_a_dns_backend_the_domains_api_says_so(env, db, agent):
+    config = load_config(environ={**env, "POSTERN_PLUGINS_DISABLED": "dns_builtin"})
+    client = falcon.testing.TestClient(create_app(build_postern(config)))
+    resp = client.simulate_get("/v1/domains", headers=bearer(agent))
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "no_dns_backend"
+    assert "dns_builtin" in resp.json["error"]["message"]

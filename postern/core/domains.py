@@ -89,11 +89,10 @@ def list_domains(postern, principal: Principal, info: RequestInfo) -> list[Domai
     return views
 
 
-def get_domain(postern, principal: Principal, info: RequestInfo, domain: str, *, action="domain.read") -> DomainView:
+def get_domain(postern, principal: Principal, info: RequestInfo, domain: str) -> DomainView:
     name = _visible_name(postern, principal, domain)
     view = _view(postern, name)
-    if action == "domain.read":
-        audit.record_read(action, principal=principal, info=info, target=name)
+    audit.record_read("domain.read", principal=principal, info=info, target=name)
     return view
 
 
@@ -115,9 +114,8 @@ def _settings(postern) -> ZoneSettings:
 
 
 def _zone(postern, domain: str) -> Zone:
-    base = postern.config.mail.domain
-    _settings(postern)
-    zone = build_zone(postern, zone_apex(base, domain), ensure_dkim=True)
+    _settings(postern)  # a clear 503 when no dns backend is installed
+    zone = build_zone(postern, zone_apex(postern.config.mail.domain, domain), ensure_dkim=True)
     if zone is None:  # the tenant was deleted under us
         raise NotFound(f"no domain '{domain}'")
     return zone
