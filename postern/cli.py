@@ -211,7 +211,9 @@ def plugins(ctx, as_json):
 
 def _add_core_commands() -> None:
     from postern.cli_admin import admin
+    from postern.cli_dns import dns
 
+    admin.add_command(dns)
     cli.add_command(admin)
 
 

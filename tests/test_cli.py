@@ -32,7 +32,8 @@ def test_plugins_lists_builtins_and_roles(run):
     assert result.exit_code == 0
     assert "billing_free" in result.output and "postern_register_backends" in result.output
     assert "billing  free" in result.output and "active (from billing_free)" in result.output
-    assert "send     smtp_local" in result.output and "dns      dns_builtin  default    NOT AVAILABLE" in result.output
+    assert "send     smtp_local" in result.output
+    assert "dns      dns_builtin  default    active (from dns_builtin)" in result.output
 
 
 def test_plugins_json(run):
@@ -46,8 +47,8 @@ def test_plugins_json(run):
         "plugin": "billing_free",
         "choices": ["free"],
     }
-    assert roles["dns"]["available"] is False and roles["dns"]["choices"] == []
-    assert [p["name"] for p in data["plugins"]] == ["billing_free", "outbox", "smtp_local"]
+    assert roles["dns"]["available"] is True and roles["dns"]["choices"] == ["dns_builtin"]
+    assert [p["name"] for p in data["plugins"]] == ["billing_free", "dns_builtin", "outbox", "smtp_local"]
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
     assert roles["send"]["available"] is True and roles["send"]["plugin"] == "smtp_local"
 

@@ -166,7 +166,9 @@ def test_explicit_unknown_backend_refused_at_start(tmp_path):
 
 
 def test_default_backend_missing_is_reported_not_fatal(config):
-    p = make_postern(config)
+    pm = get_plugin_manager(disabled=["dns_builtin"], load_entrypoints=False)
+    p = Postern(config, pm, BackendRegistry.from_plugin_manager(pm))
+    p.validate_backends()
     status = {s.role: s for s in p.role_status()}
     assert status["dns"].backend == "dns_builtin" and not status["dns"].available and not status["dns"].explicit
     assert status["billing"].available and status["billing"].plugin == "billing_free"
@@ -226,7 +228,7 @@ def test_hook_postern_services(config):
     from support import demo_plugin
 
     p = make_postern(config, demo_plugin)
-    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "outbox", "smtp"]
+    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "dns", "outbox", "smtp"]
 
     class Clash:
         @hookimpl

@@ -210,6 +210,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "thread", "thr"
     if param == "attachment_id":
         return "attachment", "att"
+    if param == "domain":  # a name, not an id: a made-up "dom_…" is no domain at all, so a 404 too
+        return "domain", "dom"
     if param == "key_id" and "/enrollment-keys/" in path:
         return "enrollment_key", "enr"
     if param == "key_id" and "/agent-keys/" in path:
@@ -222,13 +224,15 @@ def fake_ids(op: Operation) -> dict[str, str]:
 
 
 def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
-    """One of each object under a fresh enrollment of ``tenant``, by kind."""
-    enrolled = tenant.agent_key(handle=handle)
+    """One of each object under a fresh enrollment of ``tenant``, by kind. The enrollment
+    allows a domain of its own, so its domain is its own object as its inbox is."""
+    enrolled = tenant.agent_key(handle=handle, domains=[f"{handle}.{tenant.domain}"])
     inbox = seed_inbox(postern, enrolled, username=handle)
     message = first_message(inbox)
     ids = {"inbox": inbox.id, "agent": enrolled.agent.id, "agent_key": enrolled.key.id}
     ids.update(message=message.id, thread=message.thread_id, attachment=message.attachments[0].id)
     ids["enrollment_key"] = enrolled.enrollment.id
+    ids["domain"] = f"{handle}.{tenant.domain}"
     return ids, enrolled
 
 
@@ -276,6 +280,9 @@ AGENT_ENDPOINTS = {
         201,
         "link.create",
     ),
+    "domains": ("GET", "/v1/domains", "mailbox:read", 200, "domain.list"),
+    "domain": ("GET", "/v1/domains/{domain}", "mailbox:read", 200, "domain.read"),
+    "domain-verify": ("POST", "/v1/domains/{domain}/verify", "mailbox:read", 200, "domain.verify"),
 }
 POST_BODIES = {
     "/v1/inboxes/{inbox_id}/messages": {"to": ["someone@example.org"], "subject": "s", "text": "t"},
@@ -312,7 +319,11 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
     body = POST_BODIES.get(path, {}) if method == "POST" else None
     message = first_message(inbox)
     url = path.format(
-        inbox_id=inbox.id, message_id=message.id, thread_id=message.thread_id, attachment_id=message.attachments[0].id
+        inbox_id=inbox.id,
+        message_id=message.id,
+        thread_id=message.thread_id,
+        attachment_id=message.attachments[0].id,
+        domain=acme.domain,
     )
     resp = client.simulate_request(method, url, headers=bearer(enrolled.agent_key), json=body)
 
@@ -329,7 +340,7 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
     assert (row.code, row.action, row.actor) == ("insufficient_scope", action, "agent")
     assert (row.key_prefix, row.agent_id, row.token_id) == (enrolled.key.key_prefix, enrolled.agent.id, enrolled.key.id)
     assert (row.customer_id, row.enrollment_id) == (acme.customer.id, enrolled.enrollment.id)
-    assert row.target == (inbox.id if "{inbox_id}" in path else None)
+    assert row.target == (inbox.id if "{inbox_id}" in path else acme.domain if "{domain}" in path else None)
     assert row.request_id == resp.headers["x-request-id"]
 
 

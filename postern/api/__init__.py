@@ -9,7 +9,7 @@ import falcon
 import falcon.asgi
 import orjson
 
-from postern.api import admin, downloads, messages
+from postern.api import admin, domains, downloads, messages
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller
 from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
@@ -52,6 +52,9 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
         ),
         Route("/v1/downloads/{token}", downloads.DownloadResource(caller)),
         Route(f"{inbox}/threads", messages.ThreadsResource(caller)),
+        Route("/v1/domains", domains.DomainsResource(caller)),
+        Route("/v1/domains/{domain}", domains.DomainResource(caller)),
+        Route("/v1/domains/{domain}/verify", domains.DomainVerifyResource(caller)),
         Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),
         Route("/v1/admin/enrollment-keys", admin.EnrollmentKeysResource(caller)),

@@ -195,3 +195,25 @@ SCHEMAS.update(
         "ThreadWithMessages": obj({**THREAD_FIELDS, "messages": {"type": "array", "items": MESSAGE_SUMMARY}}),
     }
 )
+
+DNS_RECORD = obj({"name": S, "type": S, "ttl": INT, "value": S})
+DNS_RECORDS = {"type": "array", "items": DNS_RECORD}
+SCHEMAS["Domain"] = obj(
+    {
+        "domain": S,
+        "zone": S,
+        "records": DNS_RECORDS,
+        "delegations": {
+            "type": "array",
+            "items": obj({"zone": S, "parent": S, "served_by_postern": {"type": "boolean"}, "records": DNS_RECORDS}),
+        },
+        "status": {"type": "string", "enum": ["unverified", "verified", "failed"]},
+        "checked_at": S_NULL,
+        "checks": {
+            "type": "array",
+            "items": obj(
+                {"name": S, "type": S, "expected": S, "found": STRS, "ok": {"type": "boolean"}, "error": S_NULL}
+            ),
+        },
+    }
+)

@@ -166,3 +166,38 @@ def thread_json(t) -> dict:
         "created_at": iso(t.created_at),
         "last_message_at": iso(t.last_message_at),
     }
+
+
+def dns_record_json(r) -> dict:
+    return {"name": r.name, "type": r.rtype, "ttl": r.ttl, "value": r.value}
+
+
+def domain_json(view) -> dict:
+    """A domain as its tenant sees it. Only public data: DKIM private keys never leave the core."""
+    return {
+        "domain": view.domain,
+        "zone": view.zone,
+        "records": [dns_record_json(r) for r in view.records],
+        "delegations": [
+            {
+                "zone": d.zone,
+                "parent": d.parent,
+                "served_by_postern": d.served_by_postern,
+                "records": [dns_record_json(r) for r in d.records],
+            }
+            for d in view.delegations
+        ],
+        "status": view.status,
+        "checked_at": iso(view.checked_at),
+        "checks": [
+            {
+                "name": c.name,
+                "type": c.rtype,
+                "expected": c.expected,
+                "found": list(c.found),
+                "ok": c.ok,
+                "error": c.error,
+            }
+            for c in view.checks
+        ],
+    }

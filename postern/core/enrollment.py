@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from postern.core import audit, keys
+from postern.core import audit, keys, zonebell
 from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from postern.core.models import Agent, AgentKey, Customer, EnrollmentKey, utcnow
@@ -96,6 +96,7 @@ def create_enrollment_key(
             expires_at=utcnow() + expires_in,
         )
         audit.record("enrollment_key.create", principal=principal, info=info, target=key.id, customer_id=customer.id)
+    zonebell.ring(checked)  # its allowed domains get their MX, SPF and DMARC at once
     return key, minted.plaintext
 
 

@@ -76,9 +76,30 @@ def postern_message_failed(postern, message, error):
 def postern_dns_records(postern, domain):
     """Return extra DNS records for ``domain`` as a list of ``DnsRecord``.
 
-    Called for every zone the DNS backend serves; the active send and receive
-    backends use it for what they need published (SPF includes, DKIM, MX).
+    Called whenever the DNS backend (re)builds a zone: ``domain`` is the zone's apex
+    (the base mail domain or a tenant domain); records must lie inside it. Use it
+    for anything beyond the MX, SPF, DKIM and DMARC the core already publishes.
     Results from all plugins are concatenated.
+    """
+
+
+@hookspec
+def postern_spf_mechanisms(postern, domain):
+    """Return SPF mechanisms the active send path needs for mail from ``domain``.
+
+    A list of strings such as ``"include:spf.protection.outlook.com"`` or ``"mx"``,
+    or ``None``. Results from all plugins are concatenated (duplicates dropped) into
+    ``v=spf1 ... -all``; answer only while your send backend is the active one.
+    """
+
+
+@hookspec(firstresult=True)
+def postern_dkim_records(postern, domain):
+    """Return the DKIM records to publish for tenant domain ``domain`` instead of Postern's own.
+
+    A send backend that signs with its own keys (e.g. CNAMEs to the vendor's keys)
+    returns a list of ``DnsRecord``; return ``None`` to let Postern generate, publish
+    and sign with its own key. The first non-None result wins.
     """
 
 

@@ -227,6 +227,29 @@ class DownloadLink(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
 
 
+class DkimKey(BaseModel):
+    """A tenant domain's DKIM key pair. The private key is sealed (AES-GCM) with a key
+    that never lives in the database: see ``postern.core.dkim``."""
+
+    domain = peewee.CharField(primary_key=True, max_length=253)
+    customer = peewee.ForeignKeyField(Customer, backref="dkim_keys", on_delete="CASCADE")
+    selector = peewee.CharField(max_length=63)
+    #: base64 of the DER SubjectPublicKeyInfo: the ``p=`` of the DKIM record.
+    public_key = peewee.TextField()
+    private_key_sealed = peewee.TextField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class DomainCheck(BaseModel):
+    """The last ``POST /v1/domains/{domain}/verify`` of a domain: status and each check."""
+
+    domain = peewee.CharField(primary_key=True, max_length=253)
+    customer = peewee.ForeignKeyField(Customer, backref="domain_checks", on_delete="CASCADE")
+    status = peewee.CharField(max_length=20)  # verified, failed
+    checks = peewee.TextField()  # JSON list of {"name", "type", "expected", "found", "ok"}
+    checked_at = peewee.DateTimeField(default=utcnow)
+
+
 class AuditEvent(BaseModel):
     """One audited action or denied attempt. Ids are plain strings: the log outlives rows."""
 
@@ -262,4 +285,6 @@ ALL_MODELS = (
     IdempotencyRecord,
     ServerSecret,
     DownloadLink,
+    DkimKey,
+    DomainCheck,
 )

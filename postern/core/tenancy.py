@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee
 
-from postern.core import audit, keys
+from postern.core import audit, keys, zonebell
 from postern.core.db import write_transaction
 from postern.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from postern.core.ids import well_formed
@@ -35,6 +35,7 @@ def create_customer(principal: Principal, info: RequestInfo, label: str, name: s
             audit.record("customer.create", principal=principal, info=info, target=customer.id, customer_id=customer.id)
     except peewee.IntegrityError:
         raise Conflict(f"a customer with label '{label}' exists", code="label_taken") from None
+    zonebell.ring([f"label:{label}"])  # its zone answers at once
     return customer
 
 

@@ -37,9 +37,13 @@ class Server:
     def __init__(self, env: dict, tmp_path: Path, *args: str):
         self.port = free_port()
         self.smtp_port = free_port()
+        self.dns_port = free_port()
         self.config_file = tmp_path / f"postern-{self.port}.toml"
         # Backend options live in the file; everything else comes from the environment.
-        self.config_file.write_text(f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n')
+        self.config_file.write_text(
+            f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n'
+            f'[dns.dns_builtin]\nbind = "127.0.0.1:{self.dns_port}"\n'
+        )
         self.pidfile = tmp_path / "sleeper.pids"
         self.logfile = tmp_path / f"serve-{self.port}.log"
         self.log = open(self.logfile, "w")

@@ -18,7 +18,7 @@ from email.utils import make_msgid
 
 import peewee
 
-from postern.core import audit, doorbell
+from postern.core import audit, dkim, doorbell
 from postern.core.backends import (
     BackendError,
     OutboundAttachment,
@@ -258,6 +258,13 @@ def _hand_over(postern, message: Message, remote: list[str]):
         backend = postern.backend("send")
     except BackendUnavailable as exc:
         raise PermanentFailure(str(exc), code="no_send_backend") from exc
+    raw = bytes(message.raw)
+    if getattr(backend, "dkim_sign", False):
+        try:
+            raw = dkim.sign_as(postern, message.envelope_from, raw)
+        except dkim.DkimKeyUnavailable as exc:
+            log.error("cannot DKIM-sign %s: %s", message.id, exc)
+            raise TemporaryFailure(str(exc), code="dkim_key_unavailable") from exc
     attachments = tuple(
         OutboundAttachment(a.filename, a.content_type, bytes(a.data), a.content_id, a.inline)
         for a in message.attachments
@@ -266,7 +273,7 @@ def _hand_over(postern, message: Message, remote: list[str]):
         message_id=message.message_id_header,
         sender=message.envelope_from,
         recipients=tuple(remote),
-        raw=bytes(message.raw),
+        raw=raw,
         postern_id=message.id,
         subject=message.subject,
         text=message.text,

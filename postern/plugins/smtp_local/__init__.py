@@ -19,3 +19,10 @@ def postern_services(postern):
     if postern.config.role("receive").backend != SmtpLocalReceiver.name:
         return []
     return [Service("smtp", run_listener, "SMTP listener for inbound mail (aiosmtpd)")]
+
+
+@hookimpl
+def postern_spf_mechanisms(postern):
+    if postern.config.role("send").backend != SmtpLocalSender.name:
+        return None
+    return postern.backend("send").spf

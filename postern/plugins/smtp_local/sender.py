@@ -28,7 +28,10 @@ class SmtpLocalSender(Sender):
         "timeout": int,
         "helo": str,
         "ca_file": str,
+        "spf": list,
     }
+    #: Mail it relays leaves DKIM-signed with the tenant's key (the core signs before ``send``).
+    dkim_sign = True
 
     def __init__(
         self,
@@ -39,12 +42,16 @@ class SmtpLocalSender(Sender):
         timeout: int = 30,
         helo: str = "",
         ca_file: str = "",
+        spf: list | None = None,
     ):
         self.smarthost, self.starttls, self.username, self.password = smarthost, starttls, username, password
         self.timeout, self.helo = timeout, helo
         #: PEM file of the CAs to trust for the smarthost's certificate (a private CA);
         #: empty trusts the system's store. Verification is never switched off.
         self.ca_file = ca_file
+        #: SPF mechanisms for the relay's outgoing addresses: by default the domain's MX
+        #: (Postern's mail host); with a smarthost, e.g. ["include:_spf.provider.example"].
+        self.spf = ["mx"] if spf is None else spf
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalSender:
@@ -59,6 +66,8 @@ class SmtpLocalSender(Sender):
             host, _, port = sender.smarthost.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"smarthost must be host:port, got '{sender.smarthost}'")
+        if not all(isinstance(m, str) and m and " " not in m for m in sender.spf):
+            raise ValueError('\'spf\' must be a list of SPF mechanisms such as "mx" or "include:spf.example"')
         if bool(sender.username) != bool(sender.password):
             raise ValueError("username and password go together")
         if sender.username and not sender.starttls:

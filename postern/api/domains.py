@@ -1,0 +1,78 @@
+"""``/v1/domains``: a tenant's mail domains, their DNS records and delegation, and a check."""
+
+from __future__ import annotations
+
+from postern.api.docs import operation, path_param, ref
+from postern.api.serialize import domain_json
+from postern.core.auth import require_scope
+from postern.core.domains import get_domain, list_domains, verify_domain
+
+LIST = {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": ref("Domain")}}}
+
+
+class DomainsResource:
+    OPENAPI = {
+        "get": operation(
+            "List the domains this key may use, with their DNS records and delegation",
+            {200: ("The domains", LIST)},
+            scope="mailbox:read",
+        ),
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_get(self, req, resp):
+        postern = self.caller.postern
+
+        def listing(principal, info):
+            require_scope(principal, "mailbox:read", info, "domain.list")
+            return list_domains(postern, principal, info)
+
+        resp.media = {"data": [domain_json(view) for view in await self.caller.as_agent(req, listing)]}
+
+
+class DomainResource:
+    OPENAPI = {
+        "get": operation(
+            "Get a domain: records published, delegation the parent zone must hold, last check",
+            {200: ("The domain", ref("Domain")), 404: ("No such domain for this key", ref("Error"))},
+            params=(path_param("domain"),),
+            scope="mailbox:read",
+        ),
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_get(self, req, resp, domain):
+        postern = self.caller.postern
+
+        def read(principal, info):
+            require_scope(principal, "mailbox:read", info, "domain.read", domain)
+            return get_domain(postern, principal, info, domain)
+
+        resp.media = domain_json(await self.caller.as_agent(req, read))
+
+
+class DomainVerifyResource:
+    OPENAPI = {
+        "post": operation(
+            "Check the delegation and records through the configured resolvers; store the outcome",
+            {200: ("The domain with the checks", ref("Domain")), 404: ("No such domain for this key", ref("Error"))},
+            params=(path_param("domain"),),
+            scope="mailbox:read",
+        ),
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_post(self, req, resp, domain):
+        postern = self.caller.postern
+
+        def verify(principal, info):
+            require_scope(principal, "mailbox:read", info, "domain.verify", domain)
+            return verify_domain(postern, principal, info, domain)
+
+        resp.media = domain_json(await self.caller.as_agent(req, verify))

@@ -1,0 +1,139 @@
+"""The serving loop: UDP and TCP on one address, on uvloop when installed.
+
+dnslib only encodes and decodes; this loop bounds what it reads (TCP connections
+time out when idle and are capped in number), answers through ``Answerer`` (which
+never raises), and listens for zone-change rings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+from postern.core.zonebell import ZoneBellListener
+from postern.plugins.dns_builtin.answers import Answerer
+from postern.plugins.dns_builtin.store import ZoneStore
+
+log = logging.getLogger("postern.dns")
+
+#: Bursts of queries queue here instead of being dropped (the default is ~208 KiB).
+UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, answerer: Answerer):
+        self.answerer = answerer
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        reply = self.answerer.answer(data)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable from a vanished client
+
+
+class DnsServer:
+    """One server: ``await start()``, then ``close()``. Tests run it in-process."""
+
+    def __init__(self, postern, backend):
+        self.backend = backend
+        self.store = ZoneStore(postern)
+        self.answerer = Answerer(self.store, backend.max_udp_payload)
+        self.database_url = postern.config.database_url
+        self.tcp_connections = 0
+        self._tcp_tasks: set[asyncio.Task] = set()
+        self._udp = self._tcp = self._bell = self._refresh = None
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        host, _, port = self.backend.bind.rpartition(":")
+        host = host.strip("[]")
+        self._bell = ZoneBellListener(self.database_url, self.store.invalidate)
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(self.answerer), local_addr=(host, int(port))
+        )
+        port = self._udp.get_extra_info("sockname")[1]  # the real one when bind asked for port 0
+        self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+        self._schedule_refresh()
+        log.info("DNS listening on %s port %s (UDP and TCP)", host, port)
+        return host, port
+
+    def _schedule_refresh(self) -> None:
+        def refresh():
+            self.store.invalidate(["*"])
+            self._schedule_refresh()
+
+        self._refresh = asyncio.get_running_loop().call_later(self.backend.refresh_seconds, refresh)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.tcp_connections >= self.backend.max_tcp_connections:
+            writer.close()
+            return
+        self.tcp_connections += 1
+        task = asyncio.current_task()
+        self._tcp_tasks.add(task)
+        idle = self.backend.tcp_idle_timeout
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), idle)
+                query = await asyncio.wait_for(reader.readexactly(int.from_bytes(head)), idle)
+                reply = self.answerer.answer(query, tcp=True)
+                if reply is None:
+                    break
+                writer.write(len(reply).to_bytes(2) + reply)
+                await asyncio.wait_for(writer.drain(), idle)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass  # the client finished, went quiet or went away: all normal ends of a connection
+        except asyncio.CancelledError:
+            pass  # the server is closing
+        finally:
+            self.tcp_connections -= 1
+            self._tcp_tasks.discard(task)
+            writer.close()
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._bell is not None:
+            self._bell.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for task in list(self._tcp_tasks):
+                task.cancel()
+            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+            await self._tcp.wait_closed()
+
+
+def run_dns(postern) -> None:
+    """Service entry point (``postern service run dns``): serve until SIGTERM."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(postern))
+
+
+async def _serve(postern) -> None:
+    server = DnsServer(postern, postern.backend("dns"))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
