@@ -226,7 +226,7 @@ def test_hook_postern_services(config):
     from support import demo_plugin
 
     p = make_postern(config, demo_plugin)
-    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "outbox", "smtp"]
+    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "outbox", "smtp", "webhooks"]
 
     class Clash:
         @hookimpl

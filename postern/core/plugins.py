@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("billing_free", "postern.plugins.billing_free"),
     ("smtp_local", "postern.plugins.smtp_local"),
     ("outbox", "postern.plugins.outbox"),
+    ("webhooks", "postern.plugins.webhooks"),
 )
 
 

@@ -19,6 +19,7 @@ from postern.core.ids import new_id
 from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, parse
 from postern.core.mail.threads import find_thread, normalize_subject
 from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
+from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.ingest")
 
@@ -69,6 +70,7 @@ def ingest(
         if delivered_for is not None:
             Message.update(local_done=True).where(Message.id == delivered_for).execute()
         doorbell.ring_in_transaction(m.inbox_id for m in stored)
+        webhook_events.message_event(postern, "message.received", stored)
     # Committed: from here nothing may fail the caller, or the sender would retry and
     # the message would be stored twice. Failures are logged with the message ids.
     try:
