@@ -58,7 +58,7 @@ class Outcome:
 
 def lease_for(config) -> dt.timedelta:
     """How long an attempt owns its row: the send's timeouts plus a margin."""
-    return dt.timedelta(seconds=3 * config.webhooks.timeout_seconds + 10)
+    return dt.timedelta(seconds=2 * config.webhooks.timeout_seconds + 5)
 
 
 def claim(postern, limit: int) -> list[Claimed]:
