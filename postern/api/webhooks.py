@@ -15,6 +15,7 @@ from postern.api.docs import PAGING, operation, page_of, path_param, query_param
 from postern.api.schemas import INT_NULL, S_NULL, SCHEMAS, STRS, S, obj
 from postern.api.serialize import iso, page_json
 from postern.core.auth import require_scope
+from postern.core.models import utcnow
 from postern.core.webhooks import EVENT_TYPES, manage
 
 SCOPE = "mailbox:read"
@@ -78,7 +79,8 @@ NOT_FOUND = ("No such webhook for this key", ref("Error"))
 
 
 def webhook_json(hook, secret: str | None = None) -> dict:
-    rotating = hook.previous_secret_expires_at if hook.previous_secret else None
+    until = hook.previous_secret_expires_at
+    rotating = until if hook.previous_secret and until and until > utcnow() else None
     body = {
         "id": hook.id,
         "url": hook.url,

@@ -1,5 +1,10 @@
 """The dispatcher: claim due deliveries atomically, send them, record what happened.
 
+Its own writes (claims, results) commit without an fsync on SQLite: a power cut may
+lose the last of them, and the deliveries concerned are then sent again, which
+at-least-once delivery allows. The events and their queued deliveries keep the
+configured durability.
+
 Several dispatchers (processes or hosts) may run at once. A claim takes due rows in
 one write transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: under the
 database write lock) and stamps each with a fresh lease token, the attempt count
@@ -22,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import postern
+from postern.core.audit import relaxed_durability
 from postern.core.db import is_postgres, write_transaction
 from postern.core.errors import InvalidInput
 from postern.core.models import Webhook, WebhookDelivery, utcnow
@@ -65,7 +71,7 @@ def claim(postern, limit: int) -> list[Claimed]:
     """Take up to ``limit`` due deliveries of enabled webhooks for this dispatcher."""
     now = utcnow()
     token = secrets.token_hex(8)
-    with write_transaction():
+    with relaxed_durability(), write_transaction():
         enabled = Webhook.select(Webhook.id).where(Webhook.enabled == True)  # noqa: E712
         due = (
             WebhookDelivery.select(WebhookDelivery.id)
@@ -182,44 +188,57 @@ def _connection(target, addresses, timeout):
 def record(postern, attempt: Claimed, outcome: Outcome) -> str | None:
     """Store one attempt's result under its lease; returns the delivery's new status,
     or None when the lease was lost (the row was retried or reclaimed meanwhile)."""
-    config = postern.config.webhooks
-    now = utcnow()
-    with write_transaction():
-        row = WebhookDelivery.get_or_none(
-            (WebhookDelivery.id == attempt.delivery_id) & (WebhookDelivery.lease == attempt.lease)
-        )
-        if row is None:
+    return record_all(postern, [(attempt, outcome)])[0]
+
+
+def record_all(postern, results: list[tuple[Claimed, Outcome]]) -> list[str | None]:
+    """``record`` for several attempts in one transaction (one commit for a batch)."""
+    with relaxed_durability(), write_transaction():
+        statuses = [_record(postern.config.webhooks, attempt, outcome) for attempt, outcome in results]
+    for (attempt, outcome), status in zip(results, statuses, strict=True):
+        if status is None:
             log.warning("delivery %s: lease lost before its result was recorded", attempt.delivery_id)
-            return None
-        fields = {
-            "lease": None,
-            "last_status_code": outcome.status_code,
-            "last_error": outcome.error,
-            "last_response": outcome.response,
-        }
-        if outcome.ok:
-            status = "succeeded"
-            fields.update(status=status, next_attempt_at=None, delivered_at=now)
-            Webhook.update(failed_deliveries=0).where(
-                (Webhook.id == row.webhook_id) & (Webhook.failed_deliveries != 0)
-            ).execute()
-        elif row.attempts <= len(config.retry_schedule):
-            status = "pending"
-            delay = config.retry_schedule[row.attempts - 1]
-            fields.update(status=status, next_attempt_at=now + dt.timedelta(seconds=delay))
         else:
-            status = "failed"
-            fields.update(status=status, next_attempt_at=None)
-            _count_failure(row.webhook_id, config.disable_after_failed_deliveries, outcome)
-        WebhookDelivery.update(**fields).where(WebhookDelivery.id == row.id).execute()
-    log.info(
-        "delivery %s (%s) attempt %s: %s -> %s",
-        attempt.delivery_id,
-        attempt.event_id,
-        attempt.attempts,
-        outcome.status_code or outcome.error,
-        status,
+            result = outcome.status_code or outcome.error
+            log.info(
+                "delivery %s (%s) attempt %s: %s -> %s",
+                attempt.delivery_id,
+                attempt.event_id,
+                attempt.attempts,
+                result,
+                status,
+            )
+    return statuses
+
+
+def _record(config, attempt: Claimed, outcome: Outcome) -> str | None:
+    now = utcnow()
+    row = WebhookDelivery.get_or_none(
+        (WebhookDelivery.id == attempt.delivery_id) & (WebhookDelivery.lease == attempt.lease)
     )
+    if row is None:
+        return None
+    fields = {
+        "lease": None,
+        "last_status_code": outcome.status_code,
+        "last_error": outcome.error,
+        "last_response": outcome.response,
+    }
+    if outcome.ok:
+        status = "succeeded"
+        fields.update(status=status, next_attempt_at=None, delivered_at=now)
+        Webhook.update(failed_deliveries=0).where(
+            (Webhook.id == row.webhook_id) & (Webhook.failed_deliveries != 0)
+        ).execute()
+    elif row.attempts <= len(config.retry_schedule):
+        status = "pending"
+        delay = config.retry_schedule[row.attempts - 1]
+        fields.update(status=status, next_attempt_at=now + dt.timedelta(seconds=delay))
+    else:
+        status = "failed"
+        fields.update(status=status, next_attempt_at=None)
+        _count_failure(row.webhook_id, config.disable_after_failed_deliveries, outcome)
+    WebhookDelivery.update(**fields).where(WebhookDelivery.id == row.id).execute()
     return status
 
 

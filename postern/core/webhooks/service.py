@@ -34,6 +34,7 @@ class Dispatcher:
         self.config = postern.config.webhooks
         self.stop = threading.Event()
         self.inflight: dict[Future, dispatch.Claimed] = {}
+        self.rung = True  # sweep once at start
         self.pipe_r, self.pipe_w = os.pipe()
         os.set_blocking(self.pipe_r, False)
         self.pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="postern-webhook")
@@ -50,24 +51,30 @@ class Dispatcher:
                     log.warning("webhook dispatcher: database error (%s); retrying in %ss", exc, ERROR_PAUSE)
                     timeout = ERROR_PAUSE
                 ready = listener.wait(timeout, also=[self.pipe_r])
+                self.rung = self.rung or listener in ready
                 if self.pipe_r in ready:
                     self._drain_pipe()
         finally:
             listener.close()
             self.pool.shutdown(wait=True)  # attempts in flight finish, and are recorded below
-            with database.connection_context():
-                for future, attempt in self.inflight.items():
-                    dispatch.record(self.postern, attempt, future.result())
+            if self.inflight:
+                with database.connection_context():
+                    dispatch.record_all(self.postern, [(a, f.result()) for f, a in self.inflight.items()])
             os.close(self.pipe_r)
             os.close(self.pipe_w)
 
     def _step(self) -> float:
         """Record finished attempts, claim more; return how long to sleep."""
-        for future in [f for f in self.inflight if f.done()]:
-            attempt = self.inflight.pop(future)
-            dispatch.record(self.postern, attempt, future.result())
+        done = [(self.inflight.pop(f), f.result()) for f in [f for f in self.inflight if f.done()]]
+        if done:
+            dispatch.record_all(self.postern, done)
         free = self.config.concurrency - len(self.inflight)
-        if free > 0 and not self.stop.is_set():
+        # Claiming takes the write lock, so without a ring read first whether anything is due.
+        # After a ring claim at once: on SQLite the ring comes before the queuing commit,
+        # which a read would not see yet but the claim waits for.
+        rung, self.rung = self.rung, False
+        due = None if rung else dispatch.next_due(self.postern)
+        if free > 0 and (rung or (due is not None and due <= utcnow())) and not self.stop.is_set():
             for attempt in dispatch.claim(self.postern, free):
                 future = self.pool.submit(
                     dispatch.send, attempt, self.config.timeout_seconds, self.config.allow_destinations

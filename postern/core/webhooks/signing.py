@@ -17,10 +17,12 @@ import base64
 import hashlib
 import hmac
 import secrets
+import weakref
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from postern.core.db import database
 from postern.core.models import ServerSecret
 
 PREFIX = "whsec_"
@@ -46,8 +48,17 @@ def signature_header(secrets_: list[str], msg_id: str, timestamp: int, body: byt
     return " ".join(signature(s, msg_id, timestamp, body) for s in secrets_)
 
 
+#: The key per open database (it never changes for one); a new database object, as each
+#: test or process opens, is looked up afresh.
+_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _key() -> bytes:
-    return bytes.fromhex(ServerSecret.get_by_id("webhook_secrets").value)
+    db = database.obj
+    key = _keys.get(db)
+    if key is None:
+        key = _keys[db] = bytes.fromhex(ServerSecret.get_by_id("webhook_secrets").value)
+    return key
 
 
 def encrypt(secret: str, webhook_id: str) -> str:
