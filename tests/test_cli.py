@@ -48,7 +48,7 @@ def test_plugins_json(run):
         "choices": ["free"],
     }
     assert roles["dns"]["available"] is True and roles["dns"]["choices"] == ["dns_builtin"]
-    assert [p["name"] for p in data["plugins"]] == ["billing_free", "dns_builtin", "outbox", "smtp_local"]
+    assert [p["name"] for p in data["plugins"]] == ["billing_free", "dns_builtin", "outbox", "smtp_local", "webhooks"]
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
     assert roles["send"]["available"] is True and roles["send"]["plugin"] == "smtp_local"
 

@@ -23,6 +23,7 @@ def inbox(config, db):
     postern = build_postern(config)
     agent = make_tenant("acme").agent_key()
     box, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
+    box.postern = postern  # store() queues webhook deliveries, so it takes the postern
     return box
 
 
@@ -31,7 +32,7 @@ def raw(n: int) -> bytes:
 
 
 def store_one(inbox, n: int):
-    return store(parse(raw(n), MailLimits()), raw(n), "a@example.org", [inbox.address])
+    return store(inbox.postern, parse(raw(n), MailLimits()), raw(n), "a@example.org", [inbox.address])
 
 
 async def submit_all(committer, jobs):

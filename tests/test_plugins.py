@@ -228,7 +228,7 @@ def test_hook_postern_services(config):
     from support import demo_plugin
 
     p = make_postern(config, demo_plugin)
-    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "dns", "outbox", "smtp"]
+    assert sorted(s.name for s in p.services()) == ["demo-sleeper", "dns", "outbox", "smtp", "webhooks"]
 
     class Clash:
         @hookimpl

@@ -41,10 +41,13 @@ from postern.core.models import (
     Inbox,
     Message,
     Thread,
+    Webhook,
+    WebhookDelivery,
     utcnow,
 )
 from postern.core.principal import SCOPES
 from postern.core.runtime import build_postern
+from postern.core.webhooks.manage import create_webhook
 
 # -- the routes the app serves ------------------------------------------------------
 
@@ -101,6 +104,7 @@ VALID_BODIES = {
     "POST /v1/inboxes": {},
     "POST /v1/admin/customers": {"label": "initech"},
     "POST /v1/admin/enrollment-keys": {"scopes": ["mailbox:read"], "max_mailboxes": 1},
+    "POST /v1/webhooks": {"url": "https://hooks.example.org/in", "event_types": ["message.received"]},
 }
 # The most damaging body a caller could send with a foreign id.
 ATTACK_BODIES = {"POST /v1/admin/enrollment-keys/{key_id}/revoke": {"revoke_agent_keys": True}}
@@ -164,6 +168,17 @@ def seed_inbox(postern, enrolled, username: str | None = None) -> Inbox:
     return Inbox.get_by_id(inbox.id)
 
 
+def seed_webhook(postern, enrolled) -> Webhook:
+    """A webhook for every event of ``enrolled``'s enrollment, made through the core."""
+    principal = authenticate(enrolled.agent_key, "agent", INFO)
+    body = {"url": "https://hooks.example.org/in", "event_types": ["message.received", "inbox.created"]}
+    return create_webhook(postern, principal, INFO, body)[0]
+
+
+def first_delivery(webhook: Webhook) -> WebhookDelivery:
+    return WebhookDelivery.select().where(WebhookDelivery.webhook == webhook.id).order_by(WebhookDelivery.id).first()
+
+
 def first_message(inbox: Inbox) -> Message:
     return Message.select().where(Message.inbox == inbox.id).order_by(Message.seq).first()
 
@@ -178,7 +193,18 @@ def denials(code: str | None = None) -> list[AuditEvent]:
 def tenant_snapshot(customer_id: str) -> dict:
     """Every row a tenant owns (audit aside), to prove a foreign caller changed nothing."""
     rows = {}
-    for model in (Customer, AdminToken, EnrollmentKey, Agent, AgentKey, Inbox, Thread, Message):
+    for model in (
+        Customer,
+        AdminToken,
+        EnrollmentKey,
+        Agent,
+        AgentKey,
+        Inbox,
+        Thread,
+        Message,
+        Webhook,
+        WebhookDelivery,
+    ):
         owner = model.id if model is Customer else model.customer
         found = model.select().where(owner == customer_id).order_by(model.id)
         rows[model.__name__] = [model_to_dict(row, recurse=False) for row in found]
@@ -216,6 +242,10 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "enrollment_key", "enr"
     if param == "key_id" and "/agent-keys/" in path:
         return "agent_key", "key"
+    if param == "webhook_id":
+        return "webhook", "whk"
+    if param == "delivery_id":
+        return "delivery", "dlv"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -227,9 +257,11 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     """One of each object under a fresh enrollment of ``tenant``, by kind. The enrollment
     allows a domain of its own, so its domain is its own object as its inbox is."""
     enrolled = tenant.agent_key(handle=handle, domains=[f"{handle}.{tenant.domain}"])
+    webhook = seed_webhook(postern, enrolled)
     inbox = seed_inbox(postern, enrolled, username=handle)
     message = first_message(inbox)
     ids = {"inbox": inbox.id, "agent": enrolled.agent.id, "agent_key": enrolled.key.id}
+    ids.update(webhook=webhook.id, delivery=first_delivery(webhook).id)
     ids.update(message=message.id, thread=message.thread_id, attachment=message.attachments[0].id)
     ids["enrollment_key"] = enrolled.enrollment.id
     ids["domain"] = f"{handle}.{tenant.domain}"
@@ -283,10 +315,39 @@ AGENT_ENDPOINTS = {
     "domains": ("GET", "/v1/domains", "mailbox:read", 200, "domain.list"),
     "domain": ("GET", "/v1/domains/{domain}", "mailbox:read", 200, "domain.read"),
     "domain-verify": ("POST", "/v1/domains/{domain}/verify", "mailbox:read", 200, "domain.verify"),
+    "webhook-create": ("POST", "/v1/webhooks", "mailbox:read", 201, "webhook.create"),
+    "webhook-list": ("GET", "/v1/webhooks", "mailbox:read", 200, "webhook.list"),
+    "webhook-read": ("GET", "/v1/webhooks/{webhook_id}", "mailbox:read", 200, "webhook.read"),
+    "webhook-update": ("PATCH", "/v1/webhooks/{webhook_id}", "mailbox:read", 200, "webhook.update"),
+    "webhook-delete": ("DELETE", "/v1/webhooks/{webhook_id}", "mailbox:read", 204, "webhook.delete"),
+    "webhook-rotate": (
+        "POST",
+        "/v1/webhooks/{webhook_id}/rotate-secret",
+        "mailbox:read",
+        200,
+        "webhook.rotate_secret",
+    ),
+    "webhook-deliveries": (
+        "GET",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        "mailbox:read",
+        200,
+        "webhook.delivery.list",
+    ),
+    "webhook-retry": (
+        "POST",
+        "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+        "mailbox:read",
+        202,
+        "webhook.delivery.retry",
+    ),
+    "webhook-test": ("POST", "/v1/webhooks/{webhook_id}/test", "mailbox:read", 202, "webhook.test"),
 }
 POST_BODIES = {
     "/v1/inboxes/{inbox_id}/messages": {"to": ["someone@example.org"], "subject": "s", "text": "t"},
     "/v1/inboxes/{inbox_id}/messages/{message_id}/reply": {"text": "thanks"},
+    "/v1/webhooks": {"url": "https://hooks.example.org/in", "event_types": ["message.received"]},
+    "/v1/webhooks/{webhook_id}": {"description": "changed"},
 }
 
 
@@ -315,8 +376,9 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
             acme.agent_key(scopes=())
         return
     enrolled = acme.agent_key(scopes=scopes)
+    webhook = seed_webhook(postern, enrolled)
     inbox = seed_inbox(postern, enrolled)
-    body = POST_BODIES.get(path, {}) if method == "POST" else None
+    body = POST_BODIES.get(path, {}) if method in ("POST", "PATCH") else None
     message = first_message(inbox)
     url = path.format(
         inbox_id=inbox.id,
@@ -324,6 +386,8 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
         thread_id=message.thread_id,
         attachment_id=message.attachments[0].id,
         domain=acme.domain,
+        webhook_id=webhook.id,
+        delivery_id=first_delivery(webhook).id,
     )
     resp = client.simulate_request(method, url, headers=bearer(enrolled.agent_key), json=body)
 
@@ -336,11 +400,20 @@ def test_scope_matrix(client, postern, acme, endpoint, scopes):
     error = assert_error(resp, 403, "insufficient_scope")
     assert error["type"] == "permission_error" and f"'{needed}'" in error["message"]
     assert [i.id for i in Inbox.select()] == [inbox.id]  # nothing created or deleted
+    assert [w.id for w in Webhook.select()] == [webhook.id]
     [row] = denials()
     assert (row.code, row.action, row.actor) == ("insufficient_scope", action, "agent")
     assert (row.key_prefix, row.agent_id, row.token_id) == (enrolled.key.key_prefix, enrolled.agent.id, enrolled.key.id)
     assert (row.customer_id, row.enrollment_id) == (acme.customer.id, enrolled.enrollment.id)
-    assert row.target == (inbox.id if "{inbox_id}" in path else acme.domain if "{domain}" in path else None)
+    assert row.target == (
+        inbox.id
+        if "{inbox_id}" in path
+        else acme.domain
+        if "{domain}" in path
+        else webhook.id
+        if "{webhook_id}" in path
+        else None
+    )
     assert row.request_id == resp.headers["x-request-id"]
 
 

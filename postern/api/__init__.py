@@ -9,7 +9,7 @@ import falcon
 import falcon.asgi
 import orjson
 
-from postern.api import admin, domains, downloads, messages
+from postern.api import admin, domains, downloads, messages, webhooks
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller
 from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
@@ -64,6 +64,7 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
         Route("/v1/admin/agents/{agent_id}", admin.AgentResource(caller)),
         Route("/v1/admin/agent-keys/{key_id}/revoke", admin.AgentKeyRevokeResource(caller)),
         Route("/v1/admin/audit", admin.AuditResource(caller)),
+        *(Route(path, resource) for path, resource in webhooks.routes(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):
         routes.extend(batch or ())

@@ -5,6 +5,11 @@
     inbox = client.inboxes.create("support")
     result = client.messages.wait(inbox.id, timeout=60)
 
+Verifying a webhook delivery needs nothing but the standard library:
+
+    from postern.client import verify_webhook
+    event = verify_webhook(body, headers, "whsec_…")
+
 Or, from an enrollment key a human handed over:
 
     from postern.client import bootstrap
@@ -24,6 +29,7 @@ from postern.client.models import (
     Thread,
     WaitResult,
 )
+from postern.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "Attachment",
@@ -36,6 +42,8 @@ __all__ = [
     "Postern",
     "Thread",
     "WaitResult",
+    "WebhookVerificationError",
     "bootstrap",
     "errors",
+    "verify_webhook",
 ]

@@ -87,6 +87,26 @@ class AuthConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    #: CIDR ranges webhook URLs may reach although they are not public (loopback, private,
+    #: link-local...), e.g. ["127.0.0.0/8"]; empty refuses every non-public destination.
+    allow_destinations: list[str] = field(default_factory=list)
+    #: Seconds to connect, and then between bytes of the response, for one delivery attempt.
+    timeout_seconds: int = 15
+    #: Seconds to wait before attempts 2, 3, ...; a delivery fails after the last one.
+    retry_schedule: list[int] = field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+    #: A webhook is disabled after this many deliveries in a row failed every attempt.
+    disable_after_failed_deliveries: int = 3
+    #: Text and HTML bodies are included in message events up to this many characters each.
+    max_body_chars: int = 65536
+    #: Deliveries sent at once by one dispatcher process.
+    concurrency: int = 8
+    #: Base URL put in front of the API links in payloads, e.g. "https://postern.example.org";
+    #: empty gives links relative to the API root.
+    public_url: str = ""
+
+
+@dataclass
 class PluginsConfig:
     #: Plugin names (entry-point or module) that must not load.
     disabled: list[str] = field(default_factory=list)
@@ -126,6 +146,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -155,6 +176,7 @@ _SECTIONS = {
     "log": LogConfig,
     "mail": MailConfig,
     "auth": AuthConfig,
+    "webhooks": WebhooksConfig,
     "plugins": PluginsConfig,
 }
 
@@ -231,9 +253,32 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("auth.agent_key_ttl_seconds must be at least 60")
     if name == "auth" and not 5 <= section.download_link_ttl_seconds <= 86400:
         raise ConfigError("auth.download_link_ttl_seconds must be from 5 to 86400")
+    if name == "webhooks":
+        _check_webhooks(section)
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
     return section
+
+
+def _check_webhooks(section: WebhooksConfig) -> None:
+    import ipaddress
+
+    for cidr in section.allow_destinations:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"webhooks.allow_destinations: '{cidr}' is not an IP network (e.g. 127.0.0.0/8)"
+            ) from None
+    if not 1 <= section.timeout_seconds <= 60:
+        raise ConfigError("webhooks.timeout_seconds must be from 1 to 60")
+    if not 0 < len(section.retry_schedule) <= 20 or not all(0 <= s <= 7 * 86400 for s in section.retry_schedule):
+        raise ConfigError("webhooks.retry_schedule: 1 to 20 delays, each from 0 to 604800 seconds")
+    if section.disable_after_failed_deliveries < 1 or section.concurrency < 1 or section.max_body_chars < 0:
+        raise ConfigError("webhooks: disable_after_failed_deliveries and concurrency must be positive")
+    if section.public_url and not section.public_url.startswith(("http://", "https://")):
+        raise ConfigError("webhooks.public_url must start with http:// or https://")
+    section.public_url = section.public_url.rstrip("/")
 
 
 def _build_role(role: str, value: Any) -> RoleConfig:
@@ -258,6 +303,12 @@ def _build_role(role: str, value: Any) -> RoleConfig:
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     origin = typing.get_origin(kind)
+    if origin is list and typing.get_args(kind) == (int,):
+        if isinstance(value, str):  # from the environment: comma-separated
+            value = [_coerce(key, part.strip(), int) for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, got {_describe(value)}")
+        return value
     if origin is list:
         if isinstance(value, str):  # from the environment: comma-separated
             value = [part.strip() for part in value.split(",") if part.strip()]

@@ -20,6 +20,7 @@ from postern.core.pagination import Page, paginate, parse_limit
 from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota
 from postern.core.runtime import BackendUnavailable
+from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.inboxes")
 
@@ -110,6 +111,7 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
             )
             _provision(postern, inbox)
             audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
+            webhook_events.inbox_event(postern, "inbox.created", inbox)
     except QuotaExceeded as exc:
         _denied(principal, info, "inbox.create", exc.code)
         exc.audited = True
@@ -235,3 +237,4 @@ def delete_inbox(postern, principal: Principal, info: RequestInfo, inbox_id: str
                     retry_after=getattr(exc, "retry_after", None) or 5,
                 ) from exc
         audit.record("inbox.delete", principal=principal, info=info, target=inbox.id)
+        webhook_events.inbox_event(postern, "inbox.deleted", inbox)

@@ -269,6 +269,57 @@ class AuditEvent(BaseModel):
     client_addr = peewee.CharField(max_length=64, null=True)
 
 
+class Webhook(BaseModel):
+    """An endpoint that receives signed event deliveries for one enrollment's inboxes."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("whk"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(EnrollmentKey, on_delete="CASCADE")
+    agent_id = peewee.CharField(max_length=40)  # who created it
+    url = peewee.TextField()
+    event_types = peewee.TextField()  # JSON list
+    inbox_ids = peewee.TextField(default="[]")  # JSON list; empty: every inbox of the enrollment
+    description = peewee.CharField(max_length=200, default="")
+    enabled = peewee.BooleanField(default=True)
+    disabled_reason = peewee.CharField(max_length=500, null=True)
+    #: Signing secrets, encrypted with a server secret (postern.core.webhooks.secrets).
+    secret = peewee.TextField()
+    previous_secret = peewee.TextField(null=True)
+    previous_secret_expires_at = peewee.DateTimeField(null=True)
+    #: Deliveries in a row that failed every attempt; reset by any success.
+    failed_deliveries = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("enrollment", "created_at"), False),)
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one webhook: the exact body, and its attempts so far."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("dlv"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    webhook = peewee.ForeignKeyField(Webhook, backref="deliveries", on_delete="CASCADE")
+    event_id = peewee.CharField(max_length=40)  # the webhook-id header, the same on every attempt
+    event_type = peewee.CharField(max_length=40)
+    payload = peewee.TextField()
+    status = peewee.CharField(max_length=10)  # pending, succeeded, failed
+    attempts = peewee.IntegerField(default=0)
+    next_attempt_at = peewee.DateTimeField(null=True)
+    #: Token of the dispatcher attempt in flight; its result is recorded only under it.
+    lease = peewee.CharField(max_length=40, null=True)
+    last_attempt_at = peewee.DateTimeField(null=True)
+    last_status_code = peewee.IntegerField(null=True)
+    last_error = peewee.TextField(null=True)
+    last_response = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    delivered_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("status", "next_attempt_at"), False), (("webhook", "created_at"), False))
+
+
 #: Every model, for the schema check that keeps migrations and models in step.
 ALL_MODELS = (
     Customer,
@@ -287,4 +338,6 @@ ALL_MODELS = (
     DownloadLink,
     DkimKey,
     DomainCheck,
+    Webhook,
+    WebhookDelivery,
 )

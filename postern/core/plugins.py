@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("smtp_local", "postern.plugins.smtp_local"),
     ("outbox", "postern.plugins.outbox"),
     ("dns_builtin", "postern.plugins.dns_builtin"),
+    ("webhooks", "postern.plugins.webhooks"),
 )
 
 

@@ -19,6 +19,7 @@ from postern.core.ids import new_id
 from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, parse
 from postern.core.mail.threads import find_thread, normalize_subject
 from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
+from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.ingest")
 
@@ -59,12 +60,13 @@ def ingest(
     """
     parsed = parse(raw, limits_for(postern))
     with write_transaction():
-        stored = store(parsed, raw, envelope_from, recipients, known, delivered_for)
+        stored = store(postern, parsed, raw, envelope_from, recipients, known, delivered_for)
     announce(postern, stored)
     return stored
 
 
 def store(
+    postern,
     parsed: ParsedMessage,
     raw: bytes,
     envelope_from: str,
@@ -86,6 +88,7 @@ def store(
     if delivered_for is not None:
         fastsql.execute('UPDATE "message" SET "local_done" = ? WHERE "id" = ?', (True, delivered_for))
     doorbell.ring_in_transaction(m.inbox_id for m in stored)
+    webhook_events.message_event(postern, "message.received", stored)
     return stored
 
 

@@ -38,6 +38,7 @@ from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, T
 from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota
 from postern.core.runtime import BackendUnavailable
+from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.outbound")
 
@@ -240,15 +241,17 @@ def deliver(postern, message_id: str) -> Message:
         log.warning("delivery of %s failed for now: %s", message.id, exc)
         return _retry_later(postern, message, TemporaryFailure(str(exc)))
     status = result.status if result is not None else "sent"
-    Message.update(
-        status="sent" if status == "accepted" else status,
-        backend=result.backend if result else "local",
-        backend_message_id=result.backend_message_id if result else None,
-        attempts=Message.attempts + 1,
-        next_attempt_at=None,
-        error=None,
-    ).where(Message.id == message.id).execute()
-    message = Message.get_by_id(message.id)
+    with write_transaction():
+        Message.update(
+            status="sent" if status == "accepted" else status,
+            backend=result.backend if result else "local",
+            backend_message_id=result.backend_message_id if result else None,
+            attempts=Message.attempts + 1,
+            next_attempt_at=None,
+            error=None,
+        ).where(Message.id == message.id).execute()
+        message = Message.get_by_id(message.id)
+        webhook_events.message_event(postern, "message.sent", [message])
     postern.hook.postern_message_sent(postern=postern, message=message, result=result)
     return message
 
@@ -314,13 +317,15 @@ def _retry_later(postern, message: Message, exc: TemporaryFailure) -> Message:
 
 
 def _fail(postern, message: Message, exc: BackendError) -> Message:
-    Message.update(
-        status="failed",
-        attempts=Message.attempts + 1,
-        error=f"{getattr(exc, 'code', 'error')}: {exc}"[:2000],
-        next_attempt_at=None,
-    ).where(Message.id == message.id).execute()
-    message = Message.get_by_id(message.id)
+    with write_transaction():
+        Message.update(
+            status="failed",
+            attempts=Message.attempts + 1,
+            error=f"{getattr(exc, 'code', 'error')}: {exc}"[:2000],
+            next_attempt_at=None,
+        ).where(Message.id == message.id).execute()
+        message = Message.get_by_id(message.id)
+        webhook_events.message_event(postern, "message.failed", [message])
     postern.hook.postern_message_failed(postern=postern, message=message, error=exc)
     return message
 

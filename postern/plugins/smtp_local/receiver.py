@@ -89,6 +89,7 @@ class Handler:
             parsed = await self.runner.run(parse, raw, self.limits)
             stored = await self.committer.run(
                 store,
+                self.postern,
                 parsed,
                 raw,
                 envelope.mail_from or "",

@@ -1,0 +1,121 @@
+"""Events become deliveries inside the transaction that commits them.
+
+Ingest, outbound and inboxes call one function each from inside their own write
+transaction. It finds the enabled webhooks of the inbox's enrollment that want the
+event and writes one ``WebhookDelivery`` each, holding the exact body every attempt
+will send; so an event is committed with its deliveries or not at all. Without a
+matching webhook this costs one indexed query and builds no payload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+
+from postern.core.ids import new_id
+from postern.core.models import Inbox, Message, Webhook, WebhookDelivery, utcnow
+from postern.core.webhooks import wake
+
+
+def timestamp(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def body_of(event_type: str, data: dict, moment: dt.datetime | None = None) -> str:
+    """The JSON body of one event: ``type``, ``timestamp`` and ``data``."""
+    event = {"type": event_type, "timestamp": timestamp(moment or utcnow()), "data": data}
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_data(postern, message: Message) -> dict:
+    """The message summary of the API, bodies up to ``webhooks.max_body_chars``, the
+    attachments' metadata (never their bytes) and links to fetch the rest."""
+    from postern.api.serialize import message_json
+    from postern.core.mail.reading import view_of
+
+    data = message_json(view_of(message), full=True, max_length=postern.config.webhooks.max_body_chars)
+    data.pop("headers", None)  # unbounded; the full message has them
+    data["links"] = message_links(postern, message)
+    return data
+
+
+def message_links(postern, message: Message) -> dict:
+    base = f"{postern.config.webhooks.public_url}/v1/inboxes/{message.inbox_id}"
+    return {
+        "message": f"{base}/messages/{message.id}",
+        "thread": f"{base}/threads/{message.thread_id}",
+        "raw_link": f"{base}/messages/{message.id}/raw-link",
+    }
+
+
+def inbox_data(inbox: Inbox) -> dict:
+    from postern.api.serialize import inbox_json
+
+    return inbox_json(inbox)
+
+
+def _wants(hook: dict, event_type: str, inbox_id: str) -> bool:
+    inboxes = json.loads(hook["inbox_ids"])
+    return event_type in json.loads(hook["event_types"]) and (not inboxes or inbox_id in inboxes)
+
+
+def message_event(postern, event_type: str, messages: Iterable[Message]) -> int:
+    """Queue ``event_type`` for each message; call inside the event's transaction."""
+    messages = list(messages)
+    if not messages:
+        return 0
+    hooks = (
+        Webhook.select(Webhook.id, Webhook.customer, Webhook.event_types, Webhook.inbox_ids, Inbox.id.alias("inbox"))
+        .join(Inbox, on=(Inbox.enrollment == Webhook.enrollment))
+        .where(Inbox.id.in_(list({m.inbox_id for m in messages})) & (Webhook.enabled == True))  # noqa: E712
+        .dicts()
+    )
+    by_inbox: dict[str, list[dict]] = {}
+    for hook in hooks:
+        if _wants(hook, event_type, hook["inbox"]):
+            by_inbox.setdefault(hook["inbox"], []).append(hook)
+    queued = 0
+    for message in messages:
+        wanting = by_inbox.get(message.inbox_id)
+        if wanting:
+            queued += len(queue(wanting, event_type, message_data(postern, message)))
+    if queued:
+        wake.ring_in_transaction(postern.config.data_dir)
+    return queued
+
+
+def inbox_event(postern, event_type: str, inbox: Inbox) -> int:
+    """Queue ``inbox.created``/``inbox.deleted``; call inside the event's transaction."""
+    hooks = (
+        Webhook.select(Webhook.id, Webhook.customer, Webhook.event_types, Webhook.inbox_ids)
+        .where((Webhook.enrollment == inbox.enrollment_id) & (Webhook.enabled == True))  # noqa: E712
+        .dicts()
+    )
+    wanting = [h for h in hooks if _wants(h, event_type, inbox.id)]
+    queued = len(queue(wanting, event_type, inbox_data(inbox))) if wanting else 0
+    if queued:
+        wake.ring_in_transaction(postern.config.data_dir)
+    return queued
+
+
+def queue(hooks: list[dict], event_type: str, data: dict) -> list[str]:
+    """One delivery of one event per webhook (``{"id", "customer"}``); returns their ids."""
+    now = utcnow()
+    event_id, body = new_id("evt"), body_of(event_type, data, now)
+    rows = [
+        {
+            "id": new_id("dlv"),
+            "customer": hook["customer"],
+            "webhook": hook["id"],
+            "event_id": event_id,
+            "event_type": event_type,
+            "payload": body,
+            "status": "pending",
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for hook in hooks
+    ]
+    WebhookDelivery.insert_many(rows).execute()
+    return [row["id"] for row in rows]

@@ -1,0 +1,75 @@
+"""A real HTTP receiver on 127.0.0.1 for webhook tests: records every request and
+answers from a script (status codes, optional delay), then 200."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() when the request was complete
+
+
+class Receiver:
+    def __init__(self, script=(), delay: float = 0.0, body: bytes = b"ok", headers=None):
+        self.requests: list[Received] = []
+        self.script = list(script)
+        self.delay = delay
+        self.reply_body = body
+        self.reply_headers = headers or {}
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                with receiver.lock:
+                    receiver.requests.append(
+                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                    )
+                    status = receiver.script.pop(0) if receiver.script else 200
+                    receiver.arrived.notify_all()
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                self.send_response(status)
+                for name, value in receiver.reply_headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(receiver.reply_body)))
+                self.end_headers()
+                self.wfile.write(receiver.reply_body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.requests) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"receiver got {len(self.requests)} requests, expected {count}")
+                self.arrived.wait(left)
+            return list(self.requests)

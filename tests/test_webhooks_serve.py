@@ -1,0 +1,163 @@
+"""Webhooks end to end over real sockets: SMTP in, a supervised dispatcher out, and
+dispatcher processes killed and run side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import standardwebhooks
+from support.receiver import Receiver
+from support.server import Server, kill_tree, wait_for
+from support.world import make_tenant
+
+from postern.client import verify_webhook
+from postern.core import migrations
+from postern.core.db import database, open_database
+from postern.core.mail.ingest import ingest
+from postern.core.models import WebhookDelivery
+from postern.core.runtime import build_postern
+from postern.core.webhooks.manage import create_webhook
+
+pytestmark = pytest.mark.slow
+HOOK_ENV = {"POSTERN_WEBHOOKS_ALLOW_DESTINATIONS": "127.0.0.0/8", "POSTERN_WEBHOOKS_TIMEOUT_SECONDS": "1"}
+
+
+def test_smtp_mail_produces_one_signed_delivery(env, tmp_path, db_url):
+    open_database(db_url)
+    with database.connection_context():
+        migrations.upgrade()
+        enrolled = make_tenant("acme").agent_key(handle="support")
+    server = Server({**env, **HOOK_ENV}, tmp_path)
+    headers = {"Authorization": f"Bearer {enrolled.agent_key}"}
+    try:
+        wait_for(lambda: (h := server.health()) and {"smtp", "webhooks"} <= {s["name"] for s in h["services"]})
+        inbox = httpx.post(f"{server.url}/v1/inboxes", headers=headers, json={"username": "support"}).json()
+        with Receiver() as receiver:
+            resp = httpx.post(
+                f"{server.url}/v1/webhooks",
+                headers=headers,
+                json={"url": receiver.url, "event_types": ["message.received"]},
+            )
+            assert resp.status_code == 201, resp.text
+            secret = resp.json()["secret"]
+            wait_for(lambda: _smtp_ready(server.smtp_port))
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+                smtp.sendmail("alice@example.org", [inbox["address"]], b"Subject: Order 42\r\n\r\nWhere is it?\r\n")
+            [got] = receiver.wait_for(1)
+            time.sleep(0.5)
+            assert len(receiver.requests) == 1
+        event = standardwebhooks.Webhook(secret).verify(got.body, got.headers)
+        assert event == verify_webhook(got.body, got.headers, secret)
+        assert event["type"] == "message.received" and event["data"]["subject"] == "Order 42"
+        assert event["data"]["inbox_id"] == inbox["id"] and event["data"]["text"].strip() == "Where is it?"
+        log = httpx.get(f"{server.url}/v1/webhooks/{resp.json()['id']}/deliveries", headers=headers).json()["data"]
+        assert [(d["status"], d["attempts"], d["last_status_code"]) for d in log] == [("succeeded", 1, 200)]
+        assert secret not in server.output()
+    finally:
+        kill_tree(server)
+
+
+def _smtp_ready(port) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def queued(config, env, db):
+    """A webhook to a slow receiver and a way to queue N message.received events."""
+    config.webhooks.allow_destinations = ["127.0.0.0/8"]
+    postern = build_postern(config)
+    enrolled = make_tenant("acme").agent_key(handle="bot")
+    from support.world import INFO
+
+    from postern.core.auth import authenticate
+    from postern.core.inboxes import create_inbox
+
+    principal = authenticate(enrolled.agent_key, "agent", INFO)
+    inbox = create_inbox(postern, principal, INFO, {"username": "bot"})[0]
+
+    def queue(receiver, count):
+        create_webhook(postern, principal, INFO, {"url": receiver.url, "event_types": ["message.received"]})
+        for i in range(count):
+            ingest(postern, f"Subject: n{i}\r\n\r\nbody {i}\r\n".encode(), "a@example.org", [inbox.address])
+
+    return queue
+
+
+def dispatcher(env, log=None) -> subprocess.Popen:
+    full = {**os.environ, **env, **HOOK_ENV, "POSTERN_WEBHOOKS_CONCURRENCY": "2"}
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, "-m", "postern", "service", "run", "webhooks"], env=full, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def statuses() -> dict[str, int]:
+    database.close()  # a fresh snapshot
+    rows = list(WebhookDelivery.select(WebhookDelivery.status))
+    found: dict[str, int] = {}
+    for row in rows:
+        found[row.status] = found.get(row.status, 0) + 1
+    return found
+
+
+def test_a_killed_dispatcher_loses_nothing_and_resumes_on_schedule(queued, env):
+    with Receiver(delay=0.3) as receiver:
+        queued(receiver, 12)
+        first = dispatcher(env)
+        try:
+            receiver.wait_for(3, timeout=30)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        killed_at = time.monotonic()
+        seen = len(receiver.requests)
+        second = dispatcher(env)
+        try:
+            wait_for(lambda: statuses() == {"succeeded": 12}, timeout=60)
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert set(ids) == {d.event_id for d in WebhookDelivery.select()}  # nothing lost
+    repeats = [i for i in set(ids) if ids.count(i) > 1]
+    assert len(repeats) <= 2  # only the attempts in flight at the kill (concurrency 2)
+    for event_id in repeats:
+        again = [r.at for r in receiver.requests if r.headers["webhook-id"] == event_id][1]
+        assert again - killed_at >= 5.5  # re-sent once its lease (2 x timeout + 5 s) ran out, not before
+    rows = list(WebhookDelivery.select())
+    assert all(r.attempts == (2 if r.event_id in repeats else 1) for r in rows)
+    assert seen >= 3 and len(ids) == 12 + len(repeats)
+    for request in receiver.requests:
+        assert json.loads(request.body)["type"] == "message.received"
+
+
+def test_two_dispatcher_processes_never_send_an_attempt_twice(queued, env, tmp_path):
+    logs = [tmp_path / "one.log", tmp_path / "two.log"]
+    with Receiver(delay=0.05) as receiver:
+        procs = [dispatcher(env, log) for log in logs]
+        try:
+            time.sleep(1.5)  # both listening
+            queued(receiver, 30)
+            wait_for(lambda: statuses() == {"succeeded": 30}, timeout=60)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert len(ids) == len(set(ids)) == 30
+    assert {r.attempts for r in WebhookDelivery.select()} == {1}
+    sent = [log.read_text().count("-> succeeded") for log in logs]
+    assert sum(sent) == 30 and min(sent) > 0, sent  # both took a share
