@@ -197,6 +197,12 @@ def test_admin_command_errors_are_one_line(run, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("label", ["ns1", "NS2", "mail"])
+def test_labels_of_postern_own_hosts_are_refused(run, label):
+    result = CliRunner().invoke(cli, ["admin", "customer", "create", "--label", label], obj={})
+    assert result.exit_code != 0 and "names one of Postern's own hosts" in result.output
+
+
 def test_duplicate_customer_label_is_refused(run):
     run("admin", "customer", "create", "--label", "acme")
     result = CliRunner().invoke(cli, ["admin", "customer", "create", "--label", "ACME"], obj={})

@@ -19,6 +19,11 @@ def tenant_domain(base_domain: str, customer: Customer) -> str:
     return f"{customer.label}.{base_domain}"
 
 
+#: Labels of the hosts dns_builtin publishes under the mail domain by default (ns1, ns2,
+#: mail): a tenant zone of that name would shadow them and break delegation for everyone.
+RESERVED_LABELS = frozenset({"ns1", "ns2", "mail"})
+
+
 def create_customer(principal: Principal, info: RequestInfo, label: str, name: str) -> Customer:
     if not principal.is_operator:
         raise PermissionDenied("only an operator token can create customers", code="operator_only")
@@ -26,6 +31,8 @@ def create_customer(principal: Principal, info: RequestInfo, label: str, name: s
         label = normalise_label(label)
     except InvalidName as exc:
         raise InvalidInput(str(exc), field="label") from None
+    if label in RESERVED_LABELS:
+        raise InvalidInput(f"'{label}' names one of Postern's own hosts; choose another label", field="label")
     name = (name or label).strip()
     if len(name) > 200:
         raise InvalidInput("name is longer than 200 characters", field="name")
