@@ -108,11 +108,26 @@ def test_only_the_keys_own_domains_are_visible(client, acme, agent):
 
 
 def test_verify_resolves_through_postern_dns_and_stores_the_status(postern, client, agent):
+    from support.world import INFO
+
+    from postern.core.auth import authenticate
+    from postern.core.models import WebhookDelivery
+    from postern.core.webhooks.manage import create_webhook
+
+    principal = authenticate(agent.agent_key, "agent", INFO)
+    hook = {"url": "https://hooks.example.org/in", "event_types": ["domain.verified", "inbox.created"]}
+    webhook = create_webhook(postern, principal, INFO, hook)[0]
     ns = RunningDns(postern)  # the resolver in config is this server
     try:
         resp = client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent))
+        again = client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent))
     finally:
         ns.stop()
+    assert again.json["status"] == "verified"
+    [delivery] = WebhookDelivery.select().where(WebhookDelivery.webhook == webhook.id)  # once: on becoming verified
+    event = json.loads(delivery.payload)
+    assert event["type"] == "domain.verified" and event["data"]["domain"] == SALES
+    assert event["data"]["status"] == "verified" and event["data"]["zone"] == ACME
     assert resp.status_code == 200, resp.text
     assert resp.json["status"] == "verified" and resp.json["checked_at"]
     checked = {(c["name"], c["type"]) for c in resp.json["checks"] if c["ok"]}

@@ -21,6 +21,7 @@ from postern.core.models import Customer, DomainCheck, EnrollmentKey, utcnow
 from postern.core.names import InvalidName, normalise_domain
 from postern.core.principal import Principal, RequestInfo
 from postern.core.runtime import BackendUnavailable
+from postern.core.webhooks import events as webhook_events
 from postern.core.zones import Zone, ZoneSettings, build_zone, delegation, settings_of, tenant_zones, zone_apex
 
 log = logging.getLogger("postern.domains")
@@ -154,6 +155,11 @@ def verify_domain(postern, principal: Principal, info: RequestInfo, domain: str)
     customer_id = Customer.get(Customer.label == view.zone.split(".", 1)[0]).id
     with write_transaction():
         payload = json.dumps([{**c.__dict__, "found": list(c.found)} for c in checks])
+        before = DomainCheck.get_or_none(DomainCheck.domain == name)
+        if status == "verified" and (before is None or before.status != "verified"):
+            now = webhook_events.timestamp(utcnow())
+            data = {"domain": name, "zone": view.zone, "status": status, "checked_at": now}
+            webhook_events.domain_event(postern, "domain.verified", customer_id, name, data)
         updated = (
             DomainCheck.update(status=status, checks=payload, checked_at=utcnow())
             .where(DomainCheck.domain == name)

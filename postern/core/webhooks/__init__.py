@@ -8,6 +8,13 @@
 - ``destinations``: which URLs may be called, checked again at connect time.
 """
 
-EVENT_TYPES = ("message.received", "message.sent", "message.failed", "inbox.created", "inbox.deleted")
+EVENT_TYPES = (
+    "message.received",
+    "message.sent",
+    "message.failed",
+    "inbox.created",
+    "inbox.deleted",
+    "domain.verified",
+)
 #: Sent by ``POST /v1/webhooks/{id}/test`` whatever the webhook subscribes to.
 TEST_EVENT = "webhook.test"

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 
 from postern.core.ids import new_id
-from postern.core.models import Inbox, Message, Webhook, WebhookDelivery, utcnow
+from postern.core.models import EnrollmentKey, Inbox, Message, Webhook, WebhookDelivery, utcnow
 from postern.core.webhooks import wake
 
 
@@ -94,6 +94,25 @@ def inbox_event(postern, event_type: str, inbox: Inbox) -> int:
     )
     wanting = [h for h in hooks if _wants(h, event_type, inbox.id)]
     queued = len(queue(wanting, event_type, inbox_data(inbox))) if wanting else 0
+    if queued:
+        wake.ring_in_transaction(postern.config.data_dir)
+    return queued
+
+
+def domain_event(postern, event_type: str, customer_id: str, domain: str, data: dict) -> int:
+    """Queue ``domain.verified`` for the webhooks of every enrollment of the tenant that
+    may see ``domain`` (its allowed domains, as ``GET /v1/domains`` shows them); call
+    inside the event's transaction."""
+    hooks = (
+        Webhook.select(Webhook.id, Webhook.customer, Webhook.event_types, EnrollmentKey.allowed_domains)
+        .join(EnrollmentKey, on=(EnrollmentKey.id == Webhook.enrollment))
+        .where((Webhook.customer == customer_id) & (Webhook.enabled == True))  # noqa: E712
+        .dicts()
+    )
+    wanting = [
+        h for h in hooks if event_type in json.loads(h["event_types"]) and domain in json.loads(h["allowed_domains"])
+    ]
+    queued = len(queue(wanting, event_type, data)) if wanting else 0
     if queued:
         wake.ring_in_transaction(postern.config.data_dir)
     return queued
