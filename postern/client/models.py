@@ -20,6 +20,14 @@ def _known(cls, data: dict) -> dict:
     return {k: v for k, v in data.items() if k in names}
 
 
+def _known_timed(cls, data: dict, *times: str) -> dict:
+    """``_known`` with the named ISO 8601 fields parsed into datetimes."""
+    values = _known(cls, data)
+    for name in times:
+        values[name] = _time(values.get(name))
+    return values
+
+
 @dataclass(frozen=True)
 class Person:
     address: str
@@ -99,9 +107,7 @@ class Inbox:
 
     @classmethod
     def from_json(cls, data: dict) -> Inbox:
-        values = _known(cls, data)
-        values["created_at"] = _time(values.get("created_at"))
-        return cls(**values)
+        return cls(**_known_timed(cls, data, "created_at"))
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,7 @@ class Thread:
 
     @classmethod
     def from_json(cls, data: dict) -> Thread:
-        values = _known(cls, data)
-        values["created_at"] = _time(values.get("created_at"))
-        values["last_message_at"] = _time(values.get("last_message_at"))
+        values = _known_timed(cls, data, "created_at", "last_message_at")
         values["messages"] = [Message.from_json(m) for m in data.get("messages") or []]
         return cls(**values)
 
@@ -165,9 +169,7 @@ class Me:
 
     @classmethod
     def from_json(cls, data: dict) -> Me:
-        values = _known(cls, data)
-        values["expires_at"] = _time(values.get("expires_at"))
-        return cls(**values)
+        return cls(**_known_timed(cls, data, "expires_at"))
 
 
 @dataclass(frozen=True)
@@ -185,9 +187,7 @@ class Enrollment:
 
     @classmethod
     def from_json(cls, data: dict) -> Enrollment:
-        values = _known(cls, data)
-        values["expires_at"] = _time(values.get("expires_at"))
-        return cls(**values)
+        return cls(**_known_timed(cls, data, "expires_at"))
 
 
 JSON = dict[str, Any]
