@@ -1,0 +1,270 @@
+"""``WildDuckReceiver``: every inbox is a WildDuck user whose address is the inbox's.
+
+Provisioning runs inside the transaction that creates the inbox, so the
+``wildduck_mailbox`` row (user, folders, watermark) commits with the inbox or not at
+all; when that transaction fails after us, the core calls ``deprovision``, which finds
+the user made for that inbox (by its username) and removes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from postern.core.backends import BackendError, InboxRef, PermanentFailure, Receiver
+from postern.core.db import database, write_transaction
+from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckOrphan
+
+log = logging.getLogger("postern.wildduck")
+
+OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "api_url": str,
+    "access_token": str,
+    "timeout_seconds": (int, float),
+    "imap_host": str,
+    "imap_port": int,
+    "imap_tls": bool,
+    "lmtp_host": str,
+    "lmtp_port": int,
+    "redis_url": str,
+    "sweep_seconds": (int, float),
+    "mx_host": str,
+    "smtp_bind": str,
+    "hostname": str,
+    "max_recipients": int,
+    "threads": int,
+}
+
+
+#: Users made by provisioning that a process remembers (see ``WildDuckReceiver._made``).
+MADE_REMEMBERED = 1000
+
+#: How an option's type is named in an error, as a TOML user would say it.
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"{'an integer' if isinstance(value, int) else 'a number'} ({value})"
+    if isinstance(value, str):
+        return f'a string ("{value[:40]}")'
+    return {list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+class WildDuckReceiver(Receiver):
+    """Receive backend backed by a WildDuck mail server (REST API, LMTP, IMAP)."""
+
+    name = "wildduck"
+    description = "WildDuck mailboxes (REST provisioning, LMTP delivery, IMAP for humans)"
+
+    def __init__(
+        self,
+        api_url: str,
+        access_token: str = "",
+        timeout_seconds: float = 10,
+        imap_host: str = "127.0.0.1",
+        imap_port: int = 993,
+        imap_tls: bool = True,
+        lmtp_host: str = "127.0.0.1",
+        lmtp_port: int = 24,
+        redis_url: str = "",
+        sweep_seconds: float = 300,
+        mx_host: str = "",
+        smtp_bind: str = "127.0.0.1:2525",
+        hostname: str = "postern.localhost",
+        max_recipients: int = 100,
+        threads: int = 4,
+    ):
+        self.api_url, self.access_token, self.timeout_seconds = api_url, access_token, timeout_seconds
+        self.imap_host, self.imap_port, self.imap_tls = imap_host, imap_port, imap_tls
+        self.lmtp_host, self.lmtp_port = lmtp_host, lmtp_port
+        self.redis_url, self.sweep_seconds, self.mx_host = redis_url, sweep_seconds, mx_host
+        # The SMTP front door reads these names, the same as smtp_local's options.
+        self.bind, self.hostname, self.max_recipients, self.threads = smtp_bind, hostname, max_recipients, threads
+        self._api = None
+        #: Inbox id -> user made for it by this process, most recent last: if the inbox's
+        #: transaction rolls back, ``deprovision`` (called right after) knows the user even
+        #: when WildDuck no longer answers, and can leave it as an orphan to delete later.
+        self._made: OrderedDict[str, str] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> WildDuckReceiver:
+        for key, value in options.items():
+            kind = OPTIONS.get(key)
+            if kind is None:
+                raise ValueError(f"unknown option '{key}'; known: {', '.join(OPTIONS)}")
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ValueError(f"'{key}' must be {_KIND_NAMES[kind]}, got {_describe(value)}")
+        if not options.get("api_url"):
+            raise ValueError('api_url is required, e.g. "http://127.0.0.1:8080"')
+        receiver = cls(**options)
+        if urlsplit(receiver.api_url).scheme not in ("http", "https"):
+            raise ValueError(f"api_url must be an http(s) URL, got '{receiver.api_url}'")
+        if receiver.redis_url and urlsplit(receiver.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url must be a redis:// URL, got '{receiver.redis_url}'")
+        if receiver.bind:
+            host, _, port = receiver.bind.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"smtp_bind must be host:port (or \"\" for no SMTP listener), got '{receiver.bind}'")
+        if receiver.max_recipients < 1:
+            raise ValueError("max_recipients must be at least 1")
+        if receiver.sweep_seconds <= 0:
+            raise ValueError("sweep_seconds must be positive")
+        try:
+            import httpx  # noqa: F401  (a core dependency; imapclient/redis are the extra)
+        except ImportError:  # pragma: no cover
+            raise ValueError("needs httpx") from None
+        if receiver.redis_url:
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise ValueError("redis_url needs the 'wildduck' extra: pip install 'postern[wildduck]'") from None
+        return receiver
+
+    @property
+    def api(self):
+        if self._api is None:
+            from postern.plugins.wildduck.api import WildDuckApi
+
+            self._api = WildDuckApi(self.api_url, self.access_token, self.timeout_seconds)
+        return self._api
+
+    def provision(self, inbox: InboxRef) -> None:
+        """Find or create the WildDuck user for the address and record it (idempotent).
+        A user made here is deleted again if anything after its creation fails."""
+        api = self.api
+        user = api.user_of_address(inbox.address)
+        if user is not None and WildDuckOrphan.get_or_none(WildDuckOrphan.user_id == user) is not None:
+            # Left behind by an inbox that rolled back: its mail is not this inbox's.
+            api.delete_user(user)
+            user = None
+        if user is None:
+            user = api.user_of_username(username_for(inbox.inbox_id))
+        if user is not None:
+            # Reused (a retry, or a user that existed before): mail already there is not new.
+            _record(api, inbox.inbox_id, user, existing=True)
+        else:
+            user = api.create_user(username_for(inbox.inbox_id), inbox.address)
+            self._remember_made(inbox.inbox_id, user)
+            with _deleted_on_failure(self, inbox, user):
+                _record(api, inbox.inbox_id, user, existing=False)
+        log.info("provisioned %s as WildDuck user %s", inbox.inbox_id, user)
+
+    def deprovision(self, inbox: InboxRef) -> None:
+        """Delete the WildDuck user (WildDuck frees the address at once); idempotent.
+        If WildDuck does not answer, the user is recorded as an orphan (the watcher
+        deletes it later) and the failure raised: deleting an inbox then fails as a
+        whole, and the record goes with that rollback; after a rolled-back creation
+        (no transaction open) the record stays."""
+        row = WildDuckMailbox.get_or_none(WildDuckMailbox.inbox == inbox.inbox_id)
+        user = row.user_id if row else self._made.pop(inbox.inbox_id, None)
+        try:
+            if user is None:
+                user = self._user_to_delete(inbox)
+            if user is not None:
+                self.api.delete_user(user)
+        except BackendError:
+            if user is not None:
+                _remember_orphan(user, inbox.address)
+            raise
+        WildDuckMailbox.delete().where(WildDuckMailbox.inbox == inbox.inbox_id).execute()
+        log.info("deprovisioned %s (WildDuck user %s)", inbox.inbox_id, user)
+
+    def _remember_made(self, inbox_id: str, user: str) -> None:
+        self._made[inbox_id] = user
+        while len(self._made) > MADE_REMEMBERED:
+            self._made.popitem(last=False)  # long committed: a rollback follows at once or never
+
+    def _user_to_delete(self, inbox: InboxRef) -> str | None:
+        """The user of an inbox whose ``wildduck_mailbox`` row is gone with it. The core
+        calls ``deprovision`` inside the transaction that deletes an inbox (the row went
+        by cascade: the user holding the address is the inbox's, made or reused), and
+        outside any transaction after a creation rolled back (then only a user made for
+        this inbox is Postern's to delete, not one that held the address before)."""
+        if database.in_transaction():
+            return self.api.user_of_address(inbox.address)
+        return self.api.user_of_username(username_for(inbox.inbox_id))
+
+    def deliver_local(self, postern, message, recipients: list[str]) -> bool:
+        """Agent-to-agent mail goes through WildDuck's LMTP like any other, so it is in
+        the recipient's IMAP INBOX and the watcher ingests it once (postern.core.mail.outbound)."""
+        from postern.plugins.wildduck.local import deliver_local
+
+        deliver_local(postern, self, message, recipients)
+        return True
+
+
+@contextmanager
+def _deleted_on_failure(receiver: WildDuckReceiver, inbox: InboxRef, user: str):
+    """Whatever fails after WildDuck made ``user`` deletes it again. If that delete fails
+    too, the user stays in ``receiver._made`` for ``deprovision``, which the core calls
+    once the inbox's transaction has rolled back and which records the orphan then (a
+    record written now would roll back with the inbox)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            receiver.api.delete_user(user)
+            receiver._made.pop(inbox.inbox_id, None)
+        except BackendError as exc:
+            log.warning("could not delete WildDuck user %s of failed inbox %s: %s", user, inbox.inbox_id, exc)
+        raise
+
+
+def _record(api, inbox_id: str, user: str, *, existing: bool) -> None:
+    folders = api.mailboxes(user)
+    if "INBOX" not in folders:
+        raise PermanentFailure("WildDuck user has no INBOX", code="wildduck_no_inbox")
+    newest = api.newest_received(user, folders["INBOX"]) if existing else None
+    _upsert(inbox_id, user, folders, newest)
+
+
+def _remember_orphan(user: str, address: str) -> None:
+    with write_transaction():
+        WildDuckOrphan.insert(user_id=user, address=address).on_conflict_ignore().execute()
+
+
+def delete_orphans(api) -> int:
+    """Delete the users of rolled-back inboxes that WildDuck could not delete then;
+    returns how many went. Called by the watcher's sweep."""
+    deleted = 0
+    for orphan in list(WildDuckOrphan.select()):
+        if WildDuckMailbox.get_or_none(WildDuckMailbox.user_id == orphan.user_id) is not None:
+            pass  # adopted by a provisioning since: not ours to delete
+        else:
+            try:
+                api.delete_user(orphan.user_id)
+            except BackendError as exc:
+                log.info("orphaned WildDuck user %s not deleted yet: %s", orphan.user_id, exc)
+                continue
+            deleted += 1
+        with write_transaction():
+            WildDuckOrphan.delete().where(WildDuckOrphan.user_id == orphan.user_id).execute()
+    return deleted
+
+
+def username_for(inbox_id: str) -> str:
+    """WildDuck usernames are lower-case; Postern's ids are not, so hash rather than fold."""
+    return "postern-" + hashlib.sha256(inbox_id.encode()).hexdigest()[:24]
+
+
+def _upsert(inbox_id: str, user: str, folders: dict[str, str], newest) -> None:
+    """``newest``: the receive time of the newest message a reused user already holds;
+    only mail received after it is the inbox's."""
+    WildDuckMailbox.delete().where(WildDuckMailbox.inbox == inbox_id).execute()
+    WildDuckMailbox.create(
+        inbox=inbox_id,
+        user_id=user,
+        inbox_mailbox=folders["INBOX"],
+        sent_mailbox=folders.get("\\Sent"),
+        ingest_from=newest + dt.timedelta(milliseconds=1) if newest else None,
+        seen_until=newest,
+    )
