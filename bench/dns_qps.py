@@ -37,7 +37,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.query
-from harness import Child, free_port, make_world, postern_cmd, running
+from harness import Child, free_port, make_world, postern_cmd, record, running
 
 TARGET = 0.25  # dns_builtin >= 25% of NSD's queries per second
 ZONE = "bench.agents.localhost"
@@ -197,6 +197,7 @@ def main() -> int:
         print(f"{name:12} {medians[name]:>10,.0f} {spread:>17} {sum(lost for _, lost in runs):>5}")
     ratio = medians["dns_builtin"] / medians["nsd"]
     print(f"dns_builtin / nsd: {ratio:.0%} (per round: {', '.join(f'{r:.0%}' for r in ratios)})")
+    record("DNS, q/s", medians["dns_builtin"], "q/s", "NSD", medians["nsd"], f">= {TARGET:.0%}", ratio >= TARGET)
     print(f"target >= {TARGET:.0%} of NSD: {'met' if ratio >= TARGET else 'NOT met'}")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -244,3 +244,34 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))  # ceil
     return ordered[int(rank) - 1]
+
+
+# ---- one table for `python -m bench` -------------------------------------------------
+
+RESULTS_ENV = "POSTERN_BENCH_RESULTS"
+
+
+def record(
+    figure: str,
+    value: float,
+    unit: str,
+    baseline: str = "",
+    baseline_value: float | None = None,
+    target: str = "",
+    met: bool | None = None,
+) -> None:
+    """Hand one figure (beside its same-run baseline) to ``python -m bench``.
+
+    A no-op when the script runs on its own; under ``python -m bench`` each call appends
+    a JSON line to the file named by $POSTERN_BENCH_RESULTS, which the runner tabulates.
+    """
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    import json
+
+    row = dict(
+        figure=figure, value=value, unit=unit, baseline=baseline, baseline_value=baseline_value, target=target, met=met
+    )
+    with open(path, "a") as out:
+        out.write(json.dumps(row) + "\n")

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 import gunicorn
-from harness import BENCH_DIR, Child, free_port, make_world, postern_cmd, prefill, running, wait_http
+from harness import BENCH_DIR, Child, free_port, make_world, postern_cmd, prefill, record, running, wait_http
 
 TARGET = 0.50  # postern list >= 50% of the bare falcon ping
 BASELINE = "falcon /ping"
@@ -169,6 +169,8 @@ def main() -> int:
         f"\ntarget: postern list >= {TARGET:.0%} of {BASELINE} -> {ratio:.0%}, "
         f"{'met' if ratio >= TARGET else 'NOT met'}"
     )
+    record("list messages, req/s", median["postern list"], "req/s", BASELINE, base, f">= {TARGET:.0%}", ratio >= TARGET)
+    record("postern /healthz, req/s", median["postern /healthz"], "req/s", BASELINE, base)
     print(f"message.list audit rows written during the run: {audit_rows:,} (one committed write per list request)")
     errors = sum(e for runs in samples.values() for _, e in runs)
     return 0 if errors == 0 else 1

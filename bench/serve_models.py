@@ -33,6 +33,7 @@ from pathlib import Path
 
 import gunicorn
 import model_apps  # bench/ is sys.path[0] when run as a script; seeds the database
+from harness import record
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -285,6 +286,8 @@ def main() -> int:
         note = f"vs sync {base_endpoint}" if base_endpoint != endpoint else ""
         errors = sum(e for _, e in runs)
         print(f"{name:<18} {endpoint:<9} {median[name, endpoint]:>8,.0f} {spread:>14} {ratio:>8} {errors:>6}  {note}")
+        if name != BASELINE:
+            record(f"{name} {endpoint}, req/s", median[name, endpoint], "req/s", f"{BASELINE} {base_endpoint}", base)
     return 0
 
 

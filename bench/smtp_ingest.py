@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 import aiosmtpd
-from harness import BENCH_DIR, Child, count_messages, free_port, make_world, postern_cmd, running, wait_smtp
+from harness import (
+    BENCH_DIR,
+    Child,
+    count_messages,
+    free_port,
+    make_world,
+    postern_cmd,
+    record,
+    running,
+    wait_smtp,
+)
 
 TARGET = 0.75  # Postern >= 75% of the do-nothing aiosmtpd handler
 
@@ -170,6 +180,9 @@ def main() -> int:
     verdict = "met" if ratio >= TARGET else "NOT met"
     print(f"\ntarget: postern >= {TARGET:.0%} of aiosmtpd null -> {ratio:.0%}, {verdict}")
     ok = stored == sent_to_postern
+    record("SMTP ingest, msg/s", median["postern"], "msg/s", "aiosmtpd null", null, f">= {TARGET:.0%}", ratio >= TARGET)
+    record("SMTP ingest vs C sink, msg/s", median["postern"], "msg/s", "smtp-sink", sink)
+    record("SMTP messages stored of sent", stored, "rows", "sent", sent_to_postern, "= 100%", ok)
     print(
         f"stored rows in postern's message table: {stored:,} of {sent_to_postern:,} sent -> "
         f"{'OK' if ok else 'MISMATCH'}"

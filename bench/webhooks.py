@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Child, make_world, percentile, postern_cmd, prefill, running, wait_smtp
+from harness import Child, make_world, percentile, postern_cmd, prefill, record, running, wait_smtp
 from support.receiver import Receiver
 
 from postern.client import verify_webhook
@@ -89,6 +89,24 @@ def latency(args, tmp: Path) -> list[float]:
     return delays
 
 
+def direct_post_delays(count: int) -> list[float]:
+    """The baseline for the delay: the last hop alone, a new connection and one POST of a
+    small JSON body straight to the same kind of receiver, timed to its having read it."""
+    import http.client
+
+    delays = []
+    with Receiver() as receiver:
+        for i in range(count):
+            start = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=10)
+            conn.request("POST", "/hook", body=json.dumps({"i": i}), headers={"content-type": "application/json"})
+            got = receiver.wait_for(i + 1)[i]
+            conn.getresponse().read()
+            conn.close()
+            delays.append(got.at - start)
+    return delays
+
+
 def check(got, secret: str, expected: int) -> None:
     ids = {r.headers["webhook-id"] for r in got}
     if len(got) != expected or len(ids) != expected:
@@ -116,10 +134,18 @@ def main() -> None:
         )
         delays = latency(args, Path(tmp))
     ms = [d * 1000 for d in delays]
+    direct = [d * 1000 for d in direct_post_delays(args.messages)]
     print(
         f"SMTP 250 -> webhook at receiver, {len(ms)} messages one at a time: "
         f"p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms"
     )
+    print(
+        f"baseline, a direct POST to a receiver: p50 {percentile(direct, 50):.2f} ms, "
+        f"p99 {percentile(direct, 99):.2f} ms"
+    )
+    record("webhook deliveries/s", rate, "deliveries/s")
+    record("SMTP 250 -> webhook p50", percentile(ms, 50), "ms", "direct POST p50", percentile(direct, 50))
+    record("SMTP 250 -> webhook p99", percentile(ms, 99), "ms", "direct POST p99", percentile(direct, 99))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ CLEAN_ERRORS = (
 )
 
 TEMPLATE = Path(__file__).parent / "postern.example.toml"
+MISSING_MCP_EXTRA = "the MCP server needs the 'mcp' extra: pip install 'postern[mcp]'"
 
 
 class PosternGroup(click.Group):
@@ -102,6 +103,37 @@ def serve(ctx, only, bind, workers):
     prepare_database(config)  # migrate once, before any child races to
     services = [service.name for service in p.services()]
     sys.exit(supervise(config, api=only != "services", services=services))
+
+
+@cli.command()
+@click.option("--http", "over_http", is_flag=True, help="Serve streamable HTTP (many agents) instead of stdio.")
+@click.option("--bind", help="host:port for --http (mcp.bind, default 127.0.0.1:8810).")
+@click.option("--api-url", help="The Postern REST API (POSTERN_API_BASE_URL; 'mock' runs offline).")
+@click.pass_context
+def mcp(ctx, over_http, bind, api_url):
+    """Serve Postern's tools to an MCP host.
+
+    stdio (the default) serves one agent, whose key comes from POSTERN_API_KEY or from
+    the redeem_enrollment tool. --http serves many: each brings its own bearer key.
+    POSTERN_MOCK=1 runs every tool offline on the SDK's mock mode.
+    """
+    try:
+        from postern.mcp import run
+    except ImportError as exc:
+        raise click.ClickException(f"{MISSING_MCP_EXTRA} ({exc})") from None
+    from postern.core.config import api_base_url, split_host_port
+    from postern.mcp.keys import AdminKeyRefused
+
+    base_url = api_url or os.environ.get("POSTERN_API_BASE_URL") or None
+    if not over_http:
+        try:
+            run.run_stdio(base_url=base_url)
+        except AdminKeyRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+    config = obtain_config(ctx)
+    host, port = split_host_port("--bind" if bind else "mcp.bind", bind or config.mcp.bind)
+    run.run_http(host=host, port=port, base_url=base_url or api_base_url(config))
 
 
 @cli.group()

@@ -27,6 +27,8 @@ class ApiApplication(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        from postern.api.openapi import HEADER_COUNT_LIMIT, HEADER_SIZE_LIMIT, REQUEST_LINE_LIMIT
+
         server = self.config.server
         settings = {
             "bind": [server.bind],
@@ -35,6 +37,10 @@ class ApiApplication(BaseApplication):
             "timeout": server.timeout,
             "graceful_timeout": server.graceful_timeout,
             "proc_name": "postern-api",
+            # What /v1/openapi.json documents as 414 and 431.
+            "limit_request_line": REQUEST_LINE_LIMIT,
+            "limit_request_field_size": HEADER_SIZE_LIMIT,
+            "limit_request_fields": HEADER_COUNT_LIMIT,
             # gunicorn 27's control socket sits at one path per user: two instances
             # on a host would fight over it, and Postern does not use it.
             "control_socket_disable": True,
@@ -50,7 +56,7 @@ class ApiApplication(BaseApplication):
         from postern.api import create_app
         from postern.core.runtime import build_postern
 
-        return create_app(build_postern(self.config))
+        return create_app(build_postern(self.config), notice_disconnects=True)
 
 
 def run_api(config: Config) -> None:

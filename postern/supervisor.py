@@ -28,7 +28,6 @@ from postern.core.models import ServiceState, utcnow
 log = logging.getLogger("postern.supervisor")
 
 BACKOFF_START = 1.0
-BACKOFF_MAX = 60.0
 HEALTHY_RUN = 30.0  # seconds of uptime after which a crash no longer counts towards backoff
 READY_TIMEOUT = 60.0
 POLL = 0.2
@@ -122,8 +121,8 @@ class Supervisor:
         child.last_exit = f"signal {-code}" if code < 0 else f"exit {code}"
         if now - child.started_at >= HEALTHY_RUN:
             child.backoff = BACKOFF_START
-        delay = child.backoff
-        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        delay = min(child.backoff, self.config.server.restart_backoff_max)
+        child.backoff = min(child.backoff * 2, self.config.server.restart_backoff_max)
         child.next_start = now + delay
         child.proc = None
         log.warning("%s stopped (%s); restarting in %.0fs", child.name, child.last_exit, delay)

@@ -56,3 +56,21 @@ def db(db_url):
     migrations.upgrade()
     yield database.obj
     database.close()
+
+
+@pytest.fixture(scope="session")
+def wildduck_stack():
+    """A real WildDuck (SecantusDB + Redis + wildduck@1.46.1) on loopback ports, started
+    once per session. Skips when the stack is not installed here, but fails in CI,
+    where .ci/run installs it."""
+    from support.wildduck_stack import StackUnavailable, WildDuckStack
+
+    stack = WildDuckStack()
+    try:
+        stack.start()
+    except StackUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} (CI must install it: see .ci/run)")
+        pytest.skip(str(exc))
+    yield stack
+    stack.stop()

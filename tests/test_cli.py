@@ -48,8 +48,18 @@ def test_plugins_json(run):
         "choices": ["free"],
     }
     assert roles["dns"]["available"] is True and roles["dns"]["choices"] == ["dns_builtin"]
-    assert [p["name"] for p in data["plugins"]] == ["billing_free", "dns_builtin", "outbox", "smtp_local", "webhooks"]
+    assert [p["name"] for p in data["plugins"]] == [
+        "acs",
+        "billing_free",
+        "dns_builtin",
+        "mcp_http",
+        "outbox",
+        "smtp_local",
+        "webhooks",
+        "wildduck",
+    ]
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
+    assert roles["receive"]["choices"] == ["smtp_local", "wildduck"]
     assert roles["send"]["available"] is True and roles["send"]["plugin"] == "smtp_local"
 
 
@@ -83,10 +93,11 @@ def test_config_error_is_one_clean_line(run, tmp_path):
 
 
 def test_unknown_backend_refused_by_serve(run, monkeypatch):
-    monkeypatch.setenv("POSTERN_RECEIVE_BACKEND", "wildduck")
+    monkeypatch.setenv("POSTERN_RECEIVE_BACKEND", "mailcow")
     result = CliRunner().invoke(cli, ["serve"], obj={})
     assert result.exit_code == 1
-    assert "receive backend 'wildduck' is not available (plugin not installed?)" in result.output
+    assert "receive backend 'mailcow' is not available (plugin not installed?)" in result.output
+    assert "choose one of: smtp_local, wildduck" in result.output
 
 
 def test_plugin_commands_are_added(run, monkeypatch, capsys):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from postern.core.config import ConfigError, Secret, load_config
+from postern.core.config import ConfigError, Secret, api_base_url, load_config
 
 
 def write(tmp_path, text) -> Path:
@@ -88,6 +88,9 @@ def test_secrets_resolved_from_environment(tmp_path):
         ("server = 3\n", {}, "'server' must be a table"),
         ("[server\n", {}, "not valid TOML"),
         ("", {"POSTERN_SERVER_WORKERS": "many"}, "server.workers: expected an integer, got str 'many'"),
+        ('[mcp]\nbind = "8810"\n', {}, "mcp.bind: '8810' is not host:port"),
+        ('[mcp]\nbind = "localhost:99999"\n', {}, "mcp.bind: 'localhost:99999' is not host:port"),
+        ('[mcp]\napi_base_url = "ftp://x"\n', {}, "mcp.api_base_url must start with http:// or https://"),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(tmp_path, text, env, message):
@@ -116,3 +119,11 @@ def test_example_config_is_valid_and_shipped(tmp_path):
     assert example.read_text() == (root / "postern" / "postern.example.toml").read_text()
     config = load_config(example, environ={})
     assert config.server.workers == 2 and not config.role("send").explicit
+
+
+def test_mcp_reaches_this_servers_api_unless_told_otherwise(tmp_path):
+    config = load_config(write(tmp_path, '[server]\nbind = "0.0.0.0:9000"\n[mcp]\nenabled = true\n'), environ={})
+    assert config.mcp.enabled and config.mcp.bind == "127.0.0.1:8810"
+    assert api_base_url(config) == "http://127.0.0.1:9000"  # a wildcard bind is reached on loopback
+    config = load_config(write(tmp_path, '[mcp]\napi_base_url = "https://mail.example.org/"\n'), environ={})
+    assert api_base_url(config) == "https://mail.example.org"

@@ -4,6 +4,7 @@ resolver path (dnspython asking Postern's own DNS server), and the admin CLI."""
 from __future__ import annotations
 
 import json
+import socket
 
 import falcon.testing
 import pytest
@@ -193,3 +194,42 @@ def test_without_a_dns_backend_the_domains_api_says_so(env, db, agent):
     resp = client.simulate_get("/v1/domains", headers=bearer(agent))
     assert resp.status_code == 503 and resp.json["error"]["code"] == "no_dns_backend"
     assert "dns_builtin" in resp.json["error"]["message"]
+
+
+def verify_through_silence(client, agent, port: int, silence: str):
+    """Verify while the resolver's port is closed, or bound by a socket that never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dropper:
+        if silence == "drops":
+            dropper.bind(("127.0.0.1", port))  # packets arrive and are never read
+        return client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent))
+
+
+@pytest.mark.parametrize("silence", ["closed", "drops"])
+def test_an_unreachable_resolver_is_a_503_that_leaves_the_status_as_it_was(postern, client, agent, port, silence):
+    down = verify_through_silence(client, agent, port, silence)
+    assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1, down.text
+    assert down.json["error"]["code"] == "resolver_unreachable"
+    assert DomainCheck.get_or_none(DomainCheck.domain == SALES) is None  # still unverified, not failed
+    assert client.simulate_get(f"/v1/domains/{SALES}", headers=bearer(agent)).json["status"] == "unverified"
+
+    ns = RunningDns(postern)
+    try:
+        assert client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent)).json["status"] == "verified"
+    finally:
+        ns.stop()
+    verified_at = DomainCheck.get_by_id(SALES).checked_at
+
+    down = verify_through_silence(client, agent, port, silence)
+    assert down.status_code == 503 and down.json["error"]["code"] == "resolver_unreachable"
+    check = DomainCheck.get_by_id(SALES)
+    assert (check.status, check.checked_at) == ("verified", verified_at)  # a resolver outage is not the domain's fault
+    outcomes = [(r.outcome, r.code) for r in AuditEvent.select().where(AuditEvent.action.contains("verify"))]
+    assert outcomes.count(("denied", "resolver_unreachable")) == 2 and outcomes.count(("ok", "verified")) == 1
+
+    ns = RunningDns(postern)  # the resolver is back
+    try:
+        again = client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent))
+    finally:
+        ns.stop()
+    assert again.status_code == 200 and again.json["status"] == "verified"
+    assert DomainCheck.get_by_id(SALES).checked_at > verified_at

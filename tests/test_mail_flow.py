@@ -209,6 +209,31 @@ def test_waiters_in_every_worker_wake_when_mail_arrives_over_smtp(live):
     assert len(workers) == 2, f"waits were served by {workers}; expected both workers"
 
 
+def test_a_wait_whose_client_disconnects_is_released_at_once(live):
+    inbox = make_inbox(live, "leaver")
+    path = f"/v1/inboxes/{inbox['id']}/messages/wait?timeout=120"
+    clients = []
+    for _ in range(4):  # spread over both workers
+        sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live.key}\r\n\r\n".encode())
+        clients.append(sock)
+    time.sleep(1.0)  # let every wait park (set-up, not a timing assertion)
+    for sock in clients:
+        sock.close()
+    wait_for(lambda: live.output().count(f"wait on {inbox['id']} ended early: the client disconnected") == 4, 20)
+    # A wait that stays connected is not cut short by its neighbours leaving, and still wakes.
+    result = {}
+    waiter = threading.Thread(
+        target=lambda: result.update(api(live, "GET", path.split("?")[0], params={"timeout": 60}).json())
+    )
+    waiter.start()
+    time.sleep(1.0)
+    with smtp(live) as client:
+        client.sendmail("x@example.org", [inbox["address"]], b"Subject: still here\r\n\r\nyes\r\n")
+    waiter.join(70)
+    assert [m["subject"] for m in result["messages"]] == ["still here"]
+
+
 def test_mail_is_stored_before_250(live, db_url):
     inbox = make_inbox(live, "durable")
     with smtp(live) as client:

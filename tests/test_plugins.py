@@ -84,7 +84,8 @@ def test_builtins_load_once_with_entry_points():
 
 
 def test_tiny_plugin_registered_then_unregistered():
-    pm = get_plugin_manager(load_entrypoints=False)
+    # Without acs, the one built-in that also answers postern_dns_records (it needs a real Postern).
+    pm = get_plugin_manager(load_entrypoints=False, disabled=["acs"])
     calls = []
 
     class Tiny:
@@ -155,13 +156,13 @@ def test_unknown_backend_names_role_name_and_choices(config):
     with pytest.raises(UnknownBackendError) as err:
         p.registry.get("send", "smtp_locl")
     assert str(err.value) == (
-        "send backend 'smtp_locl' is not available (plugin not installed?); choose one of: recording, smtp_local"
+        "send backend 'smtp_locl' is not available (plugin not installed?); choose one of: acs, recording, smtp_local"
     )
 
 
 def test_explicit_unknown_backend_refused_at_start(tmp_path):
     config = load_config(environ={"POSTERN_SEND_BACKEND": "nope", "POSTERN_DATA_DIR": str(tmp_path)})
-    with pytest.raises(UnknownBackendError, match="send backend 'nope'.*choose one of: smtp_local"):
+    with pytest.raises(UnknownBackendError, match="send backend 'nope'.*choose one of: acs, smtp_local"):
         build_postern(config, open_db=False)
 
 
@@ -219,7 +220,7 @@ def test_registry_refuses_duplicates_wrong_roles_and_classes():
 
 def test_hook_postern_register_backends(config):
     p = make_postern(config, SenderPlugin())
-    assert p.registry.names("send") == ["recording", "smtp_local"]
+    assert p.registry.names("send") == ["acs", "recording", "smtp_local"]
     assert p.registry.get("send", "recording").factory is RecordingSender
     assert p.registry.get("billing", "free").plugin == "billing_free"
 

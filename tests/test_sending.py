@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import hashlib
 import json
 import socket
@@ -10,10 +12,13 @@ import socket
 import falcon.testing
 import pytest
 from aiosmtpd.controller import Controller
+from support.faults import BadRelay
 from support.world import make_tenant
 
 from postern.api import create_app
-from postern.core.mail.outbound import deliver_due
+from postern.core.db import database
+from postern.core.hookspecs import hookimpl
+from postern.core.mail.outbound import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
 from postern.core.models import Message, utcnow
 from postern.core.runtime import build_postern
 
@@ -364,3 +369,173 @@ def test_bad_smarthost_options_are_refused_at_start(options, message):
 
     with pytest.raises(ValueError, match=message):
         SmtpLocalSender.from_config(options)
+
+
+@pytest.mark.parametrize("fault", ["hang", "drop", "down"])
+def test_relay_that_hangs_drops_or_is_down_keeps_the_message_queued_until_it_is_back(config, world, sink, fault):
+    handler, good_port = sink
+    with contextlib.ExitStack() as stack:
+        if fault == "down":
+            port, relay = free_port(), None  # nothing listens there
+        else:
+            relay = stack.enter_context(BadRelay(fault))
+            port = relay.port
+        config.roles["send"].options = {
+            "smtp_local": {"smarthost": f"127.0.0.1:{port}", "starttls": False, "timeout": 1}
+        }
+        postern = build_postern(config)
+        client = falcon.testing.TestClient(create_app(postern))
+        _, agent = world
+        alice = new_inbox(client, agent, "alice")
+        body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+        resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+        assert resp.status_code == 201 and resp.json["status"] == "queued", resp.text
+        expected = {"hang": "timed out", "drop": "Connection unexpectedly closed", "down": "Connection refused"}[fault]
+        assert expected in resp.json["error"] and resp.json["attempts"] == 1, resp.json["error"]
+        assert relay is None or relay.connections == 1
+        shown = client.simulate_get(f"/v1/inboxes/{alice['id']}/messages/{resp.json['id']}", headers=auth(agent))
+        assert shown.json["status"] == "queued" and expected in shown.json["error"]
+
+    # The relay is back (same message, now pointed at a working smarthost): the outbox sends it once.
+    postern.backend("send").smarthost = f"127.0.0.1:{good_port}"
+    Message.update(next_attempt_at=utcnow()).where(Message.id == resp.json["id"]).execute()
+    assert deliver_due(postern) == 1
+    sent = Message.get_by_id(resp.json["id"])
+    assert (sent.status, sent.attempts, sent.error) == ("sent", 2, None)
+    assert len(handler.received) == 1
+
+
+def test_temporary_failures_back_off_then_fail_for_good_with_the_reason(config, world, sink):
+    handler, port = sink
+    client, postern = make_client(config, f"127.0.0.1:{port}")
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    handler.reply = "421 4.3.2 shutting down"
+    body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+    before = utcnow()
+    message_id = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body).json["id"]
+    for attempt, delay in enumerate(RETRY_SCHEDULE, start=1):
+        after = utcnow()
+        row = Message.get_by_id(message_id)
+        assert (row.status, row.attempts, row.error) == ("queued", attempt, "421 4.3.2 shutting down")
+        wait = dt.timedelta(seconds=delay)  # the schedule's delay, counted from the failed attempt
+        assert before + wait <= row.next_attempt_at <= after + wait
+        Message.update(next_attempt_at=utcnow()).where(Message.id == message_id).execute()
+        before = utcnow()
+        assert deliver_due(postern) == 1
+    failed = client.simulate_get(f"/v1/inboxes/{alice['id']}/messages/{message_id}", headers=auth(agent)).json
+    assert failed["status"] == "failed" and failed["attempts"] == MAX_ATTEMPTS == len(RETRY_SCHEDULE) + 1
+    assert failed["error"] == "421: 421 4.3.2 shutting down"
+    assert Message.get_by_id(message_id).next_attempt_at is None  # never tried again
+    assert deliver_due(postern) == 0 and handler.received == []
+
+
+class LockingSink(Sink):
+    """A relay that, while it is being talked to, has another session lock the table
+    Postern must write the outcome to, then answers 451: the message is stored, the
+    attempt failed, and recording that failure meets a locked database."""
+
+    def __init__(self, db_url):
+        super().__init__()
+        self.db_url = db_url
+        self.reply = "451 4.3.0 busy"
+        self.locker = None
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.locker is None:
+            self.locker = _lock_messages(self.db_url)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def _lock_messages(db_url):
+    if db_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url[len("sqlite:///") :], isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN EXCLUSIVE")
+        return conn
+    import psycopg2
+
+    conn = psycopg2.connect(db_url)
+    conn.cursor().execute("LOCK TABLE message IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def test_a_database_fault_after_the_message_is_stored_answers_201_queued_not_503(config, world, db_url):
+    handler = LockingSink(db_url)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        client, postern = make_client(config, f"127.0.0.1:{controller.port}")
+        _, agent = world
+        alice = new_inbox(client, agent, "alice")
+        body = {"to": ["a@example.org"], "subject": "stored", "text": "t"}
+        resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+        handler.locker.rollback()
+        handler.locker.close()
+        # Stored and committed: a 503 would make the client send it again. The outbox
+        # delivers it once the sender's lease on it lapses.
+        assert resp.status_code == 201 and resp.json["status"] == "queued", resp.text
+        assert [m.id for m in Message.select()] == [resp.json["id"]]
+        handler.reply = "250 OK"
+        Message.update(next_attempt_at=utcnow()).where(Message.id == resp.json["id"]).execute()
+        assert deliver_due(postern) == 1
+        assert Message.get_by_id(resp.json["id"]).status == "sent" and len(handler.received) == 1
+    finally:
+        controller.stop()
+
+
+class FailingOutcomePlugin:
+    """A plugin whose outcome hooks raise, counting that they were called."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def postern_message_sent(self, message, result):
+        self.calls.append(("sent", message.id))
+        raise RuntimeError("metrics down")
+
+    @hookimpl
+    def postern_message_failed(self, message, error):
+        self.calls.append(("failed", message.id))
+        raise RuntimeError("alerts down")
+
+
+def test_a_failing_outcome_hook_does_not_fail_a_committed_send(config, world, sink, caplog):
+    handler, port = sink
+    client, postern = make_client(config, f"127.0.0.1:{port}")
+    plugin = FailingOutcomePlugin()
+    postern.pm.register(plugin)
+    _, agent = world
+    alice = new_inbox(client, agent, "alice")
+    body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+    sent = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert sent.status_code == 201 and sent.json["status"] == "sent"
+    handler.reply = "550 5.1.1 no such user"
+    failed = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert failed.status_code == 201 and failed.json["status"] == "failed"
+    assert plugin.calls == [("sent", sent.json["id"]), ("failed", failed.json["id"])]
+    assert len(handler.received) == 1  # the sent one, once
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("postern_message_sent hook failed" in m for m in logged)
+    assert any("postern_message_failed hook failed" in m for m in logged)
+
+
+def test_a_send_to_local_inboxes_only_commits_once(config, world, monkeypatch):
+    """Stored, delivered to every local inbox and recorded as sent in one transaction:
+    one commit (one fsync) per send instead of three."""
+    client, _ = make_client(config)
+    _, agent = world
+    alice, bob, carol = (new_inbox(client, agent, name) for name in ("alice", "bob", "carol"))
+    commits = []
+    real_commit = database.obj.commit  # the database the app opened
+    monkeypatch.setattr(database.obj, "commit", lambda: commits.append(1) or real_commit())
+    body = {"to": [bob["address"]], "cc": [carol["address"]], "subject": "one", "text": "commit"}
+    sent = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+    assert sent.status_code == 201 and sent.json["status"] == "sent" and sent.json["attempts"] == 1
+    assert len(commits) == 1
+    for inbox in (bob, carol):
+        [got] = client.simulate_get(f"/v1/inboxes/{inbox['id']}/messages", headers=auth(agent)).json["data"]
+        assert got["subject"] == "one" and got["direction"] == "inbound"
+    assert Message.get_by_id(sent.json["id"]).local_done is True

@@ -291,7 +291,7 @@ def test_sent_and_failed_messages(postern, client, agent):
 
     message = Message.get_by_id(resp.json["id"])
     Message.update(status="queued").where(Message.id == message.id).execute()
-    outbound._fail(postern, Message.get_by_id(message.id), PermanentFailure("550 no such user", code="rejected"))
+    outbound.mark_failed(postern, Message.get_by_id(message.id), PermanentFailure("550 no such user", code="rejected"))
     failed = deliveries(event_type="message.failed")[0]
     data = json.loads(failed.payload)["data"]
     assert data["status"] == "failed" and "550 no such user" in data["error"]

@@ -8,11 +8,12 @@ from typing import Any
 import falcon
 import falcon.asgi
 import orjson
+import peewee
 
 from postern.api import admin, domains, downloads, messages, webhooks
 from postern.api.agents import EnrollResource, MeResource
-from postern.api.calls import CoreCaller
-from postern.api.errors import handle_domain_error, handle_unexpected, serialize_error
+from postern.api.calls import CoreCaller, route_action
+from postern.api.errors import handle_database_error, handle_domain_error, handle_unexpected, serialize_error
 from postern.api.health import HealthResource
 from postern.api.inboxes import InboxesResource, InboxResource
 from postern.api.middleware import Lifespan, RequestContext
@@ -20,6 +21,7 @@ from postern.api.openapi import OpenApiResource
 from postern.core.db import DatabaseRunner
 from postern.core.doorbell import Waiters
 from postern.core.errors import PosternError
+from postern.core.models import AuditEvent
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class Route:
     resource: Any
 
 
-def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None) -> list[Route]:
+def build_routes(
+    postern, runner: DatabaseRunner, waiters: Waiters | None = None, *, notice_disconnects: bool = False
+) -> list[Route]:
     """Core routes, then every plugin's; the OpenAPI document covers them all."""
     caller = CoreCaller(postern, runner)
     waiters = waiters or Waiters(postern.config.data_dir, postern.config.database_url)
@@ -42,7 +46,7 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
         Route("/v1/inboxes", InboxesResource(caller)),
         Route("/v1/inboxes/{inbox_id}", InboxResource(caller)),
         Route(f"{inbox}/messages", messages.MessagesResource(caller)),
-        Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters)),
+        Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters, notice_disconnects=notice_disconnects)),
         Route(f"{inbox}/messages/{{message_id}}", messages.MessageResource(caller)),
         Route(f"{inbox}/messages/{{message_id}}/reply", messages.ReplyResource(caller)),
         Route(f"{inbox}/messages/{{message_id}}/raw-link", downloads.RawLinkResource(caller)),
@@ -72,8 +76,19 @@ def build_routes(postern, runner: DatabaseRunner, waiters: Waiters | None = None
     return routes
 
 
-def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App:
-    """The API app for ``postern``."""
+def check_audit_actions(route: Route) -> None:
+    """Every refusal on ``route`` must be auditable: its action has to fit the column."""
+    limit = AuditEvent.action.max_length
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        if hasattr(route.resource, f"on_{method.lower()}"):
+            action = route_action(method, route.path)
+            if len(action) > limit:
+                raise ValueError(f"route {route.path}: audit action '{action}' is over {limit} characters")
+
+
+def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconnects: bool = False) -> falcon.asgi.App:
+    """The API app for ``postern``. ``notice_disconnects``: a wait ends when its client
+    leaves (for a real ASGI server; see ``WaitResource``)."""
     runner = runner or DatabaseRunner(postern.config.database_threads)
     waiters = Waiters(postern.config.data_dir, postern.config.database_url)
     app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner, waiters)])
@@ -84,6 +99,8 @@ def create_app(postern, runner: DatabaseRunner | None = None) -> falcon.asgi.App
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(PosternError, handle_domain_error)
-    for route in build_routes(postern, runner, waiters):
+    app.add_error_handler(peewee.PeeweeException, handle_database_error)
+    for route in build_routes(postern, runner, waiters, notice_disconnects=notice_disconnects):
+        check_audit_actions(route)
         app.add_route(route.path, route.resource)
     return app

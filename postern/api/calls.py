@@ -6,19 +6,36 @@ admin poking at another tenant's ids leaves a trail even when the answer is a 40
 
 from __future__ import annotations
 
+import re
+
 from postern.core import audit
 from postern.core.auth import authenticate, bearer_token, require_scope
-from postern.core.db import GroupCommitter, write_transaction
+from postern.core.db import DatabaseRunner, GroupCommitter, write_transaction
 from postern.core.errors import PosternError
 from postern.core.principal import RequestInfo
+
+#: Concurrent first delivery attempts per API worker; more sends wait for a free one.
+DELIVERY_THREADS = 4
 
 
 def request_info(req) -> RequestInfo:
     return RequestInfo(request_id=getattr(req.context, "request_id", None), client_addr=req.remote_addr)
 
 
+PATH_PARAM = re.compile(r"\{[^}]*\}")
+
+
+def route_action(method: str, template: str) -> str:
+    """The audit action of a refusal on a route: ``POST /v1/inboxes/{}/messages/{}/reply``.
+    Parameter names are left out: the route stays recognisable, and the longest core
+    route fits the audit column (60 characters), which its full template did not; on
+    PostgreSQL that refusal then failed with a 500. ``create_app`` checks every route,
+    a plugin's included, so a longer one fails at start-up, not on its first refusal."""
+    return f"{method} {PATH_PARAM.sub('{}', template)}"
+
+
 def _action(req) -> str:
-    return f"{req.method} {getattr(req, 'uri_template', None) or req.path}"
+    return route_action(req.method, getattr(req, "uri_template", None) or req.path)
 
 
 def _target(req) -> str | None:
@@ -36,6 +53,10 @@ class CoreCaller:
         # Read audit rows of concurrent requests commit together (see audit.deferring_reads).
         self.read_audits = GroupCommitter(transaction=audit.read_audit_transaction)
         runner.on_shutdown(self.read_audits.shutdown)
+        # Delivery attempts made by API sends wait on the send backend's network; they get
+        # threads (and database connections) of their own (see api/messages.py).
+        self.deliveries = DatabaseRunner(DELIVERY_THREADS)
+        runner.on_shutdown(self.deliveries.shutdown)
 
     async def as_agent(self, req, fn, *args, **kwargs):
         return await self._call(req, "agent", fn, *args, **kwargs)

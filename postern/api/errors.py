@@ -10,6 +10,8 @@ import logging
 
 import falcon
 
+from postern.core.db import FAULT_FULL, FAULT_UNAVAILABLE, database_fault
+
 log = logging.getLogger("postern.api")
 
 # The envelope's ``type`` by status, as the API reference documents it.
@@ -92,3 +94,28 @@ async def handle_domain_error(req, resp, exc, params) -> None:
     if exc.status == 401:
         resp.set_header("WWW-Authenticate", 'Bearer realm="postern"')
     resp.media = body
+
+
+#: Seconds a client is told to wait. A lock or a dropped connection usually clears within
+#: seconds; a full disk needs someone to free space.
+RETRY_AFTER = {FAULT_UNAVAILABLE: 5, FAULT_FULL: 30}
+FAULT_MESSAGES = {
+    FAULT_UNAVAILABLE: "the database is unavailable (locked or unreachable); nothing was changed, retry later",
+    FAULT_FULL: "the server is out of storage; nothing was changed, retry later",
+}
+
+
+async def handle_database_error(req, resp, exc, params) -> None:
+    """A fault of the database (locked, unreachable, out of space): 503 with Retry-After.
+    The request's transaction was rolled back, so retrying it is safe. Anything else
+    from the database (an integrity error: a bug) is an ordinary 500."""
+    fault = database_fault(exc)
+    if fault is None:
+        await handle_unexpected(req, resp, exc, params)
+        return
+    kind, request_id = fault.kind, getattr(req.context, "request_id", None)
+    log.warning("%s %s (request %s): %s: %s", req.method, req.path, request_id, kind, fault.error)
+    resp.status = falcon.HTTP_503
+    resp.content_type = falcon.MEDIA_JSON
+    resp.set_header("Retry-After", str(RETRY_AFTER[kind]))
+    resp.media = envelope(503, kind, FAULT_MESSAGES[kind], request_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import falcon
 import orjson
@@ -14,6 +15,8 @@ from postern.core.auth import require_scope
 from postern.core.doorbell import SAFETY_RECHECK
 from postern.core.errors import InvalidInput
 from postern.core.mail import outbound, reading
+
+log = logging.getLogger("postern.api")
 
 DEFAULT_WAIT = 30
 MAX_WAIT = 300
@@ -58,7 +61,10 @@ REPLY_REQUEST = {
 }
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
 SEND_RESPONSES = {
-    201: ("Stored and handed on; status is sent, captured, queued (retrying) or failed", ref("Message")),
+    201: (
+        "Stored and handed on; status is sent, captured, sending (confirming), queued (retrying) or failed",
+        ref("Message"),
+    ),
     200: ("A retry with the same Idempotency-Key: the first result", ref("Message")),
     403: ("Missing scope mailbox:send", ref("Error")),
     409: ("Idempotency-Key reused for a different request", ref("Error")),
@@ -75,11 +81,17 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
     # the action re-authenticates so a key revoked meanwhile stops it.
     def work(principal, info):
         message, replayed = outbound.send(
-            postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to
+            postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to, attempt_now=False
         )
-        return reading.view_of(message), replayed
+        pending = not replayed and message.status == "queued"  # all-local sends are done already
+        return (message if pending else reading.view_of(message)), pending, replayed
 
-    view, replayed = await caller.as_agent(req, work)
+    view, pending, replayed = await caller.as_agent(req, work)
+    if pending:
+        # The first attempt talks to the send backend (a smarthost can take its whole
+        # timeout to answer): on a pool of its own, so a stuck relay holds only sends,
+        # never the database threads every other request needs.
+        view = await caller.deliveries.run(lambda: reading.view_of(outbound.first_attempt(postern, view)))
     resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_201
     resp.media = message_json(view, full=True)
 
@@ -167,6 +179,19 @@ class ReplyResource:
         await _send(self.caller, req, resp, inbox_id, reply_to=message_id)
 
 
+async def _client_leaves(req, event: asyncio.Event) -> None:
+    """Return when the client disconnects, and set ``event`` so the wait notices.
+
+    A client that gives up (its own timeout, a crash) would otherwise hold a parked
+    waiter, re-reading on every ring, for up to ``MAX_WAIT`` seconds; agents that retry
+    with short client timeouts would pile them up. Falcon has taken the request's first
+    ASGI event; the server's next event after the (empty) body is ``http.disconnect``.
+    Falcon offers no public hook for it, hence its ``_receive``."""
+    while (await req._receive())["type"] != "http.disconnect":
+        pass  # a body nobody reads (a wait takes none)
+    event.set()
+
+
 class WaitResource:
     """``wait_for_email``: answers at once when mail newer than ``after`` exists, else
     parks as a coroutine until the doorbell rings or ``timeout`` passes. The response
@@ -186,9 +211,12 @@ class WaitResource:
         )
     }
 
-    def __init__(self, caller, waiters):
+    def __init__(self, caller, waiters, *, notice_disconnects: bool = False):
         self.caller = caller
         self.waiters = waiters
+        # On for a real server. Falcon's test client signals http.disconnect as soon as
+        # it has sent the request, which would end every wait at once.
+        self.notice_disconnects = notice_disconnects
 
     async def on_get(self, req, resp, inbox_id):
         timeout = req.get_param("timeout")
@@ -205,9 +233,13 @@ class WaitResource:
         # One subscription for the whole wait, cleared before each read of the store:
         # a ring for a commit the read might miss arrives after the clear and sets it.
         event = self.waiters.subscribe(inbox.id)
+        gone = asyncio.ensure_future(_client_leaves(req, event)) if self.notice_disconnects else None
         try:
             while True:
                 event.clear()
+                if gone is not None and gone.done():
+                    log.info("wait on %s ended early: the client disconnected", inbox.id)
+                    break
                 since = self.waiters.generation(inbox.id)
                 before = cursor
                 body, cursor = await self.waiters.read_shared(
@@ -223,6 +255,8 @@ class WaitResource:
                 except TimeoutError:
                     pass  # re-read the store: covers a lost ring
         finally:
+            if gone is not None:
+                gone.cancel()
             self.waiters.unsubscribe(inbox.id, event)
         if body is None:
             body = orjson.dumps({"messages": [], "cursor": str(cursor), "timed_out": True})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import urllib.parse
 
 from postern.api.errors import ApiError
+from postern.core.errors import InvalidInput
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -20,6 +22,8 @@ class RequestContext:
 
     async def process_resource(self, req, resp, resource, params) -> None:
         req.context.path_params = dict(params)  # audit rows name the object a refusal was about
+        if resource is not None and req.query_string:
+            check_query(req.query_string, documented_query(resource, req.method))
 
     async def process_response(self, req, resp, resource, req_succeeded) -> None:
         request_id = getattr(req.context, "request_id", None)
@@ -37,3 +41,30 @@ class Lifespan:
     async def process_shutdown(self, scope, event) -> None:
         self.waiters.close()
         self.runner.shutdown()
+
+
+def documented_query(resource, method: str) -> set[str] | None:
+    """The query parameters the OpenAPI document lists for this operation (None when the
+    method is not served: falcon answers 405 for it)."""
+    operation = getattr(resource, "OPENAPI", {}).get(method.lower())
+    if operation is None:
+        return None
+    return {p["name"] for p in operation.get("parameters", ()) if p.get("in") == "query"}
+
+
+def check_query(query_string: str, allowed: set[str] | None) -> None:
+    """Refuse what falcon would silently drop, as a bad body field is refused: an unknown
+    parameter (``?limt=5`` must not quietly return 50), an empty value (``?limit=``
+    is not "no limit") and a parameter given twice (which one would win?)."""
+    if allowed is None:
+        return
+    seen = set()
+    for name, value in urllib.parse.parse_qsl(query_string, keep_blank_values=True):
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidInput(f"unknown query parameter '{name[:60]}' (known: {known})", field=name[:60])
+        if value == "":
+            raise InvalidInput(f"query parameter '{name}' is empty; leave it out instead", field=name)
+        if name in seen:
+            raise InvalidInput(f"query parameter '{name}' is given more than once", field=name)
+        seen.add(name)

@@ -42,6 +42,35 @@ ERROR_RESPONSE = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 
+UNAVAILABLE_RESPONSE = {
+    "description": (
+        "A fault outside the request: the database locked, unreachable or out of space"
+        " (`database_unavailable`, `storage_full`), or a dependency down. Nothing was"
+        " changed; retry after `Retry-After` seconds. See docs/reliability.md."
+    ),
+    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "seconds"}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+# gunicorn answers these itself, as text/plain, before a request reaches the app: a
+# request line over the first limit and a header over the second or more headers than
+# the third. Any operation can get them, so every operation documents them; server.py
+# hands gunicorn these same limits.
+REQUEST_LINE_LIMIT, HEADER_SIZE_LIMIT, HEADER_COUNT_LIMIT = 4094, 8190, 100
+HTTP_SERVER_RESPONSES = {
+    "414": {
+        "description": f"URI Too Long: a request line over {REQUEST_LINE_LIMIT} bytes (answered by the HTTP server)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    "431": {
+        "description": (
+            f"Request Header Fields Too Large: a header over {HEADER_SIZE_LIMIT} bytes or over"
+            f" {HEADER_COUNT_LIMIT} headers (answered by the HTTP server)"
+        ),
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
+
 
 def build_document(routes) -> dict:
     """The OpenAPI 3.1 document for ``routes`` (a list of ``Route``)."""
@@ -52,7 +81,10 @@ def build_document(routes) -> dict:
         for method, operation in operations.items():
             op = dict(operation)
             op.setdefault("responses", {})
-            op["responses"] = {**op["responses"], "default": ERROR_RESPONSE}
+            responses = {**op["responses"], **HTTP_SERVER_RESPONSES, "default": ERROR_RESPONSE}
+            if not isinstance(route.resource, OpenApiResource):  # everything else reads the database
+                responses.setdefault("503", UNAVAILABLE_RESPONSE)
+            op["responses"] = responses
             item[method] = op
     return {
         "openapi": "3.1.0",

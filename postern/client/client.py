@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from postern.client import errors
-from postern.client.models import DownloadLink, Inbox, Me, Message, Thread, WaitResult
+from postern.client.models import DownloadLink, Inbox, Me, Message, Page, Thread, WaitResult
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
 RETRY_STATUSES = (429, 503)
@@ -34,6 +34,16 @@ class Postern:
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ):
+        #: The mock world when this client runs offline (``base_url="mock"`` or
+        #: ``POSTERN_MOCK=1``), for injecting mail; ``None`` against a real server.
+        self.mock = None
+        if transport is None and mock_requested(base_url):
+            from postern.client import mock
+
+            self.mock = mock.world()
+            transport, base_url = self.mock.transport, self.mock.base_url
+            if api_key is None:
+                api_key = os.environ.get("POSTERN_API_KEY") or self.mock.agent_key
         self.api_key = api_key if api_key is not None else os.environ.get("POSTERN_API_KEY", "")
         self.base_url = (base_url or os.environ.get("POSTERN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
@@ -108,6 +118,11 @@ class Postern:
             return resp.json() if resp.content else None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def page(self, path: str, params: dict, parse) -> Page:
+        """One page of a listing (``page_token`` in ``params`` picks which)."""
+        data = self.request("GET", path, params=params)
+        return Page([parse(item) for item in data["data"]], data.get("next_page_token"))
+
     def paginate(self, path: str, params: dict, parse) -> Iterator:
         """Every item of a listing, fetching page after page as the caller iterates."""
         params = dict(params)
@@ -118,6 +133,15 @@ class Postern:
             if not token:
                 return
             params["page_token"] = token
+
+
+def mock_requested(base_url: str | None) -> bool:
+    """Whether a client built with ``base_url`` (None: from the environment) runs offline."""
+    if base_url is not None:
+        return base_url == "mock"
+    return os.environ.get("POSTERN_MOCK", "").lower() in ("1", "true", "yes") or (
+        os.environ.get("POSTERN_API_BASE_URL") == "mock"
+    )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -154,6 +178,9 @@ class Inboxes:
     def list(self, *, limit: int | None = None) -> Iterator[Inbox]:
         return self._c.paginate("/v1/inboxes", {"limit": limit}, Inbox.from_json)
 
+    def page(self, *, page_token: str | None = None, limit: int | None = None) -> Page:
+        return self._c.page("/v1/inboxes", {"limit": limit, "page_token": page_token}, Inbox.from_json)
+
     def get(self, inbox_id: str) -> Inbox:
         return Inbox.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}"))
 
@@ -177,6 +204,21 @@ class Messages:
         """Newest first, every page as you iterate."""
         params = {"thread_id": thread_id, "direction": direction, "received_after": received_after, "limit": limit}
         return self._c.paginate(f"/v1/inboxes/{inbox_id}/messages", params, Message.from_json)
+
+    def page(
+        self,
+        inbox_id: str,
+        *,
+        page_token: str | None = None,
+        limit: int | None = None,
+        thread_id: str | None = None,
+        direction: str | None = None,
+        received_after: str | None = None,
+    ) -> Page:
+        """One page of ``list``, for callers that hand the token on (e.g. an MCP tool)."""
+        params = {"thread_id": thread_id, "direction": direction, "received_after": received_after, "limit": limit}
+        params["page_token"] = page_token
+        return self._c.page(f"/v1/inboxes/{inbox_id}/messages", params, Message.from_json)
 
     def get(self, inbox_id: str, message_id: str, *, max_length: int | None = None) -> Message:
         params = {"max_length": max_length}
@@ -253,6 +295,10 @@ class Threads:
 
     def list(self, inbox_id: str, *, limit: int | None = None) -> Iterator[Thread]:
         return self._c.paginate(f"/v1/inboxes/{inbox_id}/threads", {"limit": limit}, Thread.from_json)
+
+    def page(self, inbox_id: str, *, page_token: str | None = None, limit: int | None = None) -> Page:
+        params = {"limit": limit, "page_token": page_token}
+        return self._c.page(f"/v1/inboxes/{inbox_id}/threads", params, Thread.from_json)
 
     def get(self, inbox_id: str, thread_id: str) -> Thread:
         return Thread.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}/threads/{thread_id}"))

@@ -191,3 +191,11 @@ class Enrollment:
 
 
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing and the token for the next (``None`` on the last page)."""
+
+    items: list
+    next_page_token: str | None = None

@@ -8,6 +8,7 @@ imports belong inside ``from_config`` so an uninstalled extra fails only when ch
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -76,6 +77,12 @@ class OutboundMessage:
     bcc: tuple[str, ...] = ()
     reply_to: tuple[str, ...] = ()
     attachments: tuple = ()  # of OutboundAttachment
+    #: Display names of the To, Cc and Reply-To addresses that have one.
+    names: Mapping[str, str] = field(default_factory=dict)
+    #: 1 for the first hand-over. A later attempt may follow one whose outcome is unknown
+    #: (a timeout after the request left), so a backend with its own idempotency should
+    #: look the earlier attempt up before sending again.
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,15 +101,37 @@ class SendResult:
     backend: str
     backend_message_id: str | None
     status: str  # "sent" (handed over for good), "accepted" (backend still working) or "captured" (kept locally)
+    #: With "accepted" from a backend that ``confirms``: seconds before the core calls ``check``.
+    check_after: float | None = None
+
+
+@dataclass(frozen=True)
+class PendingSend:
+    """An outbound message its send backend accepted and is still working on."""
+
+    postern_id: str
+    backend_message_id: str
+    #: When the backend accepted it (naive UTC), for the backend's own overall timeout.
+    accepted_at: dt.datetime
 
 
 class Sender(Backend):
     """Role ``send``: hands outbound messages to a transport."""
 
     role = "send"
+    #: True when ``send`` may answer "accepted" for work the backend finishes later: the
+    #: message is then ``sending`` and the outbox calls ``check`` until the outcome is known.
+    #: A backend that leaves it False has an "accepted" recorded as ``sent``.
+    confirms: ClassVar[bool] = False
 
     def send(self, message: OutboundMessage) -> SendResult:
         """Send ``message``; raise ``TemporaryFailure`` or ``PermanentFailure``."""
+        raise NotImplementedError
+
+    def check(self, pending: PendingSend) -> SendResult:
+        """Only for ``confirms``: the outcome of an accepted send. Return "sent" when done,
+        "accepted" (with ``check_after``) while still running; raise ``PermanentFailure``
+        when it failed and ``TemporaryFailure`` when the outcome cannot be read now."""
         raise NotImplementedError
 
 
@@ -127,6 +156,14 @@ class Receiver(Backend):
     def deprovision(self, inbox: InboxRef) -> None:
         """Stop receiving for ``inbox.address``; idempotent."""
         raise NotImplementedError
+
+    def deliver_local(self, postern, message, recipients: list[str]) -> bool:
+        """An agent's outbound ``message`` is addressed to ``recipients``, inboxes of this
+        Postern. Return False to let the core store it straight through its ingest (the
+        default); a backend that keeps its own mailboxes delivers it there instead, marks
+        ``message.local_done`` once every recipient has it, and returns True. Raise
+        ``TemporaryFailure`` to have the outbox retry, ``PermanentFailure`` to fail it."""
+        return False
 
 
 @dataclass(frozen=True)

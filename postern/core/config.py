@@ -42,6 +42,9 @@ class ServerConfig:
     timeout: int = 120
     #: Seconds given to in-flight requests on SIGTERM.
     graceful_timeout: int = 20
+    #: Longest wait, in seconds, before a crashed child is restarted: the wait starts at
+    #: 1 s and doubles per crash, and resets once the child ran 30 s.
+    restart_backoff_max: int = 60
 
 
 @dataclass
@@ -76,6 +79,11 @@ class MailConfig:
     #: Seals the DKIM private keys in the database (give it as { env = "NAME" }). Empty:
     #: a random key in <data_dir>/secrets/dkim.key. Every sending host needs the same one.
     dkim_key_secret: str = ""
+    #: Seconds one delivery attempt owns an outbound message. A message whose sending
+    #: process died is retried by the outbox once this has passed, so it bounds how
+    #: long a crash delays a send; keep it above the send backend's timeout, or a slow
+    #: attempt and its retry may both reach the relay.
+    outbound_lease_seconds: int = 300
 
 
 @dataclass
@@ -104,6 +112,15 @@ class WebhooksConfig:
     #: Base URL put in front of the API links in payloads, e.g. "https://postern.example.org";
     #: empty gives links relative to the API root.
     public_url: str = ""
+
+
+@dataclass
+class McpConfig:
+    #: Run the MCP server over streamable HTTP as a service of ``postern serve``.
+    enabled: bool = False
+    bind: str = "127.0.0.1:8810"
+    #: The REST API the MCP server calls; empty means this server's own ``server.bind``.
+    api_base_url: str = ""
 
 
 @dataclass
@@ -147,6 +164,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -177,6 +195,7 @@ _SECTIONS = {
     "mail": MailConfig,
     "auth": AuthConfig,
     "webhooks": WebhooksConfig,
+    "mcp": McpConfig,
     "plugins": PluginsConfig,
 }
 
@@ -215,6 +234,14 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
     return config
 
 
+def config_from_mapping(raw: Mapping[str, Any]) -> Config:
+    """A config from a dict shaped like the TOML file, with no file and no environment
+    (mock mode and embedded uses); validated as strictly as a file."""
+    config = _build(_resolve_secrets(dict(raw), {}, ""))
+    config.data_dir = config.data_dir.absolute()
+    return config
+
+
 def _build(raw: dict[str, Any]) -> Config:
     config = Config()
     for key, value in raw.items():
@@ -247,6 +274,10 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
     section = cls(**kwargs)
     if name == "server" and section.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if name == "server" and not 1 <= section.restart_backoff_max <= 3600:
+        raise ConfigError("server.restart_backoff_max must be from 1 to 3600 seconds")
+    if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
+        raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
     if name == "database" and not 0 <= section.threads <= 256:
         raise ConfigError("database.threads must be from 0 (pick for the database) to 256")
     if name == "auth" and section.agent_key_ttl_seconds < 60:
@@ -255,9 +286,30 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("auth.download_link_ttl_seconds must be from 5 to 86400")
     if name == "webhooks":
         _check_webhooks(section)
+    if name == "mcp":
+        split_host_port("mcp.bind", section.bind)
+        if section.api_base_url and not section.api_base_url.startswith(("http://", "https://")):
+            raise ConfigError("mcp.api_base_url must start with http:// or https://")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
     return section
+
+
+def split_host_port(key: str, value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as a pair, or a ``ConfigError`` naming ``key``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: '{value}' is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def api_base_url(config: Config) -> str:
+    """Where this server's own REST API answers, for clients running beside it."""
+    if config.mcp.api_base_url:
+        return config.mcp.api_base_url.rstrip("/")
+    host, port = split_host_port("server.bind", config.server.bind)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  (reach a wildcard bind on loopback)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _check_webhooks(section: WebhooksConfig) -> None:

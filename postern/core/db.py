@@ -12,18 +12,21 @@ import contextlib
 import functools
 import logging
 import queue
+import select
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import peewee
-from playhouse.db_url import connect
+from playhouse.db_url import connect, parse
 
 database = peewee.DatabaseProxy()
 log = logging.getLogger("postern.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+PG_LOCK_TIMEOUT_MS = 5000
 
 
 class DatabaseConfigError(Exception):
@@ -54,11 +57,67 @@ def open_database(url: str, sqlite_synchronous: str = "full") -> peewee.Database
             raise DatabaseConfigError(
                 "PostgreSQL needs the 'postgres' extra: pip install 'postern[postgres]'"
             ) from None
-        db = connect(url.replace("postgres://", "postgresql://", 1))
+        url = url.replace("postgres://", "postgresql://", 1)
+        # Bound lock waits as SQLite's busy timeout does: a table locked by someone else
+        # (a long migration, a manual LOCK TABLE) gives "try again later" after
+        # PG_LOCK_TIMEOUT_MS instead of holding a request, an SMTP session and a pool
+        # thread forever. Options in the URL come after ours and win.
+        options = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} {parse(url).get('options', '')}".strip()
+        db = connect(url, options=options, **({} if "connect_timeout" in url else {"connect_timeout": 10}))
     else:
         raise DatabaseConfigError(f"database.url: unsupported scheme '{scheme}' (use sqlite:/// or postgresql://)")
     database.initialize(db)
     return db
+
+
+# Faults of the database itself, as opposed to bugs: the caller should answer "try
+# again later" (SMTP 4xx, HTTP 503) instead of a 500 or a 5xx refusal.
+FAULT_UNAVAILABLE = "database_unavailable"
+FAULT_FULL = "storage_full"
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full" (disk, quota or max_page_count)
+# BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL. SQLITE_ERROR ("no such
+# table", a syntax error) is a bug or a missing migration, not something a retry fixes.
+_SQLITE_FAULTS = {5, 6, 7, 8, 10, 13, 14, 15}
+_PG_DISK_FULL = "53100"
+
+
+class Fault(NamedTuple):
+    kind: str  # FAULT_UNAVAILABLE or FAULT_FULL
+    error: BaseException  # the database's own error, for the log
+
+
+def database_fault(exc: BaseException) -> Fault | None:
+    """What kind of database fault ``exc`` is, or ``None`` when it is none (an integrity
+    error or a bug stays what it is).
+
+    Locked (SQLite busy timeout, PostgreSQL ``lock_timeout``), unreachable, a dropped
+    connection and I/O errors are all peewee ``OperationalError``/``InterfaceError``;
+    peewee keeps the driver's exception as ``orig``. The exception's context is looked
+    at too: when SQLite runs out of space it rolls the transaction back itself, and
+    peewee's own ROLLBACK then fails with "no transaction is active", hiding the cause.
+    """
+    seen = 0
+    while exc is not None and seen < 5:
+        kind = _fault_kind_of(exc)
+        if kind is not None:
+            return Fault(kind, exc)
+        exc, seen = exc.__context__, seen + 1
+    return None
+
+
+def _fault_kind_of(exc: BaseException) -> str | None:
+    if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+        return None
+    cause = getattr(exc, "orig", None)
+    sqlite_code = getattr(cause, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        sqlite_code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_WRITE, …)
+        if sqlite_code == _SQLITE_FULL:
+            return FAULT_FULL
+        return FAULT_UNAVAILABLE if sqlite_code in _SQLITE_FAULTS else None
+    if getattr(cause, "pgcode", None) == _PG_DISK_FULL:
+        return FAULT_FULL
+    return FAULT_UNAVAILABLE
 
 
 def is_postgres() -> bool:
@@ -97,14 +156,48 @@ class DatabaseRunner:
 
 def _in_connection(fn, *args, **kwargs):
     db = database.obj
+    _drop_if_stale(db)
     if db.is_closed():
         db.connect(reuse_if_open=True)
     try:
         return fn(*args, **kwargs)
-    except peewee.InterfaceError:
-        # A dropped server connection: reconnect once for the next call.
-        db.close()
+    except (peewee.OperationalError, peewee.InterfaceError):
+        _drop_if_broken(db)
         raise
+
+
+def _drop_if_stale(db: peewee.Database) -> None:
+    """Before handing out a kept PostgreSQL connection, make sure the server has not
+    closed it meanwhile (a restart, a failover, ``pg_terminate_backend``, a cut link).
+    An idle connection has nothing to read; if its socket is readable, the server sent
+    its goodbye or the link was reset, and the connection is replaced. One ``select``
+    with no round trip; a link that died without a word is caught by ``_drop_if_broken``
+    after the failing call instead."""
+    conn = db._state.conn
+    if conn is None or not isinstance(db, peewee.PostgresqlDatabase) or db.in_transaction():
+        return
+    try:
+        readable = conn.closed or select.select([conn.fileno()], [], [], 0)[0]
+    except Exception:  # noqa: BLE001 (no usable socket: the driver's InterfaceError, OSError)
+        readable = True
+    if readable:
+        try:
+            db.close()
+        except peewee.PeeweeException:
+            db._state.reset()
+
+
+def _drop_if_broken(db: peewee.Database) -> None:
+    """Close this thread's connection if the server side of it is gone, so the next call
+    on the thread connects afresh instead of failing on a dead socket: the first request
+    after an outage then works. psycopg2 marks such a connection ``closed`` (nonzero)."""
+    conn = db._state.conn
+    if conn is None or not getattr(conn, "closed", 0):
+        return
+    try:
+        db.close()
+    except peewee.PeeweeException:  # a transaction still marked open on a dead link
+        db._state.reset()
 
 
 # One SQLite writer at a time per process, queued on a Python lock. SQLite's own busy
@@ -205,6 +298,7 @@ class GroupCommitter:
                     except Exception as exc:  # noqa: BLE001 (handed to that job's caller)
                         outcomes.append((False, exc))
         except Exception as exc:  # noqa: BLE001 (the commit failed: nothing of the batch is stored)
+            _drop_if_broken(database.obj)  # the next batch reconnects if the link died
             return [(False, exc)] * len(batch)
         self.commits += 1
         for i, (ok, value) in enumerate(outcomes):

@@ -28,6 +28,14 @@ log = logging.getLogger("postern.domains")
 
 #: Seconds one lookup of a check may take, all retries included.
 LOOKUP_LIFETIME = 4.0
+#: Seconds a caller is asked to wait after the resolvers did not answer.
+RESOLVER_RETRY_AFTER = 30
+
+
+class ResolverUnreachable(Exception):
+    """No resolver answered at all (silence, a closed port, a refused connection): the
+    check learned nothing about the domain. A resolver that answers SERVFAIL or REFUSED
+    has answered, and that answer is the check's outcome."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,16 @@ def verify_domain(postern, principal: Principal, info: RequestInfo, domain: str)
     settings = _settings(postern)
     expected = [r for r in view.records if r.rtype in ("NS", "MX", "TXT", "CNAME") and not r.name.startswith("*.")]
     expected = [r for r in expected if r.rtype != "NS" or r.name == view.zone]
-    checks = _run_checks(settings, expected)
+    try:
+        checks = _run_checks(settings, expected)
+    except ResolverUnreachable as exc:
+        # Says nothing about the domain: keep its last status rather than turn a verified
+        # domain into a failed one because our resolver was down.
+        raise Unavailable(
+            f"the resolver did not answer ({exc}); nothing was checked or stored, retry later",
+            code="resolver_unreachable",
+            retry_after=RESOLVER_RETRY_AFTER,
+        ) from exc
     status = "verified" if checks and all(c.ok for c in checks) else "failed"
     customer_id = Customer.get(Customer.label == view.zone.split(".", 1)[0]).id
     with write_transaction():
@@ -208,9 +225,12 @@ def _lookup(resolver, name: str, rtype: str) -> tuple[list[str], str | None]:
     except dns.resolver.NXDOMAIN:
         return [], "NXDOMAIN"
     except dns.resolver.NoNameservers as exc:
+        # Each entry: (server, tcp, port, exception or None, the answer it gave or None).
+        if all(answer is None for *_, answer in exc.kwargs.get("errors", [])):
+            raise ResolverUnreachable(f"{name} {rtype}: {str(exc)[:200]}") from exc
         return [], f"no nameserver answered: {str(exc)[:200]}"
-    except dns.exception.Timeout:
-        return [], "timed out"
+    except dns.exception.Timeout as exc:
+        raise ResolverUnreachable(f"{name} {rtype}: no answer within {LOOKUP_LIFETIME:g} s") from exc
     except dns.exception.DNSException as exc:
         return [], f"{type(exc).__name__}: {str(exc)[:200]}"
     if answer.rrset is None:

@@ -88,30 +88,38 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
     if not decision.allowed:
         raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
 
+    provisioned = []  # the inbox, once the receive backend has made it
     try:
-        with write_transaction():
-            taken = (
-                EnrollmentKey.update(mailboxes_used=EnrollmentKey.mailboxes_used + 1)
-                .where(
-                    (EnrollmentKey.id == enrollment.id) & (EnrollmentKey.mailboxes_used < EnrollmentKey.max_mailboxes)
+        try:
+            with write_transaction():
+                taken = (
+                    EnrollmentKey.update(mailboxes_used=EnrollmentKey.mailboxes_used + 1)
+                    .where(
+                        (EnrollmentKey.id == enrollment.id)
+                        & (EnrollmentKey.mailboxes_used < EnrollmentKey.max_mailboxes)
+                    )
+                    .execute()
                 )
-                .execute()
-            )
-            if not taken:
-                raise QuotaExceeded(f"this enrollment allows {enrollment.max_mailboxes} mailboxes; all are in use")
-            inbox = Inbox.create(
-                customer=principal.customer_id,
-                enrollment=enrollment.id,
-                agent=principal.agent_id,
-                address=address,
-                username=username,
-                domain=domain,
-                display_name=display_name,
-                client_id=client_id,
-            )
-            _provision(postern, inbox)
-            audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
-            webhook_events.inbox_event(postern, "inbox.created", inbox)
+                if not taken:
+                    raise QuotaExceeded(f"this enrollment allows {enrollment.max_mailboxes} mailboxes; all are in use")
+                inbox = Inbox.create(
+                    customer=principal.customer_id,
+                    enrollment=enrollment.id,
+                    agent=principal.agent_id,
+                    address=address,
+                    username=username,
+                    domain=domain,
+                    display_name=display_name,
+                    client_id=client_id,
+                )
+                provisioned.append(inbox)  # before the call: it may fail half-way
+                _provision(postern, inbox)
+                audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
+                webhook_events.inbox_event(postern, "inbox.created", inbox)
+        except BaseException:
+            if provisioned:  # rolled back once the backend was asked: unmake it there too
+                _unprovision(postern, provisioned[0])
+            raise
     except QuotaExceeded as exc:
         _denied(principal, info, "inbox.create", exc.code)
         exc.audited = True
@@ -142,6 +150,21 @@ def _provision(postern, inbox: Inbox) -> None:
         ) from exc
     except PermanentFailure as exc:
         raise Unavailable(f"the receive backend refused the inbox: {exc}", code="provisioning_refused") from exc
+
+
+def _unprovision(postern, inbox: Inbox) -> None:
+    """Undo ``_provision`` after the inbox's transaction rolled back. A failure here
+    is logged, never raised over the error that caused the rollback."""
+    try:
+        receiver = postern.backend("receive")
+    except BackendUnavailable:
+        return
+    try:
+        receiver.deprovision(InboxRef(inbox.id, inbox.customer_id, inbox.address))
+    except (TemporaryFailure, PermanentFailure) as exc:
+        log.warning("inbox %s rolled back; the receive backend may still hold %s: %s", inbox.id, inbox.address, exc)
+    except Exception:
+        log.exception("inbox %s rolled back, but the receive backend still has %s", inbox.id, inbox.address)
 
 
 def _free_username(handle: str, domain: str) -> str:

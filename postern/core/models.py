@@ -147,7 +147,7 @@ class Message(BaseModel):
     thread = peewee.ForeignKeyField(Thread, backref="messages", on_delete="CASCADE")
     seq = peewee.BigIntegerField()
     direction = peewee.CharField(max_length=10)  # inbound, outbound
-    status = peewee.CharField(max_length=10)  # received, queued, sent, failed
+    status = peewee.CharField(max_length=10)  # received, queued, sending, sent, captured, failed
     message_id_header = peewee.CharField(max_length=998, index=True)
     in_reply_to = peewee.CharField(max_length=998, null=True)
     references = peewee.TextField(default="")
@@ -176,6 +176,8 @@ class Message(BaseModel):
     next_attempt_at = peewee.DateTimeField(null=True, index=True)
     #: Outbound only: recipients served by this Postern already have their copy.
     local_done = peewee.BooleanField(default=False)
+    #: Outbound only: when a confirming send backend accepted it (status ``sending``).
+    accepted_at = peewee.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))

@@ -25,6 +25,9 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("outbox", "postern.plugins.outbox"),
     ("dns_builtin", "postern.plugins.dns_builtin"),
     ("webhooks", "postern.plugins.webhooks"),
+    ("acs", "postern.plugins.acs"),
+    ("wildduck", "postern.plugins.wildduck"),
+    ("mcp_http", "postern.plugins.mcp_http"),
 )
 
 

@@ -34,7 +34,8 @@ def wait_for(predicate, timeout=30.0, interval=0.1):
 
 
 class Server:
-    def __init__(self, env: dict, tmp_path: Path, *args: str):
+    def __init__(self, env: dict, tmp_path: Path, *args: str, config=lambda server: ""):
+        """``config(server)`` returns TOML appended to the config file (ports are chosen)."""
         self.port = free_port()
         self.smtp_port = free_port()
         self.dns_port = free_port()
@@ -42,7 +43,7 @@ class Server:
         # Backend options live in the file; everything else comes from the environment.
         self.config_file.write_text(
             f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n'
-            f'[dns.dns_builtin]\nbind = "127.0.0.1:{self.dns_port}"\n'
+            f'[dns.dns_builtin]\nbind = "127.0.0.1:{self.dns_port}"\n' + config(self)
         )
         self.pidfile = tmp_path / "sleeper.pids"
         self.logfile = tmp_path / f"serve-{self.port}.log"
@@ -58,10 +59,20 @@ class Server:
         }
         full_env["POSTERN_CONFIG"] = str(self.config_file)
         self.env = full_env
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postern", "serve", *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.args = args
         self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        """Start ``postern serve`` (again, after a crash) on the same ports, config and log."""
+        if self.log.closed:
+            self.log = open(self.logfile, "a")  # noqa: SIM115 (closed by stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "postern", "serve", *self.args],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def health(self):
         try:
@@ -97,3 +108,37 @@ def kill_tree(server: Server) -> None:
                 child.kill()
         server.proc.kill()
         server.proc.wait()
+
+
+def crash_tree(server: Server) -> None:
+    """``kill -9`` of the whole ``postern serve`` tree as one event, like a machine
+    losing its processes: every process is frozen (SIGSTOP) first, so the supervisor
+    cannot restart a child and no child sees its parent die and shut down cleanly
+    (PR_SET_PDEATHSIG sends SIGTERM), then all are killed."""
+    try:
+        top = psutil.Process(server.proc.pid)
+    except psutil.NoSuchProcess:
+        server.proc.wait()
+        return
+    frozen: dict[int, psutil.Process] = {}
+    while True:  # children forked while we froze their parents join the list
+        found = [top, *_quiet_children(top)]
+        fresh = [p for p in found if p.pid not in frozen]
+        if not fresh:
+            break
+        for proc in fresh:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend()
+            frozen[proc.pid] = proc
+    for proc in frozen.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    server.proc.wait()
+    psutil.wait_procs(list(frozen.values()), timeout=10)
+
+
+def _quiet_children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []

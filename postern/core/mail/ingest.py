@@ -16,7 +16,7 @@ from dataclasses import asdict
 from postern.core import doorbell, fastsql
 from postern.core.db import write_transaction
 from postern.core.ids import new_id
-from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, parse
+from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, clean, parse
 from postern.core.mail.threads import find_thread, normalize_subject
 from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
 from postern.core.webhooks import events as webhook_events
@@ -36,9 +36,27 @@ def snippet_of(text: str) -> str:
 _INBOX_FIELDS = fastsql.all_fields(Inbox)
 
 
+MAX_ADDRESS = 320
+
+
+def storable_address(address: str) -> bool:
+    """Whether ``address`` could be any inbox's address at all. SMTP hands over whatever
+    the client sent: NUL, control characters, or bytes that were not UTF-8 (kept as
+    surrogates). SQLite compares those as text and finds nothing; PostgreSQL refuses
+    to receive them, and the lookup raised instead of answering "no such mailbox"."""
+    return (
+        0 < len(address) <= MAX_ADDRESS
+        and address.isprintable()
+        and not any("\ud800" <= c <= "\udfff" for c in address)
+    )
+
+
 def local_inbox(address: str) -> Inbox | None:
     """The inbox an address belongs to, if this Postern serves it."""
-    return fastsql.select_one(Inbox, _INBOX_FIELDS, "WHERE address = ?", (address.strip().lower(),))
+    address = address.strip().lower()
+    if not storable_address(address):
+        return None
+    return fastsql.select_one(Inbox, _INBOX_FIELDS, "WHERE address = ?", (address,))
 
 
 def ingest(
@@ -151,7 +169,10 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
             to_addresses=json.dumps([asdict(m) for m in parsed.to]),
             cc_addresses=json.dumps([asdict(m) for m in parsed.cc]),
             reply_to=json.dumps([asdict(m) for m in parsed.reply_to]),
-            envelope_from=envelope_from[:320],
+            # SMTP hands MAIL FROM over as sent: bytes that are not UTF-8 arrive as
+            # surrogates, which no database driver encodes, so storing failed and the
+            # listener answered 451 to every retry of the message.
+            envelope_from=clean(envelope_from)[:320],
             sent_at=parsed.date,
             received_at=now,
             text=parsed.text,

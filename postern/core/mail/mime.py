@@ -102,6 +102,36 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
     )
 
 
+# Exceptions the email package raises while decoding a hostile header's parameters.
+HEADER_ERRORS = (LookupError, UnicodeError, ValueError, TypeError, IndexError, AssertionError)
+RFC2231_CHARSET = re.compile(r"""(\*\s*=\s*"?)[^'";]*'""")
+
+
+class TolerantPolicy(email.policy.EmailPolicy):
+    """``email.policy.default``, except that a header whose parameters cannot be decoded
+    does not make every later look at it raise.
+
+    An RFC 2231 parameter names its own charset (``filename*=iso-2022-jp''%1b``); when the
+    bytes do not decode in it, reading Content-Disposition raised from ``get_body``,
+    ``walk`` users and ``get_filename`` alike. Ingest failed, the SMTP listener answered
+    451, and the sender retried the message forever. Such a header is read again with
+    every parameter charset taken as UTF-8 (undecodable bytes kept as surrogates, which
+    ``clean`` replaces), and failing that as an empty header; the raw message keeps it."""
+
+    def header_fetch_parse(self, name, value):
+        try:
+            return super().header_fetch_parse(name, value)
+        except HEADER_ERRORS:
+            pass
+        try:
+            return super().header_fetch_parse(name, RFC2231_CHARSET.sub(r"\1utf-8'", value))
+        except HEADER_ERRORS:
+            return super().header_fetch_parse(name, "")
+
+
+TOLERANT = TolerantPolicy()
+
+
 def _counting_policy(max_parts: int):
     """A policy whose message factory counts parts as the parser creates them, so a
     MIME bomb is refused after ``max_parts`` parts rather than after parsing all."""
@@ -115,7 +145,7 @@ def _counting_policy(max_parts: int):
                 raise MailRejected(f"more than {max_parts} MIME parts", code="mime_too_many_parts")
             super().__init__(policy)
 
-    return email.policy.default.clone(message_factory=CountingMessage)
+    return TOLERANT.clone(message_factory=CountingMessage)
 
 
 def _check_structure(msg: EmailMessage, limits: MailLimits) -> None:

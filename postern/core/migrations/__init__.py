@@ -120,6 +120,9 @@ class _PgLocked:
 
     def __enter__(self):
         self.tx.__enter__()
+        # Another process may be migrating: wait for it however long it takes, past
+        # the lock_timeout that bounds every other lock wait (core/db.py).
+        self.db.execute_sql("SET LOCAL lock_timeout = 0")
         self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (self.LOCK_KEY,))
         return self
 

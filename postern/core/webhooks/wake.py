@@ -54,19 +54,21 @@ def ring_in_transaction(data_dir: Path) -> None:
 
 
 class Listener:
-    """A dispatcher's end: ``fileno()`` for select(), ``drain()`` after it fires."""
+    """A dispatcher's end: ``fileno()`` for select(), ``drain()`` after it fires.
+
+    On PostgreSQL the LISTEN connection can be missing at start or die later (a
+    restart, a failover, a cut link). That must not stop the dispatcher: each ``wait``
+    tries to listen again, and the first wait that succeeds reports itself as rung so
+    the dispatcher sweeps for whatever was queued while no ring could arrive."""
 
     def __init__(self, data_dir: Path, database_url: str):
         self._pg = None
         self._sock = None
         self.path = None
+        self._pg_url = None
         if database_url.startswith(("postgres://", "postgresql://")):
-            import psycopg2
-            import psycopg2.extensions
-
-            self._pg = psycopg2.connect(database_url.replace("postgres://", "postgresql://", 1))
-            self._pg.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-            self._pg.cursor().execute(f"LISTEN {CHANNEL}")
+            self._pg_url = database_url.replace("postgres://", "postgresql://", 1)
+            self._listen()  # without the database now, the first wait tries again
         else:
             directory = wake_dir(data_dir)
             directory.mkdir(parents=True, exist_ok=True)
@@ -75,11 +77,30 @@ class Listener:
             self._sock.bind(str(self.path))
             self._sock.setblocking(False)
 
+    def _listen(self) -> None:
+        import psycopg2
+        import psycopg2.extensions
+
+        try:
+            conn = psycopg2.connect(self._pg_url)
+            conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+            conn.cursor().execute(f"LISTEN {CHANNEL}")
+        except psycopg2.Error as exc:
+            log.warning("webhook wake-up: cannot LISTEN (%s); sweeping on the timer until it can", exc)
+            return
+        self._pg = conn
+
     def fileno(self) -> int:
         return self._pg.fileno() if self._pg is not None else self._sock.fileno()
 
     def wait(self, timeout: float, also=()) -> list:
         """Block until a ring, one of ``also`` is readable, or ``timeout``; returns what fired."""
+        if self._pg_url is not None and self._pg is None:
+            self._listen()
+            if self._pg is not None:
+                return [self]  # listening again: sweep for what was queued meanwhile
+            ready, _, _ = select.select(list(also), [], [], max(0.0, timeout))
+            return ready
         ready, _, _ = select.select([self, *also], [], [], max(0.0, timeout))
         if self in ready:
             self.drain()
@@ -87,7 +108,16 @@ class Listener:
 
     def drain(self) -> None:
         if self._pg is not None:
-            self._pg.poll()
+            import psycopg2
+
+            try:
+                self._pg.poll()
+            except psycopg2.Error as exc:
+                log.warning("webhook wake-up connection lost (%s); listening again on the next wait", exc)
+                with contextlib.suppress(psycopg2.Error):
+                    self._pg.close()
+                self._pg = None
+                return
             self._pg.notifies.clear()
             return
         while True:

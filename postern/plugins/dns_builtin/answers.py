@@ -16,6 +16,7 @@ import logging
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
 from postern.plugins.dns_builtin.store import ZoneStore, ZoneUnavailable
+from postern.plugins.dns_builtin.wire import parse_query
 
 log = logging.getLogger("postern.dns")
 
@@ -90,7 +91,7 @@ class Answerer:
         return (question_end, data[12:name_end].lower(), data[name_end:question_end], edns, limit)
 
     def _slow(self, data: bytes, tcp: bool) -> bytes | None:
-        query = DNSRecord.parse(data)
+        query = parse_query(data)
         header = query.header
         if header.qr:
             return None  # a reply sent to us: answering could loop between servers
@@ -116,7 +117,7 @@ class Answerer:
             if zone is None or question.qtype in NOT_SERVED:
                 reply.header.rcode = RCODE.REFUSED  # not ours: no recursion, no open resolver
                 return reply.pack()
-            found = zone.lookup(name, question.qtype)
+            found = zone.lookup(name, question.qtype, owner=question.qname)
         except ZoneUnavailable:
             reply.header.rcode = RCODE.SERVFAIL
             return reply.pack()

@@ -39,8 +39,13 @@ class ZoneIndex:
         # RFC 2308: a negative answer's SOA lives for min(SOA TTL, SOA MINIMUM).
         self.negative_soa = RR(soa.rname, SOA, ttl=min(soa.ttl, soa.rdata.times[-1]), rdata=soa.rdata)
 
-    def lookup(self, qname: str, qtype: int) -> Answer:
-        """``qname`` is lower-case, without the final dot, and inside this zone."""
+    def lookup(self, qname: str, qtype: int, owner=None) -> Answer:
+        """``qname`` is lower-case, without the final dot, and inside this zone. ``owner``
+        (the question's name as received, a ``DNSLabel``) owns records a wildcard
+        synthesises: ``qname`` is text with ``\\ddd`` escapes for octets that are not
+        letters, digits or hyphens, and dnslib cannot turn that text back into those
+        octets (it runs it through IDNA), so a wildcard answer to a name with such an
+        octet raised and the query got FORMERR."""
         types = self.rrsets.get(qname)
         if types is not None:
             return self._from(types, qtype, None)
@@ -51,10 +56,10 @@ class ZoneIndex:
             encloser = encloser.split(".", 1)[1]
         wildcard = self.rrsets.get(f"*.{encloser}")
         if wildcard is not None:
-            return self._from(wildcard, qtype, qname)
+            return self._from(wildcard, qtype, owner or qname)
         return Answer(RCODE.NXDOMAIN, (), (self.negative_soa,))
 
-    def _from(self, types: dict[int, list[RR]], qtype: int, synthesised_owner: str | None) -> Answer:
+    def _from(self, types: dict[int, list[RR]], qtype: int, synthesised_owner) -> Answer:
         if qtype == ANY:  # RFC 8482: one RRset is a complete answer
             qtype = next(iter(types))
         found = types.get(qtype) or types.get(CNAME)

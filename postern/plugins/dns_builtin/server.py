@@ -21,6 +21,8 @@ log = logging.getLogger("postern.dns")
 
 #: Bursts of queries queue here instead of being dropped (the default is ~208 KiB).
 UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
+#: How often a server whose zone-change subscription was lost tries to subscribe again.
+RELISTEN_SECONDS = 5
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -53,21 +55,43 @@ class DnsServer:
         self.database_url = postern.config.database_url
         self.tcp_connections = 0
         self._tcp_tasks: set[asyncio.Task] = set()
-        self._udp = self._tcp = self._bell = self._refresh = None
+        self._udp = self._tcp = self._bell = self._refresh = self._relisten = None
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         host, _, port = self.backend.bind.rpartition(":")
         host = host.strip("[]")
-        self._bell = ZoneBellListener(self.database_url, self.store.invalidate)
+        self._listen()
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: UdpProtocol(self.answerer), local_addr=(host, int(port))
         )
         port = self._udp.get_extra_info("sockname")[1]  # the real one when bind asked for port 0
         self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
         self._schedule_refresh()
+        self._schedule_relisten()
         log.info("DNS listening on %s port %s (UDP and TCP)", host, port)
         return host, port
+
+    def _listen(self) -> bool:
+        """Subscribe to zone changes. Without the database (PostgreSQL down or restarting)
+        the server still starts and answers from what it can read; it tries again every
+        RELISTEN_SECONDS, and drops every cached zone once listening again, since rings
+        may have been missed meanwhile."""
+        try:
+            self._bell = ZoneBellListener(self.database_url, self.store.invalidate)
+        except Exception as exc:  # noqa: BLE001 (the driver's connection error: serve on, retry)
+            log.warning("zone bell: cannot listen (%s); trying again in %ss", exc, RELISTEN_SECONDS)
+            self._bell = None
+            return False
+        return True
+
+    def _schedule_relisten(self) -> None:
+        def relisten():
+            if (self._bell is None or not self._bell.alive) and self._listen():
+                self.store.invalidate(["*"])
+            self._schedule_relisten()
+
+        self._relisten = asyncio.get_running_loop().call_later(RELISTEN_SECONDS, relisten)
 
     def _schedule_refresh(self) -> None:
         def refresh():
@@ -103,8 +127,9 @@ class DnsServer:
             writer.close()
 
     async def close(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
+        for timer in (self._refresh, self._relisten):
+            if timer is not None:
+                timer.cancel()
         if self._bell is not None:
             self._bell.close()
         if self._udp is not None:

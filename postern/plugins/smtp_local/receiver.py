@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Mapping
@@ -11,8 +12,8 @@ from typing import Any
 import peewee
 
 from postern.core.backends import InboxRef, Receiver
-from postern.core.db import DatabaseRunner, GroupCommitter
-from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, store
+from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
+from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, storable_address, store
 from postern.core.mail.mime import parse
 
 log = logging.getLogger("postern.smtp")
@@ -70,6 +71,8 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.receiver.max_recipients:
             return "452 4.5.3 Too many recipients"
+        if not storable_address(address.strip()):
+            return "553 5.1.3 Invalid mailbox address"
         try:
             known = await self.runner.run(local_inbox, address)
         except peewee.PeeweeException as exc:
@@ -87,6 +90,15 @@ class Handler:
         raw = envelope.original_content or envelope.content
         try:
             parsed = await self.runner.run(parse, raw, self.limits)
+        except MailRejected as exc:
+            log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
+            return f"{exc.smtp_code} {exc.message}"
+        except Exception:
+            # Parsing depends on the bytes alone: a retry would fail the same way, so a
+            # 4xx here would have the sender resend a poison message forever.
+            log.exception("could not parse a message from %s; refused it for good", envelope.mail_from)
+            return "554 5.6.0 Message could not be parsed"
+        try:
             stored = await self.committer.run(
                 store,
                 self.postern,
@@ -100,42 +112,69 @@ class Handler:
         except MailRejected as exc:
             log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
             return f"{exc.smtp_code} {exc.message}"
-        except Exception:  # anything unforeseen: the sender must retry, never lose it
-            log.exception("could not store a message from %s; answered 451", envelope.mail_from)
+        except Exception as exc:  # anything unforeseen: the sender must retry, never lose it
+            fault = database_fault(exc)
+            if fault is not None and fault.kind == FAULT_FULL:  # RFC 3463 4.3.1: the sender keeps it, retries
+                log.warning("out of storage; answered 452 to %s: %s", envelope.mail_from, fault.error)
+                return "452 4.3.1 Insufficient system storage, try again later"
+            if fault is not None:
+                log.warning("database unavailable; answered 451 to %s: %s", envelope.mail_from, fault.error)
+            else:
+                log.exception("could not store a message from %s; answered 451", envelope.mail_from)
             return "451 4.3.0 Temporary failure storing the message, try again later"
         return f"250 2.0.0 OK stored as {' '.join(m.id for m in stored)}"
 
 
-def run_listener(postern) -> None:
-    """Service entry point (``postern service run smtp``): serve until SIGTERM."""
+def smtp_session(handler, hostname: str, data_size_limit: int):
+    """One connection's aiosmtpd protocol, as the listener serves it (the fuzzers too).
+    A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection."""
+    return _smtp_class()(
+        handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True, ident="Postern ESMTP"
+    )
+
+
+@functools.cache
+def _smtp_class():
+    from aiosmtpd.smtp import SMTP  # imported by the listener only, not by every process
+
+    class PosternSMTP(SMTP):
+        def _getaddr(self, arg):
+            try:
+                return super()._getaddr(arg)
+            except (IndexError, ValueError):
+                # The standard library's get_angle_addr raises IndexError on "<" and
+                # "<@" (Python 3.11.7), which aiosmtpd lets escape: "MAIL FROM:<" was
+                # answered "500 Error: (IndexError) …" with a traceback logged per
+                # command. A malformed address gets aiosmtpd's own answer instead.
+                return None, None
+
+    return PosternSMTP
+
+
+def run_listener(postern, handler_class: type[Handler] = Handler) -> None:
+    """Service entry point (``postern service run smtp``): serve until SIGTERM.
+    Another receive backend can serve its own ``Handler`` subclass (wildduck does)."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(postern))
+    asyncio.run(_serve(postern, handler_class))
 
 
-async def _serve(postern) -> None:
-    from aiosmtpd.smtp import SMTP
-
+async def _serve(postern, handler_class: type[Handler]) -> None:
     receiver = postern.backend("receive")
     # aiosmtpd logs every command at INFO: a dozen lines per message, a measurable cost.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     runner = DatabaseRunner(receiver.threads)
     committer = GroupCommitter()
-    handler = Handler(postern, receiver, runner, committer)
+    handler = handler_class(postern, receiver, runner, committer)
     host, _, port = receiver.bind.rpartition(":")
     limit = postern.config.mail.max_message_bytes
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        # A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection.
-        lambda: SMTP(
-            handler, hostname=receiver.hostname, data_size_limit=limit, enable_SMTPUTF8=True, ident="Postern ESMTP"
-        ),
-        host.strip("[]"),
-        int(port),
+        lambda: smtp_session(handler, receiver.hostname, limit), host.strip("[]"), int(port)
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
