@@ -18,7 +18,7 @@ from postern.api import create_app
 from postern.core.config import ConfigError
 from postern.core.hookspecs import hookimpl
 from postern.core.mail.confirm import confirm_due
-from postern.core.mail.outbound import deliver_due
+from postern.core.mail.delivery import deliver_due
 from postern.core.models import Message, utcnow
 from postern.core.runtime import build_postern
 

@@ -14,7 +14,7 @@ from postern.api import create_app
 from postern.core.auth import authenticate
 from postern.core.hookspecs import hookimpl
 from postern.core.inboxes import create_inbox
-from postern.core.mail import outbound
+from postern.core.mail import delivery
 from postern.core.mail.ingest import ingest
 from postern.core.mail.mime import MailLimits, MailRejected, parse
 from postern.core.models import Inbox, Message, utcnow
@@ -83,7 +83,7 @@ def test_a_delivered_message_is_never_delivered_again(world, monkeypatch):
         f"/v1/inboxes/{inbox.id}/messages", headers=headers, json={"to": [other["address"]], "text": "once"}
     ).json
     assert sent["status"] == "sent"
-    outbound.deliver(postern, sent["id"])  # e.g. an outbox that thought it was due
+    delivery.deliver(postern, sent["id"])  # e.g. an outbox that thought it was due
     assert Message.select().where(Message.inbox == other["id"]).count() == 1
 
 
@@ -103,8 +103,8 @@ def test_the_outbox_survives_a_message_that_explodes(world, monkeypatch):
             raise RuntimeError("unexpected")
         return Message.get_by_id(message_id)
 
-    monkeypatch.setattr(outbound, "deliver", flaky)
-    assert outbound.deliver_due(postern) == 2 and len(calls) == 2
+    monkeypatch.setattr(delivery, "deliver", flaky)
+    assert delivery.deliver_due(postern) == 2 and len(calls) == 2
 
 
 def test_a_wait_reads_past_a_full_batch_of_sent_mail(world):

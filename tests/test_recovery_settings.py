@@ -15,7 +15,7 @@ from support.world import INFO, make_tenant
 from postern.core.auth import authenticate
 from postern.core.config import ConfigError, load_config
 from postern.core.inboxes import create_inbox
-from postern.core.mail import outbound
+from postern.core.mail import delivery, outbound
 from postern.core.runtime import build_postern
 from postern.supervisor import Child, Supervisor
 
@@ -66,4 +66,4 @@ def test_a_send_whose_process_dies_is_leased_for_the_configured_time(config, db)
     assert message.status == "queued"
     claim = (message.next_attempt_at - message.received_at).total_seconds()
     assert 7 <= claim < 8  # the outbox takes it over after 7 s, not the old fixed 300 s
-    assert outbound.deliver_due(postern) == 0  # still the sender's until then
+    assert delivery.deliver_due(postern) == 0  # still the sender's until then

@@ -18,7 +18,7 @@ from support.world import make_tenant
 from postern.api import create_app
 from postern.core.db import database
 from postern.core.hookspecs import hookimpl
-from postern.core.mail.outbound import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
+from postern.core.mail.delivery import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
 from postern.core.models import Message, utcnow
 from postern.core.runtime import build_postern
 

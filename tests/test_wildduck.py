@@ -386,7 +386,7 @@ def test_agent_mail_to_another_inbox_goes_through_wildduck_once(wd, agent):
 
 
 def test_local_delivery_that_reached_one_of_two_inboxes_reaches_only_the_other_on_retry(wd, agent):
-    from postern.core.mail.outbound import deliver
+    from postern.core.mail.delivery import deliver
 
     sender = make_inbox(wd, agent, "fanout")
     first, second = make_inbox(wd, agent, "first"), make_inbox(wd, agent, "second")
@@ -408,7 +408,7 @@ class Died(BaseException):
 def test_agent_mail_whose_answer_was_never_recorded_is_not_delivered_twice(wd, agent, monkeypatch):
     """WildDuck stored the message, then the sending process died before recording that:
     the outbox's retry finds it in the recipient's mailbox and does not deliver again."""
-    from postern.core.mail.outbound import deliver
+    from postern.core.mail.delivery import deliver
     from postern.plugins.wildduck import lmtp as lmtp_module
 
     sender, recipient = make_inbox(wd, agent, "crasher"), make_inbox(wd, agent, "survivor")

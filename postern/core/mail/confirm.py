@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 
 from postern.core.backends import PendingSend, PermanentFailure, TemporaryFailure
-from postern.core.mail.outbound import CHECK_AFTER, mark_failed, mark_sent, run_due
+from postern.core.mail.delivery import CHECK_AFTER, mark_failed, mark_sent, run_due
 from postern.core.models import Message, utcnow
 
 log = logging.getLogger("postern.outbound")

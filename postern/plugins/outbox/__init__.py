@@ -18,7 +18,7 @@ def run_outbox(postern) -> None:
 
     from postern.core.db import database, database_fault
     from postern.core.mail.confirm import confirm_due
-    from postern.core.mail.outbound import deliver_due
+    from postern.core.mail.delivery import deliver_due
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
