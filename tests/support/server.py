@@ -97,6 +97,26 @@ class Server:
             self.log.close()
 
 
+def workers_holding_my_connections(server: Server) -> set[int]:
+    """Pids of the processes under ``server`` (its API workers) that hold an open
+    connection this test process made to its API port: which worker serves a
+    connection is the kernel's choice, and this is how a test sees it."""
+    mine = {
+        c.laddr.port
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr and c.raddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
+    }
+    holders = set()
+    for proc in descendants(server.proc.pid):
+        try:
+            conns = proc.net_connections("tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.laddr.port == server.port and c.raddr and c.raddr.port in mine for c in conns):
+            holders.add(proc.pid)
+    return holders
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
