@@ -294,8 +294,11 @@ def smtp_sender(port: int, inboxes: list[dict]):
             except (OSError, smtplib.SMTPException):
                 return None, mail  # no session: the message was never offered
         try:
-            state["smtp"].sendmail("client@crash.example", [i["address"] for i in to], mail.raw)
-            return True, mail
+            refused = state["smtp"].sendmail("client@crash.example", [i["address"] for i in to], mail.raw)
+            # RCPT may refuse one of two (a 4xx) and DATA still take it for the other:
+            # acknowledged for that one only (all refused raises, and is a cut).
+            accepted = frozenset(i["id"] for i in to if i["address"] not in refused)
+            return True, Mail(mail.raw, accepted)
         except (OSError, smtplib.SMTPException):
             with contextlib.suppress(Exception):
                 state["smtp"].close()
