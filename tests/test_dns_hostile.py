@@ -202,10 +202,12 @@ def _until_probe_answered(sock, ns, probe: int) -> list[bytes]:
 
 def test_a_silent_or_slow_tcp_client_is_cut_off(ns):
     started = time.monotonic()
-    with socket.create_connection((ns.host, ns.port), timeout=5) as conn:
+    with socket.create_connection((ns.host, ns.port), timeout=30) as conn:
         conn.sendall(b"\x00\xff\x00")  # promises 255 bytes, sends one
         assert conn.recv(10) == b""  # closed by the server after its 1 s idle timeout
-    assert time.monotonic() - started < 4
+    # Given its idle second, then cut off: by the server, long before this client's own
+    # 30 s timeout (an upper bound a loaded box cannot break, unlike the old 4 s).
+    assert 0.9 <= time.monotonic() - started < 15
     still_serving(ns)
 
 
