@@ -28,7 +28,7 @@ from postern.core.runtime import build_postern
 from postern.core.webhooks.manage import create_webhook
 
 pytestmark = pytest.mark.slow
-HOOK_ENV = {"POSTERN_WEBHOOKS_ALLOW_DESTINATIONS": "127.0.0.0/8", "POSTERN_WEBHOOKS_TIMEOUT_SECONDS": "1"}
+HOOK_ENV = {"POSTERN_WEBHOOKS_ALLOW_DESTINATIONS": "127.0.0.0/8"}
 
 
 def test_smtp_mail_produces_one_signed_delivery(env, tmp_path, db_url):
@@ -36,7 +36,8 @@ def test_smtp_mail_produces_one_signed_delivery(env, tmp_path, db_url):
     with database.connection_context():
         migrations.upgrade()
         enrolled = make_tenant("acme").agent_key(handle="support")
-    server = Server({**env, **HOOK_ENV}, tmp_path)
+    # Exactly one attempt is asserted: one answered late on a loaded box must not time out.
+    server = Server({**env, **HOOK_ENV, "POSTERN_WEBHOOKS_TIMEOUT_SECONDS": "10"}, tmp_path)
     headers = {"Authorization": f"Bearer {enrolled.agent_key}"}
     try:
         wait_for(lambda: (h := server.health()) and {"smtp", "webhooks"} <= {s["name"] for s in h["services"]})
