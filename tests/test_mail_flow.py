@@ -12,13 +12,13 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
-from support.server import Server, kill_tree, wait_for
+from support.server import Server, kill_tree, wait_for, workers_holding_my_connections
 from support.world import make_tenant
 
 from postern.core import migrations
 from postern.core.db import database, open_database
 from postern.core.doorbell import SAFETY_RECHECK
-from postern.core.models import Message
+from postern.core.models import AuditEvent, Message
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 200_000
@@ -173,28 +173,47 @@ def test_smtp_smuggling_stays_one_message(live):
     assert "smuggled" in detail["text"] and "tail" in detail["text"]
 
 
+def until_waits_opened(inbox_id: str, count: int) -> None:
+    """Until ``count`` waits on the inbox have begun: a wait commits its audit row
+    (resolving its cursor) before it parks, so mail sent after this wakes it."""
+
+    def opened():
+        with database.connection_context():
+            where = (AuditEvent.action == "message.wait") & (AuditEvent.target == inbox_id)
+            return AuditEvent.select().where(where).count() == count
+
+    wait_for(opened, timeout=60)
+
+
 def test_waiters_in_every_worker_wake_when_mail_arrives_over_smtp(live):
     inbox = make_inbox(live, "waiter")
     idle = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/wait", params={"timeout": 0}).json()
     assert idle == {"messages": [], "cursor": "0", "timed_out": True}
-    results, started = [], threading.Barrier(9)
+    results, threads = [], []
 
     def wait():
-        started.wait()
         resp = api(live, "GET", f"/v1/inboxes/{inbox['id']}/messages/wait", params={"after": "0", "timeout": 60})
         results.append((resp.json(), time.monotonic()))
 
-    threads = [threading.Thread(target=wait) for _ in range(8)]
-    for t in threads:
-        t.start()
-    started.wait()
-    time.sleep(1.0)  # let every waiter park (this is set-up, not a timing assertion)
+    # Which worker accepts a connection is the kernel's choice, and it may give one worker
+    # all of them: open waits in batches until both workers hold one, every wait parked.
+    deadline = time.monotonic() + 60
+    while True:
+        batch = [threading.Thread(target=wait) for _ in range(4)]
+        for t in batch:
+            t.start()
+        threads += batch
+        until_waits_opened(inbox["id"], 1 + len(threads))
+        holders = workers_holding_my_connections(live)
+        if len(holders) == 2:
+            break
+        assert time.monotonic() < deadline, f"{len(threads)} waits, all held by workers {holders}"
     sent_at = time.monotonic()
     with smtp(live) as client:
         client.sendmail("x@example.org", [inbox["address"]], b"Subject: ding\r\n\r\ndong\r\n")
     for t in threads:
         t.join(70)
-    assert len(results) == 8
+    assert len(results) == len(threads)
     for body, _ in results:
         assert body["timed_out"] is False and [m["subject"] for m in body["messages"]] == ["ding"]
         assert body["cursor"] == body["messages"][0]["cursor"] == "1"
@@ -217,7 +236,7 @@ def test_a_wait_whose_client_disconnects_is_released_at_once(live):
         sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live.key}\r\n\r\n".encode())
         clients.append(sock)
-    time.sleep(1.0)  # let every wait park (set-up, not a timing assertion)
+    until_waits_opened(inbox["id"], 4)  # every wait parked
     for sock in clients:
         sock.close()
     wait_for(lambda: live.output().count(f"wait on {inbox['id']} ended early: the client disconnected") == 4, 20)
@@ -227,7 +246,8 @@ def test_a_wait_whose_client_disconnects_is_released_at_once(live):
         target=lambda: result.update(api(live, "GET", path.split("?")[0], params={"timeout": 60}).json())
     )
     waiter.start()
-    time.sleep(1.0)
+    # Parked before the mail comes: without ``after`` it waits for mail newer than its start.
+    until_waits_opened(inbox["id"], 5)
     with smtp(live) as client:
         client.sendmail("x@example.org", [inbox["address"]], b"Subject: still here\r\n\r\nyes\r\n")
     waiter.join(70)

@@ -45,6 +45,8 @@ def live(env, tmp_path, db_url):
     server.operator = operator
     wait_for(lambda: (h := server.health()) and {"smtp", "mcp"} <= {s["name"] for s in h["services"]})
     wait_for(lambda: _answers(f"{server.mcp_url}/healthz"))
+    # Listed in health is not listening yet: the conversations send mail over SMTP.
+    wait_for(lambda: _smtp_greets(server.smtp_port))
     with Postern(api_key=other, base_url=server.url) as theirs:
         server.foreign_inbox = theirs.inboxes.create("private").id
     yield server
@@ -58,13 +60,21 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _smtp_greets(port: int) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            return smtp.noop()[0] == 250
+    except (OSError, smtplib.SMTPException):
+        return False
+
+
 def smtp_send(port: int, to: str, subject: str, body: str, delay: float = 0.0) -> threading.Thread:
     def send():
         time.sleep(delay)
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"] = "Ann <ann@example.org>", to, subject
         msg.set_content(body)
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             smtp.send_message(msg)
 
     thread = threading.Thread(target=send)

@@ -7,12 +7,12 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import socket
 
 import falcon.testing
 import pytest
 from aiosmtpd.controller import Controller
 from support.faults import BadRelay
+from support.server import free_port
 from support.world import make_tenant
 
 from postern.api import create_app
@@ -34,12 +34,6 @@ class Sink:
         if self.reply.startswith("250"):
             self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return self.reply
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

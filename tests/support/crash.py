@@ -40,7 +40,7 @@ import psutil
 from postern.core import migrations
 from postern.core.db import database, open_database
 from support.receiver import Receiver
-from support.server import Server, crash_tree, wait_for
+from support.server import Server, crash_tree, free_port, wait_for
 from support.world import make_tenant
 
 SCENARIOS = ("smtp_listener", "whole_serve", "api_sends", "webhooks")
@@ -294,8 +294,11 @@ def smtp_sender(port: int, inboxes: list[dict]):
             except (OSError, smtplib.SMTPException):
                 return None, mail  # no session: the message was never offered
         try:
-            state["smtp"].sendmail("client@crash.example", [i["address"] for i in to], mail.raw)
-            return True, mail
+            refused = state["smtp"].sendmail("client@crash.example", [i["address"] for i in to], mail.raw)
+            # RCPT may refuse one of two (a 4xx) and DATA still take it for the other:
+            # acknowledged for that one only (all refused raises, and is a cut).
+            accepted = frozenset(i["id"] for i in to if i["address"] not in refused)
+            return True, Mail(mail.raw, accepted)
         except (OSError, smtplib.SMTPException):
             with contextlib.suppress(Exception):
                 state["smtp"].close()
@@ -499,7 +502,7 @@ def api_sends(db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
     from aiosmtpd.controller import Controller
 
     sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     # The relay's timeout stays below the outbox lease, so an attempt cut by a kill is
     # retried soon after, and a slow attempt never overlaps its own retry.
@@ -536,12 +539,6 @@ class Sink:
             self.received.append(envelope.original_content or envelope.content)
             self.at.append(time.monotonic())
         return "250 OK queued"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def retry_cut_sends(deployment: Deployment, clients: Clients, row: Row) -> None:

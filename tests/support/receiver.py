@@ -1,5 +1,6 @@
 """A real HTTP receiver on 127.0.0.1 for webhook tests: records every request and
-answers from a script (status codes, optional delay), then 200."""
+answers from a script (status codes, optional delay), then 200. A ``gate`` (a
+threading.Event) holds every answer until it is set, to keep requests in flight."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic() when the request was complete
+    wall: float = 0.0  # time.time() then, to compare with timestamps the server stored
 
 
 class Receiver:
-    def __init__(self, script=(), delay: float = 0.0, body: bytes = b"ok", headers=None):
+    def __init__(self, script=(), delay: float = 0.0, body: bytes = b"ok", headers=None, gate=None):
         self.requests: list[Received] = []
         #: Requests whose sender hung up before the whole body arrived (a killed
         #: dispatcher): not recorded, not answered, as a real server would drop them.
         self.torn = 0
         self.script = list(script)
         self.delay = delay
+        self.gate = gate
         self.reply_body = body
         self.reply_headers = headers or {}
         self.lock = threading.Lock()
@@ -42,10 +45,18 @@ class Receiver:
                     return
                 with receiver.lock:
                     receiver.requests.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.monotonic(),
+                            time.time(),
+                        )
                     )
                     status = receiver.script.pop(0) if receiver.script else 200
                     receiver.arrived.notify_all()
+                if receiver.gate is not None:
+                    receiver.gate.wait()
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 self.send_response(status)
@@ -78,6 +89,8 @@ class Receiver:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.gate is not None:
+            self.gate.set()  # no handler left hanging
         self.server.shutdown()
         self.server.server_close()
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +18,23 @@ import psutil
 TESTS_DIR = Path(__file__).parent.parent
 
 
+_issued: set[int] = set()
+_issued_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now, and never handed out before in this process. The caller
+    binds it later; after a bind(0) socket is closed the kernel may give the same port
+    to the next bind(0), so the API, SMTP and DNS ports of one server (or the ports of
+    two tests' servers) could otherwise be the same, and one of the binds fail."""
+    with _issued_lock:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _issued:
+                _issued.add(port)
+                return port
 
 
 def wait_for(predicate, timeout=30.0, interval=0.1):
@@ -95,6 +109,26 @@ class Server:
             return self.proc.wait(timeout=timeout)
         finally:
             self.log.close()
+
+
+def workers_holding_my_connections(server: Server) -> set[int]:
+    """Pids of the processes under ``server`` (its API workers) that hold an open
+    connection this test process made to its API port: which worker serves a
+    connection is the kernel's choice, and this is how a test sees it."""
+    mine = {
+        c.laddr.port
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr and c.raddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
+    }
+    holders = set()
+    for proc in descendants(server.proc.pid):
+        try:
+            conns = proc.net_connections("tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.laddr.port == server.port and c.raddr and c.raddr.port in mine for c in conns):
+            holders.add(proc.pid)
+    return holders
 
 
 def descendants(pid: int) -> list[psutil.Process]:

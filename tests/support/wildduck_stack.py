@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS_DIR = ROOT / "wildduck-harness"
 WILDDUCK_DIR = HARNESS_DIR / "node_modules" / "wildduck"
@@ -28,12 +30,6 @@ READY_LINE = "All servers started"
 
 class StackUnavailable(Exception):
     """A part of the stack is not installed here; the message says which and how to get it."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def missing_parts() -> list[str]:
