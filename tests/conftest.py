@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from postern.core import migrations
 from postern.core.config import load_config
@@ -15,6 +16,14 @@ from postern.core.db import database, open_database
 
 PG_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "")
 TESTS_DIR = Path(__file__).parent
+
+# CI replays the same generated inputs every run (seeded from each test's own code), so
+# a red CI means a change broke something, never that this run drew a new input. Runs
+# outside CI draw fresh inputs, and the long explorations are `tox -e fuzz` and
+# `tox -e reliability` (docs/reliability.md); what they find becomes a regression test.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") and not any(os.environ.get(v) for v in ("POSTERN_FUZZ_CASES", "POSTERN_FUZZ_EXAMPLES")):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
