@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import orjson
+
 from postern.core.enrollment import allowed_domains
 
 
 def iso(moment: dt.datetime | None) -> str | None:
-    return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
+    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
 
 
 def customer_json(c) -> dict:
@@ -97,7 +99,7 @@ def page_json(page, fn) -> dict:
 
 
 def _people(raw: str) -> list[dict]:
-    return [] if raw == "[]" else json.loads(raw)  # most Cc lists are empty: skip the parser
+    return [] if raw == "[]" else orjson.loads(raw)  # most Cc lists are empty: skip the parser
 
 
 def attachment_json(a) -> dict:
