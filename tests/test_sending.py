@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import time
 
 import falcon.testing
 import pytest
@@ -16,6 +17,7 @@ from support.server import free_port
 from support.world import make_tenant
 
 from postern.api import create_app
+from postern.core.config import ConfigError
 from postern.core.db import database
 from postern.core.hookspecs import hookimpl
 from postern.core.mail.delivery import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
@@ -356,6 +358,8 @@ def test_a_wait_skips_the_inbox_own_sent_mail(config, world):
         ({"smarthost": "relay.example.org:587", "ca_file": "/nonexistent/ca.pem"}, "is not a readable PEM file"),
         ({"smarthost": "relay.example.org:587", "tls": True}, "unknown option 'tls'"),
         ({"starttls": "yes"}, "'starttls' must be a bool"),
+        ({"timeout": 10, "deadline": 5}, "'deadline' .* at least 'timeout'"),
+        ({"timeout": 0}, "'timeout' must be positive"),
     ],
 )
 def test_bad_smarthost_options_are_refused_at_start(options, message):
@@ -365,7 +369,21 @@ def test_bad_smarthost_options_are_refused_at_start(options, message):
         SmtpLocalSender.from_config(options)
 
 
-@pytest.mark.parametrize("fault", ["hang", "drop", "down"])
+def test_a_lease_no_longer_than_a_relay_attempt_is_refused_at_start(config):
+    """The outbox may start a new attempt when the lease lapses: an attempt that can
+    outlive it could relay the message twice, so such a configuration never starts."""
+    config.roles["send"].options = {"smtp_local": {"smarthost": "127.0.0.1:2525", "starttls": False, "timeout": 30}}
+    config.mail.outbound_lease_seconds = 120  # the deadline defaults to 4 x timeout = 120 s
+    with pytest.raises(ConfigError, match=r"outbound_lease_seconds \(120\) must be above .*'smtp_local' \(120 s\)"):
+        build_postern(config)
+    config.mail.outbound_lease_seconds = 121
+    assert build_postern(config).backend("send").attempt_deadline == 120
+    config.roles["send"].options = {"smtp_local": {}}  # capturing: no relay, nothing to outlive
+    config.mail.outbound_lease_seconds = 5
+    assert build_postern(config).backend("send").attempt_deadline is None
+
+
+@pytest.mark.parametrize("fault", ["hang", "drop", "down", "drip"])
 def test_relay_that_hangs_drops_or_is_down_keeps_the_message_queued_until_it_is_back(config, world, sink, fault):
     handler, good_port = sink
     with contextlib.ExitStack() as stack:
@@ -375,16 +393,25 @@ def test_relay_that_hangs_drops_or_is_down_keeps_the_message_queued_until_it_is_
             relay = stack.enter_context(BadRelay(fault))
             port = relay.port
         config.roles["send"].options = {
-            "smtp_local": {"smarthost": f"127.0.0.1:{port}", "starttls": False, "timeout": 1}
+            "smtp_local": {"smarthost": f"127.0.0.1:{port}", "starttls": False, "timeout": 1, "deadline": 2}
         }
         postern = build_postern(config)
         client = falcon.testing.TestClient(create_app(postern))
         _, agent = world
         alice = new_inbox(client, agent, "alice")
         body = {"to": ["a@example.org"], "subject": "s", "text": "t"}
+        started = time.monotonic()
         resp = client.simulate_post(f"/v1/inboxes/{alice['id']}/messages", headers=auth(agent), json=body)
+        took = time.monotonic() - started
         assert resp.status_code == 201 and resp.json["status"] == "queued", resp.text
-        expected = {"hang": "timed out", "drop": "Connection unexpectedly closed", "down": "Connection refused"}[fault]
+        expected = {
+            "hang": "timed out",
+            "drop": "Connection unexpectedly closed",
+            "down": "Connection refused",
+            "drip": "not done within 2 s",  # each byte came within the 1 s timeout
+        }[fault]
+        if fault == "drip":  # the deadline, not the relay, ended it (the relay drips forever)
+            assert 2 <= took < 30
         assert expected in resp.json["error"] and resp.json["attempts"] == 1, resp.json["error"]
         assert relay is None or relay.connections == 1
         shown = client.simulate_get(f"/v1/inboxes/{alice['id']}/messages/{resp.json['id']}", headers=auth(agent))

@@ -123,6 +123,11 @@ class Sender(Backend):
     #: message is then ``sending`` and the outbox calls ``check`` until the outcome is known.
     #: A backend that leaves it False has an "accepted" recorded as ``sent``.
     confirms: ClassVar[bool] = False
+    #: The longest one ``send`` call may take, in seconds, or None when the backend does
+    #: not bound it. The core refuses a ``mail.outbound_lease_seconds`` that is not above
+    #: it: the outbox may start a new attempt once the lease lapses, so an attempt that
+    #: outlived its lease could hand the same message over twice.
+    attempt_deadline: float | None = None
 
     def send(self, message: OutboundMessage) -> SendResult:
         """Send ``message``; raise ``TemporaryFailure`` or ``PermanentFailure``."""

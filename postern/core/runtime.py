@@ -59,6 +59,18 @@ class Postern:
                     self.backend(status.role)
                 except ValueError as exc:
                     raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
+                if status.role == "send":
+                    self._check_lease(status.backend)
+
+    def _check_lease(self, name: str) -> None:
+        deadline = getattr(self.backend("send"), "attempt_deadline", None)
+        lease = self.config.mail.outbound_lease_seconds
+        if deadline is not None and lease <= deadline:
+            raise ConfigError(
+                f"mail.outbound_lease_seconds ({lease}) must be above the longest attempt of the send "
+                f"backend '{name}' ({deadline:g} s): the outbox would start a second attempt while the first "
+                "still talks to the relay"
+            )
 
     def backend(self, role: str) -> Any:
         """The configured backend for ``role``, built once per process."""

@@ -504,10 +504,10 @@ def api_sends(db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
     sink = Sink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
-    # The relay's timeout stays below the outbox lease, so an attempt cut by a kill is
-    # retried soon after, and a slow attempt never overlaps its own retry.
+    # A short lease, so an attempt cut by a kill is retried soon after; the relay's whole
+    # attempt (deadline 6 s) stays below it, so a slow attempt never overlaps its retry.
     config = lambda server: (  # noqa: E731
-        f'[send.smtp_local]\nsmarthost = "127.0.0.1:{controller.port}"\nstarttls = false\ntimeout = 3\n'
+        f'[send.smtp_local]\nsmarthost = "127.0.0.1:{controller.port}"\nstarttls = false\ntimeout = 3\ndeadline = 6\n'
     )
     lease = {"POSTERN_MAIL_OUTBOUND_LEASE_SECONDS": "8"}
     deployment = Deployment(db_url, tmp_path, inboxes=1, env=lease, config=config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import sqlite3
@@ -161,10 +162,11 @@ def fill(directory: Path) -> Path:
 
 class BadRelay:
     """A TCP listener that misbehaves as a smarthost can: ``hang`` accepts and never says
-    a word; ``drop`` accepts and closes at once. Connections are counted."""
+    a word; ``drop`` accepts and closes at once; ``drip`` greets one byte every 0.2 s and
+    never ends the line, so no single read waits long. Connections are counted."""
 
     def __init__(self, mode: str):
-        assert mode in ("hang", "drop")
+        assert mode in ("hang", "drop", "drip")
         self.mode = mode
         self.connections = 0
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -200,3 +202,14 @@ class BadRelay:
                 conn.close()
             else:
                 self._held.append(conn)
+            if self.mode == "drip":
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        for byte in itertools.chain(b"220 ", itertools.repeat(ord("."))):
+            if self._stop.wait(0.2):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the client hung up

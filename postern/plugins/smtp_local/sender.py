@@ -10,7 +10,9 @@ safe default for development.
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ class SmtpLocalSender(Sender):
         "username": str,
         "password": str,
         "timeout": int,
+        "deadline": int,
         "helo": str,
         "ca_file": str,
         "spf": list,
@@ -40,12 +43,17 @@ class SmtpLocalSender(Sender):
         username: str = "",
         password: str = "",
         timeout: int = 30,
+        deadline: int = 0,
         helo: str = "",
         ca_file: str = "",
         spf: list | None = None,
     ):
         self.smarthost, self.starttls, self.username, self.password = smarthost, starttls, username, password
         self.timeout, self.helo = timeout, helo
+        #: Seconds one relay attempt may take in all (0: 4 x ``timeout``). ``timeout``
+        #: bounds each socket operation only: a relay that answers a byte at a time
+        #: would otherwise hold the attempt past the outbox's lease.
+        self.deadline = deadline or 4 * timeout
         #: PEM file of the CAs to trust for the smarthost's certificate (a private CA);
         #: empty trusts the system's store. Verification is never switched off.
         self.ca_file = ca_file
@@ -62,6 +70,8 @@ class SmtpLocalSender(Sender):
             if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                 raise ValueError(f"'{key}' must be a {kind.__name__}")
         sender = cls(**options)
+        if sender.timeout <= 0 or sender.deadline < sender.timeout:
+            raise ValueError("'timeout' must be positive and 'deadline' (0: 4 x timeout) at least 'timeout'")
         if sender.smarthost:
             host, _, port = sender.smarthost.rpartition(":")
             if not host or not port.isdigit():
@@ -81,12 +91,32 @@ class SmtpLocalSender(Sender):
                 ) from None
         return sender
 
+    @property
+    def attempt_deadline(self) -> float | None:
+        return self.deadline if self.smarthost else None  # capturing is instant
+
     def send(self, message: OutboundMessage) -> SendResult:
         if not self.smarthost:
             return SendResult(self.name, f"captured:{message.postern_id}", "captured")
+        return self._relay(message)
+
+    def _relay(self, message: OutboundMessage) -> SendResult:
         host, _, port = self.smarthost.rpartition(":")
+        client = smtplib.SMTP(local_hostname=self.helo or None, timeout=self.timeout)
+        # The name STARTTLS checks the certificate against. smtplib records it only when
+        # the constructor connects, which would be before the watchdog below is armed.
+        client._host = host
+        # At the deadline the socket is shut down under the blocked call, which then
+        # fails like any broken connection (a temporary failure, retried on schedule).
+        fired = threading.Event()
+        watchdog = threading.Timer(self.deadline, _cut, (client, fired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with smtplib.SMTP(host, int(port), local_hostname=self.helo or None, timeout=self.timeout) as client:
+            with client:
+                client.connect(host, int(port))
+                if fired.is_set():  # it fired while the socket was not there yet
+                    raise TimeoutError("deadline")
                 if self.starttls:
                     client.starttls(context=ssl.create_default_context(cafile=self.ca_file or None))
                 if self.username:
@@ -101,11 +131,25 @@ class SmtpLocalSender(Sender):
         except smtplib.SMTPResponseException as exc:
             raise _failure(exc.smtp_code, exc.smtp_error) from exc
         except (OSError, smtplib.SMTPException) as exc:
+            if fired.is_set():  # the deadline cut the connection
+                raise TemporaryFailure(f"smarthost {self.smarthost}: not done within {self.deadline} s") from exc
             raise TemporaryFailure(f"smarthost {self.smarthost}: {exc}") from exc
+        finally:
+            watchdog.cancel()
         if refused:
             # Some recipients took it: resending would duplicate it for them.
             raise PermanentFailure(f"refused by the smarthost for {', '.join(sorted(refused))}", code="partial")
         return SendResult(self.name, message.message_id, "sent")
+
+
+def _cut(client: smtplib.SMTP, fired: threading.Event) -> None:
+    fired.set()  # before the cut, so the failure it causes is read as the deadline's
+    sock = client.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 def _failure(code: int, text) -> Exception:
