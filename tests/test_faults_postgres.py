@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -33,7 +34,7 @@ from support.server import Server, descendants, wait_for
 from support.world import make_tenant
 
 from postern.core.config import load_config
-from postern.core.db import database
+from postern.core.db import database, open_database
 from postern.core.runtime import build_postern
 
 pytestmark = pytest.mark.slow
@@ -294,3 +295,38 @@ def test_webhook_wake_up_listens_again_after_the_database_comes_back(tmp_path, d
             assert listener.wait(0.05) == [listener]  # and listening again
         finally:
             listener.close()
+
+
+def test_postgresql_sockets_notice_a_silently_dead_link(db_url):
+    """A link that dies without a RST (a NAT or firewall forgetting the flow) is noticed in
+    about a minute, not after the kernel's two idle hours: the socket itself carries the
+    keepalive and user-timeout settings. A value in the URL wins over Postern's."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection")
+    assert socket_settings(db_url) == {"keepalive": 1, "idle": 30, "interval": 10, "count": 3, "user_timeout_ms": 60000}
+    assert socket_settings(f"{db_url}&keepalives_idle=7&tcp_user_timeout=9000") == {
+        "keepalive": 1,
+        "idle": 7,
+        "interval": 10,
+        "count": 3,
+        "user_timeout_ms": 9000,
+    }
+
+
+def socket_settings(url: str) -> dict:
+    open_database(url)
+    try:
+        with database.connection_context():
+            sock = socket.socket(fileno=os.dup(database.connection().fileno()))
+            try:
+                return {
+                    "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                }
+            finally:
+                sock.close()
+    finally:
+        database.close()

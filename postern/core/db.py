@@ -27,6 +27,18 @@ log = logging.getLogger("postern.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_LOCK_TIMEOUT_MS = 5000
+# libpq connection settings, each unless the URL sets it. Without keepalives a link that
+# drops silently (no RST: a NAT or firewall forgetting the flow) is noticed only after the
+# kernel's defaults, about two hours idle; without a user timeout a request unacknowledged
+# on a dead link is retransmitted for about 15 minutes. Here: about a minute for each.
+PG_CONNECT_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60000,  # ms
+}
 
 
 class DatabaseConfigError(Exception):
@@ -62,8 +74,10 @@ def open_database(url: str, sqlite_synchronous: str = "full") -> peewee.Database
         # (a long migration, a manual LOCK TABLE) gives "try again later" after
         # PG_LOCK_TIMEOUT_MS instead of holding a request, an SMTP session and a pool
         # thread forever. Options in the URL come after ours and win.
-        options = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} {parse(url).get('options', '')}".strip()
-        db = connect(url, options=options, **({} if "connect_timeout" in url else {"connect_timeout": 10}))
+        given = parse(url)
+        options = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} {given.get('options', '')}".strip()
+        defaults = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
+        db = connect(url, options=options, **defaults)
     else:
         raise DatabaseConfigError(f"database.url: unsupported scheme '{scheme}' (use sqlite:/// or postgresql://)")
     database.initialize(db)
