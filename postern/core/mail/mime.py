@@ -68,6 +68,7 @@ class ParsedMessage:
 
 MSGID = re.compile(r"<[^<>\s]+>")
 MAX_MSGID = 500  # indexed: PostgreSQL's btree entries are capped near 2,700 bytes
+SURROGATE_BYTES = re.compile("[\udc80-\udcff]")  # how the parser keeps undecodable bytes
 UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
 
 
@@ -255,7 +256,7 @@ def clean(text: str) -> str:
     """Text fit to store anywhere: raw 8-bit header bytes (which the parser keeps as
     surrogates) decoded as UTF-8, and NUL removed (PostgreSQL text cannot hold it;
     the raw message keeps every byte)."""
-    if any("\udc80" <= c <= "\udcff" for c in text):
+    if not text.isascii() and SURROGATE_BYTES.search(text):
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return text.replace("\x00", "")
 
