@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
+import os
 import queue
 import select
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -214,11 +217,58 @@ def _drop_if_broken(db: peewee.Database) -> None:
         db._state.reset()
 
 
-# One SQLite writer at a time per process, queued on a Python lock. SQLite's own busy
-# handler polls with sleeps of up to 100 ms, so threads of one worker that collide on
-# BEGIN IMMEDIATE (every request writes an audit row) would otherwise wait far longer
-# than the write they queue behind. Other processes still meet the busy handler.
-_sqlite_writer = threading.RLock()
+class _SqliteWriterLock:
+    """One SQLite writer at a time across this host's processes, queued on locks that
+    wake a waiter the moment the holder lets go.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, so two writers that
+    collide on BEGIN IMMEDIATE (every API request writes an audit row; every listener
+    process commits mail) would wait far longer than the write they queue behind.
+    Threads of one process queue on a Python lock, processes on ``flock`` of a file
+    beside the database. The file lock is tried without blocking and then at short
+    intervals: a blocking ``flock`` cannot time out, and a writer must still give up
+    after the busy timeout (503, SMTP 451) when a holder hangs. Processes that do not
+    take the file lock (the ``sqlite3`` shell, another program) still meet the busy
+    handler."""
+
+    def __init__(self):
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._owner: tuple[int, str] | None = None
+
+    @contextlib.contextmanager
+    def held(self, path: str):
+        with self._threads:
+            if self._depth == 0 and path and path != ":memory:":
+                self._acquire(path)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _acquire(self, path: str) -> None:
+        # Opened per process: a descriptor inherited over fork shares its lock with the parent.
+        if self._owner != (os.getpid(), path):
+            self._fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._owner = (os.getpid(), path)
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise peewee.OperationalError("database is locked (by another writer process)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+
+_sqlite_writer = _SqliteWriterLock()
 
 
 @contextlib.contextmanager
@@ -231,7 +281,7 @@ def write_transaction():
     """
     db = database.obj
     if isinstance(db, peewee.SqliteDatabase):
-        with _sqlite_writer, db.atomic("IMMEDIATE"):
+        with _sqlite_writer.held(db.database), db.atomic("IMMEDIATE"):
             yield
     else:
         with db.atomic():
