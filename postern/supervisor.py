@@ -9,7 +9,6 @@ States go to the database so /healthz in any worker or host can report them.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ import peewee
 from postern.core.config import Config
 from postern.core.db import database
 from postern.core.models import ServiceState, utcnow
+from postern.core.prefork import die_with_parent
 
 log = logging.getLogger("postern.supervisor")
 
@@ -50,9 +50,7 @@ class Child:
 def _die_with_parent() -> None:
     """Runs in the child before exec: ask Linux to SIGTERM it if the supervisor dies."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 class Supervisor:

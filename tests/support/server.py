@@ -48,15 +48,16 @@ def wait_for(predicate, timeout=30.0, interval=0.1):
 
 
 class Server:
-    def __init__(self, env: dict, tmp_path: Path, *args: str, config=lambda server: ""):
-        """``config(server)`` returns TOML appended to the config file (ports are chosen)."""
+    def __init__(self, env: dict, tmp_path: Path, *args: str, config=lambda server: "", smtp_options: str = ""):
+        """``config(server)`` returns TOML appended to the config file (ports are chosen);
+        ``smtp_options`` are lines added to its ``[receive.smtp_local]`` table."""
         self.port = free_port()
         self.smtp_port = free_port()
         self.dns_port = free_port()
         self.config_file = tmp_path / f"postern-{self.port}.toml"
         # Backend options live in the file; everything else comes from the environment.
         self.config_file.write_text(
-            f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n'
+            f'[receive.smtp_local]\nbind = "127.0.0.1:{self.smtp_port}"\n{smtp_options}'
             f'[dns.dns_builtin]\nbind = "127.0.0.1:{self.dns_port}"\n' + config(self)
         )
         self.pidfile = tmp_path / "sleeper.pids"

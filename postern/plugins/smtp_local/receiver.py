@@ -6,19 +6,22 @@ import asyncio
 import functools
 import logging
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 import peewee
 
 from postern.core.backends import InboxRef, Receiver
-from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
+from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database, database_fault
 from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, storable_address, store
 from postern.core.mail.mime import parse
+from postern.core.prefork import serve_forked
 
 log = logging.getLogger("postern.smtp")
 
 DEFAULT_BIND = "127.0.0.1:2525"
+MAX_PROCESSES = 64
 
 
 class SmtpLocalReceiver(Receiver):
@@ -27,12 +30,18 @@ class SmtpLocalReceiver(Receiver):
 
     name = "smtp_local"
     description = "SMTP listener (aiosmtpd); inboxes stored in Postern's database"
-    OPTIONS = {"bind": str, "hostname": str, "max_recipients": int, "threads": int}
+    OPTIONS = {"bind": str, "hostname": str, "max_recipients": int, "threads": int, "processes": int}
 
     def __init__(
-        self, bind: str = DEFAULT_BIND, hostname: str = "postern.localhost", max_recipients: int = 100, threads: int = 4
+        self,
+        bind: str = DEFAULT_BIND,
+        hostname: str = "postern.localhost",
+        max_recipients: int = 100,
+        threads: int = 4,
+        processes: int = 1,
     ):
         self.bind, self.hostname, self.max_recipients, self.threads = bind, hostname, max_recipients, threads
+        self.processes = processes
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalReceiver:
@@ -48,6 +57,8 @@ class SmtpLocalReceiver(Receiver):
             raise ValueError(f"bind must be host:port, got '{receiver.bind}'")
         if receiver.max_recipients < 1:
             raise ValueError("max_recipients must be at least 1")
+        if not 1 <= receiver.processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be from 1 to {MAX_PROCESSES}")
         return receiver
 
     def provision(self, inbox: InboxRef) -> None:
@@ -153,35 +164,82 @@ def _smtp_class():
 
 def run_listener(postern, handler_class: type[Handler] = Handler) -> None:
     """Service entry point (``postern service run smtp``): serve until SIGTERM.
-    Another receive backend can serve its own ``Handler`` subclass (wildduck does)."""
+    Another receive backend can serve its own ``Handler`` subclass (wildduck does).
+
+    With ``processes`` above 1 the address is bound here once and served by that many
+    forked processes (postern/core/prefork.py), each with its own loop, database
+    threads and group committer: parsing MIME is CPU work that one process does on
+    one core."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(postern, handler_class))
+    receiver = postern.backend("receive")
+    processes = getattr(receiver, "processes", 1)
+    if processes <= 1:
+        asyncio.run(_serve(postern, handler_class))
+        return
+    sockets = _bind(receiver.bind)
+    database.close()  # each child opens its own: a connection must never be shared by two processes
+    log.info("SMTP listening on %s in %d processes", receiver.bind, processes)
+    serve_forked(sockets, processes, lambda socks: asyncio.run(_serve(postern, handler_class, socks)))
 
 
-async def _serve(postern, handler_class: type[Handler]) -> None:
+def _bind(bind: str) -> list[socket.socket]:
+    """Listening sockets for ``host:port``, as ``loop.create_server`` would bind them: one
+    per address the host resolves to, IPv6 ones IPv6-only. Fails if the port is taken."""
+    host, _, port = bind.rpartition(":")
+    infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _serve(postern, handler_class: type[Handler], sockets: list[socket.socket] | None = None) -> None:
     receiver = postern.backend("receive")
     # aiosmtpd logs every command at INFO: a dozen lines per message, a measurable cost.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     runner = DatabaseRunner(receiver.threads)
     committer = GroupCommitter()
     handler = handler_class(postern, receiver, runner, committer)
-    host, _, port = receiver.bind.rpartition(":")
     limit = postern.config.mail.max_message_bytes
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: smtp_session(handler, receiver.hostname, limit), host.strip("[]"), int(port)
-    )
+
+    def session():
+        return smtp_session(handler, receiver.hostname, limit)
+
+    if sockets is None:
+        host, _, port = receiver.bind.rpartition(":")
+        servers = [await loop.create_server(session, host.strip("[]"), int(port))]
+    else:
+        servers = [await loop.create_server(session, sock=sock) for sock in sockets]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("SMTP listening on %s (max %s bytes, %s recipients)", receiver.bind, limit, receiver.max_recipients)
     await stop.wait()
-    server.close()
-    await server.wait_closed()
+    for server in servers:
+        server.close()
+    for server in servers:
+        await server.wait_closed()
     committer.shutdown()
     runner.shutdown()
