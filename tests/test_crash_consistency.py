@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 KNOBS = crash.Knobs(kills=3, clients=3, pace=0.03, gap=(0.3, 1.5), raw_sample=10)
 
 
-@pytest.mark.parametrize("scenario", ["smtp_listener", "whole_serve"])
+@pytest.mark.parametrize("scenario", ["smtp_listener", "smtp_processes", "whole_serve"])
 def test_every_250_is_stored_once_byte_exact_and_readable(scenario, db_url, tmp_path):
     row = crash.run(scenario, db_url, tmp_path, KNOBS)
     print("\n" + crash.table([row]))

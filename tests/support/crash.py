@@ -8,6 +8,9 @@ bench/crash_consistency.py (20 kills per scenario, figures). Each scenario retur
 
 - ``smtp_listener``: smtplib clients; the SMTP service process is killed and the
   supervisor restarts it.
+- ``smtp_processes``: as ``smtp_listener`` with ``[receive.smtp_local] processes = 2``;
+  a forked listener process is killed and replaced, and every third kill takes the
+  service process itself (its children must die with it).
 - ``whole_serve``: smtplib clients; the whole ``postern serve`` tree is killed at once
   and started again.
 - ``api_sends``: HTTP clients POST sends relayed to a real aiosmtpd sink; the whole
@@ -43,7 +46,7 @@ from support.receiver import Receiver
 from support.server import Server, crash_tree, free_port, wait_for
 from support.world import make_tenant
 
-SCENARIOS = ("smtp_listener", "whole_serve", "api_sends", "webhooks")
+SCENARIOS = ("smtp_listener", "smtp_processes", "whole_serve", "api_sends", "webhooks")
 TAG = re.compile(rb"^X-Crash-Tag: (\S+)\r?$", re.MULTILINE)
 FINAL = ("sent", "failed")
 #: Seconds to wait for a restarted part to take work again before the run fails.
@@ -74,7 +77,7 @@ class Row:
     def broken(self) -> int:
         """What the guarantees forbid: anything lost or altered, and duplicates where
         delivery is exactly-once (SMTP). Sends and webhooks are at-least-once."""
-        dup = self.duplicated if self.scenario in ("smtp_listener", "whole_serve") else 0
+        dup = self.duplicated if self.scenario in ("smtp_listener", "smtp_processes", "whole_serve") else 0
         forbidden = (
             "stuck",
             "unreadable",
@@ -106,7 +109,9 @@ class Deployment:
     """A migrated database with one tenant, an agent key and inboxes, and the
     ``postern serve`` that uses it (restartable on the same ports)."""
 
-    def __init__(self, db_url: str, tmp_path: Path, inboxes: int = 2, env: dict | None = None, config=None):
+    def __init__(
+        self, db_url: str, tmp_path: Path, inboxes: int = 2, env: dict | None = None, config=None, smtp_options=""
+    ):
         self.db_url = db_url
         open_database(db_url)
         with database.connection_context():
@@ -125,6 +130,7 @@ class Deployment:
             },
             tmp_path,
             config=config or (lambda server: ""),
+            smtp_options=smtp_options,
         )
         self.inboxes = []
         try:
@@ -145,9 +151,10 @@ class Deployment:
         return httpx.request(method, self.server.url + path, headers=self.headers, timeout=30, **kwargs)
 
     def service_pid(self, name: str) -> int | None:
-        """The pid of ``postern service run NAME`` under this serve, if it runs."""
+        """The pid of ``postern service run NAME`` under this serve, if it runs (the
+        supervisor's child, not a process that service forked)."""
         try:
-            children = psutil.Process(self.server.proc.pid).children(recursive=True)
+            children = psutil.Process(self.server.proc.pid).children()
         except psutil.NoSuchProcess:
             return None
         for child in children:
@@ -382,9 +389,41 @@ def kill_service(deployment: Deployment, name: str):
 # ---- scenarios -------------------------------------------------------------------------
 
 
+def kill_listener_process(deployment: Deployment, processes: int):
+    """Kill one forked SMTP listener process, or (every third time) the service that
+    forked them, and wait until ``processes`` live listeners serve again."""
+    kills = 0
+
+    def listeners() -> tuple[int | None, list[int]]:
+        parent = deployment.service_pid("smtp")
+        if parent is None:
+            return None, []
+        with contextlib.suppress(psutil.Error):
+            kids = psutil.Process(parent).children()
+            return parent, [k.pid for k in kids if k.status() != psutil.STATUS_ZOMBIE]
+        return parent, []
+
+    def kill():
+        nonlocal kills
+        kills += 1
+        parent, kids = listeners()
+        assert parent and kids, "no SMTP listener processes to kill"
+        victim = parent if kills % 3 == 0 else random.choice(kids)
+        os.kill(victim, signal.SIGKILL)
+
+        def back():
+            now_parent, now_kids = listeners()
+            return now_parent and len(now_kids) == processes and victim not in (now_parent, *now_kids)
+
+        wait_for(back, timeout=RESTART_TIMEOUT, interval=0.05)
+
+    return kill
+
+
 def run(scenario: str, db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
     return {
         "smtp_listener": smtp_listener,
+        "smtp_processes": smtp_processes,
         "whole_serve": whole_serve,
         "api_sends": api_sends,
         "webhooks": webhooks,
@@ -422,14 +461,23 @@ def smtp_listener(db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
     return _smtp_scenario("smtp_listener", db_url, tmp_path, knobs, whole=False)
 
 
+def smtp_processes(db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
+    return _smtp_scenario("smtp_processes", db_url, tmp_path, knobs, whole=False, processes=2)
+
+
 def whole_serve(db_url: str, tmp_path: Path, knobs: Knobs) -> Row:
     return _smtp_scenario("whole_serve", db_url, tmp_path, knobs, whole=True)
 
 
-def _smtp_scenario(name: str, db_url: str, tmp_path: Path, knobs: Knobs, *, whole: bool) -> Row:
-    deployment = Deployment(db_url, tmp_path)
+def _smtp_scenario(name: str, db_url: str, tmp_path: Path, knobs: Knobs, *, whole: bool, processes: int = 1) -> Row:
+    deployment = Deployment(db_url, tmp_path, smtp_options=f"processes = {processes}\n")
     try:
-        kill = deployment.restart if whole else kill_service(deployment, "smtp")
+        if whole:
+            kill = deployment.restart
+        elif processes > 1:
+            kill = kill_listener_process(deployment, processes)
+        else:
+            kill = kill_service(deployment, "smtp")
         killer = Killer(knobs, kill, deployment.wait_ready)
         sender = smtp_sender(deployment.server.smtp_port, deployment.inboxes)
         with Clients(knobs.clients, knobs.pace, sender) as clients:
