@@ -5,7 +5,11 @@ receiver.py ``_serve``): same ``SMTP`` arguments, Postern's default hostname and
 message size limit, uvloop when Postern would use it. So the only difference from
 Postern is the handler: no RCPT lookup, no parse, no store.
 
-    python bench/null_smtp.py 127.0.0.1:PORT
+With ``--parse`` the handler parses each message with Postern's own parser (limits
+included) before its 250, and stores nothing: the ceiling of any single-process
+listener that refuses a MIME bomb at DATA, as Postern must.
+
+    python bench/null_smtp.py 127.0.0.1:PORT [--parse]
 """
 
 from __future__ import annotations
@@ -24,7 +28,20 @@ class NullHandler:
         return "250 2.0.0 OK"
 
 
-async def serve(bind: str) -> None:
+class ParseOnlyHandler(NullHandler):
+    def __init__(self):
+        from postern.core.mail.mime import MailLimits
+
+        self.limits = MailLimits()
+
+    async def handle_DATA(self, server, session, envelope):
+        from postern.core.mail.mime import parse
+
+        parse(envelope.original_content or envelope.content, self.limits)
+        return "250 2.0.0 OK"
+
+
+async def serve(bind: str, handler) -> None:
     from aiosmtpd.smtp import SMTP
 
     from postern.core.config import Config
@@ -32,7 +49,6 @@ async def serve(bind: str) -> None:
 
     hostname = SmtpLocalReceiver().hostname
     limit = Config().mail.max_message_bytes
-    handler = NullHandler()
     host, _, port = bind.rpartition(":")
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
@@ -55,7 +71,8 @@ def main() -> None:
         uvloop.install()  # as run_listener does
     except ImportError:
         pass
-    asyncio.run(serve(sys.argv[1]))
+    handler = ParseOnlyHandler() if "--parse" in sys.argv[2:] else NullHandler()
+    asyncio.run(serve(sys.argv[1], handler))
 
 
 if __name__ == "__main__":
