@@ -4,6 +4,7 @@ go, instead of meeting SQLite's busy handler and its sleeps of up to 100 ms."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -68,36 +69,36 @@ def test_nested_write_transactions_hold_it_until_the_outer_one_ends(lock_file):
     assert seen_from_another_process(lock_file) == "free"
 
 
-def test_a_writer_waits_for_the_holder_and_then_commits(lock_file):
+@contextlib.contextmanager
+def held_by_another_process(lock_file: str):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock_file], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        started = time.monotonic()
-        timer = threading.Timer(0.5, holder.kill)
-        timer.start()
-        with write_transaction():
-            database.execute_sql("CREATE TABLE waited (x INTEGER)")
-        waited = time.monotonic() - started
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_writer_waits_for_the_holder_and_then_commits(lock_file):
+    with held_by_another_process(lock_file) as holder:
+        started = time.monotonic()
+        threading.Timer(0.5, holder.kill).start()
+        with write_transaction():
+            database.execute_sql("CREATE TABLE waited (x INTEGER)")
+        waited = time.monotonic() - started
     assert waited >= 0.45  # it did wait for the other process
     assert database.table_exists("waited")
 
 
 def test_a_hung_holder_makes_a_writer_give_up_with_a_database_fault(lock_file, monkeypatch):
     monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_MS", 300)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock_file], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    with held_by_another_process(lock_file):
         started = time.monotonic()
         with pytest.raises(peewee.OperationalError, match="locked") as caught:
             with write_transaction():
                 database.execute_sql("CREATE TABLE never (x INTEGER)")
         waited = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
     assert 0.25 <= waited < 5
     fault = database_fault(caught.value)
     assert fault is not None and fault.kind == FAULT_UNAVAILABLE  # the API answers 503, SMTP 451
