@@ -13,31 +13,24 @@ import dns.rcode
 import falcon.testing
 import pytest
 from support import fuzz
-from support.dns import RunningDns, dns_config_text, free_udp_and_tcp_port
-from support.world import INFO, make_tenant
+from support.dns import RunningDns
+from support.world import make_tenant
 from test_tenancy import objects_of
 
 from postern.api import Route, check_audit_actions, create_app
-from postern.core.auth import authenticate
-from postern.core.config import load_config
 from postern.core.ids import new_id
-from postern.core.inboxes import create_inbox
 from postern.core.models import Attachment, AuditEvent, Message
-from postern.core.runtime import build_postern
 from postern.plugins.smtp_local import receiver as smtp
 
 
 @pytest.fixture
 def postern(tmp_path, env, db):
-    path = tmp_path / "postern.toml"
-    path.write_text(dns_config_text(free_udp_and_tcp_port()))
-    return build_postern(load_config(path, environ=env))
+    return fuzz.local_postern(tmp_path, env)
 
 
 @pytest.fixture
 def inbox(postern):
-    agent = make_tenant("acme").agent_key()
-    return create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})[0]
+    return fuzz.agent_inbox(postern)
 
 
 @pytest.fixture

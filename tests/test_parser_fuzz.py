@@ -12,17 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import fuzz
-from support.dns import RunningDns, dns_config_text, free_udp_and_tcp_port
-from support.world import INFO, make_tenant
+from support.dns import RunningDns
+from support.world import make_tenant
 from test_tenancy import objects_of
 
 from postern.api import create_app
-from postern.core.auth import authenticate
-from postern.core.config import load_config
-from postern.core.inboxes import create_inbox
 from postern.core.mail.ingest import limits_for
 from postern.core.models import Message
-from postern.core.runtime import build_postern
 
 
 def fuzz_settings(ci_examples: int):
@@ -37,15 +33,12 @@ def fuzz_settings(ci_examples: int):
 
 @pytest.fixture
 def postern(tmp_path, env, db):
-    path = tmp_path / "postern.toml"
-    path.write_text(dns_config_text(free_udp_and_tcp_port()))
-    return build_postern(load_config(path, environ=env))
+    return fuzz.local_postern(tmp_path, env)
 
 
 @pytest.fixture
 def inbox(postern):
-    agent = make_tenant("acme").agent_key()
-    return create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})[0]
+    return fuzz.agent_inbox(postern)
 
 
 # -- MIME ------------------------------------------------------------------------------

@@ -21,13 +21,33 @@ import threading
 import dns.message
 from hypothesis import strategies as st
 
+from postern.core.auth import authenticate
+from postern.core.config import load_config
 from postern.core.db import DatabaseRunner, GroupCommitter, database
+from postern.core.inboxes import create_inbox
 from postern.core.mail.ingest import ingest, limits_for
 from postern.core.mail.mime import MailRejected, parse
+from postern.core.runtime import build_postern
+from support.dns import dns_config_text, free_udp_and_tcp_port
+from support.world import INFO, make_tenant
 
 
 class Crash(AssertionError):
     """The input made the part under test fail; the message says how."""
+
+
+def local_postern(tmp_path, env):
+    """A Postern on the test database whose DNS server would bind a free port: the
+    fuzzers' system under test (call with the ``db`` fixture active)."""
+    path = tmp_path / "postern.toml"
+    path.write_text(dns_config_text(free_udp_and_tcp_port()))
+    return build_postern(load_config(path, environ=env))
+
+
+def agent_inbox(postern):
+    """An inbox of a fresh tenant ``acme``, created as its agent would."""
+    agent = make_tenant("acme").agent_key()
+    return create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})[0]
 
 
 def examples(ci_default: int) -> int:
