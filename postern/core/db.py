@@ -253,6 +253,8 @@ class _SqliteWriterLock:
     def _acquire(self, path: str) -> None:
         # Opened per process: a descriptor inherited over fork shares its lock with the parent.
         if self._owner != (os.getpid(), path):
+            if self._fd is not None and self._owner[0] == os.getpid():
+                os.close(self._fd)  # this process moved to another database (tests do)
             self._fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._owner = (os.getpid(), path)
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
