@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import peewee
 
 import postern
 from postern.core.config import ConfigError, load_config
@@ -34,11 +35,20 @@ MISSING_MCP_EXTRA = "the MCP server needs the 'mcp' extra: pip install 'postern[
 
 
 class PosternGroup(click.Group):
+    """The one place that turns errors into the CLI's one-line ``Error:`` message."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CLEAN_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            # Unreachable server, missing database, refused login, unwritable file,
+            # unmigrated schema: what to do, not a traceback through the driver.
+            from postern.core.db import database
+            from postern.core.dberrors import explain
+
+            raise click.ClickException(explain(exc, database.obj)) from exc
 
 
 def obtain_config(ctx: click.Context):
