@@ -218,10 +218,16 @@ def upgrade(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins(ctx, as_json):
-    """Installed plugins, their hooks, and the backend active for each role."""
-    from postern.core.plugins import plugin_summaries
+    """Installed plugins, their hooks, and the backend active for each role.
 
-    p = obtain_postern(ctx)
+    A backend whose options are wrong is listed with its error, and the command
+    then exits 1: the listing is what an operator needs to fix the config.
+    """
+    from postern.core.plugins import plugin_summaries
+    from postern.core.runtime import build_postern
+
+    p = build_postern(obtain_config(ctx), open_db=False, validate=False)
+    problems = p.backend_problems()
     installed = plugin_summaries(p.pm)
     roles = [
         {
@@ -231,19 +237,30 @@ def plugins(ctx, as_json):
             "available": s.available,
             "plugin": s.plugin,
             "choices": p.registry.names(s.role),
+            "error": problems.get(s.role),
         }
         for s in p.role_status()
     ]
     if as_json:
         click.echo(json.dumps({"plugins": installed, "roles": roles}, indent=2))
-        return
+    else:
+        _print_plugins(installed, roles)
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} backend(s) cannot start ({', '.join(problems)}): `postern serve` would refuse to run"
+        )
+
+
+def _print_plugins(installed: list[dict], roles: list[dict]) -> None:
     click.echo("Installed plugins:")
     for row in installed:
         version = f" {row['version']}" if row["version"] else ""
         click.echo(f"  {row['name']}{version} ({row['module']}): {', '.join(row['hooks']) or 'no hooks'}")
     click.echo("Backends:")
     for row in roles:
-        if row["available"]:
+        if row["error"]:
+            status = f"CONFIG ERROR: {row['error']}"
+        elif row["available"]:
             status = f"active (from {row['plugin']})"
         else:
             status = "NOT AVAILABLE: no installed plugin provides it yet"

@@ -52,15 +52,29 @@ class Postern:
         """Refuse an explicitly configured backend that is not installed, and build
         every available one so bad options fail at start, not on first use."""
         for status in self.role_status():
-            if status.explicit and not status.available:
-                raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
-            if status.available:
-                try:
-                    self.backend(status.role)
-                except ValueError as exc:
-                    raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
-                if status.role == "send":
-                    self._check_lease(status.backend)
+            self._check_role(status)
+
+    def backend_problems(self) -> dict[str, str]:
+        """Why each role's backend cannot be used, by role (none: an empty dict); what
+        ``validate_backends`` would refuse, for reports that must go on regardless."""
+        problems = {}
+        for status in self.role_status():
+            try:
+                self._check_role(status)
+            except (ConfigError, UnknownBackendError) as exc:
+                problems[status.role] = str(exc)
+        return problems
+
+    def _check_role(self, status: RoleStatus) -> None:
+        if status.explicit and not status.available:
+            raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
+        if status.available:
+            try:
+                self.backend(status.role)
+            except ValueError as exc:
+                raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
+            if status.role == "send":
+                self._check_lease(status.backend)
 
     def _check_lease(self, name: str) -> None:
         deadline = getattr(self.backend("send"), "attempt_deadline", None)
@@ -96,12 +110,14 @@ class Postern:
         return list(found.values())
 
 
-def build_postern(config: Config, *, open_db: bool = True) -> Postern:
-    """Load plugins and backends for ``config``; open the database if asked."""
+def build_postern(config: Config, *, open_db: bool = True, validate: bool = True) -> Postern:
+    """Load plugins and backends for ``config``; open the database if asked. With
+    ``validate=False`` a backend with bad options is left for ``backend_problems``."""
     pm = get_plugin_manager(disabled=config.plugins.disabled, modules=config.plugins.modules)
     registry = BackendRegistry.from_plugin_manager(pm)
     postern = Postern(config, pm, registry)
-    postern.validate_backends()
+    if validate:
+        postern.validate_backends()
     if open_db:
         open_database(config.database_url, config.database.sqlite_synchronous)
     return postern
