@@ -11,6 +11,7 @@ from postern.core import migrations
 from postern.core.backends import ROLES, Backend
 from postern.core.config import Config, ConfigError
 from postern.core.db import open_database
+from postern.core.envconfig import apply_backend_options
 from postern.core.plugins import get_plugin_manager
 from postern.core.registry import BackendRegistry, UnknownBackendError
 from postern.core.services import Service
@@ -38,6 +39,8 @@ class Postern:
         self.hook = pm.hook
         self.registry = registry
         self._backends: dict[str, Backend] = {}
+        #: POSTERN_<ROLE>_<BACKEND>_<OPTION> variables naming no backend, by role.
+        self._env_problems = apply_backend_options(config, registry)
 
     def role_status(self) -> list[RoleStatus]:
         rows = []
@@ -66,6 +69,8 @@ class Postern:
         return problems
 
     def _check_role(self, status: RoleStatus) -> None:
+        if status.role in self._env_problems:
+            raise ConfigError(self._env_problems[status.role])
         if status.explicit and not status.available:
             raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
         if status.available:
