@@ -14,6 +14,7 @@ import postern
 from postern.core.config import ConfigError, load_config
 from postern.core.db import DatabaseConfigError
 from postern.core.errors import PosternError
+from postern.core.filemodes import restrict_new_files, tighten_data_dir
 from postern.core.logs import configure_logging
 from postern.core.migrations import SchemaError
 from postern.core.plugins import PluginError
@@ -185,6 +186,7 @@ def init(directory, force):
         raise click.ClickException(f"{config_file} exists; use --force to overwrite it")
     config_file.write_text(TEMPLATE.read_text())
     config = load_config(config_file, environ={k: v for k, v in os.environ.items() if k != "POSTERN_CONFIG"})
+    configure_logging(config.log.level, config.log.format)  # says which modes it tightened
     config.data_dir.mkdir(parents=True, exist_ok=True)
     version = prepare_database(config)
     click.echo(f"wrote {config_file}")
@@ -205,6 +207,7 @@ def upgrade(ctx):
     from postern.core.db import database, open_database
 
     config = obtain_config(ctx)
+    tighten_data_dir(config)
     open_database(config.database_url, config.database.sqlite_synchronous)
     with database.connection_context():
         applied = migrations.upgrade()
@@ -302,6 +305,9 @@ def _config_path_from_argv() -> str | None:
 
 
 def main() -> None:
+    # First of all, so every file of this process and of every child it starts (API
+    # workers, services, forked listeners) is private: the data dir holds all the mail.
+    restrict_new_files()
     try:
         _add_plugin_commands()
     except CLEAN_ERRORS as exc:

@@ -129,9 +129,12 @@ def build_postern(config: Config, *, open_db: bool = True, validate: bool = True
 
 
 def prepare_database(config: Config) -> int:
-    """Open the database and make sure its schema is current (or refuse)."""
+    """Make the data directory private, open the database and make sure its schema is
+    current (or refuse)."""
     from postern.core.db import database
+    from postern.core.filemodes import tighten_data_dir
 
+    tighten_data_dir(config)
     open_database(config.database_url, config.database.sqlite_synchronous)
     with database.connection_context():
         return migrations.check(auto_upgrade=config.database.auto_migrate)
