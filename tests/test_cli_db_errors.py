@@ -28,6 +28,14 @@ def pg_url(**change) -> str:
     return urlunsplit((parts.scheme, f"{user}@{parts.hostname}:{port}", path, "", ""))
 
 
+@pytest.fixture(autouse=True)
+def private_umask():
+    """As `postern`'s entry point sets it (main), so no mode is left to tighten and log."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
 def run_cli(monkeypatch, tmp_path, url, args, **env):
     monkeypatch.setenv("POSTERN_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("POSTERN_DATABASE_URL", url)

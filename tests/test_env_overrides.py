@@ -168,7 +168,8 @@ def test_no_postern_variable_used_in_the_repository_is_refused(tmp_path):
         for path in ROOT.glob(pattern)
         if path.name != Path(__file__).name  # this file's misspellings are meant
     ]
-    text = "\n".join(texts)
+    # The docs show what a misspelt one is told: those examples are meant too.
+    text = re.sub(r"unknown environment variable POSTERN_\w+", "", "\n".join(texts))
     secrets = set(re.findall(r'env\s*=\s*"(POSTERN_[A-Z0-9_]+)"', text))
     names = {n for n in re.findall(r"\bPOSTERN_[A-Z0-9_]*[A-Z0-9]\b", text)} - secrets
     assert {"POSTERN_ACS_CONNECTION_STRING", "POSTERN_DKIM_KEY_SECRET"} <= secrets

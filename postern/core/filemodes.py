@@ -46,7 +46,7 @@ def tighten_data_dir(config) -> list[str]:
     for path in dict.fromkeys(paths):  # the database is often under data_dir too
         try:
             mode = path.lstat().st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # open_database says why, naming the path
             continue
         if stat.S_ISLNK(mode) or not mode & 0o077:
             continue
