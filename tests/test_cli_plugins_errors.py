@@ -54,3 +54,14 @@ def test_good_config_exits_zero_with_no_errors(run):
     result = run("[dns.dns_builtin]\nttl = 600\n", "--json")
     assert result.exit_code == 0 and result.stderr == ""
     assert all(r["error"] is None for r in json.loads(result.stdout)["roles"])
+
+
+def test_a_misnamed_backend_option_variable_is_shown_beside_its_role(run, monkeypatch):
+    monkeypatch.setenv("POSTERN_RECEIVE_SMTP_LOCL_BIND", "127.0.0.1:2599")
+    result = run("")
+    assert result.exit_code == 1 and "Installed plugins:" in result.stdout
+    assert (
+        "  receive  smtp_local   default    CONFIG ERROR: POSTERN_RECEIVE_SMTP_LOCL_BIND names no receive backend"
+        in result.stdout
+    )
+    assert "  dns      dns_builtin  default    active (from dns_builtin)" in result.stdout
