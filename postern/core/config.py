@@ -1,8 +1,8 @@
 """Settings: ``postern.toml`` + ``POSTERN_*`` environment overrides (``envconfig``).
 
 Every key is typed and known: an unknown key or ``POSTERN_*`` variable, a wrong type,
-an unknown backend name or a missing secret stops start-up with a message naming it. Secrets are given
-as ``{ env = "NAME" }`` and resolved at load, so the file itself holds none.
+an unknown backend name or a missing secret stops start-up with a message naming it.
+Secrets are given as ``{ env = "NAME" }`` and resolved at load, so the file holds none.
 """
 
 from __future__ import annotations
