@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import click
+import peewee
 
 import postern
 from postern.core.config import ConfigError, load_config
 from postern.core.db import DatabaseConfigError
 from postern.core.errors import PosternError
+from postern.core.filemodes import restrict_new_files, tighten_data_dir
 from postern.core.logs import configure_logging
 from postern.core.migrations import SchemaError
 from postern.core.plugins import PluginError
@@ -34,11 +36,20 @@ MISSING_MCP_EXTRA = "the MCP server needs the 'mcp' extra: pip install 'postern[
 
 
 class PosternGroup(click.Group):
+    """The one place that turns errors into the CLI's one-line ``Error:`` message."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CLEAN_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            # Unreachable server, missing database, refused login, unwritable file,
+            # unmigrated schema: what to do, not a traceback through the driver.
+            from postern.core.db import database
+            from postern.core.dberrors import explain
+
+            raise click.ClickException(explain(exc, database.obj)) from exc
 
 
 def obtain_config(ctx: click.Context):
@@ -175,6 +186,7 @@ def init(directory, force):
         raise click.ClickException(f"{config_file} exists; use --force to overwrite it")
     config_file.write_text(TEMPLATE.read_text())
     config = load_config(config_file, environ={k: v for k, v in os.environ.items() if k != "POSTERN_CONFIG"})
+    configure_logging(config.log.level, config.log.format)  # says which modes it tightened
     config.data_dir.mkdir(parents=True, exist_ok=True)
     version = prepare_database(config)
     click.echo(f"wrote {config_file}")
@@ -195,6 +207,7 @@ def upgrade(ctx):
     from postern.core.db import database, open_database
 
     config = obtain_config(ctx)
+    tighten_data_dir(config)
     open_database(config.database_url, config.database.sqlite_synchronous)
     with database.connection_context():
         applied = migrations.upgrade()
@@ -208,10 +221,16 @@ def upgrade(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins(ctx, as_json):
-    """Installed plugins, their hooks, and the backend active for each role."""
-    from postern.core.plugins import plugin_summaries
+    """Installed plugins, their hooks, and the backend active for each role.
 
-    p = obtain_postern(ctx)
+    A backend whose options are wrong is listed with its error, and the command
+    then exits 1: the listing is what an operator needs to fix the config.
+    """
+    from postern.core.plugins import plugin_summaries
+    from postern.core.runtime import build_postern
+
+    p = build_postern(obtain_config(ctx), open_db=False, validate=False)
+    problems = p.backend_problems()
     installed = plugin_summaries(p.pm)
     roles = [
         {
@@ -221,19 +240,30 @@ def plugins(ctx, as_json):
             "available": s.available,
             "plugin": s.plugin,
             "choices": p.registry.names(s.role),
+            "error": problems.get(s.role),
         }
         for s in p.role_status()
     ]
     if as_json:
         click.echo(json.dumps({"plugins": installed, "roles": roles}, indent=2))
-        return
+    else:
+        _print_plugins(installed, roles)
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} backend(s) cannot start ({', '.join(problems)}): `postern serve` would refuse to run"
+        )
+
+
+def _print_plugins(installed: list[dict], roles: list[dict]) -> None:
     click.echo("Installed plugins:")
     for row in installed:
         version = f" {row['version']}" if row["version"] else ""
         click.echo(f"  {row['name']}{version} ({row['module']}): {', '.join(row['hooks']) or 'no hooks'}")
     click.echo("Backends:")
     for row in roles:
-        if row["available"]:
+        if row["error"]:
+            status = f"CONFIG ERROR: {row['error']}"
+        elif row["available"]:
             status = f"active (from {row['plugin']})"
         else:
             status = "NOT AVAILABLE: no installed plugin provides it yet"
@@ -275,6 +305,9 @@ def _config_path_from_argv() -> str | None:
 
 
 def main() -> None:
+    # First of all, so every file of this process and of every child it starts (API
+    # workers, services, forked listeners) is private: the data dir holds all the mail.
+    restrict_new_files()
     try:
         _add_plugin_commands()
     except CLEAN_ERRORS as exc:

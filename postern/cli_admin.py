@@ -238,7 +238,7 @@ def agent_key_revoke(ctx, key_id, as_json):
 
 
 @admin.command("audit")
-@click.option("--customer", "customer_id")
+@click.option("--customer", "customer_ref", help="Customer id or label.")
 @click.option("--agent", "agent_id")
 @click.option("--action")
 @click.option("--outcome", type=click.Choice(["ok", "denied", "error"]))
@@ -246,10 +246,16 @@ def agent_key_revoke(ctx, key_id, as_json):
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
 @click.pass_context
-def audit_cmd(ctx, customer_id, agent_id, action, outcome, since, limit, as_json):
+def audit_cmd(ctx, customer_ref, agent_id, action, outcome, since, limit, as_json):
     """Show the audit log, newest first."""
-    filters = {"customer_id": customer_id, "agent_id": agent_id, "action": action, "outcome": outcome, "since": since}
-    rows = _run(ctx, lambda: [audit_json(e) for e in query_audit(CLI, filters, limit).items])
+
+    def query():
+        # A label or id like every other --customer; an unknown one is an error, not an empty log.
+        customer_id = tenancy.get_customer(CLI, customer_ref).id if customer_ref else None
+        filters = {"customer_id": customer_id, "agent_id": agent_id, "action": action, "outcome": outcome}
+        return [audit_json(e) for e in query_audit(CLI, {**filters, "since": since}, limit).items]
+
+    rows = _run(ctx, query)
     lines = [
         f"{r['at']} {r['outcome']:6} {r['action']:24} {r['actor']:9} {r['key_prefix'] or '-':20} "
         f"{r['target'] or '-'} {r['code'] or ''}"

@@ -46,6 +46,7 @@ def test_plugins_json(run):
         "available": True,
         "plugin": "billing_free",
         "choices": ["free"],
+        "error": None,
     }
     assert roles["dns"]["available"] is True and roles["dns"]["choices"] == ["dns_builtin"]
     assert [p["name"] for p in data["plugins"]] == [

@@ -1,8 +1,8 @@
-"""Settings: ``postern.toml`` + ``POSTERN_<SECTION>_<KEY>`` environment overrides.
+"""Settings: ``postern.toml`` + ``POSTERN_*`` environment overrides (``envconfig``).
 
-Every key is typed and known: an unknown key, a wrong type, an unknown backend name
-or a missing secret stops start-up with a message naming the key. Secrets are given
-as ``{ env = "NAME" }`` and resolved at load, so the file itself holds none.
+Every key is typed and known: an unknown key or ``POSTERN_*`` variable, a wrong type,
+an unknown backend name or a missing secret stops start-up with a message naming it.
+Secrets are given as ``{ env = "NAME" }`` and resolved at load, so the file holds none.
 """
 
 from __future__ import annotations
@@ -169,6 +169,9 @@ class Config:
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
     source: Path | None = None
+    #: ``POSTERN_<ROLE>_<BACKEND>_<OPTION>`` variables, put into ``roles`` once the
+    #: installed backend names are known (``envconfig.apply_backend_options``).
+    env_backend_options: list = field(default_factory=list)
 
     @property
     def database_url(self) -> str:
@@ -223,9 +226,13 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             raise ConfigError(f"config file {source} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    _apply_env(raw, environ)
+    from postern.core.envconfig import apply_environment
+
+    fields = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
+    backend_options = apply_environment(raw, environ, fields)
     raw = _resolve_secrets(raw, environ, "")
     config = _build(raw)
+    config.env_backend_options = backend_options
     if source is not None:
         config.source = source.resolve()
         # A relative data_dir in a file means "next to this file", whatever the cwd.
@@ -400,28 +407,6 @@ def _validate_domain(key: str, value: str) -> str:
 
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, Secret) else "a secret"
-
-
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Overlay ``POSTERN_<SECTION>_<KEY>`` variables onto the parsed file."""
-    sections = [*_SECTIONS, *ROLES]
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        if rest == "data_dir":
-            raw["data_dir"] = value
-            continue
-        for section in sections:
-            if rest.startswith(section + "_"):
-                key = rest[len(section) + 1 :]
-                known = {"backend"} if section in ROLES else {f.name for f in dataclasses.fields(_SECTIONS[section])}
-                if key in known:
-                    table = raw.setdefault(section, {})
-                    if not isinstance(table, dict):
-                        raise ConfigError(f"'{section}' must be a table")
-                    table[key] = value
-                break
 
 
 def _resolve_secrets(value: Any, environ: Mapping[str, str], key: str) -> Any:

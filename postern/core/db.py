@@ -54,7 +54,13 @@ def open_database(url: str, sqlite_synchronous: str = "full") -> peewee.Database
     if scheme == "sqlite":
         path = url[len("sqlite:///") :]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseConfigError(
+                    f"cannot create {Path(path).parent}, the directory of the SQLite database "
+                    f"({exc.strerror}): fix data_dir / database.url, or the permissions on its parent"
+                ) from None
         db = peewee.SqliteDatabase(
             path or ":memory:",
             pragmas={

@@ -11,6 +11,7 @@ from postern.core import migrations
 from postern.core.backends import ROLES, Backend
 from postern.core.config import Config, ConfigError
 from postern.core.db import open_database
+from postern.core.envconfig import apply_backend_options
 from postern.core.plugins import get_plugin_manager
 from postern.core.registry import BackendRegistry, UnknownBackendError
 from postern.core.services import Service
@@ -38,6 +39,8 @@ class Postern:
         self.hook = pm.hook
         self.registry = registry
         self._backends: dict[str, Backend] = {}
+        #: POSTERN_<ROLE>_<BACKEND>_<OPTION> variables naming no backend, by role.
+        self._env_problems = apply_backend_options(config, registry)
 
     def role_status(self) -> list[RoleStatus]:
         rows = []
@@ -52,15 +55,31 @@ class Postern:
         """Refuse an explicitly configured backend that is not installed, and build
         every available one so bad options fail at start, not on first use."""
         for status in self.role_status():
-            if status.explicit and not status.available:
-                raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
-            if status.available:
-                try:
-                    self.backend(status.role)
-                except ValueError as exc:
-                    raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
-                if status.role == "send":
-                    self._check_lease(status.backend)
+            self._check_role(status)
+
+    def backend_problems(self) -> dict[str, str]:
+        """Why each role's backend cannot be used, by role (none: an empty dict); what
+        ``validate_backends`` would refuse, for reports that must go on regardless."""
+        problems = {}
+        for status in self.role_status():
+            try:
+                self._check_role(status)
+            except (ConfigError, UnknownBackendError) as exc:
+                problems[status.role] = str(exc)
+        return problems
+
+    def _check_role(self, status: RoleStatus) -> None:
+        if status.role in self._env_problems:
+            raise ConfigError(self._env_problems[status.role])
+        if status.explicit and not status.available:
+            raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
+        if status.available:
+            try:
+                self.backend(status.role)
+            except ValueError as exc:
+                raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
+            if status.role == "send":
+                self._check_lease(status.backend)
 
     def _check_lease(self, name: str) -> None:
         deadline = getattr(self.backend("send"), "attempt_deadline", None)
@@ -96,21 +115,26 @@ class Postern:
         return list(found.values())
 
 
-def build_postern(config: Config, *, open_db: bool = True) -> Postern:
-    """Load plugins and backends for ``config``; open the database if asked."""
+def build_postern(config: Config, *, open_db: bool = True, validate: bool = True) -> Postern:
+    """Load plugins and backends for ``config``; open the database if asked. With
+    ``validate=False`` a backend with bad options is left for ``backend_problems``."""
     pm = get_plugin_manager(disabled=config.plugins.disabled, modules=config.plugins.modules)
     registry = BackendRegistry.from_plugin_manager(pm)
     postern = Postern(config, pm, registry)
-    postern.validate_backends()
+    if validate:
+        postern.validate_backends()
     if open_db:
         open_database(config.database_url, config.database.sqlite_synchronous)
     return postern
 
 
 def prepare_database(config: Config) -> int:
-    """Open the database and make sure its schema is current (or refuse)."""
+    """Make the data directory private, open the database and make sure its schema is
+    current (or refuse)."""
     from postern.core.db import database
+    from postern.core.filemodes import tighten_data_dir
 
+    tighten_data_dir(config)
     open_database(config.database_url, config.database.sqlite_synchronous)
     with database.connection_context():
         return migrations.check(auto_upgrade=config.database.auto_migrate)
