@@ -1,7 +1,8 @@
 """The serving loop: UDP and TCP on one address, on uvloop when installed.
 
 dnslib only encodes and decodes; this loop bounds what it reads (TCP connections
-time out when idle and are capped in number), answers through ``Answerer`` (which
+time out when idle and are capped in number, in total and per client address, so one
+client holding connections cannot lock the others out of TCP), answers through ``Answerer`` (which
 never raises), and listens for zone-change rings.
 """
 
@@ -13,6 +14,7 @@ import logging
 import signal
 import socket
 
+from postern.core.connlimits import ConnectionLimiter
 from postern.core.zonebell import ZoneBellListener
 from postern.plugins.dns_builtin.answers import Answerer
 from postern.plugins.dns_builtin.store import ZoneStore
@@ -53,7 +55,9 @@ class DnsServer:
         self.store = ZoneStore(postern)
         self.answerer = Answerer(self.store, backend.max_udp_payload)
         self.database_url = postern.config.database_url
-        self.tcp_connections = 0
+        self.tcp_limiter = ConnectionLimiter(
+            "DNS over TCP", backend.max_tcp_connections, backend.max_tcp_connections_per_client
+        )
         self._tcp_tasks: set[asyncio.Task] = set()
         self._udp = self._tcp = self._bell = self._refresh = self._relisten = None
 
@@ -71,6 +75,10 @@ class DnsServer:
         self._schedule_relisten()
         log.info("DNS listening on %s port %s (UDP and TCP)", host, port)
         return host, port
+
+    @property
+    def tcp_connections(self) -> int:
+        return self.tcp_limiter.open
 
     def _listen(self) -> bool:
         """Subscribe to zone changes. Without the database (PostgreSQL down or restarting)
@@ -101,10 +109,10 @@ class DnsServer:
         self._refresh = asyncio.get_running_loop().call_later(self.backend.refresh_seconds, refresh)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_connections >= self.backend.max_tcp_connections:
-            writer.close()
+        key, refused = self.tcp_limiter.acquire(writer.get_extra_info("peername"))
+        if refused:
+            writer.close()  # over a cap: the client falls back to another server or retries
             return
-        self.tcp_connections += 1
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
         idle = self.backend.tcp_idle_timeout
@@ -122,7 +130,7 @@ class DnsServer:
         except asyncio.CancelledError:
             pass  # the server is closing
         finally:
-            self.tcp_connections -= 1
+            self.tcp_limiter.release(key)
             self._tcp_tasks.discard(task)
             writer.close()
 
