@@ -111,6 +111,26 @@ def test_http_headers_trickled_slowly_are_cut_off(api):
         assert time.monotonic() - started < 15
 
 
+def test_http_second_request_trickled_slowly_is_cut_off_at_keepalive(api):
+    server = api(keepalive=2, header_timeout=2)
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert first_line(sock) == b"HTTP/1.1 200 OK"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        cut = False
+        while time.monotonic() - started < 30 and not cut:
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            cut = bool(readable) and closed_by_server(sock, 5)
+        assert cut, "a second request trickled in kept its connection for 30 s"
+        assert time.monotonic() - started < 15
+
+
 def test_http_idle_keepalive_connection_is_closed_after_keepalive(api):
     server = api(keepalive=3)
     with connect(server.port) as sock:
