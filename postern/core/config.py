@@ -53,7 +53,7 @@ class ServerConfig:
     #: Open connections per API worker, in total and per client address (IPv6: per
     #: /64; 0 = no per-client cap, e.g. behind a reverse proxy). Over a cap: 503.
     max_connections: int = 1000
-    max_connections_per_client: int = 100
+    max_connections_per_client: int = 256
 
 
 @dataclass
