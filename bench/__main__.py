@@ -37,6 +37,7 @@ BENCHMARKS = {
     "load_agents": (["--agents", "50", "--duration", "10"], []),
     "crash_consistency": (["--kills", "3"], []),
     "isolation_timing": (["--pairs", "40", "--warmup", "5"], []),
+    "slow_clients": (["--requests", "30", "--slow", "300"], []),
 }
 INSTALL_HINT = "apt-get install -y wrk postfix dnsperf nsd (then: postfix stop)"
 

@@ -33,7 +33,9 @@ class ApiApplication(BaseApplication):
         settings = {
             "bind": [server.bind],
             "workers": server.workers,
-            "worker_class": "asgi",
+            # gunicorn's asgi worker with connection bounds (postern/httpconn.py).
+            "worker_class": "postern.httpconn.PosternWorker",
+            "keepalive": server.keepalive,
             "timeout": server.timeout,
             "graceful_timeout": server.graceful_timeout,
             "proc_name": "postern-api",

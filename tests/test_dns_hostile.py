@@ -25,9 +25,9 @@ ACME = f"acme.{BASE}"
 MX = [f"10 mail.{BASE}."]
 
 
-def running_ns(tmp_path, env, idle_timeout: int):
+def running_ns(tmp_path, env, idle_timeout: int, max_tcp_connections: int = 4):
     path = tmp_path / "postern.toml"
-    extra = f"tcp_idle_timeout = {idle_timeout}\nmax_tcp_connections = 4\n"
+    extra = f"tcp_idle_timeout = {idle_timeout}\nmax_tcp_connections = {max_tcp_connections}\n"
     path.write_text(dns_config_text(free_udp_and_tcp_port(), extra))
     postern = build_postern(load_config(path, environ=env))
     make_tenant("acme")
@@ -212,22 +212,83 @@ def test_a_silent_or_slow_tcp_client_is_cut_off(ns):
 
 
 def test_tcp_connections_are_capped_and_freed(patient_ns):
+    """With every slot taken, a new connection is served and the one that waited longest
+    for a query is closed: the count never goes over the cap."""
     ns = patient_ns
-    hogs = [socket.create_connection((ns.host, ns.port), timeout=5) for _ in range(4)]
+    hogs = []
     try:
-        wait_for(lambda: ns.server.tcp_connections == 4, timeout=30, interval=0.02)  # all 4 taken
-        with socket.create_connection((ns.host, ns.port), timeout=30) as extra:
-            extra.sendall(struct.pack(">H", len(good_query())) + good_query())
-            try:
-                assert extra.recv(10) == b""  # over the cap: closed unanswered
-            except ConnectionResetError:
-                pass  # closed with our query unread: the kernel says so with a reset
+        for _ in range(4):
+            hogs.append(socket.create_connection((ns.host, ns.port), timeout=30))
+            wait_for(lambda: ns.server.tcp_connections == len(hogs), timeout=30, interval=0.02)
+        response = ns.query(ACME, "MX", tcp=True)  # a fifth client, over the cap of 4
+        assert response.rcode() == dns.rcode.NOERROR and rdatas(response, "MX") == MX
+        assert closed_by_server(hogs[0])  # the oldest made room
+        assert ns.server.tcp_closed_for_room == 1 and ns.server.tcp_connections <= 4
         assert ns.query(ACME, "MX").rcode() == dns.rcode.NOERROR  # UDP is unaffected
     finally:
         for hog in hogs:
             hog.close()
     wait_for(lambda: ns.server.tcp_connections == 0, timeout=30, interval=0.02)  # freed
     still_serving(ns)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(10) == b""
+    except ConnectionResetError:
+        return True  # aborted: the kernel says so with a reset
+
+
+def test_many_clients_holding_every_tcp_slot_do_not_lock_out_a_new_one(tmp_path, env, db):
+    """Many clients each within their share can still take every slot together; a new
+    client's query is answered anyway, by closing the connection idle longest."""
+    ns = running_ns(tmp_path, env, idle_timeout=60, max_tcp_connections=8)
+    hogs = []
+    try:
+        for i in range(8):
+            hogs.append(socket.create_connection((ns.host, ns.port), timeout=30, source_address=(f"127.0.1.{i}", 0)))
+        wait_for(lambda: ns.server.tcp_connections == 8, timeout=30, interval=0.02)
+        query = dns.message.make_query(ACME, "MX")
+        response = dns.query.tcp(query, ns.host, port=ns.port, timeout=10, source="127.0.0.2")
+        assert response.rcode() == dns.rcode.NOERROR and rdatas(response, "MX") == MX
+        assert ns.server.tcp_connections <= 8
+    finally:
+        for hog in hogs:
+            hog.close()
+        ns.stop()
+
+
+def test_one_client_holding_tcp_connections_leaves_room_for_others(tmp_path, env, db):
+    """The review's finding: one client holding every TCP slot locked the others out for
+    the idle timeout. With the default share (32 per client), a client opening all 64
+    slots is given 32, and another client's TCP query is answered at once."""
+    ns = running_ns(tmp_path, env, idle_timeout=60, max_tcp_connections=64)
+    hogs = []
+    try:
+        for _ in range(64):
+            hogs.append(socket.create_connection((ns.host, ns.port), timeout=30))
+        # The server accepts in arrival order: the hogs' connections are taken (or refused)
+        # before the other client's, which connects after all 64 were established.
+        wait_for(lambda: ns.server.tcp_connections >= 32, timeout=30, interval=0.02)
+        started = time.monotonic()
+        query = dns.message.make_query(ACME, "MX")
+        response = dns.query.tcp(query, ns.host, port=ns.port, timeout=10, source="127.0.0.2")
+        assert response.rcode() == dns.rcode.NOERROR and rdatas(response, "MX") == MX
+        assert time.monotonic() - started < 10  # answered, not after the hogs' 60 s idle timeout
+        assert ns.server.tcp_connections <= 33  # the hog was held to its share (32), plus ours
+    finally:
+        for hog in hogs:
+            hog.close()
+        ns.stop()
+
+
+def test_per_client_tcp_share_is_configurable(tmp_path, env):
+    path = tmp_path / "postern.toml"
+    path.write_text(dns_config_text(free_udp_and_tcp_port(), "max_tcp_connections_per_client = 3\n"))
+    assert build_postern(load_config(path, environ=env)).backend("dns").max_tcp_connections_per_client == 3
+    path.write_text(dns_config_text(free_udp_and_tcp_port(), "max_tcp_connections_per_client = 0\n"))
+    with pytest.raises((ConfigError, ValueError), match="max_tcp_connections_per_client"):
+        build_postern(load_config(path, environ=env))
 
 
 def test_several_queries_on_one_tcp_connection(ns):

@@ -45,6 +45,15 @@ class ServerConfig:
     #: Longest wait, in seconds, before a crashed child is restarted: the wait starts at
     #: 1 s and doubles per crash, and resets once the child ran 30 s.
     restart_backoff_max: int = 60
+    #: Seconds a new connection has to send its first request's headers, however they
+    #: trickle in; then it is closed (slowloris, clients that connect and say nothing).
+    header_timeout: int = 10
+    #: Seconds an idle kept-alive connection is held between requests.
+    keepalive: int = 5
+    #: Open connections per API worker, in total and per client address (IPv6: per
+    #: /64; 0 = no per-client cap, e.g. behind a reverse proxy). Over a cap: 503.
+    max_connections: int = 1000
+    max_connections_per_client: int = 256
 
 
 @dataclass
@@ -283,6 +292,10 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("server.workers must be at least 1")
     if name == "server" and not 1 <= section.restart_backoff_max <= 3600:
         raise ConfigError("server.restart_backoff_max must be from 1 to 3600 seconds")
+    if name == "server" and not (1 <= section.header_timeout <= 3600 and 0 <= section.keepalive <= 3600):
+        raise ConfigError("server.header_timeout must be from 1 and server.keepalive from 0, to 3600 seconds")
+    if name == "server" and (section.max_connections < 1 or section.max_connections_per_client < 0):
+        raise ConfigError("server.max_connections must be at least 1, max_connections_per_client at least 0")
     if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
         raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
     if name == "database" and not 0 <= section.threads <= 256:

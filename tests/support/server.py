@@ -65,9 +65,9 @@ class Server:
         self.log = open(self.logfile, "w")
         full_env = {
             **os.environ,
+            "POSTERN_SERVER_WORKERS": "2",  # unless the test's env says otherwise
             **env,
             "POSTERN_SERVER_BIND": f"127.0.0.1:{self.port}",
-            "POSTERN_SERVER_WORKERS": "2",
             "POSTERN_PLUGINS_MODULES": "support.demo_plugin",
             "POSTERN_DEMO_PIDFILE": str(self.pidfile),
             "PYTHONPATH": str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),

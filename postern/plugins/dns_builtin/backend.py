@@ -36,6 +36,7 @@ class DnsBuiltin(DnsProvider):
         "max_udp_payload": (int, 1232),
         "tcp_idle_timeout": (int, 10),
         "max_tcp_connections": (int, 256),
+        "max_tcp_connections_per_client": (int, 32),
         "refresh_seconds": (int, 60),
     }
 
@@ -77,6 +78,8 @@ class DnsBuiltin(DnsProvider):
             raise ValueError("ttl must be from 60 to 86400 seconds")
         if backend.tcp_idle_timeout < 1 or backend.max_tcp_connections < 1 or backend.refresh_seconds < 1:
             raise ValueError("tcp_idle_timeout, max_tcp_connections and refresh_seconds must be at least 1")
+        if backend.max_tcp_connections_per_client < 1:
+            raise ValueError("max_tcp_connections_per_client must be at least 1")
         if not backend.dkim_selector.replace("-", "").isalnum():
             raise ValueError("dkim_selector must be one DNS label")
         return backend

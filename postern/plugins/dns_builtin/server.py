@@ -1,7 +1,9 @@
 """The serving loop: UDP and TCP on one address, on uvloop when installed.
 
 dnslib only encodes and decodes; this loop bounds what it reads (TCP connections
-time out when idle and are capped in number), answers through ``Answerer`` (which
+time out when idle and are capped in number, in total and per client address, so one
+client holding connections cannot lock the others out of TCP; with every slot taken,
+the connection waiting longest for a query makes room for a new one), answers through ``Answerer`` (which
 never raises), and listens for zone-change rings.
 """
 
@@ -13,6 +15,7 @@ import logging
 import signal
 import socket
 
+from postern.core.connlimits import ConnectionLimiter
 from postern.core.zonebell import ZoneBellListener
 from postern.plugins.dns_builtin.answers import Answerer
 from postern.plugins.dns_builtin.store import ZoneStore
@@ -53,8 +56,14 @@ class DnsServer:
         self.store = ZoneStore(postern)
         self.answerer = Answerer(self.store, backend.max_udp_payload)
         self.database_url = postern.config.database_url
-        self.tcp_connections = 0
+        self.tcp_limiter = ConnectionLimiter(
+            "DNS over TCP", backend.max_tcp_connections, backend.max_tcp_connections_per_client
+        )
         self._tcp_tasks: set[asyncio.Task] = set()
+        #: Connections waiting for a query: task -> (since when, writer, limiter key).
+        self._waiting: dict[asyncio.Task, tuple[float, asyncio.StreamWriter, str]] = {}
+        self._closed_for_room: set[asyncio.Task] = set()
+        self.tcp_closed_for_room = 0
         self._udp = self._tcp = self._bell = self._refresh = self._relisten = None
 
     async def start(self) -> tuple[str, int]:
@@ -71,6 +80,10 @@ class DnsServer:
         self._schedule_relisten()
         log.info("DNS listening on %s port %s (UDP and TCP)", host, port)
         return host, port
+
+    @property
+    def tcp_connections(self) -> int:
+        return self.tcp_limiter.open
 
     def _listen(self) -> bool:
         """Subscribe to zone changes. Without the database (PostgreSQL down or restarting)
@@ -101,30 +114,57 @@ class DnsServer:
         self._refresh = asyncio.get_running_loop().call_later(self.backend.refresh_seconds, refresh)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_connections >= self.backend.max_tcp_connections:
-            writer.close()
+        if self.tcp_limiter.open >= self.backend.max_tcp_connections:
+            self._close_longest_waiting()
+        key, refused = self.tcp_limiter.acquire(writer.get_extra_info("peername"))
+        if refused:
+            writer.close()  # over a cap: the client falls back to another server or retries
             return
-        self.tcp_connections += 1
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
         idle = self.backend.tcp_idle_timeout
+        loop = asyncio.get_running_loop()
+        since = loop.time()  # connected, or last answered
         try:
-            while True:
+            while task not in self._closed_for_room:
+                self._waiting[task] = (since, writer, key)
                 head = await asyncio.wait_for(reader.readexactly(2), idle)
                 query = await asyncio.wait_for(reader.readexactly(int.from_bytes(head)), idle)
+                if self._waiting.pop(task, None) is None:
+                    break  # closed for room while its query was arriving
                 reply = self.answerer.answer(query, tcp=True)
                 if reply is None:
                     break
                 writer.write(len(reply).to_bytes(2) + reply)
                 await asyncio.wait_for(writer.drain(), idle)
+                since = loop.time()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass  # the client finished, went quiet or went away: all normal ends of a connection
         except asyncio.CancelledError:
             pass  # the server is closing
         finally:
-            self.tcp_connections -= 1
+            self._waiting.pop(task, None)
+            if task in self._closed_for_room:
+                self._closed_for_room.discard(task)  # its slot was released when it was closed
+            else:
+                self.tcp_limiter.release(key)
             self._tcp_tasks.discard(task)
             writer.close()
+
+    def _close_longest_waiting(self) -> None:
+        """Every TCP slot is taken: close the connection that has waited longest for a
+        query (since it connected or was last answered), so a new client's query is
+        served instead of turned away. RFC 7766 6.2.3 lets a server under pressure close
+        idle connections; many clients each within their share cannot then hold every
+        slot, and a client sending its query now (the newest) is the last to go."""
+        if not self._waiting:
+            return  # every connection is being answered: the new one is refused
+        task = min(self._waiting, key=lambda t: self._waiting[t][0])
+        _, writer, key = self._waiting.pop(task)
+        self._closed_for_room.add(task)
+        self.tcp_limiter.release(key)
+        self.tcp_closed_for_room += 1
+        writer.transport.abort()
 
     async def close(self) -> None:
         for timer in (self._refresh, self._relisten):

@@ -13,6 +13,7 @@ from typing import Any
 import peewee
 
 from postern.core.backends import InboxRef, Receiver
+from postern.core.connlimits import TOTAL, ConnectionLimiter
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database, database_fault
 from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, storable_address, store
 from postern.core.mail.mime import parse
@@ -22,6 +23,16 @@ log = logging.getLogger("postern.smtp")
 
 DEFAULT_BIND = "127.0.0.1:2525"
 MAX_PROCESSES = 64
+#: Seconds a client has to send each command (aiosmtpd's timer restarts at each valid
+#: command, not at each byte, so trickling a command slowly does not extend it).
+DEFAULT_COMMAND_TIMEOUT = 60
+#: Seconds a client has, after DATA, to send the whole message.
+DEFAULT_DATA_TIMEOUT = 300
+#: Open sessions per listener process, in total and per client address (IPv6: per /64).
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 50
+TOO_MANY_TOTAL = b"421 4.7.0 Too many connections, try again later\r\n"
+TOO_MANY_FROM_CLIENT = b"421 4.7.0 Too many connections from your address, try again later\r\n"
 
 
 class SmtpLocalReceiver(Receiver):
@@ -30,7 +41,17 @@ class SmtpLocalReceiver(Receiver):
 
     name = "smtp_local"
     description = "SMTP listener (aiosmtpd); inboxes stored in Postern's database"
-    OPTIONS = {"bind": str, "hostname": str, "max_recipients": int, "threads": int, "processes": int}
+    OPTIONS = {
+        "bind": str,
+        "hostname": str,
+        "max_recipients": int,
+        "threads": int,
+        "processes": int,
+        "command_timeout": int,
+        "data_timeout": int,
+        "max_connections": int,
+        "max_connections_per_client": int,
+    }
 
     def __init__(
         self,
@@ -39,9 +60,15 @@ class SmtpLocalReceiver(Receiver):
         max_recipients: int = 100,
         threads: int = 4,
         processes: int = 1,
+        command_timeout: int = DEFAULT_COMMAND_TIMEOUT,
+        data_timeout: int = DEFAULT_DATA_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     ):
         self.bind, self.hostname, self.max_recipients, self.threads = bind, hostname, max_recipients, threads
         self.processes = processes
+        self.command_timeout, self.data_timeout = command_timeout, data_timeout
+        self.max_connections, self.max_connections_per_client = max_connections, max_connections_per_client
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalReceiver:
@@ -59,6 +86,10 @@ class SmtpLocalReceiver(Receiver):
             raise ValueError("max_recipients must be at least 1")
         if not 1 <= receiver.processes <= MAX_PROCESSES:
             raise ValueError(f"processes must be from 1 to {MAX_PROCESSES}")
+        if receiver.command_timeout < 1 or receiver.data_timeout < 1:
+            raise ValueError("command_timeout and data_timeout must be at least 1 second")
+        if receiver.max_connections < 1 or receiver.max_connections_per_client < 1:
+            raise ValueError("max_connections and max_connections_per_client must be at least 1")
         return receiver
 
     def provision(self, inbox: InboxRef) -> None:
@@ -136,19 +167,81 @@ class Handler:
         return f"250 2.0.0 OK stored as {' '.join(m.id for m in stored)}"
 
 
-def smtp_session(handler, hostname: str, data_size_limit: int):
+def smtp_session(
+    handler,
+    hostname: str,
+    data_size_limit: int,
+    *,
+    limiter: ConnectionLimiter | None = None,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    data_timeout: float = DEFAULT_DATA_TIMEOUT,
+):
     """One connection's aiosmtpd protocol, as the listener serves it (the fuzzers too).
-    A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection."""
-    return _smtp_class()(
-        handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True, ident="Postern ESMTP"
+    A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection.
+    ``limiter`` caps open sessions: one over a cap is answered 421 and closed."""
+    session = _smtp_class()(
+        handler,
+        hostname=hostname,
+        data_size_limit=data_size_limit,
+        enable_SMTPUTF8=True,
+        ident="Postern ESMTP",
+        timeout=command_timeout,
     )
+    session.postern_limiter, session.postern_data_timeout = limiter, data_timeout
+    return session
 
 
 @functools.cache
 def _smtp_class():
-    from aiosmtpd.smtp import SMTP  # imported by the listener only, not by every process
+    from aiosmtpd.smtp import SMTP, syntax  # imported by the listener only, not by every process
 
     class PosternSMTP(SMTP):
+        postern_limiter: ConnectionLimiter | None = None
+        postern_data_timeout: float = DEFAULT_DATA_TIMEOUT
+        postern_client: str | None = None  # the limiter's key while this session counts
+        postern_refused = False
+
+        def connection_made(self, transport):
+            # Called again with the TLS transport after STARTTLS: count only the first.
+            if self.transport is None and self.postern_limiter is not None:
+                key, refused = self.postern_limiter.acquire(transport.get_extra_info("peername"))
+                if refused:
+                    # RFC 5321 3.8: a server that cannot take the session answers 421 and
+                    # closes; the sender keeps the message and retries later.
+                    self.postern_refused = True
+                    transport.write(TOO_MANY_TOTAL if refused == TOTAL else TOO_MANY_FROM_CLIENT)
+                    transport.close()
+                    return
+                self.postern_client = key
+            super().connection_made(transport)
+
+        def connection_lost(self, error):
+            if self.postern_refused:
+                return
+            if self.postern_client is not None:
+                self.postern_limiter.release(self.postern_client)
+                self.postern_client = None
+            super().connection_lost(error)
+
+        def data_received(self, data):
+            if not self.postern_refused:
+                super().data_received(data)
+
+        def eof_received(self):
+            if self.postern_refused:
+                return False
+            return super().eof_received()
+
+        @syntax("DATA")
+        async def smtp_DATA(self, arg):
+            # The message gets its own, longer bound; the command timeout resumes after it.
+            self._reset_timeout(self.postern_data_timeout)
+            try:
+                await super().smtp_DATA(arg)
+            finally:
+                if self.transport is not None:
+                    self._reset_timeout()
+
         def _getaddr(self, arg):
             try:
                 return super()._getaddr(arg)
@@ -224,8 +317,19 @@ async def _serve(postern, handler_class: type[Handler], sockets: list[socket.soc
     limit = postern.config.mail.max_message_bytes
     loop = asyncio.get_running_loop()
 
+    # Per process: with ``processes`` N the listener admits N times these caps.
+    limiter = ConnectionLimiter(
+        "SMTP",
+        getattr(receiver, "max_connections", DEFAULT_MAX_CONNECTIONS),
+        getattr(receiver, "max_connections_per_client", DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+    )
+    timeouts = {
+        "command_timeout": getattr(receiver, "command_timeout", DEFAULT_COMMAND_TIMEOUT),
+        "data_timeout": getattr(receiver, "data_timeout", DEFAULT_DATA_TIMEOUT),
+    }
+
     def session():
-        return smtp_session(handler, receiver.hostname, limit)
+        return smtp_session(handler, receiver.hostname, limit, limiter=limiter, **timeouts)
 
     if sockets is None:
         host, _, port = receiver.bind.rpartition(":")
