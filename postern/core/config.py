@@ -45,6 +45,10 @@ class ServerConfig:
     #: Longest wait, in seconds, before a crashed child is restarted: the wait starts at
     #: 1 s and doubles per crash, and resets once the child ran 30 s.
     restart_backoff_max: int = 60
+    #: Base URL clients reach the API at, e.g. "https://postern.example.org": download
+    #: links (and webhook links, unless webhooks.public_url is set) are built on it. Empty
+    #: gives links relative to the API root; never taken from the request's Host header.
+    public_url: str = ""
 
 
 @dataclass
@@ -276,6 +280,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("server.workers must be at least 1")
     if name == "server" and not 1 <= section.restart_backoff_max <= 3600:
         raise ConfigError("server.restart_backoff_max must be from 1 to 3600 seconds")
+    if name == "server":
+        section.public_url = _public_url("server.public_url", section.public_url)
     if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
         raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
     if name == "database" and not 0 <= section.threads <= 256:
@@ -328,9 +334,14 @@ def _check_webhooks(section: WebhooksConfig) -> None:
         raise ConfigError("webhooks.retry_schedule: 1 to 20 delays, each from 0 to 604800 seconds")
     if section.disable_after_failed_deliveries < 1 or section.concurrency < 1 or section.max_body_chars < 0:
         raise ConfigError("webhooks: disable_after_failed_deliveries and concurrency must be positive")
-    if section.public_url and not section.public_url.startswith(("http://", "https://")):
-        raise ConfigError("webhooks.public_url must start with http:// or https://")
-    section.public_url = section.public_url.rstrip("/")
+    section.public_url = _public_url("webhooks.public_url", section.public_url)
+
+
+def _public_url(key: str, value: str) -> str:
+    """An absolute http(s) base URL without a trailing slash, or empty."""
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key} must start with http:// or https://")
+    return value.rstrip("/")
 
 
 def _build_role(role: str, value: Any) -> RoleConfig:
