@@ -18,6 +18,13 @@ from typing import Any
 
 from postern.core.backends import ROLES
 
+# docs/security.md, "Reserved mailboxes", says why each is here and why business role
+# names (info, sales, support) are not.
+RESERVED_LOCAL_PARTS = (
+    "abuse", "admin", "administrator", "ftp", "hostmaster", "mailer-daemon", "news", "noc",
+    "postmaster", "root", "security", "usenet", "uucp", "webmaster", "www",
+)  # fmt: skip
+
 DEFAULT_CONFIG_NAME = "postern.toml"
 DEFAULT_DATA_DIR = "postern-data"
 ENV_PREFIX = "POSTERN_"
@@ -88,6 +95,12 @@ class MailConfig:
     #: long a crash delays a send; keep it above the send backend's timeout, or a slow
     #: attempt and its retry may both reach the relay.
     outbound_lease_seconds: int = 300
+    #: Local parts agents may not take, on any domain: only an operator or org admin
+    #: creates them (``postern admin inbox create``, ``POST /v1/admin/agents/{id}/inboxes``).
+    #: Default: RFC 2142's operational mailboxes, the CA/Browser Forum's domain-control
+    #: addresses (admin, administrator, webmaster, hostmaster, postmaster), root and
+    #: mailer-daemon. Compared with the normalised (lower-case) local part.
+    reserved_local_parts: list[str] = field(default_factory=lambda: list(RESERVED_LOCAL_PARTS))
 
 
 @dataclass
@@ -298,6 +311,7 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
             raise ConfigError("mcp.api_base_url must start with http:// or https://")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
+        section.reserved_local_parts = _local_parts("mail.reserved_local_parts", section.reserved_local_parts)
     return section
 
 
@@ -335,6 +349,15 @@ def _check_webhooks(section: WebhooksConfig) -> None:
     if section.disable_after_failed_deliveries < 1 or section.concurrency < 1 or section.max_body_chars < 0:
         raise ConfigError("webhooks: disable_after_failed_deliveries and concurrency must be positive")
     section.public_url = _public_url("webhooks.public_url", section.public_url)
+
+
+def _local_parts(key: str, values: list[str]) -> list[str]:
+    from postern.core.names import InvalidName, normalise_local_part
+
+    try:
+        return sorted({normalise_local_part(value) for value in values})
+    except InvalidName as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _public_url(key: str, value: str) -> str:
