@@ -16,6 +16,7 @@ from postern.api.serialize import (
     audit_json,
     customer_json,
     enrollment_key_json,
+    inbox_json,
 )
 from postern.core import enrollment, tenancy
 from postern.core.auditlog import query_audit
@@ -235,6 +236,31 @@ def agent_key_revoke(ctx, key_id, as_json):
     """Revoke one agent key; no other key is affected."""
     row = _run(ctx, lambda: enrollment.revoke_agent_key(CLI, INFO, key_id))
     _emit(as_json, agent_key_json(row), f"revoked {row.id} ({row.key_prefix}…)")
+
+
+@admin.group()
+def inbox():
+    """Inboxes created by the operator, e.g. reserved role addresses (postmaster@)."""
+
+
+@inbox.command("create")
+@click.option("--agent", "agent_id", required=True, help="The agent (agt_…) whose enrollment owns the inbox.")
+@click.option("--username", required=True, help="Local part; reserved ones (postmaster, abuse…) are allowed here.")
+@click.option("--domain", help="One of the enrollment's allowed domains (default: its first).")
+@click.option("--display-name")
+@json_option
+@click.pass_context
+def inbox_create(ctx, agent_id, username, domain, display_name, as_json):
+    """Create an inbox for an agent, within its enrollment's quota and domains."""
+    from postern.cli import obtain_postern
+    from postern.core.inboxes import create_inbox_for_agent
+
+    body = {"username": username, "domain": domain, "display_name": display_name}
+    postern = obtain_postern(ctx)  # the receive backend provisions the inbox, as for the API
+    row, _ = _run(
+        ctx, lambda: create_inbox_for_agent(postern, CLI, INFO, agent_id, {k: v for k, v in body.items() if v})
+    )
+    _emit(as_json, inbox_json(row), f"{row.id}\t{row.address}")
 
 
 @admin.command("audit")

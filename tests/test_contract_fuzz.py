@@ -11,6 +11,7 @@ for long runs).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -25,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support import fuzz
 from support.server import Server, kill_tree, wait_for
 from support.world import make_tenant
 from test_tenancy import CAPABILITY_PATHS, PATH_PARAM, id_kind, objects_of
@@ -147,3 +149,68 @@ def test_oversized_requests_get_documented_answers(live, world):
         response = big_header.call(base_url=live.url, session=session, headers=headers)
         assert response.status_code == 431
         big_header.validate_response(response, checks=CHECKS)
+
+
+def hostile_targets(operation) -> list[tuple[str, str]]:
+    """("body", name) for every top-level body property, ("query", name) for every query
+    parameter of ``operation``."""
+    raw = operation.definition.raw
+    targets = [("query", p["name"]) for p in raw.get("parameters", ()) if p.get("in") == "query"]
+    body = raw.get("requestBody", {}).get("content", {}).get(falcon_json, {}).get("schema")
+    if body:
+        if "$ref" in body:
+            body = operation.schema.raw_schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+        targets += [("body", name) for name in body.get("properties", {})]
+    return targets
+
+
+falcon_json = "application/json"
+
+
+def send_unencodable(session, operation, url: str, headers: dict, where: str, name: str, sent: dict) -> None:
+    """Hostile strings in one body field or query parameter of ``operation``."""
+    label = f"{operation.method.upper()} {operation.path} {where} {name}"
+    documented = set(operation.definition.raw["responses"])
+
+    @settings(max_examples=fuzz.examples(5), deadline=None, database=None, phases=[Phase.generate])
+    @given(text=fuzz.unencodable_text, query=fuzz.invalid_utf8_query_value)
+    def send(text, query):
+        if where == "query":
+            response = session.request(operation.method.upper(), f"{url}?{name}={query}", headers=headers)
+            expected = 400
+        else:
+            body = json.dumps({name: text})  # ASCII escapes: "\\ud800"
+            kind = {**headers, "Content-Type": falcon_json}
+            response = session.request(operation.method.upper(), url, data=body, headers=kind)
+            expected = 422
+        assert response.status_code == expected, f"{label}: {response.status_code} {response.text[:300]}"
+        assert documented & {str(response.status_code), "default"}, f"{label}: {response.status_code} undocumented"
+        error = response.json()["error"]
+        assert {"type", "code", "message", "request_id"} <= set(error), label
+        if where == "body":
+            assert error["field"] == name, label
+        sent[where] += 1
+
+    send()
+
+
+def test_unencodable_strings_in_every_field_and_query_parameter(live, world):
+    """Lone surrogates in every body field and invalid UTF-8 in every query parameter
+    (hardening issue, item 3): a documented 4xx in the error envelope, never a 5xx, and
+    the right refusal: 422 naming the field for a body, 400 for a query."""
+    schema = schemathesis.openapi.from_url(f"{live.url}/v1/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    sent = {"body": 0, "query": 0}
+    with requests.Session() as session:
+        for operation in operations:
+            realm = world.get(operation.definition.raw.get("x-postern-auth"))
+            headers = {"Authorization": f"Bearer {realm['key']}"} if realm else {}
+            path = operation.path
+            if PATH_PARAM.search(path):
+                if path in CAPABILITY_PATHS or not realm:
+                    continue
+                path = fuzz.fill_path(path, realm["own"])
+            for where, name in hostile_targets(operation):
+                send_unencodable(session, operation, live.url + path, headers, where, name, sent)
+    print(f"\nunencodable strings: {sent}")
+    assert sent["body"] >= 30 and sent["query"] >= 10

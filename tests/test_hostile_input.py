@@ -155,3 +155,61 @@ def test_admin_tokens_can_be_revoked(client, env, monkeypatch):
     assert resp.status_code == 401 and resp.json["error"]["code"] == "key_revoked"
     listed = CliRunner().invoke(cli, ["admin", "token", "list"], obj={})
     assert token.id in listed.output and "operator" not in listed.output
+
+
+# -- Unencodable strings (hardening issue, item 3) -------------------------------------
+
+LONE_SURROGATES = ['"\\ud800"', '"ok\\udfffok"', '"\\udc00\\ud800"']
+
+
+def every_body_field(client, postern):
+    """(method, url, headers, field) for every property of every documented request body,
+    with real ids in the path so the request reaches the resource."""
+    from support import fuzz
+    from test_parser_fuzz import write_operations
+    from test_tenancy import objects_of
+
+    acme = make_tenant("acme")
+    mine, me = objects_of(postern, acme, "hostile")
+    admin_side, _ = objects_of(postern, acme, "adminside")
+    for method, path, auth, fields in write_operations(client):
+        ids, key = (admin_side, acme.admin_token) if auth == "admin" else (mine, me.agent_key)
+        headers = {**(bearer(key) if auth else {}), "Content-Type": "application/json"}
+        for field in fields:
+            yield method, fuzz.fill_path(path, ids), headers, field
+
+
+def test_a_lone_surrogate_in_any_body_field_is_a_422(config, db, caplog):
+    """``json.loads`` turns ``"\\ud800"`` into a string no UTF-8 encoder accepts; it used to
+    reach the database, the log or the response encoder and come back as a 500."""
+    postern = build_postern(config)
+    client = falcon.testing.TestClient(create_app(postern))
+    tried = set()
+    for method, url, headers, field in every_body_field(client, postern):
+        for value in LONE_SURROGATES:
+            resp = client.simulate_request(method, url, headers=headers, body=f'{{"{field}": {value}}}')
+            assert resp.status_code == 422, (method, url, field, resp.status_code, resp.text[:200])
+            error = resp.json["error"]
+            assert error["code"] == "invalid_field" and error["field"] == field and "surrogate" in error["message"]
+        tried.add((url.split("/")[2], field))
+    assert ("enroll", "agent_handle") in tried and ("inboxes", "username") in tried and len(tried) >= 20
+    # A surrogate in a field name, or nested in a list, is refused the same way.
+    for body in ['{"\\ud800": 1}', '{"username": ["\\ud800"]}', '{"x": {"y": "\\udfff"}}']:
+        resp = client.simulate_post("/v1/enroll", body=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 422 and "surrogate" in resp.json["error"]["message"], resp.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+NOT_UTF8_QUERIES = ["page_token=%ED%A0%80", "limit=%FF", "%ED%B0%80=1", "page_token=a%C0%80", "x=%E2%82"]
+
+
+@pytest.mark.parametrize("query", NOT_UTF8_QUERIES)
+def test_query_strings_that_are_not_utf8_are_a_400(client, query):
+    agent = make_tenant("acme").agent_key()
+    for path, key in [("/v1/inboxes", agent.agent_key), ("/v1/admin/audit", operator_token())]:
+        resp = client.simulate_get(path, query_string=query, headers=bearer(key))
+        assert resp.status_code == 400, resp.text
+        assert resp.json["error"]["code"] == "invalid_request" and "UTF-8" in resp.json["error"]["message"]
+    # Valid UTF-8, percent-encoded, still reaches the resource.
+    resp = client.simulate_get("/v1/inboxes", query_string="page_token=%C3%A9", headers=bearer(agent.agent_key))
+    assert resp.status_code == 422 and "page_token" in resp.json["error"]["message"]

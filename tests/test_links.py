@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import falcon.testing
@@ -49,7 +50,7 @@ def path_of(url: str) -> str:
 def test_raw_link_returns_the_exact_bytes_once(setup):
     client, headers, inbox, message, raw = setup
     resp = client.simulate_post(f"/v1/inboxes/{inbox['id']}/messages/{message.id}/raw-link", headers=headers)
-    assert resp.status_code == 201 and resp.json["url"].startswith("http")
+    assert resp.status_code == 201 and resp.json["url"].startswith("/v1/downloads/")
     first = client.simulate_get(path_of(resp.json["url"]))
     assert first.status_code == 200 and first.content == raw
     assert first.headers["content-type"] == "application/octet-stream"
@@ -132,3 +133,71 @@ def test_a_link_works_once_under_concurrency(setup, db_url):
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["gone"] * 7 + ["ok"]
+
+
+# -- Where links point (hardening issue, item 8) ----------------------------------------
+
+FORGED = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "Forwarded": "host=evil.example"}
+
+
+def link_urls(client, headers, inbox, message) -> list[str]:
+    base = f"/v1/inboxes/{inbox['id']}/messages/{message.id}"
+    attachment = client.simulate_get(base, headers=headers).json["attachments"][0]["id"]
+    urls = []
+    for path in (f"{base}/raw-link", f"{base}/attachments/{attachment}/link"):
+        resp = client.simulate_post(path, headers={**headers, **FORGED})
+        assert resp.status_code == 201, resp.text
+        urls.append(resp.json["url"])
+    return urls
+
+
+def test_links_are_built_on_the_configured_public_url_never_the_host_header(setup, config):
+    client, headers, inbox, message, _ = setup
+    config.server.public_url = "https://postern.example.org/mail"
+    for url in link_urls(client, headers, inbox, message):
+        assert url.startswith("https://postern.example.org/mail/v1/downloads/") and "evil" not in url
+
+
+def test_without_a_public_url_links_are_relative_to_the_api_root(setup):
+    client, headers, inbox, message, _ = setup
+    for url in link_urls(client, headers, inbox, message):
+        assert url.startswith("/v1/downloads/") and "evil" not in url
+        assert client.simulate_get(url).status_code == 200
+
+
+def test_the_sdk_makes_relative_links_absolute_on_its_own_base_url(setup):
+    from postern.client import Postern
+    from postern.client.inprocess import InProcessTransport
+
+    client, headers, inbox, message, raw = setup
+    transport = InProcessTransport(client.app)
+    try:
+        key = headers["Authorization"].removeprefix("Bearer ")
+        with Postern(api_key=key, base_url="http://postern.test", transport=transport) as sdk:
+            link = sdk.messages.raw_link(inbox["id"], message.id)
+            assert link.url.startswith("http://postern.test/v1/downloads/")
+            assert sdk.download(link) == raw
+    finally:
+        transport.shutdown()
+
+
+def test_webhook_links_fall_back_to_the_server_public_url(config, db):
+    from postern.core.webhooks.events import message_links
+
+    config.server.public_url = "https://postern.example.org"
+    postern = build_postern(config)
+    message = SimpleNamespace(id="x", inbox_id="inb_1", thread_id="thr_1")
+    assert message_links(postern, message)["raw_link"].startswith("https://postern.example.org/v1/inboxes/inb_1/")
+    config.webhooks.public_url = "https://hooks.example.org"
+    assert message_links(postern, message)["message"] == "https://hooks.example.org/v1/inboxes/inb_1/messages/x"
+
+
+def test_server_public_url_is_checked_and_normalised(tmp_path):
+    from postern.core.config import ConfigError, load_config
+
+    loaded = load_config(environ={"POSTERN_SERVER_PUBLIC_URL": "https://p.example.org/"})
+    assert loaded.server.public_url == "https://p.example.org"
+    assert load_config(environ={}).server.public_url == ""
+    (tmp_path / "bad.toml").write_text('[server]\npublic_url = "p.example.org"\n')
+    with pytest.raises(ConfigError, match="server.public_url must start with http"):
+        load_config(tmp_path / "bad.toml", environ={})

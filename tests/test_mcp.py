@@ -279,3 +279,38 @@ async def conversation_mock(client, peer) -> dict:
     assert [m["id"] for m in thread["messages"]] == [first["id"], reply["id"]]
     assert reply["status"] == "sent"  # delivered to peer inside the world
     return inbox
+
+
+@pytest.mark.slow
+def test_attachment_names_and_links_reach_the_model_safely(live):
+    """Hardening issue items 7 and 8 through the real MCP client: a filename with a bidi
+    override shows as it reads, and its link is absolute and works although the server
+    has no ``server.public_url`` (the API answers it relative; the SDK completes it)."""
+    raw = (
+        "From: Ann <ann@example.org>\r\nTo: {to}\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee\r\n'
+        "--b\r\nContent-Type: application/pdf\r\n"
+        "Content-Disposition: attachment; filename*=utf-8''%C3%A9vil.pdf%E2%80%AEgpj.exe\r\n\r\n%PDF-1.4\r\n--b--\r\n"
+    )
+
+    def deliver(to: str) -> None:
+        with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as smtp:
+            smtp.sendmail("ann@example.org", [to], raw.format(to=to).encode())
+
+    async def run():
+        async with http(live.mcp_url, live.keys["agent"]) as client:
+            inbox = await ok(client, "create_inbox", username="files")
+            cursor = (await ok(client, "wait_for_email", inbox_id=inbox["id"], timeout=0))["cursor"]
+            await asyncio.to_thread(deliver, inbox["address"])
+            got = await ok(client, "wait_for_email", inbox_id=inbox["id"], timeout=50, cursor=cursor)
+            [first] = got["messages"]
+            message = await ok(client, "get_message", inbox_id=inbox["id"], message_id=first["id"])
+            [attachment] = message["attachments"]
+            assert attachment["filename"] == "évil.pdfgpj.exe"
+            url = attachment["download"]["url"]
+            assert url.startswith(f"{live.url}/v1/downloads/")
+            resp = await asyncio.to_thread(httpx.get, url, timeout=30)
+            assert resp.status_code == 200 and resp.content.startswith(b"%PDF-1.4")
+            assert resp.headers["content-disposition"] == "attachment; filename*=UTF-8''%C3%A9vil.pdfgpj.exe"
+
+    asyncio.run(run())

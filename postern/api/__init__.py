@@ -66,6 +66,7 @@ def build_routes(
         Route("/v1/admin/enrollment-keys/{key_id}/revoke", admin.EnrollmentKeyRevokeResource(caller)),
         Route("/v1/admin/agents", admin.AgentsResource(caller)),
         Route("/v1/admin/agents/{agent_id}", admin.AgentResource(caller)),
+        Route("/v1/admin/agents/{agent_id}/inboxes", admin.AgentInboxesResource(caller)),
         Route("/v1/admin/agent-keys/{key_id}/revoke", admin.AgentKeyRevokeResource(caller)),
         Route("/v1/admin/audit", admin.AuditResource(caller)),
         *(Route(path, resource) for path, resource in webhooks.routes(caller)),

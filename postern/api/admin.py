@@ -8,16 +8,19 @@ import falcon
 
 from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
+from postern.api.inboxes import CREATE_REQUEST
 from postern.api.serialize import (
     agent_json,
     audit_json,
     customer_json,
     enrollment_key_json,
+    inbox_json,
     page_json,
 )
 from postern.core import audit, enrollment, tenancy
 from postern.core.auditlog import FILTERS, query_audit
 from postern.core.errors import InvalidInput
+from postern.core.inboxes import create_inbox_for_agent
 from postern.core.models import Agent, Customer, EnrollmentKey
 from postern.core.pagination import paginate, parse_limit
 
@@ -263,6 +266,43 @@ class AgentResource:
 
         agent, keys = await self.caller.as_admin(req, read)
         resp.media = agent_json(agent, keys)
+
+
+class AgentInboxesResource:
+    """The admin path to an inbox: the same core call as ``POST /v1/inboxes``, for one
+    agent of the token's tenant, and the only path to reserved local parts."""
+
+    OPENAPI = {
+        "post": operation(
+            "Create an inbox for an agent (reserved role addresses such as postmaster too)",
+            {
+                201: ("Created", ref("Inbox")),
+                200: ("An inbox with this client_id already existed", ref("Inbox")),
+                403: ("Mailbox quota of the agent's enrollment exceeded", ref("Error")),
+                404: ("No such agent for this token", ref("Error")),
+                409: ("Address taken, or the agent's enrollment key is revoked", ref("Error")),
+                422: ("A field is invalid", ref("Error")),
+            },
+            body=CREATE_REQUEST,
+            params=(path_param("agent_id"),),
+            auth="admin",
+        )
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_post(self, req, resp, agent_id):
+        await self.caller.check(req, "admin")  # who asks before what the body says
+        body = await read_json(req, max_bytes=8192)
+        postern = self.caller.postern
+
+        def create(principal, info):
+            return create_inbox_for_agent(postern, principal, info, agent_id, body)
+
+        inbox, created = await self.caller.as_admin(req, create)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.media = inbox_json(inbox)
 
 
 class AgentKeyRevokeResource:

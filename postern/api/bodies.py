@@ -28,23 +28,39 @@ async def read_json(req, *, max_bytes: int = DEFAULT_MAX_BODY) -> dict:
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_body", "request body must be a JSON object")
-    _refuse_nul(body, "")
+    _refuse_unstorable(body, "")
     return body
 
 
-def _refuse_nul(value, path: str) -> None:
-    """NUL has no place in any field (and PostgreSQL text cannot store it)."""
+def _unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored or echoed, or None. NUL: PostgreSQL text cannot hold
+    it. A lone surrogate (JSON's ``"\\ud800"`` escape parses to one) is no character at
+    all: it cannot be encoded as UTF-8, so the database, the logs and the response encoder
+    would each fail on it later, as a 500."""
+    if "\x00" in text:
+        return "NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "lone surrogates (\\ud800-\\udfff escapes that are not a valid pair)"
+    return None
+
+
+def _refuse_unstorable(value, path: str) -> None:
+    """Refuse NUL and lone surrogates in every string of the body, keys included, here
+    where every body is decoded, so no field can carry them further. The message never
+    quotes the offending text (it could not be encoded into the answer either)."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput(f"{path or 'body'} must not contain NUL characters", field=path.split(".")[0] or None)
+        if reason := _unstorable(value):
+            raise InvalidInput(f"{path or 'body'} must not contain {reason}", field=path.split(".")[0] or None)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                raise InvalidInput("field names must not contain NUL characters")
-            _refuse_nul(item, f"{path}.{key}" if path else key)
+            if reason := _unstorable(key):
+                raise InvalidInput(f"field names must not contain {reason}")
+            _refuse_unstorable(item, f"{path}.{key}" if path else key)
     elif isinstance(value, list):
         for item in value:
-            _refuse_nul(item, path)
+            _refuse_unstorable(item, path)
 
 
 def reject_unknown(body: dict, allowed: set[str]) -> None:

@@ -59,7 +59,10 @@ async def _issue(caller, req, resp, inbox_id, message_id, attachment_id):
 
     link = await caller.as_agent(req, work)
     resp.status = falcon.HTTP_201
-    resp.media = {"url": f"{req.prefix}/v1/downloads/{link.token}", "expires_at": link.expires_at.isoformat() + "Z"}
+    # Never from the request: its Host header is whatever the caller (or anyone in front of
+    # the server) put there, and the link is a credential.
+    url = f"{caller.postern.config.server.public_url}/v1/downloads/{link.token}"
+    resp.media = {"url": url, "expires_at": link.expires_at.isoformat() + "Z"}
 
 
 class DownloadResource:

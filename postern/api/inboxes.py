@@ -29,7 +29,7 @@ class InboxesResource:
             {
                 201: ("Created", ref("Inbox")),
                 200: ("An inbox with this client_id already existed", ref("Inbox")),
-                403: ("Missing scope mailbox:create, or mailbox quota exceeded", ref("Error")),
+                403: ("Missing scope mailbox:create, quota exceeded, or a reserved local part", ref("Error")),
                 409: ("Address taken", ref("Error")),
                 422: ("A field is invalid", ref("Error")),
             },

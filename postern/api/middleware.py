@@ -19,6 +19,8 @@ class RequestContext:
         # NUL can reach no id or filter legitimately, and PostgreSQL refuses it in text.
         if "\x00" in req.path or "%00" in req.query_string or "\x00" in req.query_string:
             raise ApiError(400, "invalid_request", "NUL characters are not allowed in the path or query")
+        if "%" in req.query_string and not valid_utf8(req.query_string):
+            raise ApiError(400, "invalid_request", "the query string is not valid UTF-8 once percent-decoded")
 
     async def process_resource(self, req, resp, resource, params) -> None:
         req.context.path_params = dict(params)  # audit rows name the object a refusal was about
@@ -41,6 +43,17 @@ class Lifespan:
     async def process_shutdown(self, scope, event) -> None:
         self.waiters.close()
         self.runner.shutdown()
+
+
+def valid_utf8(query_string: str) -> bool:
+    """Whether the percent-decoded query is UTF-8. falcon would replace what is not (a
+    surrogate's bytes ``%ED%A0%80``, a stray ``%FF``) with U+FFFD and carry on, so a
+    filter or token would silently become something the caller never sent."""
+    try:
+        urllib.parse.unquote_to_bytes(query_string.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def documented_query(resource, method: str) -> set[str] | None:

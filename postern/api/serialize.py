@@ -8,6 +8,7 @@ import json
 import orjson
 
 from postern.core.enrollment import allowed_domains
+from postern.core.mail.mime import sanitize_filename
 
 
 def iso(moment: dt.datetime | None) -> str | None:
@@ -105,7 +106,9 @@ def _people(raw: str) -> list[dict]:
 def attachment_json(a) -> dict:
     return {
         "id": a.id,
-        "filename": a.filename,
+        # Ingest stores the sanitised name; sanitising again (idempotent) covers rows
+        # stored before a rule was added, e.g. bidi controls (the MCP server reads this).
+        "filename": sanitize_filename(a.filename, 0, a.content_type),
         "content_type": a.content_type,
         "size": a.size,
         "sha256": a.sha256,

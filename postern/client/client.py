@@ -8,6 +8,7 @@ than the wait it asks for.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -278,11 +279,18 @@ class Messages:
 
     def raw_link(self, inbox_id: str, message_id: str) -> DownloadLink:
         path = f"/v1/inboxes/{inbox_id}/messages/{message_id}/raw-link"
-        return DownloadLink.from_json(self._c.request("POST", path))
+        return self._absolute(DownloadLink.from_json(self._c.request("POST", path)))
 
     def attachment_link(self, inbox_id: str, message_id: str, attachment_id: str) -> DownloadLink:
         path = f"/v1/inboxes/{inbox_id}/messages/{message_id}/attachments/{attachment_id}/link"
-        return DownloadLink.from_json(self._c.request("POST", path))
+        return self._absolute(DownloadLink.from_json(self._c.request("POST", path)))
+
+    def _absolute(self, link: DownloadLink) -> DownloadLink:
+        """A server without ``server.public_url`` answers links relative to the API root;
+        make them usable where this client reaches the API (an MCP client gets them too)."""
+        if link.url.startswith("/"):
+            return dataclasses.replace(link, url=self._c.base_url + link.url)
+        return link
 
     def _post_send(self, path: str, body: dict, idempotency_key: str | None) -> Message:
         key = idempotency_key or f"sdk-{uuid.uuid4()}"

@@ -18,6 +18,13 @@ from typing import Any
 
 from postern.core.backends import ROLES
 
+# docs/security.md, "Reserved mailboxes", says why each is here and why business role
+# names (info, sales, support) are not.
+RESERVED_LOCAL_PARTS = (
+    "abuse", "admin", "administrator", "ftp", "hostmaster", "mailer-daemon", "news", "noc",
+    "postmaster", "root", "security", "usenet", "uucp", "webmaster", "www",
+)  # fmt: skip
+
 DEFAULT_CONFIG_NAME = "postern.toml"
 DEFAULT_DATA_DIR = "postern-data"
 ENV_PREFIX = "POSTERN_"
@@ -54,6 +61,10 @@ class ServerConfig:
     #: /64; 0 = no per-client cap, e.g. behind a reverse proxy). Over a cap: 503.
     max_connections: int = 1000
     max_connections_per_client: int = 256
+    #: Base URL clients reach the API at, e.g. "https://postern.example.org": download
+    #: links (and webhook links, unless webhooks.public_url is set) are built on it. Empty
+    #: gives links relative to the API root; never taken from the request's Host header.
+    public_url: str = ""
 
 
 @dataclass
@@ -93,6 +104,12 @@ class MailConfig:
     #: long a crash delays a send; keep it above the send backend's timeout, or a slow
     #: attempt and its retry may both reach the relay.
     outbound_lease_seconds: int = 300
+    #: Local parts agents may not take, on any domain: only an operator or org admin
+    #: creates them (``postern admin inbox create``, ``POST /v1/admin/agents/{id}/inboxes``).
+    #: Default: RFC 2142's operational mailboxes, the CA/Browser Forum's domain-control
+    #: addresses (admin, administrator, webmaster, hostmaster, postmaster), root and
+    #: mailer-daemon. Compared with the normalised (lower-case) local part.
+    reserved_local_parts: list[str] = field(default_factory=lambda: list(RESERVED_LOCAL_PARTS))
 
 
 @dataclass
@@ -296,6 +313,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("server.header_timeout must be from 1 and server.keepalive from 0, to 3600 seconds")
     if name == "server" and (section.max_connections < 1 or section.max_connections_per_client < 0):
         raise ConfigError("server.max_connections must be at least 1, max_connections_per_client at least 0")
+    if name == "server":
+        section.public_url = _public_url("server.public_url", section.public_url)
     if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
         raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
     if name == "database" and not 0 <= section.threads <= 256:
@@ -312,6 +331,7 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
             raise ConfigError("mcp.api_base_url must start with http:// or https://")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
+        section.reserved_local_parts = _local_parts("mail.reserved_local_parts", section.reserved_local_parts)
     return section
 
 
@@ -348,9 +368,23 @@ def _check_webhooks(section: WebhooksConfig) -> None:
         raise ConfigError("webhooks.retry_schedule: 1 to 20 delays, each from 0 to 604800 seconds")
     if section.disable_after_failed_deliveries < 1 or section.concurrency < 1 or section.max_body_chars < 0:
         raise ConfigError("webhooks: disable_after_failed_deliveries and concurrency must be positive")
-    if section.public_url and not section.public_url.startswith(("http://", "https://")):
-        raise ConfigError("webhooks.public_url must start with http:// or https://")
-    section.public_url = section.public_url.rstrip("/")
+    section.public_url = _public_url("webhooks.public_url", section.public_url)
+
+
+def _local_parts(key: str, values: list[str]) -> list[str]:
+    from postern.core.names import InvalidName, normalise_local_part
+
+    try:
+        return sorted({normalise_local_part(value) for value in values})
+    except InvalidName as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _public_url(key: str, value: str) -> str:
+    """An absolute http(s) base URL without a trailing slash, or empty."""
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key} must start with http:// or https://")
+    return value.rstrip("/")
 
 
 def _build_role(role: str, value: Any) -> RoleConfig:

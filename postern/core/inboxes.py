@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 
 import peewee
 from email_validator import EmailNotValidError, validate_email
@@ -11,8 +12,16 @@ from email_validator import EmailNotValidError, validate_email
 from postern.core import audit, fastsql
 from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
 from postern.core.db import write_transaction
-from postern.core.enrollment import allowed_domains
-from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired, QuotaExceeded, Unavailable
+from postern.core.enrollment import allowed_domains, get_agent
+from postern.core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PaymentRequired,
+    PermissionDenied,
+    QuotaExceeded,
+    Unavailable,
+)
 from postern.core.ids import well_formed
 from postern.core.models import Agent, EnrollmentKey, Inbox
 from postern.core.names import InvalidName, normalise_domain, normalise_local_part
@@ -41,8 +50,48 @@ def _optional_str(body: dict, name: str, limit: int) -> str | None:
     return value
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose inbox it is: the tenant, the enrollment whose quota and domains it uses, and
+    the agent that reads it."""
+
+    customer_id: str
+    enrollment_id: str
+    agent_id: str
+
+
 def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -> tuple[Inbox, bool]:
-    """Create (or, for a repeated ``client_id``, return) an inbox. Returns (inbox, created)."""
+    """An agent creates (or, for a repeated ``client_id``, gets back) an inbox of its own.
+    Returns (inbox, created). Reserved local parts are refused (403 ``reserved_local_part``)."""
+    owner = Owner(principal.customer_id, principal.enrollment_id, principal.agent_id)
+    return _create(postern, principal, info, body, owner)
+
+
+def create_inbox_for_agent(postern, principal: Principal, info: RequestInfo, agent_id: str, body: dict):
+    """An operator or org admin creates an inbox for one of its tenants' agents, under that
+    agent's enrollment (its quota and allowed domains), as the agent would; the one way
+    to a reserved local part such as ``postmaster``. Returns (inbox, created)."""
+    if principal.kind not in ("admin", "cli"):
+        raise PermissionDenied("only an operator or org admin may create inboxes for an agent", code="wrong_key_type")
+    agent = get_agent(principal, agent_id)  # another tenant's agent: 404
+    if agent.enrollment.revoked_at is not None:
+        raise Conflict("this agent's enrollment key is revoked: it gets no new inboxes", code="enrollment_revoked")
+    return _create(postern, principal, info, body, Owner(agent.customer_id, agent.enrollment_id, agent.id))
+
+
+def reserved_refusal(postern, principal: Principal, username: str) -> PermissionDenied | None:
+    """Why ``principal`` may not take ``username`` (already normalised), or None."""
+    if principal.kind == "agent" and username in postern.config.mail.reserved_local_parts:
+        return PermissionDenied(
+            f"'{username}' is a reserved role address (RFC 2142 and certificate authorities' domain checks "
+            "use it); only an operator or org admin can create it (postern admin inbox create)",
+            code="reserved_local_part",
+            field="username",
+        )
+    return None
+
+
+def _create(postern, principal: Principal, info: RequestInfo, body: dict, owner: Owner) -> tuple[Inbox, bool]:
     unknown = sorted(set(body) - {"username", "domain", "display_name", "client_id"})
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
@@ -52,11 +101,11 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
     domain = _optional_str(body, "domain", 253)
 
     if client_id is not None:
-        existing = _by_client_id(principal, client_id)
+        existing = _by_client_id(owner, client_id)
         if existing is not None:
             return existing, False
 
-    enrollment = EnrollmentKey.get_by_id(principal.enrollment_id)
+    enrollment = EnrollmentKey.get_by_id(owner.enrollment_id)
     domains = allowed_domains(enrollment)
     if domain is None:
         domain = domains[0]
@@ -67,14 +116,16 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
             raise InvalidInput(str(exc), field="domain") from None
         if domain not in domains:
             raise InvalidInput(f"domain must be one of: {', '.join(domains)}", field="domain")
-    agent = Agent.get_by_id(principal.agent_id)
+    agent = Agent.get_by_id(owner.agent_id)
     if username is None:
-        username = _free_username(agent.handle, domain)
+        username = _free_username(agent.handle, domain, postern.config.mail.reserved_local_parts)
     else:
         try:
             username = normalise_local_part(username)
         except InvalidName as exc:
             raise InvalidInput(str(exc), field="username") from None
+        if refusal := reserved_refusal(postern, principal, username):
+            raise refusal
     try:
         # The domain was checked against the enrollment's allowed domains (set by the
         # operator, possibly a special-use name such as *.localhost that email-validator
@@ -84,7 +135,7 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
         raise InvalidInput(f"'{username}' is not a valid mailbox name: {exc}", field="username") from None
     address = f"{username}@{domain}"
 
-    decision = check_quota(postern, principal.customer_id, "inbox.create", 1)
+    decision = check_quota(postern, owner.customer_id, "inbox.create", 1)
     if not decision.allowed:
         raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
 
@@ -103,9 +154,9 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
                 if not taken:
                     raise QuotaExceeded(f"this enrollment allows {enrollment.max_mailboxes} mailboxes; all are in use")
                 inbox = Inbox.create(
-                    customer=principal.customer_id,
+                    customer=owner.customer_id,
                     enrollment=enrollment.id,
-                    agent=principal.agent_id,
+                    agent=owner.agent_id,
                     address=address,
                     username=username,
                     domain=domain,
@@ -114,7 +165,9 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
                 )
                 provisioned.append(inbox)  # before the call: it may fail half-way
                 _provision(postern, inbox)
-                audit.record("inbox.create", principal=principal, info=info, target=inbox.id)
+                audit.record(
+                    "inbox.create", principal=principal, info=info, target=inbox.id, customer_id=owner.customer_id
+                )
                 webhook_events.inbox_event(postern, "inbox.created", inbox)
         except BaseException:
             if provisioned:  # rolled back once the backend was asked: unmake it there too
@@ -125,7 +178,7 @@ def create_inbox(postern, principal: Principal, info: RequestInfo, body: dict) -
         exc.audited = True
         raise
     except peewee.IntegrityError:
-        if client_id is not None and (existing := _by_client_id(principal, client_id)) is not None:
+        if client_id is not None and (existing := _by_client_id(owner, client_id)) is not None:
             return existing, False  # a concurrent retry with the same client_id won
         raise Conflict(f"the address {address} is taken", code="address_taken", field="username") from None
     return inbox, True
@@ -167,15 +220,27 @@ def _unprovision(postern, inbox: Inbox) -> None:
         log.exception("inbox %s rolled back, but the receive backend still has %s", inbox.id, inbox.address)
 
 
-def _free_username(handle: str, domain: str) -> str:
+def _free_username(handle: str, domain: str, reserved: list[str]) -> str:
+    """The agent's handle, or the handle with a random suffix when that address is taken
+    or reserved (an agent named ``postmaster`` gets ``postmaster-1a2b3c4d``)."""
     candidate = handle
-    while Inbox.select().where(Inbox.address == f"{candidate}@{domain}").exists():
+    while candidate in reserved or Inbox.select().where(Inbox.address == f"{candidate}@{domain}").exists():
         candidate = f"{handle[:55]}-{secrets.token_hex(4)}"
     return candidate
 
 
-def _by_client_id(principal: Principal, client_id: str) -> Inbox | None:
-    return visible_inboxes(principal).where(Inbox.client_id == client_id).first()
+def _by_client_id(owner: Owner, client_id: str) -> Inbox | None:
+    """The owner's inbox made with ``client_id``: the same query ``visible_inboxes`` makes
+    for the owner's agent key."""
+    return (
+        Inbox.select()
+        .where(
+            (Inbox.customer == owner.customer_id)
+            & (Inbox.enrollment == owner.enrollment_id)
+            & (Inbox.client_id == client_id)
+        )
+        .first()
+    )
 
 
 def _denied(principal, info, action, code, target=None) -> None:

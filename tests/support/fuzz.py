@@ -395,6 +395,39 @@ def check_dns(host: str, port: int, packet: bytes, tcp: bool, legal: bool) -> No
 
 # -- JSON bodies -----------------------------------------------------------------------
 
+# Strings no UTF-8 encoder accepts: a lone surrogate (JSON's "\ud800" escape parses to one),
+# alone, inside ordinary text, or as a pair in the wrong order. Send them with
+# ``json.dumps`` (ASCII escapes): they have no UTF-8 form to send raw.
+unencodable_text = st.builds(
+    lambda before, bad, after: before + bad + after,
+    st.text(max_size=6),
+    st.one_of(
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+        st.sampled_from(["\ud800", "\udfff", "\udc00\ud800", "\udcff"]),
+    ),
+    st.text(max_size=6),
+)
+
+# Percent-encoded query values whose bytes are not UTF-8: a surrogate's bytes, overlong
+# and truncated sequences, stray continuation and 0xFE/0xFF bytes, and random bytes.
+_NOT_UTF8 = [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\x80", b"\xe2\x82", b"\x80", b"\xfe", b"\xff", b"\xf8\x88\x80\x80"]
+
+
+def _is_not_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+invalid_utf8_query_value = st.builds(
+    lambda before, bad, after: _percent(before + bad + after),
+    st.binary(max_size=4).filter(lambda b: not _is_not_utf8(b)),
+    st.one_of(st.sampled_from(_NOT_UTF8), st.binary(min_size=1, max_size=6).filter(_is_not_utf8)),
+    st.sampled_from([b"", b"a", b"\xc3\xa9"]),
+)
+
 json_value = st.recursive(
     st.one_of(
         st.none(),
@@ -402,10 +435,12 @@ json_value = st.recursive(
         st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=False),
         st.text(max_size=30),
+        unencodable_text,
         st.sampled_from(["", "\x00", "inbox", "a@b.c", "https://example.org/", "2026-01-01T00:00:00Z", "x" * 300]),
     ),
     lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=10), unencodable_text), children, max_size=4),
     ),
     max_leaves=12,
 )

@@ -16,7 +16,7 @@ from postern.core import audit
 from postern.core.db import write_transaction
 from postern.core.errors import NotFound, PosternError
 from postern.core.ids import well_formed
-from postern.core.mail.mime import safe_content_type
+from postern.core.mail.mime import safe_content_type, sanitize_filename
 from postern.core.mail.reading import get_message
 from postern.core.models import Attachment, DownloadLink, Message, ServerSecret, utcnow
 from postern.core.principal import Principal, RequestInfo
@@ -106,5 +106,7 @@ def redeem(info: RequestInfo, token: str) -> Download:
     else:
         attachment = Attachment.get_or_none(Attachment.id == link.object_id)
         if attachment is not None:
-            return Download(attachment.filename, safe_content_type(attachment.content_type), bytes(attachment.data))
+            # Sanitised again (idempotent) for rows stored before a rule was added.
+            filename = sanitize_filename(attachment.filename, 0, attachment.content_type)
+            return Download(filename, safe_content_type(attachment.content_type), bytes(attachment.data))
     raise LinkGone("what this link pointed to has been deleted")

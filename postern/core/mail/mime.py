@@ -222,10 +222,31 @@ def safe_content_type(value: str) -> str:
     return value if CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
 
 
+# Unicode categories a filename must not carry. Format characters (Cf: bidi overrides and
+# isolates, zero-width characters, soft hyphen, tags) show nothing themselves but change how
+# the rest shows: "évil.pdf\u202egpj.exe" displays as "évil.pdfexe.jpg". They are dropped,
+# so the name reads as it is. Other controls (C1, line and paragraph separators, stray
+# surrogates) become "_", as C0 controls do.
+_DROPPED = {"Cf"}
+_REPLACED = {"Cc", "Zl", "Zp", "Cs"}
+
+
+def _neutralise(name: str) -> str:
+    if name.isascii():
+        return name  # ASCII controls are left to UNSAFE_FILENAME
+    kept = []
+    for char in name:
+        category = unicodedata.category(char)
+        if category not in _DROPPED:
+            kept.append("\x1f" if category in _REPLACED else char)  # UNSAFE_FILENAME: runs -> "_"
+    return "".join(kept)
+
+
 def sanitize_filename(name: str | None, index: int, content_type: str) -> str:
-    """A filename safe to show and to save: no path, no control or shell-special
-    characters, no leading dots, at most 255 bytes; a generated one if nothing remains."""
-    name = unicodedata.normalize("NFC", clean(name or ""))
+    """A filename safe to show and to save: no path, no control, format (bidi, zero-width)
+    or shell-special characters, no leading dots, at most 255 bytes; a generated one if
+    nothing remains. Idempotent, so outputs can apply it to names stored before a rule."""
+    name = unicodedata.normalize("NFC", _neutralise(clean(name or "")))
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = UNSAFE_FILENAME.sub("_", name).strip().lstrip(".")
     while len(name.encode()) > 255:

@@ -1,8 +1,9 @@
 """Which URLs a webhook may call, checked when it is saved and again at connect time.
 
-Only http(s). Destinations that are not public (loopback, private, link-local,
-shared, reserved, multicast; IPv4-mapped IPv6 included) are refused unless their
-address falls in ``webhooks.allow_destinations``. A host name is resolved once per
+Only http(s). Destinations that are not public (by IANA's special-purpose registries:
+loopback, private, link-local, shared, reserved, documentation, multicast, deprecated;
+IPv6 forms carrying an IPv4 address are judged by that address, see ``public_ip``) are
+refused unless their address falls in ``webhooks.allow_destinations``. A host name is resolved once per
 attempt, every address it resolves to is checked, and the connection goes to a
 checked address (never a second lookup), so DNS rebinding cannot slip past the check.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from postern.core.errors import InvalidInput
+from postern.core.webhooks import public_ip
 
 MAX_URL = 2000
 
@@ -78,12 +80,8 @@ def networks(allow: list[str]) -> list[ipaddress._BaseNetwork]:
 
 
 def address_allowed(address: str, allow: list) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip.version == net.version and ip in net for net in allow):
-        return True
-    return ip.is_global and not ip.is_multicast
+    """The one policy both checks use: at save time and at connect time."""
+    return public_ip.is_allowed(address, allow)
 
 
 def _literal(host: str) -> str | None:

@@ -42,7 +42,8 @@ def message_data(postern, message: Message) -> dict:
 
 
 def message_links(postern, message: Message) -> dict:
-    base = f"{postern.config.webhooks.public_url}/v1/inboxes/{message.inbox_id}"
+    public_url = postern.config.webhooks.public_url or postern.config.server.public_url
+    base = f"{public_url}/v1/inboxes/{message.inbox_id}"
     return {
         "message": f"{base}/messages/{message.id}",
         "thread": f"{base}/threads/{message.thread_id}",
