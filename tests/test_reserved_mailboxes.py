@@ -112,7 +112,7 @@ def test_the_operator_creates_one_from_the_cli(client, env, monkeypatch):
     args = ["admin", "inbox", "create", "--agent", agent.agent.id, "--username", "abuse", "--json"]
     result = CliRunner().invoke(cli, args, obj={})
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["address"] == "abuse@acme.agents.localhost"
+    assert json.loads(result.stdout)["address"] == "abuse@acme.agents.localhost"
     [row] = AuditEvent.select().where((AuditEvent.action == "inbox.create") & (AuditEvent.outcome == "ok"))
     assert row.actor == "cli"
     missing = CliRunner().invoke(cli, [*args[:4], "agt_" + "a" * 26, "--username", "root"], obj={})
