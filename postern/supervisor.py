@@ -231,11 +231,13 @@ class Supervisor:
         group, child.leftover_group = child.leftover_group, None
         if group is None:
             return
-        try:
-            os.killpg(group, 0)
-        except (ProcessLookupError, PermissionError):
-            return  # the whole group is gone
-        log.warning("%s: killing what is left of its previous run (process group %s)", child.name, group)
+        left = _live_members(group)
+        if left == []:
+            return  # the whole group is gone (zombies waiting for init hold nothing)
+        log.warning(
+            "%s: killing what is left of its previous run (process group %s%s)",
+            child.name, group, f": pids {', '.join(map(str, left))}" if left else "",
+        )  # fmt: skip
         try:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
@@ -296,6 +298,24 @@ class Supervisor:
                 ).execute()
         except (peewee.PeeweeException, OSError) as exc:  # supervision goes on while the database is down
             log.warning("could not record state %s of %s: %s", state, child.name, exc)
+
+
+def _live_members(group: int) -> list[int] | None:
+    """Pids of the live (not zombie) processes of process group ``group``, read from
+    /proc; None where /proc cannot tell (then the caller kills the group blindly)."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == group and fields[0] != b"Z":  # after "(comm)": state, ppid, pgrp
+                found.append(int(entry.name))
+    return found
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
