@@ -156,7 +156,7 @@ def service_list(ctx):
 def service_run(ctx, name):
     """Run one service in the foreground (what `postern serve` does in a child)."""
     from postern.core.ports import describe_bind_error
-    from postern.core.services import notify_failed, notify_ready
+    from postern.core.services import notify_failed, notify_running
 
     try:
         p = obtain_postern(ctx)
@@ -164,7 +164,7 @@ def service_run(ctx, name):
         if name not in found:
             raise click.ClickException(f"no service named '{name}'; services: {', '.join(sorted(found)) or 'none'}")
         if not found[name].notifies_ready:
-            notify_ready()
+            notify_running()
         found[name].run(p)
     except BaseException as exc:
         # The supervisor shows this reason in /healthz; SIGTERM's stop is no failure.

@@ -49,6 +49,7 @@ RESTART_DELAY = BACKOFF_START  # after a death that is no failed start: a kill, 
 HEALTHY_RUN = 30.0  # seconds of uptime after which a child counts as having served
 READY_TIMEOUT = 60.0
 POLL = 0.2  # the longest a death goes unseen
+STARTING = "started; not serving yet"
 SLOW_START = 30.0  # seconds a starting service may take before a WARNING says it does not serve yet
 # Signals sent from outside: a death by one of them is no failed start.
 KILLED_BY = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -58,8 +59,9 @@ KILLED_BY = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 class Child:
     name: str
     argv: list[str]
-    #: The child says when it serves (services do, through ``postern service run``);
-    #: otherwise (the API) it counts as serving from its start.
+    #: The child writes notifications (services do, through ``postern service run``):
+    #: ``ready`` once it serves, or ``running`` if it has no such moment. A child without
+    #: a ready signal (the API, most services) counts as having served after HEALTHY_RUN.
     notifies: bool = True
     proc: subprocess.Popen | None = None
     restarts: int = 0
@@ -167,10 +169,10 @@ class Supervisor:
             if write_end is not None:
                 os.close(write_end)
         child.started_at = time.monotonic()
-        child.served_at = None if child.notifies else child.started_at
+        child.served_at = None
         child.slow_warned = False
         child.history.append(child.proc.pid)
-        child.reason = "started; not serving yet" if child.notifies else None
+        child.reason = STARTING if child.notifies else None
         self._record(child, "starting" if child.notifies else "running")
         log.info("started %s (pid %s)", child.name, child.proc.pid)
 
@@ -192,24 +194,28 @@ class Supervisor:
                 self._record(child, "running")
                 ran = now - child.started_at
                 log.info("%s serves (pid %s, %.1fs after its start)", child.name, child.proc.pid, ran)
+            elif line == "running" and child.state == "starting":
+                child.reason = None  # no ready signal: up, and served once it has run HEALTHY_RUN
+                self._record(child, "running")
             elif line.startswith("failed "):
                 child.reason = line[len("failed ") :]
 
     def _exited(self, child: Child, now: float) -> None:
         code = child.proc.returncode
         child.last_exit = f"signal {-code}" if code < 0 else f"exit {code}"
-        served = child.served_at is not None or now - child.started_at >= HEALTHY_RUN
+        ran = now - child.started_at
+        served = child.served_at is not None or ran >= HEALTHY_RUN
         killed = code < 0 and -code in KILLED_BY
         if served:
             child.backoff = BACKOFF_START
             child.failed_starts = 0
             why = f"{child.last_exit} after serving {now - (child.served_at or child.started_at):.1f}s"
         elif killed:
-            why = f"{child.last_exit} during start-up, {now - child.started_at:.1f}s after its start"
+            why = f"{child.last_exit} {ran:.1f}s after its start, before it served (killed: no failed start)"
         else:
             child.failed_starts += 1
-            why = f"{child.last_exit} before serving ({child.failed_starts} failed start(s) in a row)"
-        if child.reason and child.reason != "started; not serving yet":
+            why = f"{child.last_exit} {ran:.1f}s after its start ({child.failed_starts} failed start(s) in a row)"
+        if child.reason and child.reason != STARTING:
             why += f": {child.reason}"
         if served or killed:
             delay = RESTART_DELAY

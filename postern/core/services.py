@@ -3,7 +3,8 @@ and how a service tells its supervisor that it serves, or why it could not.
 
 The supervisor hands each child the write end of a pipe (its number in
 ``POSTERN_SUPERVISOR_FD``); a child writes one line per event: ``ready`` once it
-serves (the SMTP listener: once its socket accepts and greets), ``failed <reason>``
+serves (the SMTP listener: once its socket accepts and greets), ``running`` if it has
+no such moment (it then counts as serving once it has run 30 s), ``failed <reason>``
 just before it exits on an error. Forked listener processes inherit the descriptor
 and may write too. Outside ``postern serve`` (no variable) both calls do nothing.
 """
@@ -28,8 +29,8 @@ class Service:
 
     ``notifies_ready``: the service calls ``notify_ready()`` itself once it serves (a
     listener, once bound and accepting). Until then /healthz shows it as ``starting``,
-    and a death before it counts as a failed start. Other services count as serving
-    from the moment ``run`` is called.
+    and a death before it counts as a failed start. Other services show ``running``
+    once ``run`` is called, and count as having served once they have run 30 s.
     """
 
     name: str
@@ -41,6 +42,11 @@ class Service:
 def notify_ready() -> None:
     """Tell the supervisor this service now serves."""
     _notify("ready")
+
+
+def notify_running() -> None:
+    """Tell the supervisor this service is up but has no moment of serving to report."""
+    _notify("running")
 
 
 def notify_failed(reason: str) -> None:
