@@ -39,7 +39,7 @@ import peewee
 from postern.core.config import Config
 from postern.core.db import database
 from postern.core.models import ServiceState, utcnow
-from postern.core.prefork import die_with_parent
+from postern.core.prefork import KILLED_BY, die_with_parent  # a death by KILLED_BY is no failed start
 from postern.core.services import NOTIFY_ENV
 
 log = logging.getLogger("postern.supervisor")
@@ -51,8 +51,6 @@ READY_TIMEOUT = 60.0
 POLL = 0.2  # the longest a death goes unseen
 STARTING = "started; not serving yet"
 SLOW_START = 30.0  # seconds a starting service may take before a WARNING says it does not serve yet
-# Signals sent from outside: a death by one of them is no failed start.
-KILLED_BY = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass
