@@ -24,6 +24,7 @@ Restarts, and the bound they keep (docs/reliability.md, "Listener restarts"):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import select
@@ -77,10 +78,13 @@ class Child:
     history: list[int] = field(default_factory=list)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it if the supervisor dies."""
+def _die_with_parent(supervisor: int) -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it if the supervisor dies, and
+    exit if it already has (between fork and prctl), rather than run on as an orphan."""
     os.setsid()
     die_with_parent(signal.SIGTERM)
+    if os.getppid() != supervisor:
+        os._exit(0)
 
 
 class Supervisor:
@@ -162,7 +166,9 @@ class Supervisor:
             os.set_blocking(child.notes, False)
             env, pass_fds = {**os.environ, NOTIFY_ENV: str(write_end)}, (write_end,)
         try:
-            child.proc = subprocess.Popen(child.argv, preexec_fn=_die_with_parent, env=env, pass_fds=pass_fds)
+            child.proc = subprocess.Popen(
+                child.argv, preexec_fn=functools.partial(_die_with_parent, os.getpid()), env=env, pass_fds=pass_fds
+            )
         finally:
             if write_end is not None:
                 os.close(write_end)

@@ -87,9 +87,10 @@ def test_kills_and_deaths_after_serving_do_not_grow_the_backoff(config, db):
     assert _deaths(supervisor, served, 6, kill=False) == [1.0] * 6
     assert served.reason.startswith("exit 3 after serving")
     # A failed start still backs off, from 1 s: the kills before did not grow it.
-    failing = Child("listener", [sys.executable, "-c", "raise SystemExit(3)"])
+    failing = Child("listener", sleeper.argv)
     supervisor = Supervisor(config, [failing], None)
     _deaths(supervisor, failing, 2, kill=True)
+    failing.argv = [sys.executable, "-c", "raise SystemExit(3)"]
     assert _deaths(supervisor, failing, 3, kill=False) == [1.0, 2.0, 4.0]
     assert "(3 failed start(s) in a row)" in failing.reason
 
