@@ -101,12 +101,15 @@ def test_healthz_and_the_log_say_why_the_smtp_port_is_not_served(db_url, tmp_pat
                 timeout=30,
             )
             assert status == "degraded"
-            assert row["reason"].startswith("exit 1 ") and "(1 failed start(s) in a row)" in row["reason"]
-            assert "Address already in use" in row["reason"] or "address already in use" in row["reason"]
-            assert 0 <= row["next_attempt_in"] <= 2
+            failed = re.match(r"exit 1 [\d.]+s after its start \((\d+) failed start\(s\) in a row\): ", row["reason"])
+            assert failed, row["reason"]
+            assert "address already in use" in row["reason"].lower()
+            # Seen at once, this is the first failed start (next in 1 s); a loaded machine may see a later one.
+            delay = 2 ** (int(failed.group(1)) - 1)
+            assert 0 <= row["next_attempt_in"] <= delay
         finally:
             squatter.close()
-        restarts.greets_within(port, restarts.BOUND + 4)  # the next attempt, 2 s later at most, binds
+        restarts.greets_within(port, restarts.BOUND + 2 * delay)  # the next attempt binds
         row, status = wait_for(lambda: (r := smtp_row())[0] and r[0]["state"] == "running" and r, timeout=30)
         assert (row["reason"], row["next_attempt_in"], status) == (None, None, "ok")
     finally:
