@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -165,11 +166,24 @@ def service_list(ctx):
 @click.pass_context
 def service_run(ctx, name):
     """Run one service in the foreground (what `postern serve` does in a child)."""
-    p = obtain_postern(ctx)
-    found = {item.name: item for item in p.services()}
-    if name not in found:
-        raise click.ClickException(f"no service named '{name}'; services: {', '.join(sorted(found)) or 'none'}")
-    found[name].run(p)
+    from postern.core.ports import describe_bind_error
+    from postern.core.services import notify_failed, notify_running
+
+    try:
+        p = obtain_postern(ctx)
+        found = {item.name: item for item in p.services()}
+        if name not in found:
+            raise click.ClickException(f"no service named '{name}'; services: {', '.join(sorted(found)) or 'none'}")
+        if not found[name].notifies_ready:
+            notify_running()
+        found[name].run(p)
+    except BaseException as exc:
+        # The supervisor shows this reason in /healthz; SIGTERM's stop is no failure.
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) or getattr(exc, "code", 0):
+            reason = describe_bind_error(exc)
+            logging.getLogger("postern.service").error("service %s failed: %s", name, reason)
+            notify_failed(reason)
+        raise
 
 
 @cli.command()

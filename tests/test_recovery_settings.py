@@ -55,6 +55,46 @@ def test_restart_backoff_doubles_up_to_the_configured_cap(config, db):
     assert _crashes(config, 5) == [1, 2, 4, 5, 5]
 
 
+READY_THEN_EXIT = "import os; os.write(int(os.environ['POSTERN_SUPERVISOR_FD']), b'ready\\n'); raise SystemExit(3)"
+
+
+def _deaths(supervisor: Supervisor, child: Child, times: int, kill: bool) -> list[float]:
+    """Start ``child`` for real (with its notification pipe) ``times`` times; each run
+    ends by itself or by SIGKILL; the restart delay the supervisor picks after each."""
+    delays = []
+    for _ in range(times):
+        supervisor._start(child)
+        if kill:
+            child.proc.kill()
+        child.proc.wait()
+        now = 1000.0
+        child.started_at = now - 0.5  # half a second after its start: young
+        supervisor._read_notes(child, now)
+        supervisor._exited(child, now)
+        delays.append(child.next_start - now)
+    return delays
+
+
+def test_kills_and_deaths_after_serving_do_not_grow_the_backoff(config, db):
+    """Before, every death within 30 s of a start doubled the delay, a kill of a serving
+    listener included: five kills 2 s apart kept the SMTP port unserved for 16 s."""
+    sleeper = Child("listener", [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor = Supervisor(config, [sleeper], None)
+    assert _deaths(supervisor, sleeper, 6, kill=True) == [1.0] * 6
+    assert "signal 9" in sleeper.reason and "killed: no failed start" in sleeper.reason
+    served = Child("listener", [sys.executable, "-c", READY_THEN_EXIT])
+    supervisor = Supervisor(config, [served], None)
+    assert _deaths(supervisor, served, 6, kill=False) == [1.0] * 6
+    assert served.reason.startswith("exit 3 after serving")
+    # A failed start still backs off, from 1 s: the kills before did not grow it.
+    failing = Child("listener", sleeper.argv)
+    supervisor = Supervisor(config, [failing], None)
+    _deaths(supervisor, failing, 2, kill=True)
+    failing.argv = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert _deaths(supervisor, failing, 3, kill=False) == [1.0, 2.0, 4.0]
+    assert "(3 failed start(s) in a row)" in failing.reason
+
+
 def test_a_send_whose_process_dies_is_leased_for_the_configured_time(config, db):
     config.mail.outbound_lease_seconds = 7
     postern = build_postern(config)

@@ -1,4 +1,9 @@
-"""``GET /healthz``: database reachability, schema version and each service's state."""
+"""``GET /healthz``: database reachability, schema version and each service's state.
+
+A service's ``state`` is ``starting`` (started, not serving yet), ``running`` (serving),
+``restarting`` (dead; ``reason`` says how it died and why, ``next_attempt_in`` when the
+supervisor starts it again), ``stopped`` or ``failed``. ``status`` is ``degraded`` while
+any service is not serving after having been started once."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import falcon
 import peewee
 
 from postern.core import migrations
-from postern.core.models import ServiceState
+from postern.core.models import ServiceState, utcnow
 
 log = logging.getLogger("postern.api")
 
@@ -24,11 +29,25 @@ def health_snapshot() -> dict:
             "pid": row.pid,
             "restarts": row.restarts,
             "last_exit": row.last_exit,
+            "reason": row.reason,
+            "next_attempt_in": _seconds_until(row.next_attempt_at) if row.state == "restarting" else None,
             "updated_at": row.updated_at.isoformat() + "Z",
         }
         for row in ServiceState.select().order_by(ServiceState.host, ServiceState.name)
     ]
     return {"schema_version": version, "services": services}
+
+
+def _seconds_until(when) -> float | None:
+    return None if when is None else round(max(0.0, (when - utcnow()).total_seconds()), 1)
+
+
+def not_serving(service: dict) -> bool:
+    """A service that should serve and does not: waiting to restart, given up, or
+    starting again after a death (a first start is not yet a fault)."""
+    return service["state"] in ("restarting", "backoff", "failed") or (
+        service["state"] == "starting" and service["restarts"] > 0
+    )
 
 
 class HealthResource:
@@ -67,7 +86,7 @@ class HealthResource:
                 "services": [],
             }
             return
-        degraded = any(s["state"] in ("backoff", "failed") for s in snapshot["services"])
+        degraded = any(not_serving(s) for s in snapshot["services"])
         resp.media = {
             "status": "degraded" if degraded else "ok",
             "database": {"ok": True, "schema_version": snapshot["schema_version"]},

@@ -34,10 +34,12 @@ class ServiceState(BaseModel):
 
     host = peewee.CharField(max_length=255)
     name = peewee.CharField(max_length=100)
-    state = peewee.CharField(max_length=20)  # starting, running, backoff, stopped, failed
+    state = peewee.CharField(max_length=20)  # starting, running, restarting, stopped, failed
     pid = peewee.IntegerField(null=True)
     restarts = peewee.IntegerField(default=0)
     last_exit = peewee.CharField(max_length=100, null=True)
+    reason = peewee.CharField(max_length=200, null=True)  # why it is not serving, if it is not
+    next_attempt_at = peewee.DateTimeField(null=True)  # when a restarting service starts again
     updated_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:

@@ -8,10 +8,15 @@ loudly when the port is taken, where ``SO_REUSEPORT`` would let a second Postern
 same user) silently share the port and take half the mail; and the processes share one
 accept queue, so a process that dies takes no waiting connection with it.
 
-The parent serves nothing. It restarts a child that exits (after a backoff that doubles
-while children die young), and on SIGTERM or SIGINT it stops every child, SIGKILLing one
-that outlives the grace period. A child asks Linux for SIGTERM if the parent dies, so a
-SIGKILLed parent leaves no process behind holding the port.
+The parent serves nothing. It restarts a child that dies after ``BACKOFF_START``
+(0.5 s); only a child that exits by itself young (an exit status or a crash signal,
+not a kill from outside) makes the next delay double, up to ``BACKOFF_MAX``, so killing
+listeners never pushes their restart out (docs/reliability.md, "Listener restarts"). On
+SIGTERM or SIGINT it stops every child, SIGKILLing one that outlives the grace period.
+A child asks Linux for SIGTERM if the parent dies (and exits at once if the parent died
+before it asked), so a SIGKILLed parent leaves no process behind holding the port; the
+supervisor also kills whatever is left of the service's process group before it starts
+the next one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_RUN = 30.0  # seconds after which a child's death no longer counts towards the backoff
 GRACE = 20.0  # seconds a child has to finish its sessions on stop
+# A death by one of these came from outside (an operator, the OOM killer): no sign that
+# the next child would fail too, so it does not grow the backoff.
+KILLED_BY = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -75,14 +83,19 @@ def serve_forked(
                 if slot is None or stopping:
                     continue
                 ran = time.monotonic() - started[slot]
+                killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in KILLED_BY
                 if ran >= HEALTHY_RUN:
                     backoff[slot] = BACKOFF_START
-                due[slot] = time.monotonic() + backoff[slot]
+                delay = BACKOFF_START if killed else backoff[slot]
+                due[slot] = time.monotonic() + delay
+                alive = len(children)
                 log.warning(
-                    "listener process %d (pid %d) stopped (%s) after %.1fs; restarting in %.1fs",
-                    slot + 1, pid, _describe(status), ran, backoff[slot],
+                    "listener process %d (pid %d) stopped (%s) after %.1fs; restarting in %.1fs%s",
+                    slot + 1, pid, _describe(status), ran, delay,
+                    "" if alive else "; no listener process is accepting until then",
                 )  # fmt: skip
-                backoff[slot] = min(backoff[slot] * 2, BACKOFF_MAX)
+                if not killed:
+                    backoff[slot] = min(backoff[slot] * 2, BACKOFF_MAX)
     finally:
         _stop(children)
         for sig, handler in previous.items():

@@ -18,7 +18,7 @@ def postern_register_backends(register):
 def postern_services(postern):
     if postern.config.role("receive").backend != SmtpLocalReceiver.name:
         return []
-    return [Service("smtp", run_listener, "SMTP listener for inbound mail (aiosmtpd)")]
+    return [Service("smtp", run_listener, "SMTP listener for inbound mail (aiosmtpd)", notifies_ready=True)]
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database
 from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, storable_address, store
 from postern.core.mail.mime import parse
 from postern.core.prefork import serve_forked
+from postern.core.services import notify_ready
 
 log = logging.getLogger("postern.smtp")
 
@@ -340,6 +341,7 @@ async def _serve(postern, handler_class: type[Handler], sockets: list[socket.soc
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("SMTP listening on %s (max %s bytes, %s recipients)", receiver.bind, limit, receiver.max_recipients)
+    notify_ready()  # the loop greets from here on: the supervisor counts the port as served
     await stop.wait()
     for server in servers:
         server.close()

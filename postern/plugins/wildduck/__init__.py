@@ -36,7 +36,9 @@ def postern_services(postern):
     if postern.backend("receive").bind:
         from postern.plugins.wildduck.frontdoor import run_front_door
 
-        services.append(Service("smtp", run_front_door, "SMTP listener handing mail to WildDuck over LMTP"))
+        services.append(
+            Service("smtp", run_front_door, "SMTP listener handing mail to WildDuck over LMTP", notifies_ready=True)
+        )
     return services
 
 
