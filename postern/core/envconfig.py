@@ -41,6 +41,8 @@ RESERVED = {
     "POSTERN_FUZZ_EXAMPLES": "the test suite: fuzzing length",
     "POSTERN_BENCH_RESULTS": "the benchmarks: where results go",
     "POSTERN_DEMO_PIDFILE": "the test suite's demo plugin",
+    "POSTERN_SUPERVISOR_FD": "set by `postern serve` for its services: where a service says it serves",
+    "POSTERN_RESTART_SEED": "the test suite: replays one listener-restart run",
 }
 
 
