@@ -261,12 +261,24 @@ def clean(text: str) -> str:
     return text.replace("\x00", "")
 
 
+#: C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+LINE_BREAKS_AND_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line_text(text: str) -> str:
+    """Stored header text (a subject, a display name) as one line: every control
+    character and line break, including those an encoded word decoded to, becomes a
+    space, so a reply, a webhook or an MCP answer never carries one. The raw message
+    keeps the bytes as they came."""
+    return LINE_BREAKS_AND_CONTROLS.sub(" ", clean(text))
+
+
 def _safe_str(value) -> str:
     try:
         text = str(value)
     except (ValueError, IndexError, TypeError):
         text = ""
-    return clean(text).replace("\r", " ").replace("\n", " ")
+    return one_line_text(text)
 
 
 def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
@@ -274,7 +286,7 @@ def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
         header = msg.get(name)
         addresses = getattr(header, "addresses", ()) if header is not None else ()
         return [
-            Mailbox(clean(a.addr_spec).lower()[:320], clean(a.display_name or "")[:200])
+            Mailbox(clean(a.addr_spec).lower()[:320], one_line_text(a.display_name or "")[:200])
             for a in addresses
             if a.addr_spec
         ]
