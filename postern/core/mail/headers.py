@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from email.errors import HeaderParseError
-from email.header import decode_header, make_header
+from email.header import decode_header
 
 from postern.core.errors import InvalidInput
 from postern.core.mail.mime import LINE_BREAKS_AND_CONTROLS, Mailbox, one_line_text
@@ -43,13 +43,20 @@ def unsafe_reason(value: str) -> str | None:
     for _ in range(DECODE_DEPTH):
         if not ENCODED_WORD.search(value):
             return None
-        try:
-            value = str(make_header(decode_header(value)))
-        except (HeaderParseError, LookupError, UnicodeError, ValueError):
-            return None  # not decodable: a reader shows it as the literal text it is
+        value = ENCODED_WORD.sub(_decoded, value)
         if CONTROL.search(value):
             return "must not contain encoded words that decode to control characters or line breaks"
     return None
+
+
+def _decoded(word: re.Match) -> str:
+    """One encoded word as a lenient reader decodes it; one that does not decode is
+    shown by readers as the literal text it is."""
+    try:
+        [(data, charset)] = decode_header(word.group(0))
+        return data.decode(charset or "ascii", "replace") if isinstance(data, bytes) else data
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return word.group(0)
 
 
 def check_text(value: str, field: str, what: str) -> str:
