@@ -34,12 +34,27 @@ def problem(raw: bytes, composed: Counter) -> str | None:
     block, separator, _ = raw.partition(b"\r\n\r\n")
     if not separator:
         return "no end of the header block"
+    names = field_names(block)
+    if isinstance(names, str):
+        return names
+    found = Counter(names)
+    if found.get(OPTIONAL_MIME, 0) <= 1:
+        found.pop(OPTIONAL_MIME, None)
+    if found != composed:
+        extra, missing = sorted((found - composed).elements()), sorted((composed - found).elements())
+        return f"header fields differ from those composed (extra {extra}, missing {missing})"
+    return _decoded_problem(block + b"\r\n\r\n", composed)
+
+
+def field_names(block: bytes) -> list[str] | str:
+    """The lowercased field names of a header block (without its blank line), or what
+    makes it something else than ASCII header fields on CRLF-terminated lines."""
     if not block.isascii():
-        return "8-bit bytes in the header block"
-    names = []
-    for line in block.split(b"\r\n"):
+        return "8-bit bytes in a header block"
+    names: list[str] = []
+    for line in block.split(b"\r\n") if block else ():
         if b"\r" in line or b"\n" in line:
-            return "a bare CR or LF in the header block"
+            return "a bare CR or LF in a header block"
         if len(line) > MAX_LINE:
             return f"a header line longer than {MAX_LINE} bytes"
         if line[:1] in (b" ", b"\t"):
@@ -50,13 +65,27 @@ def problem(raw: bytes, composed: Counter) -> str | None:
         if match is None:
             return f"a line that is not a header: {line[:60]!r}"
         names.append(match.group(1).decode().lower())
-    found = Counter(names)
-    if found.get(OPTIONAL_MIME, 0) <= 1:
-        found.pop(OPTIONAL_MIME, None)
-    if found != composed:
-        extra, missing = sorted((found - composed).elements()), sorted((composed - found).elements())
-        return f"header fields differ from those composed (extra {extra}, missing {missing})"
-    return _decoded_problem(block + b"\r\n\r\n", composed)
+    return names
+
+
+def parts_problem(raw: bytes, boundaries: list[str], given: list[list[str]]) -> str | None:
+    """Each MIME part's header block (found after each opening delimiter of the
+    ``boundaries``, in order) must have the fields it was given, in order: a filename
+    or Content-ID could otherwise smuggle a line into a part. No body is parsed."""
+    if not boundaries:
+        return None
+    alternatives = b"|".join(re.escape(b.encode("ascii")) for b in boundaries)
+    found = []
+    for delimiter in re.finditer(rb"\r\n--(?:" + alternatives + rb")(--)?[ \t]*\r\n", raw):
+        if delimiter.group(1):
+            continue  # a closing delimiter: no part follows
+        start = delimiter.end()
+        end = start if raw.startswith(b"\r\n", start) else raw.find(b"\r\n\r\n", start)
+        names = field_names(raw[start:end]) if end >= 0 else "a MIME part without a body"
+        if isinstance(names, str):
+            return names
+        found.append(names)
+    return None if found == given else "a MIME part's header fields differ from those composed"
 
 
 def _decoded_problem(block: bytes, composed: Counter) -> str | None:
