@@ -308,6 +308,15 @@ def test_the_untampered_queued_message_is_sent(postern, agent, relay):
     assert str(read(only_delivery(relay))["Subject"]) == LITERAL
 
 
+def test_a_tab_queued_by_an_older_version_breaks_no_line_and_is_sent(postern, agent, relay):
+    message = queued(postern, agent)
+    Message.update(raw=bytes(message.raw).replace(b"Subject: s\r\n", b"Subject: a\tb\r\n")).where(
+        Message.id == message.id
+    ).execute()
+    assert delivery.deliver(postern, message.id).status == "sent"
+    assert str(read(only_delivery(relay))["Subject"]) == "a\tb"
+
+
 def test_a_composer_fault_fails_closed(agent, relay, monkeypatch):
     """Were a value ever written with a line break, the send is refused, not made."""
     monkeypatch.setattr(headers, "unstructured", lambda name, value: "hi\r\nBcc: evil@attacker.example")
