@@ -233,8 +233,9 @@ def test_a_reply_to_a_subject_encoded_twice_carries_no_injected_header(agent, re
     [
         ("=?utf-8?q?hi=0D=0ABcc:_evil@attacker.example?=", "=?utf-8?q?Ann=0BX?="),
         ("=?utf-8?q?a=09b=0Cc=C2=85d=E2=80=A8e?=", "=?utf-8?b?QW5uCVg=?="),
+        ("plain", "=?utf-8?q?Ann=0D=0AX_=3Cmallory@attacker.example=3E,?="),  # the sender was lost
     ],
-    ids=["crlf-and-vt", "tab-ff-nel-lsep"],
+    ids=["crlf-and-vt", "tab-ff-nel-lsep", "crlf-in-a-name"],
 )
 def test_inbound_line_breaks_are_neutralised_and_replies_stay_clean(agent, relay, smtp_in, subject, name):
     client, auth, inbox = agent
@@ -242,6 +243,7 @@ def test_inbound_line_breaks_are_neutralised_and_replies_stay_clean(agent, relay
     stored = mail_in(smtp_in, inbox, head)
     assert not headers.CONTROL.search(stored.subject) and not headers.CONTROL.search(stored.from_name)
     assert head.encode() in bytes(stored.raw)  # the raw bytes keep what came
+    assert stored.from_address == "ann@example.org"  # the encoded specials did not move it
     detail = client.simulate_get(f"/v1/inboxes/{inbox['id']}/messages/{stored.id}", headers=auth).json
     assert not headers.CONTROL.search(detail["subject"] + detail["from"]["name"])
     reply = client.simulate_post(

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import base64
 import re
-from email.errors import HeaderParseError
-from email.header import decode_header
 
 from postern.core.errors import InvalidInput
-from postern.core.mail.mime import LINE_BREAKS_AND_CONTROLS, Mailbox, one_line_text
+from postern.core.mail.mime import ENCODED_WORD, LINE_BREAKS_AND_CONTROLS, Mailbox, decode_word, one_line_text
 
 #: C0 and C1 controls (TAB included), DEL, and the Unicode line and paragraph separators:
 #: everything that is, or that some reader treats as, a line break or a control.
 CONTROL = LINE_BREAKS_AND_CONTROLS
 SURROGATE = re.compile("[\ud800-\udfff]")
-ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 #: How often a value's encoded words are decoded when looking for a hidden line break:
 #: a reader that decodes once more than it should (as Postern itself once did) sees them.
 DECODE_DEPTH = 4
@@ -43,20 +40,10 @@ def unsafe_reason(value: str) -> str | None:
     for _ in range(DECODE_DEPTH):
         if not ENCODED_WORD.search(value):
             return None
-        value = ENCODED_WORD.sub(_decoded, value)
+        value = ENCODED_WORD.sub(decode_word, value)
         if CONTROL.search(value):
             return "must not contain encoded words that decode to control characters or line breaks"
     return None
-
-
-def _decoded(word: re.Match) -> str:
-    """One encoded word as a lenient reader decodes it; one that does not decode is
-    shown by readers as the literal text it is."""
-    try:
-        [(data, charset)] = decode_header(word.group(0))
-        return data.decode(charset or "ascii", "replace") if isinstance(data, bytes) else data
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        return word.group(0)
 
 
 def check_text(value: str, field: str, what: str) -> str:

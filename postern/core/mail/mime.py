@@ -4,8 +4,11 @@ content is decoded."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email
+import email.errors
+import email.header
 import email.policy
 import email.utils
 import re
@@ -124,6 +127,14 @@ class TolerantPolicy(email.policy.EmailPolicy):
             return super().header_fetch_parse(name, value)
         except HEADER_ERRORS:
             pass
+        one_line = _one_line_words(value)
+        if one_line != value:
+            # An encoded word decoding to CR/LF makes an address header raise: read it
+            # with that word's line breaks as spaces, so the sender is not lost.
+            try:
+                return super().header_fetch_parse(name, one_line)
+            except HEADER_ERRORS:
+                pass
         try:
             return super().header_fetch_parse(name, RFC2231_CHARSET.sub(r"\1utf-8'", value))
         except HEADER_ERRORS:
@@ -131,6 +142,30 @@ class TolerantPolicy(email.policy.EmailPolicy):
 
 
 TOLERANT = TolerantPolicy()
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def decode_word(word: re.Match) -> str:
+    """One RFC 2047 encoded word as a lenient reader decodes it; one that does not
+    decode is shown by readers as the literal text it is."""
+    try:
+        [(data, charset)] = email.header.decode_header(word.group(0))
+        return data.decode(charset or "ascii", "replace") if isinstance(data, bytes) else data
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        return word.group(0)
+
+
+def _one_line_words(value: str) -> str:
+    """``value`` with each encoded word that decodes to a control character re-encoded
+    with those characters as spaces (its specials stay encoded: the address is not moved)."""
+
+    def one_line(word: re.Match) -> str:
+        text = decode_word(word)
+        if not LINE_BREAKS_AND_CONTROLS.search(text):
+            return word.group(0)
+        return "=?utf-8?b?" + base64.b64encode(one_line_text(text).encode("utf-8", "replace")).decode() + "?="
+
+    return ENCODED_WORD.sub(one_line, value) if "=?" in value else value
 
 
 def _counting_policy(max_parts: int):
