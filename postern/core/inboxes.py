@@ -23,6 +23,7 @@ from postern.core.errors import (
     Unavailable,
 )
 from postern.core.ids import well_formed
+from postern.core.mail import headers
 from postern.core.models import Agent, EnrollmentKey, Inbox
 from postern.core.names import InvalidName, normalise_domain, normalise_local_part
 from postern.core.pagination import Page, paginate, parse_limit
@@ -97,6 +98,8 @@ def _create(postern, principal: Principal, info: RequestInfo, body: dict, owner:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
     client_id = _optional_str(body, "client_id", MAX_CLIENT_ID)
     display_name = _optional_str(body, "display_name", MAX_DISPLAY_NAME) or ""
+    # It becomes the From header's display name of every message the inbox sends.
+    display_name = headers.display_name(headers.check_text(display_name, "display_name", "display_name"))
     username = _optional_str(body, "username", 64)
     domain = _optional_str(body, "domain", 253)
 

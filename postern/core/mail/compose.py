@@ -1,8 +1,11 @@
 """Outbound requests: validate what an agent asks to send and build its MIME.
 
 Everything from the request is untrusted: addresses are validated, header names are
-limited to extension headers, values with CR/LF/NUL are refused (no header
-injection), attachment content must be strict base64, and the whole is size-bounded.
+limited to extension headers, header values are text (no control character or line
+break, not even one hidden in an encoded word: postern.core.mail.headers), attachment
+content must be strict base64, and the whole is size-bounded. The header block is
+written by Postern itself, never parsed from a value, and checked on the wire
+(postern.core.mail.wire) before the message is accepted.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from email.utils import format_datetime
 from email_validator import EmailNotValidError, validate_email
 
 from postern.core.backends import OutboundAttachment
-from postern.core.errors import InvalidInput
+from postern.core.errors import InvalidInput, PosternError
+from postern.core.mail import headers as text
+from postern.core.mail import wire
 from postern.core.mail.mime import CONTENT_TYPE, Mailbox, sanitize_filename
 from postern.core.models import utcnow
 from postern.core.names import InvalidName, normalise_domain
@@ -29,6 +34,18 @@ REPLY_FIELDS = {"cc", "bcc", "text", "html", "headers", "attachments", "reply_al
 MAX_RECIPIENTS = 100
 MAX_HEADERS = 20
 HEADER_NAME = re.compile(r"X-[A-Za-z0-9-]{1,60}")
+#: A Content-ID: printable ASCII without <>, and no "=?" (the email package would decode
+#: an encoded word in it, line breaks included, into the part's header block).
+CONTENT_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,200}")
+#: A message id Postern copies into In-Reply-To or References: printable ASCII, no "=?".
+MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,498}>")
+
+
+class HeaderMismatch(PosternError):
+    """The serialised message's header block is not the one composed: nothing is sent."""
+
+    status = 500
+    code = "header_mismatch"
 
 
 @dataclass(frozen=True)
@@ -46,12 +63,6 @@ class SendRequest:
     @property
     def recipients(self) -> list[str]:
         return list(dict.fromkeys(m.address for m in (*self.to, *self.cc, *self.bcc)))
-
-
-def one_line(value: str) -> bool:
-    """No line break of any kind (Python's email package also breaks on VT, FF, NEL,
-    U+2028…), no NUL, and encodable as UTF-8 (no lone surrogates)."""
-    return "\x00" not in value and (value == "" or value.splitlines() == [value]) and encodable(value)
 
 
 def encodable(value: str) -> bool:
@@ -91,11 +102,12 @@ def _mailboxes(body: dict, field: str) -> tuple[Mailbox, ...]:
     for item in value:
         if isinstance(item, dict):
             address, name = item.get("address"), item.get("name", "")
-            if not isinstance(name, str) or len(name) > 200 or not one_line(name):
-                raise InvalidInput(f"{field}: a display name must be a one-line string", field=field)
+            if not isinstance(name, str) or len(name) > 200:
+                raise InvalidInput(f"{field}: a display name must be a string of at most 200 characters", field=field)
+            text.check_text(name, field, f"{field}: a display name")
         else:
             address, name = item, ""
-        found.append(Mailbox(validate_address(address, field), name))
+        found.append(Mailbox(validate_address(address, field), text.display_name(name)))
     return tuple(found)
 
 
@@ -118,8 +130,9 @@ def _headers(body: dict) -> tuple[tuple[str, str], ...]:
     for name, item in value.items():
         if not HEADER_NAME.fullmatch(name):
             raise InvalidInput(f"header '{name[:60]}' is not allowed: only X-… extension headers", field="headers")
-        if not isinstance(item, str) or len(item) > 998 or not one_line(item):
-            raise InvalidInput(f"header {name}: the value must be one line of at most 998 characters", field="headers")
+        if not isinstance(item, str) or len(item) > 998:
+            raise InvalidInput(f"header {name}: the value must be a string of at most 998 characters", field="headers")
+        text.check_text(item, "headers", f"header {name}: the value")
         found.append((name, item))
     return tuple(found)
 
@@ -147,9 +160,11 @@ def _attachments(body: dict, max_bytes: int) -> tuple[OutboundAttachment, ...]:
             raise InvalidInput(f"attachment {index}: filename must be a string", field="attachments")
         content_id = item.get("content_id")
         if content_id is not None and (
-            not isinstance(content_id, str) or not re.fullmatch(r"[^<>\s]{1,200}", content_id)
+            not isinstance(content_id, str) or not CONTENT_ID.fullmatch(content_id) or "=?" in content_id
         ):
-            raise InvalidInput(f"attachment {index}: content_id must be a token without <>", field="attachments")
+            raise InvalidInput(
+                f"attachment {index}: content_id must be a printable ASCII token without <> or =?", field="attachments"
+            )
         found.append(
             OutboundAttachment(
                 filename=sanitize_filename(filename, index, content_type),
@@ -178,8 +193,7 @@ def parse_send_request(body: dict, *, max_bytes: int, reply: bool = False) -> Se
         headers=_headers(body),
         attachments=_attachments(body, max_bytes),
     )
-    if not one_line(request.subject):
-        raise InvalidInput("subject must be one line", field="subject")
+    text.check_text(request.subject, "subject", "subject")
     if not request.text and not request.html:
         raise InvalidInput("give text, html or both", field="text")
     return request
@@ -193,23 +207,65 @@ def build_mime(
     in_reply_to: str | None = None,
     references: tuple[str, ...] = (),
 ) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = _format(sender)
-    if request.to:
-        msg["To"] = ", ".join(_format(m) for m in request.to)
-    if request.cc:
-        msg["Cc"] = ", ".join(_format(m) for m in request.cc)
-    if request.reply_to:
-        msg["Reply-To"] = ", ".join(_format(m) for m in request.reply_to)
-    msg["Subject"] = request.subject
-    msg["Date"] = format_datetime(utcnow().replace(tzinfo=dt.UTC))
-    msg["Message-ID"] = message_id
+    """The message on the wire: Postern's header block, written value by value as text
+    (postern.core.mail.headers), above the email package's MIME body; checked by
+    reading it back (postern.core.mail.wire). Raises ``InvalidInput`` naming the field
+    for a value that would put a control character on the wire, and ``HeaderMismatch``
+    if what was serialised is not what was composed."""
+    fields = composed_headers(sender, request, message_id, in_reply_to, references)
+    body = _mime_body(request)
+    head = "".join(f"{name}: {value}\r\n" if value else f"{name}:\r\n" for name, value in fields)
+    raw = head.encode("ascii") + body.as_bytes(policy=SMTP)
+    fault = wire.problem(raw, wire.expected(*(name for name, _ in fields))) or _parts_problem(raw, body)
+    if fault is not None:
+        raise HeaderMismatch(f"the message was not sent: {fault}")
+    return raw
+
+
+def composed_headers(
+    sender: Mailbox, request: SendRequest, message_id: str, in_reply_to: str | None, references: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """Every header Postern writes, as (name, wire value). Values come from the request
+    (checked again here) or from stored text (a reply's subject and names)."""
+    people = (("From", "from", (sender,)), ("To", "to", request.to), ("Cc", "cc", request.cc))
+    fields = []
+    for name, field, mailboxes in (*people, ("Reply-To", "reply_to", request.reply_to)):
+        for m in mailboxes:
+            _no_control(m.name, field, f"{field}: a display name")
+        if mailboxes:
+            fields.append((name, text.address_list(name, mailboxes)))
+    fields.append(("Subject", text.unstructured("Subject", _no_control(request.subject, "subject", "subject"))))
+    fields.append(("Date", format_datetime(utcnow().replace(tzinfo=dt.UTC))))
+    fields.append(("Message-ID", _message_id(message_id)))
     if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
+        fields.append(("In-Reply-To", _message_id(in_reply_to)))
     if references:
-        msg["References"] = " ".join(references)
+        fields.append(("References", text.fold_words(len("References: "), [_message_id(r) for r in references])))
     for name, value in request.headers:
-        msg[name] = value
+        fields.append((name, text.unstructured(name, _no_control(value, "headers", f"header {name}: the value"))))
+    return fields
+
+
+def usable_message_id(value: str | None) -> bool:
+    """Whether a stored message id may be copied into In-Reply-To or References."""
+    return bool(value) and MESSAGE_ID.fullmatch(value) is not None and "=?" not in value
+
+
+def _message_id(value: str) -> str:
+    if not usable_message_id(value):
+        raise HeaderMismatch(f"message id {value[:60]!r} cannot be written into a header")
+    return value
+
+
+def _no_control(value: str, field: str, what: str) -> str:
+    if text.CONTROL.search(value) or text.SURROGATE.search(value):
+        raise InvalidInput(f"{what} must not contain control characters or line breaks", field=field)
+    return value
+
+
+def _mime_body(request: SendRequest) -> EmailMessage:
+    """The body and its MIME headers only: every other header is Postern's own."""
+    msg = EmailMessage()
     if request.text:
         msg.set_content(request.text)
     if request.html:
@@ -223,11 +279,10 @@ def build_mime(
         if att.content_id:
             kwargs["cid"] = f"<{att.content_id}>"
         msg.add_attachment(att.data, maintype=maintype, subtype=subtype, **kwargs)
-    return msg.as_bytes(policy=SMTP)
+    return msg
 
 
-def _format(m: Mailbox) -> str:
-    from email.headerregistry import Address
-
-    username, _, domain = m.address.rpartition("@")
-    return str(Address(display_name=m.name, username=username, domain=domain))
+def _parts_problem(raw: bytes, body: EmailMessage) -> str | None:
+    parts = list(body.walk())
+    boundaries = [part.get_boundary() for part in parts if part.is_multipart()]
+    return wire.parts_problem(raw, boundaries, [[k.lower() for k in part.keys()] for part in parts[1:]])

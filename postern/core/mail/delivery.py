@@ -26,6 +26,7 @@ from postern.core.backends import (
     TemporaryFailure,
 )
 from postern.core.db import write_transaction
+from postern.core.mail import wire
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Message, utcnow
 from postern.core.runtime import BackendUnavailable
@@ -56,6 +57,7 @@ def deliver(postern, message_id: str) -> Message:
     local = [r for r in recipients if local_inbox(r) is not None]
     remote = [r for r in recipients if r not in local]
     try:
+        check_wire(message)
         if local and not message.local_done:
             _deliver_local(postern, message, local)
         result = _hand_over(postern, message, remote) if remote else None
@@ -69,6 +71,24 @@ def deliver(postern, message_id: str) -> Message:
     if result is not None and result.status == "accepted" and postern.backend("send").confirms:
         return _confirm_later(message, result)
     return mark_sent(postern, message, result, attempt=True)
+
+
+def check_wire(message: Message) -> None:
+    """Fail closed: the stored message must carry exactly the headers its row says were
+    composed (a message queued by an older Postern with an injected line never leaves)."""
+    optional = {
+        "To": json.loads(message.to_addresses),
+        "Cc": json.loads(message.cc_addresses),
+        "Reply-To": json.loads(message.reply_to),
+        "In-Reply-To": message.in_reply_to,
+        "References": message.references,
+    }
+    names = ["From", "Subject", "Date", "Message-ID", *(name for name, value in optional.items() if value)]
+    names += [name for name, _ in json.loads(message.headers)]
+    fault = wire.problem(bytes(message.raw), wire.expected(*names))
+    if fault is not None:
+        log.error("message %s refused before sending: %s", message.id, fault)
+        raise PermanentFailure(f"the message was not sent: {fault}", code="header_mismatch")
 
 
 def receiver_keeps_mailboxes(postern) -> bool:

@@ -4,8 +4,11 @@ content is decoded."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email
+import email.errors
+import email.header
 import email.policy
 import email.utils
 import re
@@ -124,6 +127,14 @@ class TolerantPolicy(email.policy.EmailPolicy):
             return super().header_fetch_parse(name, value)
         except HEADER_ERRORS:
             pass
+        one_line = _one_line_words(value)
+        if one_line != value:
+            # An encoded word decoding to CR/LF makes an address header raise: read it
+            # with that word's line breaks as spaces, so the sender is not lost.
+            try:
+                return super().header_fetch_parse(name, one_line)
+            except HEADER_ERRORS:
+                pass
         try:
             return super().header_fetch_parse(name, RFC2231_CHARSET.sub(r"\1utf-8'", value))
         except HEADER_ERRORS:
@@ -131,6 +142,30 @@ class TolerantPolicy(email.policy.EmailPolicy):
 
 
 TOLERANT = TolerantPolicy()
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def decode_word(word: re.Match) -> str:
+    """One RFC 2047 encoded word as a lenient reader decodes it; one that does not
+    decode is shown by readers as the literal text it is."""
+    try:
+        [(data, charset)] = email.header.decode_header(word.group(0))
+        return data.decode(charset or "ascii", "replace") if isinstance(data, bytes) else data
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        return word.group(0)
+
+
+def _one_line_words(value: str) -> str:
+    """``value`` with each encoded word that decodes to a control character re-encoded
+    with those characters as spaces (its specials stay encoded: the address is not moved)."""
+
+    def one_line(word: re.Match) -> str:
+        text = decode_word(word)
+        if not LINE_BREAKS_AND_CONTROLS.search(text):
+            return word.group(0)
+        return "=?utf-8?b?" + base64.b64encode(one_line_text(text).encode("utf-8", "replace")).decode() + "?="
+
+    return ENCODED_WORD.sub(one_line, value) if "=?" in value else value
 
 
 def _counting_policy(max_parts: int):
@@ -282,12 +317,24 @@ def clean(text: str) -> str:
     return text.replace("\x00", "")
 
 
+#: C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+LINE_BREAKS_AND_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line_text(text: str) -> str:
+    """Stored header text (a subject, a display name) as one line: every control
+    character and line break, including those an encoded word decoded to, becomes a
+    space, so a reply, a webhook or an MCP answer never carries one. The raw message
+    keeps the bytes as they came."""
+    return LINE_BREAKS_AND_CONTROLS.sub(" ", clean(text))
+
+
 def _safe_str(value) -> str:
     try:
         text = str(value)
     except (ValueError, IndexError, TypeError):
         text = ""
-    return clean(text).replace("\r", " ").replace("\n", " ")
+    return one_line_text(text)
 
 
 def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
@@ -295,7 +342,7 @@ def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
         header = msg.get(name)
         addresses = getattr(header, "addresses", ()) if header is not None else ()
         return [
-            Mailbox(clean(a.addr_spec).lower()[:320], clean(a.display_name or "")[:200])
+            Mailbox(clean(a.addr_spec).lower()[:320], one_line_text(a.display_name or "")[:200])
             for a in addresses
             if a.addr_spec
         ]

@@ -22,8 +22,15 @@ from postern.core.db import database_fault, write_transaction
 from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from postern.core.ids import new_id, well_formed
 from postern.core.inboxes import get_inbox
-from postern.core.mail.compose import SendRequest, build_mime, parse_send_request
+from postern.core.mail.compose import (
+    SendRequest,
+    build_mime,
+    parse_send_request,
+    usable_message_id,
+    validate_address,
+)
 from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent, tell_plugins
+from postern.core.mail.headers import display_name, neutralise
 from postern.core.mail.ingest import announce, limits_for, local_inbox, next_seq, snippet_of, store
 from postern.core.mail.mime import Mailbox, MailRejected, ParsedMessage, parse
 from postern.core.mail.threads import normalize_subject
@@ -71,7 +78,7 @@ def send(
     if not decision.allowed:
         raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
 
-    sender = Mailbox(inbox.address, inbox.display_name)
+    sender = Mailbox(inbox.address, display_name(neutralise(inbox.display_name)))
     message_id_header = make_msgid(domain=inbox.domain)
     raw = build_mime(sender, request, message_id=message_id_header, in_reply_to=in_reply_to, references=references)
     if len(raw) > max_bytes:
@@ -161,10 +168,12 @@ def _original(inbox: Inbox, message_id: str) -> Message:
 
 
 def _as_reply(inbox: Inbox, original: Message, request: SendRequest, reply_all: bool):
-    """Recipients, subject and threading headers of a reply to ``original``."""
-    people = lambda raw: tuple(Mailbox(p["address"], p.get("name", "")) for p in json.loads(raw))  # noqa: E731
+    """Recipients, subject and threading headers of a reply to ``original``. What comes
+    from the stored message is text a sender chose: neutralised again here (rows stored
+    before ingest neutralised them), and written as text, never decoded once more."""
+    people = lambda raw: tuple(_stored_person(p["address"], p.get("name", "")) for p in json.loads(raw))  # noqa: E731
     if original.direction == "inbound":
-        to = people(original.reply_to) or (Mailbox(original.from_address, original.from_name),)
+        to = people(original.reply_to) or (_stored_person(original.from_address, original.from_name),)
     else:
         to = people(original.to_addresses)
     to = _unique(m for m in to if m.address and m.address != inbox.address)
@@ -173,13 +182,14 @@ def _as_reply(inbox: Inbox, original: Message, request: SendRequest, reply_all: 
         extra = people(original.to_addresses) + people(original.cc_addresses)
         cc = (*cc, *extra)
     seen = {m.address for m in to} | {inbox.address}
-    cc = _unique(m for m in cc if m.address not in seen)
+    cc = _unique(m for m in cc if m.address and m.address not in seen)
     if not to and cc:
         to, cc = cc[:1], cc[1:]
-    subject = original.subject
+    subject = neutralise(original.subject)
     if not subject.lower().startswith("re:"):
         subject = f"Re: {subject}"
-    references = tuple([*original.references.split(), original.message_id_header][-20:])
+    in_reply_to = original.message_id_header if usable_message_id(original.message_id_header) else None
+    references = tuple([r for r in [*original.references.split(), in_reply_to] if usable_message_id(r)][-20:])
     reply = SendRequest(
         to=to,
         cc=cc,
@@ -191,7 +201,17 @@ def _as_reply(inbox: Inbox, original: Message, request: SendRequest, reply_all: 
         headers=request.headers,
         attachments=request.attachments,
     )
-    return reply, original.message_id_header, references
+    return reply, in_reply_to, references
+
+
+def _stored_person(address: str, name: str) -> Mailbox:
+    """A recipient taken from a stored message: its name as one line of text, and its
+    address only if an agent could have given it (else "", which drops it)."""
+    try:
+        address = validate_address(address, "to") if address else ""
+    except InvalidInput:
+        address = ""
+    return Mailbox(address, display_name(neutralise(name)))
 
 
 def _unique(mailboxes) -> tuple[Mailbox, ...]:

@@ -7,6 +7,7 @@ import base64
 import json
 
 from postern.core.backends import OutboundMessage, PermanentFailure, TemporaryFailure
+from postern.core.mail.headers import unsafe_reason
 from postern.plugins.acs.options import AcsOptions
 
 #: Headers ACS is given besides its own fields: threading and Postern's Message-ID, so a
@@ -18,6 +19,7 @@ DEFAULT_RETRY = 30.0
 
 def email_body(message: OutboundMessage, options: AcsOptions) -> dict:
     """The ``EmailMessage`` of ACS's REST API (api-version 2025-09-01)."""
+    _refuse_unsafe_text(message)
     inbox = message.sender
     sender = inbox if options.sender_mode == "inbox" else options.sender
     reply_to = list(message.reply_to)
@@ -48,6 +50,18 @@ def email_body(message: OutboundMessage, options: AcsOptions) -> dict:
     if message.attachments:
         body["attachments"] = [_attachment(a) for a in message.attachments]
     return body
+
+
+def _refuse_unsafe_text(message: OutboundMessage) -> None:
+    """ACS writes the headers from these fields itself, and how it treats an encoded
+    word in them is not ours to check: a subject, name or header value with a control
+    character, or with an encoded word hiding one, is refused for good, never sent."""
+    texts = [("subject", message.subject), *(("name", n) for n in message.names.values())]
+    texts += [(f"header {name}", value) for name, value in message.headers.items()]
+    for what, value in texts:
+        reason = unsafe_reason(value)
+        if reason is not None:
+            raise PermanentFailure(f"not sent through ACS: the {what} {reason}", code="unsafe_header")
 
 
 def _person(address: str, message: OutboundMessage) -> dict:
