@@ -203,7 +203,8 @@ class Deployment:
     def raw_through_api(self, inbox_id: str, message_id: str) -> bytes:
         link = self.api("POST", f"/v1/inboxes/{inbox_id}/messages/{message_id}/raw-link")
         assert link.status_code == 201, link.text
-        resp = httpx.get(link.json()["url"], timeout=30)
+        # Without server.public_url, links are relative to the API root.
+        resp = httpx.get(httpx.URL(self.server.url).join(link.json()["url"]), timeout=30)
         assert resp.status_code == 200, resp.text
         return resp.content
 
