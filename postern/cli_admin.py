@@ -11,17 +11,18 @@ import re
 
 import click
 
-from postern.api.serialize import (
+from postern.core import enrollment, tenancy
+from postern.core.auditlog import query_audit
+from postern.core.errors import PosternError
+from postern.core.principal import CLI, RequestInfo
+from postern.core.views import (
+    admin_token_json,
     agent_key_json,
     audit_json,
     customer_json,
     enrollment_key_json,
     inbox_json,
 )
-from postern.core import enrollment, tenancy
-from postern.core.auditlog import query_audit
-from postern.core.errors import PosternError
-from postern.core.principal import CLI, RequestInfo
 
 DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -120,7 +121,7 @@ def token_create(ctx, customer_ref, description, as_json):
 @click.pass_context
 def token_list(ctx, as_json):
     """List admin tokens (never their secrets)."""
-    rows = _run(ctx, lambda: [_admin_token_json(t) for t in tenancy.visible_admin_tokens(CLI)])
+    rows = _run(ctx, lambda: [admin_token_json(t) for t in tenancy.visible_admin_tokens(CLI)])
     lines = [
         f"{r['id']}\t{r['key_prefix']}…\t{r['customer_id'] or 'operator'}\t{r['revoked_at'] or 'active'}" for r in rows
     ]
@@ -134,20 +135,7 @@ def token_list(ctx, as_json):
 def token_revoke(ctx, token_id, as_json):
     """Revoke an admin token."""
     row = _run(ctx, lambda: tenancy.revoke_admin_token(CLI, INFO, token_id))
-    _emit(as_json, _admin_token_json(row), f"revoked {row.id} ({row.key_prefix}…)")
-
-
-def _admin_token_json(row) -> dict:
-    from postern.api.serialize import iso
-
-    return {
-        "id": row.id,
-        "customer_id": row.customer_id,
-        "key_prefix": row.key_prefix,
-        "description": row.description,
-        "created_at": iso(row.created_at),
-        "revoked_at": iso(row.revoked_at),
-    }
+    _emit(as_json, admin_token_json(row), f"revoked {row.id} ({row.key_prefix}…)")
 
 
 @admin.group("enroll-key")

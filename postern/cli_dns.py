@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from postern.api.serialize import dns_record_json, domain_json
 from postern.cli_admin import INFO, _emit, _run, json_option
 from postern.core.principal import CLI
+from postern.core.views import dns_record_json, domain_json
 
 
 @click.group()

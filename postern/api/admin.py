@@ -9,20 +9,21 @@ import falcon
 from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.inboxes import CREATE_REQUEST
-from postern.api.serialize import (
-    agent_json,
-    audit_json,
-    customer_json,
-    enrollment_key_json,
-    inbox_json,
-    page_json,
-)
 from postern.core import audit, enrollment, tenancy
 from postern.core.auditlog import FILTERS, query_audit
 from postern.core.errors import InvalidInput
 from postern.core.inboxes import create_inbox_for_agent
 from postern.core.models import Agent, Customer, EnrollmentKey
 from postern.core.pagination import paginate, parse_limit
+from postern.core.views import (
+    agent_json,
+    agent_key_json,
+    audit_json,
+    customer_json,
+    enrollment_key_json,
+    inbox_json,
+    page_json,
+)
 
 
 async def _list(caller, req, resp, visible, model, action: str, to_json) -> None:
@@ -319,8 +320,6 @@ class AgentKeyRevokeResource:
         self.caller = caller
 
     async def on_post(self, req, resp, key_id):
-        from postern.api.serialize import agent_key_json
-
         resp.media = agent_key_json(await self.caller.as_admin(req, enrollment.revoke_agent_key, key_id))
 
 

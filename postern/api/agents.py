@@ -8,8 +8,8 @@ import falcon
 
 from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import operation, ref
-from postern.api.serialize import iso
-from postern.core.enrollment import allowed_domains, describe_key, redeem
+from postern.core.enrollment import describe_key, redeem
+from postern.core.views import enrolled_json, me_json
 
 ENROLL_REQUEST = {
     "type": "object",
@@ -47,16 +47,7 @@ class EnrollResource:
             req, redeem, body.get("enrollment_token"), body.get("agent_handle"), agent_key_ttl=self.ttl
         )
         resp.status = falcon.HTTP_201
-        resp.media = {
-            "agent_id": result.agent.id,
-            "agent_handle": result.agent.handle,
-            "agent_key": result.agent_key,
-            "agent_key_prefix": result.key.key_prefix,
-            "scopes": result.key.scopes.split(),
-            "mailboxes_used": result.enrollment.mailboxes_used,
-            "mailboxes_max": result.enrollment.max_mailboxes,
-            "expires_at": iso(result.key.expires_at),
-        }
+        resp.media = enrolled_json(result)
 
 
 class MeResource:
@@ -72,15 +63,4 @@ class MeResource:
 
     async def on_get(self, req, resp):
         me = await self.caller.as_agent(req, describe_key)
-        resp.media = {
-            "agent_id": me.agent.id,
-            "agent_handle": me.agent.handle,
-            "customer_id": me.agent.customer_id,
-            "enrollment_id": me.enrollment.id,
-            "key_prefix": me.principal.key_prefix,
-            "scopes": sorted(me.principal.scopes),
-            "domains": allowed_domains(me.enrollment),
-            "mailboxes_used": me.enrollment.mailboxes_used,
-            "mailboxes_max": me.enrollment.max_mailboxes,
-            "expires_at": iso(me.principal.expires_at),
-        }
+        resp.media = me_json(me)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from postern.api.docs import operation, path_param, ref
-from postern.api.serialize import domain_json
 from postern.core.auth import require_scope
 from postern.core.domains import get_domain, list_domains, verify_domain
+from postern.core.views import domain_json
 
 LIST = {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": ref("Domain")}}}
 

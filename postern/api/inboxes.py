@@ -6,9 +6,9 @@ import falcon
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, ref
-from postern.api.serialize import inbox_json, page_json
 from postern.core.auth import require_scope
 from postern.core.inboxes import create_inbox, delete_inbox, get_inbox, list_inboxes
+from postern.core.views import inbox_json, page_json
 
 CREATE_REQUEST = {
     "type": "object",

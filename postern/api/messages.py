@@ -10,11 +10,12 @@ import orjson
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
-from postern.api.serialize import message_json, page_json, thread_json
 from postern.core.auth import require_scope
 from postern.core.doorbell import SAFETY_RECHECK
 from postern.core.errors import InvalidInput
 from postern.core.mail import outbound, reading
+from postern.core.mail.messageview import view_of
+from postern.core.views import message_json, page_json, thread_json
 
 log = logging.getLogger("postern.api")
 
@@ -92,14 +93,14 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
             postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to, attempt_now=False
         )
         pending = not replayed and message.status == "queued"  # all-local sends are done already
-        return (message if pending else reading.view_of(message)), pending, replayed
+        return (message if pending else view_of(message)), pending, replayed
 
     view, pending, replayed = await caller.as_agent(req, work)
     if pending:
         # The first attempt talks to the send backend (a smarthost can take its whole
         # timeout to answer): on a pool of its own, so a stuck relay holds only sends,
         # never the database threads every other request needs.
-        view = await caller.deliveries.run(lambda: reading.view_of(outbound.first_attempt(postern, view)))
+        view = await caller.deliveries.run(lambda: view_of(outbound.first_attempt(postern, view)))
     resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_201
     resp.media = message_json(view, full=True)
 

@@ -6,16 +6,13 @@ Agent keys with ``mailbox:read`` manage the webhooks of their own enrollment
 
 from __future__ import annotations
 
-import json
-
 import falcon
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.schemas import INT_NULL, S_NULL, SCHEMAS, STRS, S, obj
-from postern.api.serialize import iso, page_json
 from postern.core.auth import require_scope
-from postern.core.models import utcnow
+from postern.core.views import delivery_json, page_json, webhook_json
 from postern.core.webhooks import EVENT_TYPES, manage
 
 SCOPE = "mailbox:read"
@@ -76,44 +73,6 @@ ROTATE_REQUEST = {
     "additionalProperties": False,
 }
 NOT_FOUND = ("No such webhook for this key", ref("Error"))
-
-
-def webhook_json(hook, secret: str | None = None) -> dict:
-    until = hook.previous_secret_expires_at
-    rotating = until if hook.previous_secret and until and until > utcnow() else None
-    body = {
-        "id": hook.id,
-        "url": hook.url,
-        "event_types": json.loads(hook.event_types),
-        "inbox_ids": json.loads(hook.inbox_ids),
-        "description": hook.description,
-        "enabled": hook.enabled,
-        "disabled_reason": hook.disabled_reason,
-        "secret_rotating_until": iso(rotating),
-        "created_at": iso(hook.created_at),
-        "updated_at": iso(hook.updated_at),
-    }
-    if secret is not None:
-        body["secret"] = secret
-    return body
-
-
-def delivery_json(d) -> dict:
-    return {
-        "id": d.id,
-        "webhook_id": d.webhook_id,
-        "event_id": d.event_id,
-        "event_type": d.event_type,
-        "status": d.status,
-        "attempts": d.attempts,
-        "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
-        "last_attempt_at": iso(d.last_attempt_at),
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "last_response": d.last_response,
-        "created_at": iso(d.created_at),
-        "delivered_at": iso(d.delivered_at),
-    }
 
 
 def _scoped(fn, action, *, targeted=True):

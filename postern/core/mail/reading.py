@@ -4,13 +4,13 @@ the store side of ``wait_for_email``."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from postern.core import audit, fastsql
 from postern.core.errors import InvalidInput, NotFound
 from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
-from postern.core.models import Attachment, Inbox, Message, Thread
+from postern.core.mail.messageview import MessageView, with_attachments
+from postern.core.models import Inbox, Message, Thread
 from postern.core.pagination import (
     Page,
     decode_token,
@@ -24,34 +24,12 @@ from postern.core.principal import Principal, RequestInfo
 DIRECTIONS = ("inbound", "outbound")
 
 
-@dataclass(frozen=True)
-class MessageView:
-    message: Message
-    attachments: list[Attachment]
-
-
 def _audit(principal, info, action, target) -> None:
     audit.record_read(action, principal=principal, info=info, target=target)
 
 
 # Listings never load raw bytes, bodies or attachment data.
 _SUMMARY_FIELDS = fastsql.all_fields(Message, without=("raw", "text", "html", "headers"))
-_ATTACHMENT_META_FIELDS = fastsql.all_fields(Attachment, without=("data",))
-
-
-def _with_attachments(messages: list[Message]) -> list[MessageView]:
-    ids = [m.id for m in messages]
-    by_message: dict[str, list[Attachment]] = {i: [] for i in ids}
-    if ids:
-        marks = ", ".join("?" * len(ids))
-        tail = f"WHERE message_id IN ({marks}) ORDER BY id"
-        for att in fastsql.select(Attachment, _ATTACHMENT_META_FIELDS, tail, ids):
-            by_message[att.message_id].append(att)
-    return [MessageView(m, by_message[m.id]) for m in messages]
-
-
-def view_of(message: Message) -> MessageView:
-    return _with_attachments([message])[0]
 
 
 def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filters: dict, limit, page_token) -> Page:
@@ -79,7 +57,7 @@ def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filter
     tail = f"WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
     page = newest_first_page(fastsql.select(Message, _SUMMARY_FIELDS, tail, [*params, limit + 1]), limit, "seq")
     _audit(principal, info, "message.list", inbox.id)
-    return Page(_with_attachments(page.items), page.next_page_token)
+    return Page(with_attachments(page.items), page.next_page_token)
 
 
 def get_message(principal: Principal, info: RequestInfo, inbox_id: str, message_id: str) -> MessageView:
@@ -90,7 +68,7 @@ def get_message(principal: Principal, info: RequestInfo, inbox_id: str, message_
     if message is None:
         raise NotFound(f"no message '{message_id[:60]}' in this inbox")
     _audit(principal, info, "message.read", message.id)
-    return _with_attachments([message])[0]
+    return with_attachments([message])[0]
 
 
 def list_threads(principal: Principal, info: RequestInfo, inbox_id: str, limit, page_token) -> Page:
@@ -121,7 +99,7 @@ def get_thread(principal: Principal, info: RequestInfo, inbox_id: str, thread_id
         raise NotFound(f"no thread '{thread_id[:60]}' in this inbox")
     messages = list(Message.select(*_SUMMARY_FIELDS).where(Message.thread == thread.id).order_by(Message.seq))
     _audit(principal, info, "thread.read", thread.id)
-    return thread, _with_attachments(messages)
+    return thread, with_attachments(messages)
 
 
 def open_wait(principal: Principal, info: RequestInfo, inbox_id: str, after: str | None) -> tuple[Inbox, int]:
@@ -141,7 +119,7 @@ def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageV
     rows = fastsql.select(Message, _SUMMARY_FIELDS, tail, (inbox_id, cursor, limit))
     if not rows:
         return [], cursor
-    return _with_attachments([m for m in rows if m.direction == "inbound"]), rows[-1].seq
+    return with_attachments([m for m in rows if m.direction == "inbound"]), rows[-1].seq
 
 
 def parse_cursor(value: str) -> int:

@@ -15,7 +15,9 @@ from collections.abc import Iterable
 
 from postern.core import fastsql
 from postern.core.ids import new_id
+from postern.core.mail.messageview import view_of
 from postern.core.models import EnrollmentKey, Inbox, Message, Webhook, WebhookDelivery, utcnow
+from postern.core.views import inbox_json, message_json
 from postern.core.webhooks import wake
 
 
@@ -32,9 +34,6 @@ def body_of(event_type: str, data: dict, moment: dt.datetime | None = None) -> s
 def message_data(postern, message: Message) -> dict:
     """The message summary of the API, bodies up to ``webhooks.max_body_chars``, the
     attachments' metadata (never their bytes) and links to fetch the rest."""
-    from postern.api.serialize import message_json
-    from postern.core.mail.reading import view_of
-
     data = message_json(view_of(message), full=True, max_length=postern.config.webhooks.max_body_chars)
     data.pop("headers", None)  # unbounded; the full message has them
     data["links"] = message_links(postern, message)
@@ -52,8 +51,6 @@ def message_links(postern, message: Message) -> dict:
 
 
 def inbox_data(inbox: Inbox) -> dict:
-    from postern.api.serialize import inbox_json
-
     return inbox_json(inbox)
 
 

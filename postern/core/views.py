@@ -1,4 +1,9 @@
-"""Model rows as the API's JSON objects: one function per object type."""
+"""The JSON shape of each domain object: one function per object type.
+
+The API, the webhook events, the CLI's ``--json`` output and plugins all build their
+JSON here, so one object has one shape wherever it is shown. This module sits in the
+core and imports nothing above it (tests/test_layering.py holds that).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import orjson
 
 from postern.core.enrollment import allowed_domains
 from postern.core.mail.mime import sanitize_filename
+from postern.core.models import utcnow
 
 
 def iso(moment: dt.datetime | None) -> str | None:
@@ -61,6 +67,47 @@ def agent_json(a, keys=None) -> dict:
     if keys is not None:
         body["keys"] = [agent_key_json(k) for k in keys]
     return body
+
+
+def admin_token_json(t) -> dict:
+    return {
+        "id": t.id,
+        "customer_id": t.customer_id,
+        "key_prefix": t.key_prefix,
+        "description": t.description,
+        "created_at": iso(t.created_at),
+        "revoked_at": iso(t.revoked_at),
+    }
+
+
+def enrolled_json(result) -> dict:
+    """What redeeming an enrollment key returns; the only time ``agent_key`` is shown."""
+    return {
+        "agent_id": result.agent.id,
+        "agent_handle": result.agent.handle,
+        "agent_key": result.agent_key,
+        "agent_key_prefix": result.key.key_prefix,
+        "scopes": result.key.scopes.split(),
+        "mailboxes_used": result.enrollment.mailboxes_used,
+        "mailboxes_max": result.enrollment.max_mailboxes,
+        "expires_at": iso(result.key.expires_at),
+    }
+
+
+def me_json(me) -> dict:
+    """What an agent key is: agent, scopes, quota and expiry."""
+    return {
+        "agent_id": me.agent.id,
+        "agent_handle": me.agent.handle,
+        "customer_id": me.agent.customer_id,
+        "enrollment_id": me.enrollment.id,
+        "key_prefix": me.principal.key_prefix,
+        "scopes": sorted(me.principal.scopes),
+        "domains": allowed_domains(me.enrollment),
+        "mailboxes_used": me.enrollment.mailboxes_used,
+        "mailboxes_max": me.enrollment.max_mailboxes,
+        "expires_at": iso(me.principal.expires_at),
+    }
 
 
 def inbox_json(i) -> dict:
@@ -170,6 +217,45 @@ def thread_json(t) -> dict:
         "message_count": t.message_count,
         "created_at": iso(t.created_at),
         "last_message_at": iso(t.last_message_at),
+    }
+
+
+def webhook_json(hook, secret: str | None = None) -> dict:
+    """A webhook; ``secret`` only in the answer that created or rotated it."""
+    until = hook.previous_secret_expires_at
+    rotating = until if hook.previous_secret and until and until > utcnow() else None
+    body = {
+        "id": hook.id,
+        "url": hook.url,
+        "event_types": json.loads(hook.event_types),
+        "inbox_ids": json.loads(hook.inbox_ids),
+        "description": hook.description,
+        "enabled": hook.enabled,
+        "disabled_reason": hook.disabled_reason,
+        "secret_rotating_until": iso(rotating),
+        "created_at": iso(hook.created_at),
+        "updated_at": iso(hook.updated_at),
+    }
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def delivery_json(d) -> dict:
+    return {
+        "id": d.id,
+        "webhook_id": d.webhook_id,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+        "last_attempt_at": iso(d.last_attempt_at),
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "last_response": d.last_response,
+        "created_at": iso(d.created_at),
+        "delivered_at": iso(d.delivered_at),
     }
 
 
