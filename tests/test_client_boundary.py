@@ -61,14 +61,15 @@ def test_client_sources_import_only_the_stdlib_httpx_and_themselves():
 
 @pytest.fixture(scope="module")
 def client_wheel(tmp_path_factory) -> Path:
-    """The postern-client wheel, built offline from a copy of the tree (the build leaves
-    nothing in the checkout)."""
-    tree = tmp_path_factory.mktemp("tree")
-    shutil.copytree(ROOT / "clients" / "python", tree / "clients" / "python")
-    shutil.copytree(CLIENT, tree / "postern" / "client", ignore=shutil.ignore_patterns("__pycache__"))
+    """The postern-client wheel, built offline from a copy of clients/python (the build
+    leaves nothing in the checkout). Its postern/client is a symlink to the real one."""
+    project = ROOT / "clients" / "python"
+    assert (project / "postern" / "client").resolve() == CLIENT  # one source, no drift
+    tree = tmp_path_factory.mktemp("project") / "python"
+    shutil.copytree(project, tree, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     out = tmp_path_factory.mktemp("wheel")
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out)]
-    done = subprocess.run([*build, str(tree / "clients" / "python")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*build, str(tree)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     [wheel] = out.glob("postern_client-*.whl")
     return wheel
