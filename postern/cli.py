@@ -127,7 +127,7 @@ def mcp(ctx, over_http, bind, api_url):
 
     stdio (the default) serves one agent, whose key comes from POSTERN_API_KEY or from
     the redeem_enrollment tool. --http serves many: each brings its own bearer key.
-    POSTERN_MOCK=1 runs every tool offline on the SDK's mock mode.
+    POSTERN_MOCK=1 runs every tool offline on mock mode (postern.testing).
     """
     try:
         from postern.mcp import run

@@ -12,9 +12,9 @@ from support.world import make_tenant
 
 from postern.api import create_app
 from postern.client import Postern, bootstrap, errors
-from postern.client.inprocess import InProcessTransport
 from postern.core.mail.ingest import ingest
 from postern.core.runtime import build_postern
+from postern.testing.inprocess import InProcessTransport
 
 
 @pytest.fixture

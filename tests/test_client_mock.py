@@ -1,4 +1,5 @@
-"""The SDK's mock mode: the real core offline, with a fixed cast of keys."""
+"""Mock mode (postern.testing): the real core offline, with a fixed cast of keys, reached
+by a normal client; and the clear error left where the old constructor flag was."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import threading
 
 import pytest
 
-from postern.client import Postern, bootstrap, errors
-from postern.client import mock as mock_mode
-from postern.client.mock import MOCK_AGENT_KEY, MOCK_ENROLLMENT_TOKEN, MOCK_READ_ONLY_KEY
+from postern import testing as mock_mode
+from postern.client import Postern, errors
+from postern.testing import MOCK_AGENT_KEY, MOCK_ENROLLMENT_TOKEN, MOCK_READ_ONLY_KEY, mock_client, mock_enrolled
 
 
 @pytest.fixture
@@ -19,9 +20,9 @@ def world():
     mock_mode.shutdown()
 
 
-def test_mock_base_url_serves_the_fixed_agent_and_keeps_nothing_after_shutdown(world):
-    client = Postern(base_url="mock")
-    assert client.mock is world and client.api_key == MOCK_AGENT_KEY
+def test_mock_client_serves_the_fixed_agent_and_keeps_nothing_after_shutdown(world):
+    client = mock_client()
+    assert type(client) is Postern and client.mock is world and client.api_key == MOCK_AGENT_KEY
     me = client.me()
     assert (me.agent_handle, me.mailboxes_max, me.domains) == ("mock-agent", 10, ["mock.agents.localhost"])
     inbox = client.inboxes.create("support")
@@ -29,25 +30,42 @@ def test_mock_base_url_serves_the_fixed_agent_and_keeps_nothing_after_shutdown(w
     data_dir = world.data_dir
     mock_mode.shutdown()
     assert not os.path.exists(data_dir)
-    fresh = Postern(base_url="mock")
+    fresh = mock_client()
     assert [i.address for i in fresh.inboxes.list()] == []  # a new world, empty
 
 
-def test_environment_switches_a_default_client_to_mock(world, monkeypatch):
-    monkeypatch.setenv("POSTERN_MOCK", "1")
+@pytest.mark.parametrize(
+    ("base_url", "environ"),
+    [
+        ("mock", {}),
+        (None, {"POSTERN_MOCK": "1", "POSTERN_API_BASE_URL": "https://postern.example.org"}),
+        (None, {"POSTERN_API_BASE_URL": "mock"}),
+    ],
+)
+def test_the_old_mock_flag_names_the_new_way_and_never_reaches_a_real_server(base_url, environ, monkeypatch):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=r"from postern\.testing import mock_client") as exc:
+        Postern(base_url=base_url)
+    assert "pip install postern" in str(exc.value)
+    monkeypatch.delenv("POSTERN_MOCK", raising=False)
+    monkeypatch.delenv("POSTERN_API_BASE_URL", raising=False)
+    assert Postern(base_url="http://127.0.0.1:1").mock is None  # a real base URL is never mocked
+
+
+def test_mock_client_ignores_the_environment_and_takes_a_key(world, monkeypatch):
+    monkeypatch.setenv("POSTERN_MOCK", "1")  # no longer needed, and harmless
+    monkeypatch.setenv("POSTERN_API_KEY", "pk_agent_a-real-key-means-nothing-here")
     monkeypatch.setenv("POSTERN_API_BASE_URL", "https://postern.example.org")
-    monkeypatch.delenv("POSTERN_API_KEY", raising=False)
-    client = Postern()
-    assert client.mock is world and client.me().agent_handle == "mock-agent"
-    monkeypatch.setenv("POSTERN_API_KEY", MOCK_READ_ONLY_KEY)
-    assert Postern().me().scopes == ["mailbox:read"]
-    monkeypatch.delenv("POSTERN_MOCK")
-    assert Postern().mock is None  # a real base URL is never silently mocked
-    assert Postern(base_url="http://127.0.0.1:1").mock is None
+    client = mock_client()
+    assert client.me().agent_handle == "mock-agent" and client.base_url == mock_mode.MOCK_BASE_URL
+    assert mock_client(MOCK_READ_ONLY_KEY).me().scopes == ["mailbox:read"]
+    with pytest.raises(TypeError, match="mock world"):
+        mock_client(base_url="https://postern.example.org")
 
 
 def test_wait_returns_when_mail_is_delivered_and_reply_threads(world):
-    client = Postern(base_url="mock")
+    client = mock_client()
     inbox = client.inboxes.create("support")
     start = client.messages.wait(inbox.id, timeout=0)
     assert start.timed_out and start.messages == []
@@ -81,7 +99,7 @@ def test_wait_returns_when_mail_is_delivered_and_reply_threads(world):
 
 
 def test_agent_to_agent_mail_stays_inside_the_world(world):
-    client = Postern(base_url="mock")
+    client = mock_client()
     a, b = client.inboxes.create("alpha"), client.inboxes.create("beta")
     sent = client.messages.send(a.id, to=[b.address], subject="ping", text="ping")
     assert sent.status == "sent"
@@ -90,11 +108,11 @@ def test_agent_to_agent_mail_stays_inside_the_world(world):
 
 
 def test_scopes_quotas_and_tenancy_fail_as_on_a_server(world):
-    reader = Postern(api_key=MOCK_READ_ONLY_KEY, base_url="mock")
+    reader = mock_client(MOCK_READ_ONLY_KEY)
     with pytest.raises(errors.PermissionDenied) as exc:
         reader.inboxes.create("nope")
     assert exc.value.code == "insufficient_scope"
-    client, enrollment = bootstrap.enrolled(MOCK_ENROLLMENT_TOKEN, "dev-bot", base_url="mock")
+    client, enrollment = mock_enrolled(MOCK_ENROLLMENT_TOKEN, "dev-bot")
     assert client.mock is world and client.api_key != MOCK_AGENT_KEY
     assert (enrollment.mailboxes_used, enrollment.mailboxes_max) == (0, 3)
     for name in ("one", "two", "three"):
@@ -107,7 +125,7 @@ def test_scopes_quotas_and_tenancy_fail_as_on_a_server(world):
     with pytest.raises(errors.NotFound):
         client.messages.wait(world.foreign_inbox_id, timeout=0)
     with pytest.raises(errors.AuthenticationFailed):
-        Postern(api_key=MOCK_AGENT_KEY[:-3] + "AAA", base_url="mock").me()
+        mock_client(MOCK_AGENT_KEY[:-3] + "AAA").me()
     with pytest.raises(errors.NotFound):
         client.messages.send(world.foreign_inbox_id, to=["ann@example.org"], text="x")
     mine = next(iter(client.inboxes.list()))

@@ -43,3 +43,14 @@ def test_keys_are_unique_and_high_entropy():
 def test_malformed_keys_are_rejected_without_a_lookup(mangle):
     with pytest.raises(keys.MalformedKey):
         keys.parse_kind(mangle(keys.mint("agent").plaintext))
+
+
+def test_with_checksum_makes_well_formed_keys_from_a_chosen_body_and_refuses_bad_bodies():
+    body = ("MockAgentKey" + "0" * keys.BODY_LENGTH)[: keys.BODY_LENGTH]
+    key = keys.with_checksum("agent", body)
+    assert key.startswith(f"pk_agent_{body}") and keys.parse_kind(key) == "agent"
+    with pytest.raises(keys.MalformedKey):
+        keys.parse_kind(key[:-1] + ("A" if key[-1] != "A" else "B"))  # the checksum is real
+    for kind, bad in (("agent", body[:-1]), ("agent", body[:-1] + "-"), ("root", body)):
+        with pytest.raises(ValueError):
+            keys.with_checksum(kind, bad)

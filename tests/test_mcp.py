@@ -21,9 +21,9 @@ from support.server import Server, free_port, kill_tree, wait_for
 from support.world import make_tenant, operator_token
 
 from postern.client import Postern
-from postern.client.mock import MOCK_ENROLLMENT_TOKEN
 from postern.core import migrations
 from postern.core.db import database, open_database
+from postern.testing import MOCK_ENROLLMENT_TOKEN
 
 
 @pytest.fixture

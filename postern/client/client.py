@@ -35,16 +35,11 @@ class Postern:
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ):
-        #: The mock world when this client runs offline (``base_url="mock"`` or
-        #: ``POSTERN_MOCK=1``), for injecting mail; ``None`` against a real server.
+        #: The mock world when ``postern.testing.mock_client()`` made this client, for
+        #: injecting mail; ``None`` against a real server.
         self.mock = None
         if transport is None and mock_requested(base_url):
-            from postern.client import mock
-
-            self.mock = mock.world()
-            transport, base_url = self.mock.transport, self.mock.base_url
-            if api_key is None:
-                api_key = os.environ.get("POSTERN_API_KEY") or self.mock.agent_key
+            raise ValueError(MOCK_MOVED)
         self.api_key = api_key if api_key is not None else os.environ.get("POSTERN_API_KEY", "")
         self.base_url = (base_url or os.environ.get("POSTERN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
@@ -136,8 +131,18 @@ class Postern:
             params["page_token"] = token
 
 
+# The client never imports the server (it ships alone as ``postern-client``), so mock
+# mode, which runs the server in process, is reached from the server package instead.
+# Refusing beats falling back to a real URL: a test meant to be offline must not send mail.
+MOCK_MOVED = (
+    "mock mode is not built into Postern() any more: use `from postern.testing import mock_client; "
+    "client = mock_client()` (needs the server package: pip install postern), and unset "
+    "POSTERN_MOCK / POSTERN_API_BASE_URL=mock. See docs/sdk.md, 'Mock mode'."
+)
+
+
 def mock_requested(base_url: str | None) -> bool:
-    """Whether a client built with ``base_url`` (None: from the environment) runs offline."""
+    """Whether ``base_url`` (None: from the environment) asks for mock mode."""
     if base_url is not None:
         return base_url == "mock"
     return os.environ.get("POSTERN_MOCK", "").lower() in ("1", "true", "yes") or (

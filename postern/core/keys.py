@@ -47,6 +47,17 @@ def _checksum(head: str) -> str:
     return _base62(zlib.crc32(head.encode()), CHECKSUM_LENGTH)
 
 
+def with_checksum(kind: str, body: str) -> str:
+    """A well-formed key of ``kind`` from a chosen ``body`` (mock mode's fixed keys): only
+    ever for keys that are meant to be public, never for real credentials (see ``mint``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown key kind '{kind}'")
+    if len(body) != BODY_LENGTH or any(c not in ALPHABET for c in body):
+        raise ValueError(f"a key body is {BODY_LENGTH} base62 characters")
+    head = f"pk_{kind}_{body}"
+    return head + _checksum(head)
+
+
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
+import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
@@ -58,8 +59,9 @@ HINTS = {
 class Clients:
     """One SDK client per key, reused across calls (and their connection pools)."""
 
-    def __init__(self, base_url: str | None):
+    def __init__(self, base_url: str | None, transport: httpx.BaseTransport | None = None):
         self.base_url = base_url
+        self.transport = transport  # the mock world's, offline; None over the network
         self._clients: OrderedDict[str, Postern] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -67,7 +69,9 @@ class Clients:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = Postern(api_key=key, base_url=self.base_url, max_retries=2)
+                client = self._clients[key] = Postern(
+                    api_key=key, base_url=self.base_url, transport=self.transport, max_retries=2
+                )
                 while len(self._clients) > MAX_CLIENTS:
                     self._clients.popitem(last=False)[1].close()
             self._clients.move_to_end(key)
@@ -97,16 +101,22 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
     """The MCP server. ``api_key``/``base_url`` default like the SDK's: the environment."""
     import os
 
+    transport = None
+    if mock_requested(base_url):
+        # Offline: the server's own in-process mock world (postern.testing), which the
+        # client package cannot reach by itself.
+        from postern.testing import mockserver
+
+        world = mockserver.world()
+        base_url, transport = world.base_url, world.transport
+        if api_key is None:
+            api_key = os.environ.get("POSTERN_API_KEY") or world.agent_key  # usable at once
     if api_key is None:
         api_key = os.environ.get("POSTERN_API_KEY")
-        if not api_key and mock_requested(base_url):
-            from postern.client.mock import MOCK_AGENT_KEY
-
-            api_key = MOCK_AGENT_KEY  # offline, the mock agent answers like the SDK's mock client
     keys = KeyRing(api_key)
     # Request lines would only repeat what the API's own log holds; keep stderr for problems.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    clients = Clients(base_url)
+    clients = Clients(base_url, transport)
     server = MCPServer("postern", instructions=INSTRUCTIONS, version=__version__)
     server.postern_clients = clients
     server.postern_waits = WaitCounter()
@@ -131,7 +141,9 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
             raise tool_error(AdminKeyRefused())
         try:
             client, enrollment = await anyio.to_thread.run_sync(
-                lambda: bootstrap.enrolled(enrollment_token, agent_handle, base_url=clients.base_url)
+                lambda: bootstrap.enrolled(
+                    enrollment_token, agent_handle, base_url=clients.base_url, transport=clients.transport
+                )
             )
             client.close()
             keys.remember(ctx.headers, client.api_key)

@@ -1,13 +1,13 @@
-"""Mock mode: ``Postern(base_url="mock")`` (or ``POSTERN_MOCK=1``) runs offline.
+"""Mock mode's server: a real Postern core and API in this process, for offline tests.
 
-No fixture data is faked: the mock world is a real Postern core and API in this
-process, on a throwaway SQLite database, served through ``InProcessTransport``. Keys,
-scopes, quotas, errors and ``wait`` behave exactly as on a server, because they are
-the server's own code. What mock mode adds is a fixed cast, so agent developers'
-tests can use known keys without minting any:
+No fixture data is faked: the mock world is Postern's own core and API on a throwaway
+SQLite database, served to a normal ``postern.client.Postern`` through
+``InProcessTransport`` (no sockets). Keys, scopes, quotas, errors and ``wait`` behave
+exactly as on a server, because they are the server's own code. What mock mode adds is
+a fixed cast, so agent developers' tests can use known keys without minting any:
 
 - ``MOCK_AGENT_KEY``: an agent of tenant ``mock`` with every scope and 10 mailboxes;
-  a mock client uses it when no key is given.
+  ``postern.testing.mock_client()`` uses it when no key is given.
 - ``MOCK_READ_ONLY_KEY``: an agent of the same tenant that may only read.
 - ``MOCK_ENROLLMENT_TOKEN``: an enrollment key of tenant ``mock`` (every scope,
   3 mailboxes per agent, any number of redemptions), for ``bootstrap.enrolled``.
@@ -20,8 +20,8 @@ captured by the local outbox, never sent anywhere. The keys are well-formed but 
 only in the mock database: they open nothing on a real server.
 
 One world per process (the core keeps one database per process); ``reset()`` starts
-a fresh one and ``shutdown()`` removes it. Importing this module imports the server package, which the SDK proper
-never does.
+a fresh one and ``shutdown()`` removes it. This module is part of the server package
+(it imports the core and the API); ``postern.client`` never imports it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ import threading
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 
+from postern.api import create_app
+from postern.client import Postern
+from postern.core import enrollment, keys, migrations, tenancy
+from postern.core.config import config_from_mapping
+from postern.core.db import database, write_transaction
+from postern.core.mail.ingest import ingest
+from postern.core.models import AgentKey, EnrollmentKey
+from postern.core.principal import CLI, SCOPES, RequestInfo
+from postern.core.runtime import build_postern
+from postern.testing.inprocess import InProcessTransport
+
 SHM = "/dev/shm"  # noqa: S108  (only ever a parent for mkdtemp)
 MOCK_BASE_URL = "http://mock.postern.invalid"
 MOCK_DOMAIN = "agents.localhost"
@@ -46,11 +57,7 @@ ENROLLMENT_MAILBOXES = 3
 
 def _fixed_key(kind: str, name: str) -> str:
     """A well-formed, documented key: fixed text in the body, a valid checksum."""
-    from postern.core import keys
-
-    body = (name + "0" * keys.BODY_LENGTH)[: keys.BODY_LENGTH]
-    head = f"pk_{kind}_{body}"
-    return head + keys._checksum(head)
+    return keys.with_checksum(kind, (name + "0" * keys.BODY_LENGTH)[: keys.BODY_LENGTH])
 
 
 MOCK_AGENT_KEY = _fixed_key("agent", "MockAgentKeyForOfflineTestsOnly")
@@ -87,13 +94,6 @@ def shutdown() -> None:
 
 class MockWorld:
     def __init__(self):
-        from postern.api import create_app
-        from postern.client.inprocess import InProcessTransport
-        from postern.core import migrations
-        from postern.core.config import config_from_mapping
-        from postern.core.db import database
-        from postern.core.runtime import build_postern
-
         # /dev/shm keeps the database in memory where Linux offers it; mkdtemp makes a
         # private (0700), unpredictable directory inside it.
         parent = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
@@ -113,10 +113,6 @@ class MockWorld:
         self.foreign_inbox_id = self._foreign_inbox()
 
     def _cast(self) -> None:
-        from postern.core import enrollment, tenancy
-        from postern.core.models import AgentKey, EnrollmentKey
-        from postern.core.principal import CLI, SCOPES, RequestInfo
-
         info = RequestInfo(request_id="req_mock", client_addr="127.0.0.1")
         domain = self.postern.config.mail.domain
         year = dt.timedelta(days=366)
@@ -144,8 +140,6 @@ class MockWorld:
         agent(other, SCOPES, "foreign-agent", self._foreign_key)
 
     def _foreign_inbox(self) -> str:
-        from postern.client.client import Postern
-
         with Postern(api_key=self._foreign_key, base_url=self.base_url, transport=self.transport) as foreign:
             return foreign.inboxes.create("private").id
 
@@ -165,9 +159,6 @@ class MockWorld:
         """Deliver a message from outside, as the SMTP listener would; returns the ids
         stored (one per inbox of the world among ``to``). ``attachments`` are
         ``(filename, content_type, data)``; ``raw`` sends exact bytes instead."""
-        from postern.core.db import database
-        from postern.core.mail.ingest import ingest
-
         recipients = [to] if isinstance(to, str) else list(to)
         if raw is None:
             raw = _compose(recipients, subject, text, html, sender, sender_name, headers or {}, attachments or [])
@@ -175,8 +166,6 @@ class MockWorld:
             return [m.id for m in ingest(self.postern, raw, sender, recipients)]
 
     def close(self) -> None:
-        from postern.core.db import database
-
         self.transport.shutdown()
         if not database.is_closed():
             database.close()
@@ -185,9 +174,6 @@ class MockWorld:
 
 def _rekey(model, row_id: str, plaintext: str) -> None:
     """Give a freshly minted key row the fixed key's hash: only the hash is stored."""
-    from postern.core import keys
-    from postern.core.db import write_transaction
-
     with write_transaction():
         model.update(key_hash=keys.hash_key(plaintext), key_prefix=keys.display_prefix(plaintext)).where(
             model.id == row_id

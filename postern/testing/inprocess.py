@@ -2,7 +2,8 @@
 
 No sockets: requests run on a private event loop thread, through httpx's own ASGI
 transport, so the full app (auth, scopes, quotas, audit, waits) answers exactly as a
-server would. Used by the SDK's tests, and the basis for running offline.
+server would. Used by the SDK's tests and by mock mode (``postern.testing``); it lives
+beside the server, not in ``postern.client``, because it is only useful with the app.
 """
 
 from __future__ import annotations
