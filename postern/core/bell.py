@@ -42,13 +42,14 @@ ALL = "*"
 MAX_PAYLOAD = 7000  # below PostgreSQL's 8000-byte NOTIFY limit; longer rings become ALL
 #: How often an asyncio listener checks that it still listens (and retries when not).
 RELISTEN_SECONDS = 2.0
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
-_CHANNEL = re.compile(r"[a-z][a-z0-9_]{0,40}")
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
+_CHANNEL = re.compile(r"[a-z][a-z0-9_]{0,19}")
+_SOCKET_NAME = 44  # "<channel>-<pid>-<8 hex>.sock" and the slash, at most
 
 
 def pg_channel(channel: str) -> str:
     if not _CHANNEL.fullmatch(channel):
-        raise ValueError(f"bell channel names are [a-z][a-z0-9_]*, not {channel!r}")
+        raise ValueError(f"a bell channel is [a-z][a-z0-9_]*, at most 20 characters, not {channel!r}")
     return f"postern_{channel}"
 
 
@@ -75,7 +76,7 @@ def socket_dir(db_path: Path) -> Path:
     (``<db>-bell``) unless that would overflow sun_path, then a short one keyed by it."""
     db_path = Path(db_path).resolve()
     preferred = Path(f"{db_path}-bell")
-    if len(str(preferred)) + 40 <= MAX_SOCKET_PATH:
+    if len(str(preferred)) + _SOCKET_NAME <= MAX_SOCKET_PATH:
         return preferred
     digest = hashlib.sha256(str(db_path).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"postern-bell-{digest}"
