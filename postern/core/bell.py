@@ -125,10 +125,11 @@ class Listener:
     """One process's ear on one channel, for a ``select`` loop: ``wait()``, or
     ``fileno()`` + ``read()`` + ``repair()`` (``AsyncListener`` wraps it for asyncio).
 
-    ``connect=False`` leaves the PostgreSQL connection to a later ``repair()``/``connect``
-    (the asyncio wrapper connects on a thread, never blocking its loop)."""
+    It tries to listen at once, so the consumer's first read comes after the LISTEN and
+    no ring falls in between; without the database it never raises, and later calls
+    (``wait``, ``repair``) try again."""
 
-    def __init__(self, channel: str, database_url: str, *, connect: bool = True):
+    def __init__(self, channel: str, database_url: str):
         self.channel = channel
         self.name = pg_channel(channel)
         self.conn = None
@@ -139,8 +140,7 @@ class Listener:
         self.pg_url = None
         if database_url.startswith(("postgres://", "postgresql://")):
             self.pg_url = database_url.replace("postgres://", "postgresql://", 1)
-            if connect:
-                self.conn = self.connect()
+            self.conn = self.connect()
         else:
             self.db_path = Path(database_url[len("sqlite:///") :])
             self._bind()
@@ -267,14 +267,16 @@ class Listener:
 class AsyncListener:
     """Calls ``on_ring(topics)`` in the running loop for every ring on ``channel``.
 
-    Never blocks the loop: PostgreSQL connects on a thread (at start and after a loss),
-    and until it listens consumers rely on their timers. Every ``RELISTEN_SECONDS`` it
-    checks that it still listens (a SQLite socket file can be removed under it)."""
+    Only the first connection is made in the loop (as a pool's first would be), so the
+    consumer's first read follows the LISTEN; after a failed start or a loss PostgreSQL
+    reconnects on a thread, never blocking the loop, and consumers rely on their timers
+    meanwhile. Every ``RELISTEN_SECONDS`` it checks that it still listens (a SQLite
+    socket file can be removed under it)."""
 
     def __init__(self, channel: str, database_url: str, on_ring: Callable[[list[str]], None]):
         self.on_ring = on_ring
         self.loop = asyncio.get_running_loop()
-        self.listener = Listener(channel, database_url, connect=False)
+        self.listener = Listener(channel, database_url)
         self.alive = True
         self._fd = None
         self._connecting = False
@@ -326,7 +328,7 @@ class AsyncListener:
             return
         self.listener.conn = conn
         self._add_reader()
-        self.on_ring([ALL])  # rings before the LISTEN could not reach us
+        self.on_ring([ALL])  # rings while not listening could not reach us
 
     def _tick(self) -> None:
         if not self.alive:
