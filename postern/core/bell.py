@@ -239,8 +239,11 @@ class Listener:
     def wait(self, timeout: float, also=()) -> list:
         """Block until a ring, one of ``also`` is readable, or ``timeout``; returns what
         fired (``self`` when rung: a ring, a lost connection, or listening again)."""
-        if self.repair():
-            return [self]
+        try:
+            if self.repair():
+                return [self]
+        except OSError as exc:  # a socket that cannot be bound again: the timer still runs
+            log.warning("bell %s: cannot bind again (%s); retrying on the next wait", self.channel, exc)
         if not self.listening:
             ready, _, _ = select.select(list(also), [], [], max(0.0, timeout))
             return ready
