@@ -269,34 +269,6 @@ def test_dns_starts_and_follows_zone_changes_across_a_database_outage(tmp_path, 
             ns.stop()
 
 
-def test_webhook_wake_up_listens_again_after_the_database_comes_back(tmp_path, db_url):
-    if db_url.startswith("sqlite"):
-        pytest.skip("a PostgreSQL LISTEN connection")
-    import psycopg2
-
-    from postern.core.webhooks.wake import CHANNEL, Listener
-
-    parts = urlsplit(db_url)
-    with TcpProxy(parts.hostname, parts.port or 5432) as proxy:
-        proxy.cut()
-        listener = Listener(tmp_path, proxied(db_url, proxy.port))  # used to raise: the dispatcher exited
-        try:
-            assert listener.wait(0.05) == []  # no subscription yet: a plain timeout
-            proxy.restore()
-            assert listener.wait(0.05) == [listener]  # listening again: the dispatcher sweeps
-            notifier = psycopg2.connect(db_url)
-            notifier.autocommit = True
-            notifier.cursor().execute(f"NOTIFY {CHANNEL}")
-            notifier.close()
-            assert listener.wait(30) == [listener]  # and rings arrive
-            proxy.cut()
-            assert listener.wait(30) == [listener]  # the link died: seen, dropped
-            proxy.restore()
-            assert listener.wait(0.05) == [listener]  # and listening again
-        finally:
-            listener.close()
-
-
 def test_postgresql_sockets_notice_a_silently_dead_link(db_url):
     """A link that dies without a RST (a NAT or firewall forgetting the flow) is noticed in
     about a minute, not after the kernel's two idle hours: the socket itself carries the

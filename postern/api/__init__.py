@@ -37,7 +37,7 @@ def build_routes(
 ) -> list[Route]:
     """Core routes, then every plugin's; the OpenAPI document covers them all."""
     caller = CoreCaller(postern, runner)
-    waiters = waiters or Waiters(postern.config.data_dir, postern.config.database_url)
+    waiters = waiters or Waiters(postern.config.database_url)
     inbox = "/v1/inboxes/{inbox_id}"
     routes = [
         Route("/healthz", HealthResource(runner)),
@@ -91,7 +91,7 @@ def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconne
     """The API app for ``postern``. ``notice_disconnects``: a wait ends when its client
     leaves (for a real ASGI server; see ``WaitResource``)."""
     runner = runner or DatabaseRunner(postern.config.database_threads)
-    waiters = Waiters(postern.config.data_dir, postern.config.database_url)
+    waiters = Waiters(postern.config.database_url)
     app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner, waiters)])
     # orjson encodes a page of 50 message summaries (~35 KB) several times faster than the
     # standard library, which was a fifth of a listing's CPU. Request bodies keep their own

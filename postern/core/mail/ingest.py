@@ -115,7 +115,7 @@ def announce(postern, stored: list[Message]) -> None:
     caller, or the sender would retry and the message would be stored twice, so
     failures are logged with the message ids."""
     try:
-        doorbell.ring_after_commit(postern.config.data_dir, [m.inbox_id for m in stored])
+        doorbell.ring_after_commit([m.inbox_id for m in stored])
     except OSError:
         log.exception("doorbell failed after storing %s; waiters will re-check", [m.id for m in stored])
     for message in stored:

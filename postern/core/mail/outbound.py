@@ -104,7 +104,7 @@ def send(
         if idempotency_key is not None and (replay := _replay(inbox, idempotency_key, request_hash)) is not None:
             return replay, True  # a concurrent retry with the same key won
         raise
-    doorbell.ring_after_commit(postern.config.data_dir, [inbox.id])
+    doorbell.ring_after_commit([inbox.id])
     if local is not None:
         announce(postern, delivered)
         tell_plugins(postern.hook.postern_message_sent, postern=postern, message=message, result=None)

@@ -90,7 +90,7 @@ def message_event(postern, event_type: str, messages: Iterable[Message]) -> int:
         if wanting:
             queued += len(queue(wanting, event_type, message_data(postern, message)))
     if queued:
-        wake.ring_in_transaction(postern.config.data_dir)
+        wake.ring_in_transaction()
     return queued
 
 
@@ -104,7 +104,7 @@ def inbox_event(postern, event_type: str, inbox: Inbox) -> int:
     wanting = [h for h in hooks if _wants(h, event_type, inbox.id)]
     queued = len(queue(wanting, event_type, inbox_data(inbox))) if wanting else 0
     if queued:
-        wake.ring_in_transaction(postern.config.data_dir)
+        wake.ring_in_transaction()
     return queued
 
 
@@ -123,7 +123,7 @@ def domain_event(postern, event_type: str, customer_id: str, domain: str, data: 
     ]
     queued = len(queue(wanting, event_type, data)) if wanting else 0
     if queued:
-        wake.ring_in_transaction(postern.config.data_dir)
+        wake.ring_in_transaction()
     return queued
 
 

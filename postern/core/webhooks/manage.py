@@ -151,7 +151,7 @@ def update_webhook(postern, principal: Principal, info: RequestInfo, webhook_id:
         Webhook.update(**fields, updated_at=utcnow()).where(Webhook.id == hook.id).execute()
         audit.record("webhook.update", principal=principal, info=info, target=hook.id)
         if fields.get("enabled") is True:
-            wake.ring_in_transaction(postern.config.data_dir)  # its held deliveries are due again
+            wake.ring_in_transaction()  # its held deliveries are due again
     return Webhook.get_by_id(hook.id)
 
 
@@ -219,7 +219,7 @@ def retry_delivery(postern, principal, info, webhook_id: str, delivery_id: str) 
             WebhookDelivery.id == delivery.id
         ).execute()
         audit.record("webhook.delivery.retry", principal=principal, info=info, target=delivery.id)
-        wake.ring_in_transaction(postern.config.data_dir)
+        wake.ring_in_transaction()
     return WebhookDelivery.get_by_id(delivery.id)
 
 
@@ -230,5 +230,5 @@ def send_test(postern, principal, info, webhook_id: str) -> WebhookDelivery:
         data = {"webhook_id": hook.id, "message": "a test event from Postern"}
         [delivery_id] = events.queue([{"id": hook.id, "customer": hook.customer_id}], TEST_EVENT, data)
         audit.record("webhook.test", principal=principal, info=info, target=delivery_id)
-        wake.ring_in_transaction(postern.config.data_dir)
+        wake.ring_in_transaction()
     return WebhookDelivery.get_by_id(delivery_id)

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import peewee
 
+from postern.core import bell
 from postern.core.db import database
 from postern.core.models import utcnow
-from postern.core.webhooks import dispatch
-from postern.core.webhooks.wake import Listener
+from postern.core.webhooks import dispatch, wake
 
 log = logging.getLogger("postern.webhooks")
 
@@ -40,7 +40,7 @@ class Dispatcher:
         self.pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="postern-webhook")
 
     def run(self) -> None:
-        listener = Listener(self.postern.config.data_dir, self.postern.config.database_url)
+        listener = bell.Listener(wake.CHANNEL, self.postern.config.database_url)
         log.info("webhook dispatcher running: %s at once", self.config.concurrency)
         try:
             while not self.stop.is_set():
