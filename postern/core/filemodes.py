@@ -1,7 +1,7 @@
 """Postern's files are its user's alone.
 
 The data directory holds every tenant's mail (the SQLite database and its ``-wal`` and
-``-shm``), the key that seals DKIM private keys, and the doorbell sockets. The CLI sets
+``-shm``), the key that seals DKIM private keys, and the bell sockets. The CLI sets
 the umask to 0o077 before anything else, so every file and directory Postern and its
 children (API workers, services, forked listeners) create is 0600/0700 whatever the
 shell's umask; ``tighten_data_dir`` takes group and other permissions off what an older
