@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import email.parser
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -122,6 +123,19 @@ def run_client(live, tmp_path, *, isolated: bool, path: list[str], mock: bool) -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def site_without_postern(tmp_path: Path) -> Path:
+    """httpx's site-packages with every ``postern`` entry left out: where the server is
+    installed as a wheel (tox), its ``postern/__init__.py`` would otherwise win over the
+    unpacked client's namespace package."""
+    site = Path(httpx.__file__).resolve().parent.parent
+    linked = tmp_path / "site"
+    linked.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("postern", "__editable__")):
+            (linked / entry.name).symlink_to(entry)
+    return linked
+
+
 def assert_worked_alone(seen: dict) -> None:
     assert seen["agent"] == "alone"
     assert seen["waited"] == ["over SMTP"] and seen["raw_has_subject"] and seen["thread"]
@@ -137,12 +151,14 @@ def test_the_client_alone_works_against_a_real_server_and_mock_mode_is_in_poster
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(client_wheel) as wheel:
         wheel.extractall(unpacked)
-    site = str(Path(httpx.__file__).resolve().parent.parent)
-    seen = run_client(live, tmp_path, isolated=True, path=[str(unpacked), site], mock=False)
+    seen = run_client(
+        live, tmp_path, isolated=True, path=[str(unpacked), str(site_without_postern(tmp_path))], mock=False
+    )
     assert_worked_alone(seen)
     assert seen["client_file"].startswith(str(unpacked))
     # 2. The checkout with the server installed but blocked; then mock mode, unblocked.
     seen = run_client(live, tmp_path, isolated=False, path=[], mock=True)
     assert_worked_alone(seen)
-    assert seen["client_file"] == str(CLIENT / "__init__.py")
+    # The checkout's client, or the installed copy where the server is installed as a wheel (tox).
+    assert seen["client_file"] == importlib.util.find_spec("postern.client").origin
     assert seen["mock_same_class"] and seen["mock_waited"] == ["Your code"]
