@@ -167,7 +167,7 @@ def test_without_a_public_url_links_are_relative_to_the_api_root(setup):
 
 def test_the_sdk_makes_relative_links_absolute_on_its_own_base_url(setup):
     from postern.client import Postern
-    from postern.client.inprocess import InProcessTransport
+    from postern.testing.inprocess import InProcessTransport
 
     client, headers, inbox, message, raw = setup
     transport = InProcessTransport(client.app)
