@@ -29,6 +29,9 @@ class _Compiled:
         self.sql, self.names, self.converters = sql, names, converters
 
 
+# Keyed by the driver's parameter mark, never by id(database): a closed database object's
+# id can be reused by the next one (a SQLite mock world, then PostgreSQL in one process),
+# which once handed PostgreSQL a statement compiled with SQLite's "?" marks.
 _cache: dict[tuple, _Compiled] = {}
 
 
@@ -38,7 +41,7 @@ def _quote(name: str) -> str:
 
 def _compile(model, fields, tail: str) -> _Compiled:
     db = database.obj
-    key = (id(db), model, fields, tail)
+    key = (db.param, model, fields, tail)
     compiled = _cache.get(key)
     if compiled is None:
         columns = ", ".join(_quote(f.column_name) for f in fields)
@@ -92,7 +95,7 @@ def insert(model, values: dict):
     missing = model._meta.get_default_dict().items()
     values = {**{k: v for k, v in missing if k not in values}, **values}
     names = tuple(values)
-    key = (id(database.obj), model, names, "insert")
+    key = (database.obj.param, model, names, "insert")
     compiled = _cache.get(key)
     if compiled is None:
         columns = ", ".join(_quote(fields[n].column_name) for n in names)
@@ -105,7 +108,7 @@ def insert(model, values: dict):
 
 def execute(sql: str, params: tuple | list = ()):
     """Run a hand-written statement (``?`` placeholders); returns the cursor."""
-    key = (id(database.obj), sql)
+    key = (database.obj.param, sql)
     compiled = _cache.get(key)
     if compiled is None:
         compiled = _cache[key] = _Compiled(sql.replace("?", database.obj.param), (), ())
