@@ -326,9 +326,14 @@ def _add_mock_tools(server: contract.Server, world) -> None:
     ) -> results.Delivered:
         """MOCK MODE ONLY: deliver a message from outside (as if it came in over SMTP) to inboxes
         of this mock world, e.g. the verification mail a website would send."""
-        ids = await anyio.to_thread.run_sync(
-            lambda: world.deliver(to, subject=subject, text=text, html=html, sender=sender, sender_name=sender_name)
-        )
+        from postern.core.mail.mime import MailRejected
+
+        try:
+            ids = await anyio.to_thread.run_sync(
+                lambda: world.deliver(to, subject=subject, text=text, html=html, sender=sender, sender_name=sender_name)
+            )
+        except MailRejected as exc:
+            raise ToolError(f"{exc.code}: {exc} | fix: send to an address create_inbox returned") from None
         return {"message_ids": ids}
 
 
