@@ -269,8 +269,15 @@ def test_argument_errors_read_like_every_other_error(world):
             assert "missing required argument 'inbox_id'" in texts["missing required"]
             assert "takes no argument 'inbox'" in texts["unknown argument"]
             assert "limit: input should be less than or equal to 100" in texts["out of range"]
-            # The API's own errors and an unknown tool read the same way.
-            for tool, args in [("get_message", {"inbox_id": inbox_id, "message_id": "msg_nope"}), ("nope", {})]:
+            # The API's own errors (any code, with or without a hint of its own) and an
+            # unknown tool read the same way.
+            for tool, args in [
+                ("get_message", {"inbox_id": inbox_id, "message_id": "msg_nope"}),
+                ("create_inbox", {"username": "bad name!"}),
+                ("list_messages", {"inbox_id": inbox_id, "page_token": "garbage"}),
+                ("redeem_enrollment", {"enrollment_token": "pk_enroll_nope", "agent_handle": "x"}),
+                ("nope", {}),
+            ]:
                 result = await client.call_tool(tool, args)
                 assert result.is_error and ERROR.match(result.content[0].text), result.content[0].text
                 assert not result.content[0].text.startswith("Error executing tool")

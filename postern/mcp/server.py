@@ -53,7 +53,18 @@ HINTS = {
     "rate_limited": "wait for retry_after seconds, then call again",
     "unavailable": "Postern is briefly unavailable: call again shortly",
     "gone": "the link was used or expired: ask for a new one",
+    "address_taken": "choose another username, or omit it for a random one",
+    # By error class, for codes without a hint of their own: every error names a fix.
+    "invalidrequest": "correct the request as the message says and call again",
+    "authenticationfailed": "ask the human for a new enrollment key",
+    "permissiondenied": "this key may not do that: ask the human for an enrollment key that allows it",
+    "notfound": "check the ids with list_inboxes / list_messages",
+    "conflict": "the state changed: read it again, then retry",
+    "paymentrequired": "the tenant's plan does not cover this: ask the human",
+    "ratelimited": "wait, then call again",
+    "connectionfailed": "Postern could not be reached: call again shortly",
 }
+FALLBACK_HINT = "call again; if it persists, tell the human the error code"
 
 
 class Clients:
@@ -86,14 +97,17 @@ class Clients:
 
 def tool_error(exc: Exception) -> ToolError:
     if isinstance(exc, errors.PosternError):
-        hint = HINTS.get(exc.code) or HINTS.get(type(exc).__name__.lower(), "")
+        hint = HINTS.get(exc.code) or HINTS.get(type(exc).__name__.lower(), FALLBACK_HINT)
         if exc.retry_after:
             hint = f"{hint} (retry_after={exc.retry_after:g}s)".strip()
-        return ToolError(f"{exc.code}: {exc.message}" + (f" | fix: {hint}" if hint else ""))
+        code = exc.code or ("connection_failed" if isinstance(exc, errors.ConnectionFailed) else "error")
+        return ToolError(f"{code}: {exc.message} | fix: {hint}")
     if isinstance(exc, NoKey):
-        return ToolError(f"missing_key: {exc}")
+        # Its text is "<what is missing>: <what to do>".
+        message, _, hint = str(exc).partition(": ")
+        return ToolError(f"missing_key: {message} | fix: {hint or HINTS['missing_key']}")
     if isinstance(exc, AdminKeyRefused):
-        return ToolError(f"admin_key_refused: {exc}")
+        return ToolError(f"admin_key_refused: this is an org admin key | fix: {str(exc).partition('. ')[2]}")
     return ToolError(f"{type(exc).__name__}: {exc}")
 
 
