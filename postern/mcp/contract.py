@@ -43,6 +43,8 @@ ANNOTATIONS: dict[str, ToolAnnotations] = {
     "get_thread": _hints("Read a conversation", read_only=True, idempotent=True),
     "get_attachment_link": _hints("Get an attachment download link", read_only=False, idempotent=False),
     "wait_for_email": _hints("Wait for new email", read_only=True, idempotent=False),
+    # Planned in issue 19 (item 3); here so that tool registers when it lands.
+    "wait_for_code": _hints("Wait for a verification code", read_only=True, idempotent=False),
     "mock_deliver_email": _hints("Deliver outside mail (mock mode)", read_only=False, idempotent=False),
 }
 
