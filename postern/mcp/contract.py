@@ -61,8 +61,12 @@ class Server(MCPServer):
                 raise LookupError(f"tool {name!r} has no behaviour hints: add it to postern.mcp.contract.ANNOTATIONS")
             annotations = ANNOTATIONS[name]
         super().add_tool(fn, name, *args, annotations=annotations, **kwargs)
+        tool = self._tool_manager.get_tool(name)
         # Published, so hosts that check arguments before calling catch unknown ones too.
-        self._tool_manager.get_tool(name).parameters["additionalProperties"] = False
+        tool.parameters["additionalProperties"] = False
+        # The model reads every schema with each tools/list: keep them short.
+        for schema in (tool.parameters, tool.fn_metadata.output_schema):
+            _drop_titles(schema)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context=None):
         tool = self._tool_manager.get_tool(name)
@@ -82,6 +86,19 @@ class Server(MCPServer):
                 raise ToolError(argument_error(tool, exc.__cause__)) from exc.__cause__
             # The SDK prefixes "Error executing tool <name>: "; the message is ours already.
             raise ToolError(str(exc).removeprefix(f"Error executing tool {name}: ")) from exc.__cause__
+
+
+def _drop_titles(schema) -> None:
+    """Drop pydantic's titles ("Inbox Id" for inbox_id): they only repeat the names.
+    (``anyOf`` with ``null`` stays: some hosts refuse a list of types.)"""
+    if isinstance(schema, dict):
+        if isinstance(schema.get("title"), str):  # a property named "title" is a dict
+            del schema["title"]
+        for value in schema.values():
+            _drop_titles(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _drop_titles(value)
 
 
 def argument_error(tool, exc: ValidationError) -> str:
