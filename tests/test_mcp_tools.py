@@ -29,6 +29,7 @@ from postern.client import Postern
 from postern.core.mail.ingest import ingest
 from postern.core.runtime import build_postern
 from postern.mcp import server as mcp_server
+from postern.mcp.contract import ANNOTATIONS
 from postern.testing.inprocess import InProcessTransport
 
 live = test_mcp.live  # the real `postern serve` with its MCP service, shared with test_mcp
@@ -118,6 +119,18 @@ def test_rest_and_mcp_wait_bounds_are_documented_together():
     assert mcp_server.MAX_WAIT < 60 < rest_messages.MAX_WAIT
     doc = DOCS.read_text()
     assert f"**{mcp_server.MAX_WAIT} s**" in doc and f"{rest_messages.MAX_WAIT} s" in doc
+
+
+def test_the_hints_table_in_the_docs_matches_the_tools():
+    doc = DOCS.read_text()
+    table = doc[doc.index("| tool | readOnly | destructive | idempotent | openWorld |") :].split("\n\n", 1)[0]
+    documented = {}
+    for row in table.splitlines()[2:]:
+        tools, *cells = [c.strip() for c in row.strip("|").split("|")]
+        flags = tuple(c.lstrip("*").startswith("yes") for c in cells)
+        documented.update({name: flags for name in re.findall(r"`(\w+)`", tools)})
+    actual = {name: tuple(getattr(a, h) for h in HINTS) for name, a in ANNOTATIONS.items() if name != "wait_for_code"}
+    assert documented == actual
 
 
 # -- in process: the real app on the test database, its REST requests recorded ---------

@@ -27,9 +27,11 @@ def _hints(title: str, *, read_only: bool, destructive: bool = False, idempotent
 
 
 #: Per tool. Nothing here deletes (destructive is false throughout). Reads are
-#: idempotent, except wait_for_email, whose answer moves on with its cursor. Minting
-#: (keys, inboxes, download links) and sending are not: each call makes a new one.
-#: Only sends reach beyond this Postern (open world): mail leaves for any address.
+#: read-only and idempotent, except wait_for_email, whose answer moves on with its
+#: cursor, and get_attachment_link, which mints a new single-use link each call (and
+#: changes no mail, so it stays read-only, like get_message, which mints them too).
+#: Minting keys and inboxes and sending are not read-only, and each call makes a new
+#: one. Only sends reach beyond this Postern (open world): mail leaves for any address.
 ANNOTATIONS: dict[str, ToolAnnotations] = {
     "redeem_enrollment": _hints("Redeem an enrollment key", read_only=False, idempotent=False),
     "whoami": _hints("Who am I", read_only=True, idempotent=True),
@@ -41,7 +43,7 @@ ANNOTATIONS: dict[str, ToolAnnotations] = {
     "reply_to_email": _hints("Reply to an email", read_only=False, idempotent=False, open_world=True),
     "list_threads": _hints("List conversations", read_only=True, idempotent=True),
     "get_thread": _hints("Read a conversation", read_only=True, idempotent=True),
-    "get_attachment_link": _hints("Get an attachment download link", read_only=False, idempotent=False),
+    "get_attachment_link": _hints("Get an attachment download link", read_only=True, idempotent=False),
     "wait_for_email": _hints("Wait for new email", read_only=True, idempotent=False),
     # Planned in issue 19 (item 3); here so that tool registers when it lands.
     "wait_for_code": _hints("Wait for a verification code", read_only=True, idempotent=False),
