@@ -103,6 +103,9 @@ def test_every_tool_has_hints_and_an_output_schema_its_real_answers_validate_aga
             out = {"to": ["bob@example.org"], "cc": ["cc@example.org"], "subject": "s", "text": "t"}
             await use("send_email", inbox_id=inbox["id"], **out)
             await use("reply_to_email", inbox_id=inbox["id"], message_id=first["id"], text="thanks")
+            # Over streamable HTTP too, a bad argument reads like any other error.
+            failed, text = await call(client, "list_messages", inbox_id=inbox["id"], limit="many", extra=1)
+            assert failed and ERROR.match(text) and text.startswith("invalid_argument: list_messages takes no")
         async with http(live.mcp_url, mode="legacy") as session:  # redeeming keeps a key per session
             tools = {t.name: t for t in (await session.list_tools()).tools}
             result = await session.call_tool(
