@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
 import httpx
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from postern import __version__
 from postern.client import Postern, bootstrap, errors
 from postern.client.client import mock_requested
-from postern.mcp import shape
+from postern.mcp import contract, results, shape
 from postern.mcp.keys import AdminKeyRefused, KeyRing, NoKey, is_admin_key
 
 log = logging.getLogger("postern.mcp")
@@ -53,7 +53,18 @@ HINTS = {
     "rate_limited": "wait for retry_after seconds, then call again",
     "unavailable": "Postern is briefly unavailable: call again shortly",
     "gone": "the link was used or expired: ask for a new one",
+    "address_taken": "choose another username, or omit it for a random one",
+    # By error class, for codes without a hint of their own: every error names a fix.
+    "invalidrequest": "correct the request as the message says and call again",
+    "authenticationfailed": "ask the human for a new enrollment key",
+    "permissiondenied": "this key may not do that: ask the human for an enrollment key that allows it",
+    "notfound": "check the ids with list_inboxes / list_messages",
+    "conflict": "the state changed: read it again, then retry",
+    "paymentrequired": "the tenant's plan does not cover this: ask the human",
+    "ratelimited": "wait, then call again",
+    "connectionfailed": "Postern could not be reached: call again shortly",
 }
+FALLBACK_HINT = "call again; if it persists, tell the human the error code"
 
 
 class Clients:
@@ -86,18 +97,21 @@ class Clients:
 
 def tool_error(exc: Exception) -> ToolError:
     if isinstance(exc, errors.PosternError):
-        hint = HINTS.get(exc.code) or HINTS.get(type(exc).__name__.lower(), "")
+        hint = HINTS.get(exc.code) or HINTS.get(type(exc).__name__.lower(), FALLBACK_HINT)
         if exc.retry_after:
             hint = f"{hint} (retry_after={exc.retry_after:g}s)".strip()
-        return ToolError(f"{exc.code}: {exc.message}" + (f" | fix: {hint}" if hint else ""))
+        code = exc.code or ("connection_failed" if isinstance(exc, errors.ConnectionFailed) else "error")
+        return ToolError(f"{code}: {exc.message} | fix: {hint}")
     if isinstance(exc, NoKey):
-        return ToolError(f"missing_key: {exc}")
+        # Its text is "<what is missing>: <what to do>".
+        message, _, hint = str(exc).partition(": ")
+        return ToolError(f"missing_key: {message} | fix: {hint or HINTS['missing_key']}")
     if isinstance(exc, AdminKeyRefused):
-        return ToolError(f"admin_key_refused: {exc}")
+        return ToolError(f"admin_key_refused: this is an org admin key | fix: {str(exc).partition('. ')[2]}")
     return ToolError(f"{type(exc).__name__}: {exc}")
 
 
-def build_server(*, api_key: str | None = None, base_url: str | None = None) -> MCPServer:
+def build_server(*, api_key: str | None = None, base_url: str | None = None) -> contract.Server:
     """The MCP server. ``api_key``/``base_url`` default like the SDK's: the environment."""
     import os
 
@@ -117,7 +131,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
     # Request lines would only repeat what the API's own log holds; keep stderr for problems.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     clients = Clients(base_url, transport)
-    server = MCPServer("postern", instructions=INSTRUCTIONS, version=__version__)
+    server = contract.Server("postern", instructions=INSTRUCTIONS, version=__version__)
     server.postern_clients = clients
     server.postern_waits = WaitCounter()
 
@@ -134,7 +148,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         enrollment_token: Annotated[str, Field(description="the pk_enroll_… key a human gave you")],
         agent_handle: Annotated[str, Field(description="a name for yourself, e.g. support-bot")],
         ctx: Context,
-    ) -> dict[str, Any]:
+    ) -> results.Enrollment:
         """Redeem an enrollment key for your own agent key, kept by this server for every later call
         (the key itself is never shown to you)."""
         if is_admin_key(enrollment_token):
@@ -160,7 +174,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         }
 
     @server.tool()
-    async def whoami(ctx: Context) -> dict[str, Any]:
+    async def whoami(ctx: Context) -> results.Identity:
         """Which agent you are: scopes, domains you may use, mailbox quota and key expiry."""
         me = await call(ctx, lambda c: c.me())
         return {
@@ -181,7 +195,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         display_name: str | None = None,
         domain: Annotated[str | None, Field(description="one of whoami's domains; default the first")] = None,
         client_id: Annotated[str | None, Field(description="idempotency: the same id returns the same inbox")] = None,
-    ) -> dict[str, Any]:
+    ) -> results.Inbox:
         """Create an email inbox you own; returns its id and address."""
         made = await call(
             ctx,
@@ -192,7 +206,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
     @server.tool()
     async def list_inboxes(
         ctx: Context, limit: Annotated[int, Field(ge=1, le=100)] = 50, page_token: str | None = None
-    ) -> dict[str, Any]:
+    ) -> results.InboxPage:
         """Your inboxes."""
         page = await call(ctx, lambda c: c.inboxes.page(limit=limit, page_token=page_token))
         return {"inboxes": [shape.inbox(i) for i in page.items], "next_page_token": page.next_page_token}
@@ -204,8 +218,8 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         page_token: str | None = None,
         thread_id: str | None = None,
-        direction: Annotated[str | None, Field(description="inbound or outbound")] = None,
-    ) -> dict[str, Any]:
+        direction: Annotated[Literal["inbound", "outbound"] | None, Field(description="only this direction")] = None,
+    ) -> results.MessagePage:
         """Messages in an inbox, newest first, in lean form (id, from, subject, snippet, received_at)."""
         page = await call(
             ctx,
@@ -224,7 +238,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         message_id: str,
         max_length: Annotated[int, Field(ge=1, le=1_000_000, description="trim bodies to this many characters")] = 4000,
         include_html: bool = False,
-    ) -> dict[str, Any]:
+    ) -> results.MessageDetail:
         """One message: headers, text body (HTML only if asked), attachments with download links."""
 
         def read(c: Postern):
@@ -250,7 +264,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         html: str | None = None,
         cc: list[str] | None = None,
         bcc: list[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> results.Sent:
         """Send an email from one of your inboxes."""
         message = await call(
             ctx, lambda c: c.messages.send(inbox_id, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html)
@@ -265,7 +279,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         text: str,
         html: str | None = None,
         reply_all: bool = False,
-    ) -> dict[str, Any]:
+    ) -> results.Sent:
         """Reply in the same thread (Re:, In-Reply-To, References set for you)."""
         message = await call(
             ctx, lambda c: c.messages.reply(inbox_id, message_id, text=text, html=html, reply_all=reply_all)
@@ -275,7 +289,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
     @server.tool()
     async def list_threads(
         ctx: Context, inbox_id: str, limit: Annotated[int, Field(ge=1, le=100)] = 20, page_token: str | None = None
-    ) -> dict[str, Any]:
+    ) -> results.ThreadPage:
         """Conversations in an inbox, most recently active first."""
         page = await call(ctx, lambda c: c.threads.page(inbox_id, limit=limit, page_token=page_token))
         return shape.untrusted(
@@ -283,14 +297,14 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         )
 
     @server.tool()
-    async def get_thread(ctx: Context, inbox_id: str, thread_id: str) -> dict[str, Any]:
+    async def get_thread(ctx: Context, inbox_id: str, thread_id: str) -> results.ThreadDetail:
         """A conversation with its messages in order (lean form; open one with get_message)."""
         thread = await call(ctx, lambda c: c.threads.get(inbox_id, thread_id))
         messages = [shape.message_summary(m) for m in thread.messages]
         return shape.untrusted({**shape.thread_summary(thread), "messages": messages})
 
     @server.tool()
-    async def get_attachment_link(ctx: Context, inbox_id: str, message_id: str, attachment_id: str) -> dict[str, Any]:
+    async def get_attachment_link(ctx: Context, inbox_id: str, message_id: str, attachment_id: str) -> results.Link:
         """A signed download link for one attachment: single use, expires in minutes."""
         link = await call(ctx, lambda c: c.messages.attachment_link(inbox_id, message_id, attachment_id))
         return {"url": link.url, "expires_at": link.expires_at.isoformat() if link.expires_at else None}
@@ -301,13 +315,40 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         inbox_id: str,
         timeout: Annotated[int, Field(ge=0, le=MAX_WAIT, description=f"seconds, at most {MAX_WAIT}")] = 30,
         cursor: Annotated[str | None, Field(description="the cursor a previous call returned")] = None,
-    ) -> dict[str, Any]:
+    ) -> results.WaitResult:
         """Block until new mail arrives in the inbox (or timeout). Always pass the returned cursor
         to the next call: mail that arrives between calls is returned then, never missed."""
         with server.postern_waits:
             return await _wait(ctx, call, inbox_id, timeout, cursor)
 
+    if transport is not None:
+        _add_mock_tools(server, world)
     return server
+
+
+def _add_mock_tools(server: contract.Server, world) -> None:
+    """Tools that exist only in mock mode, where no one outside can write to an inbox."""
+
+    @server.tool()
+    async def mock_deliver_email(
+        to: Annotated[list[str], Field(description="addresses of inboxes in this mock world")],
+        subject: str = "",
+        text: str = "",
+        html: str | None = None,
+        sender: Annotated[str, Field(description="envelope and From address")] = "someone@example.org",
+        sender_name: str = "",
+    ) -> results.Delivered:
+        """MOCK MODE ONLY: deliver a message from outside (as if it came in over SMTP) to inboxes
+        of this mock world, e.g. the verification mail a website would send."""
+        from postern.core.mail.mime import MailRejected
+
+        try:
+            ids = await anyio.to_thread.run_sync(
+                lambda: world.deliver(to, subject=subject, text=text, html=html, sender=sender, sender_name=sender_name)
+            )
+        except MailRejected as exc:
+            raise ToolError(f"{exc.code}: {exc} | fix: send to an address create_inbox returned") from None
+        return {"message_ids": ids}
 
 
 async def _wait(ctx: Context, call, inbox_id: str, timeout: int, cursor: str | None) -> dict[str, Any]:

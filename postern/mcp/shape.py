@@ -17,7 +17,17 @@ NOTICE = (
 )
 
 
+#: Result keys that list mail; when all of them are empty the result carries no mail.
+MAIL_LISTS = ("messages", "threads")
+
+
 def untrusted(result: dict) -> dict:
+    """``result`` with the notice in front, unless it carries no mail at all (an empty
+    listing or a wait that timed out): a warning about nothing only teaches models to
+    skip it."""
+    lists = [result[key] for key in MAIL_LISTS if key in result]
+    if lists and not any(lists) and "subject" not in result:
+        return result
     return {"notice": NOTICE, **result}
 
 

@@ -1,0 +1,156 @@
+"""What each MCP tool answers, as types: the SDK publishes them as the tool's
+``outputSchema`` and checks every structured result against them.
+
+Every type allows keys beyond those listed (``extra="allow"``): a field added to a
+result in ``shape`` reaches the model even before it is named here, and the published
+schema says so (``additionalProperties: true``). Name it here when you add one.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
+OPEN = ConfigDict(extra="allow")
+
+
+def _open(cls):
+    return with_config(OPEN)(cls)
+
+
+@_open
+class Enrollment(TypedDict):
+    agent_id: str
+    agent_handle: str
+    key_prefix: str
+    scopes: list[str]
+    mailboxes_used: int
+    mailboxes_max: int | None
+    expires_at: str | None
+
+
+@_open
+class Identity(Enrollment):
+    domains: list[str]
+
+
+@_open
+class Inbox(TypedDict):
+    id: str
+    address: str
+    display_name: str | None
+    created_at: str | None
+
+
+@_open
+class InboxPage(TypedDict):
+    inboxes: list[Inbox]
+    next_page_token: str | None
+
+
+# "from" is a keyword: the functional form is the only way to name that key.
+MessageSummary = _open(
+    TypedDict(
+        "MessageSummary",
+        {
+            "id": str,
+            "thread_id": str | None,
+            "direction": str,
+            "from": str,
+            "subject": str | None,
+            "snippet": NotRequired[str | None],
+            "received_at": str | None,
+            "attachment_count": int,
+        },
+    )
+)
+
+
+@_open
+class Link(TypedDict):
+    url: str
+    expires_at: str | None
+
+
+@_open
+class Attachment(TypedDict):
+    id: str
+    filename: str | None
+    content_type: str | None
+    size: int | None
+    inline: bool
+    download: NotRequired[Link]
+
+
+MessageDetail = _open(
+    TypedDict(
+        "MessageDetail",
+        {
+            **MessageSummary.__annotations__,
+            "notice": NotRequired[str],
+            "status": str | None,
+            "to": list[str],
+            "cc": list[str],
+            "reply_to": list[str],
+            "sent_at": str | None,
+            "text": str,
+            "truncated": bool,
+            "attachments": list[Attachment],
+            "html": NotRequired[str],
+        },
+    )
+)
+
+
+@_open
+class MessagePage(TypedDict):
+    notice: NotRequired[str]  # only when there is mail to warn about
+    messages: list[MessageSummary]
+    next_page_token: str | None
+
+
+@_open
+class Sent(TypedDict):
+    id: str
+    thread_id: str | None
+    status: str
+    to: list[str]
+    cc: list[str]
+    subject: str | None
+    error: str | None
+
+
+@_open
+class ThreadSummary(TypedDict):
+    id: str
+    subject: str | None
+    message_count: int
+    last_message_at: str | None
+
+
+@_open
+class ThreadPage(TypedDict):
+    notice: NotRequired[str]
+    threads: list[ThreadSummary]
+    next_page_token: str | None
+
+
+@_open
+class ThreadDetail(ThreadSummary):
+    notice: NotRequired[str]
+    messages: list[MessageSummary]
+
+
+@_open
+class WaitResult(TypedDict):
+    notice: NotRequired[str]
+    messages: list[MessageSummary]
+    cursor: str
+    timed_out: bool
+
+
+@_open
+class Delivered(TypedDict):
+    message_ids: list[str]
