@@ -9,6 +9,7 @@ import click
 import postern
 from postern.cli import admin, context, dns, install, serve
 from postern.core.config import load_config
+from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
 
 
@@ -54,7 +55,7 @@ def _add_plugin_commands() -> None:
     try:
         config = load_config(_config_path_from_argv())
         pm = get_plugin_manager(disabled=config.plugins.disabled, modules=config.plugins.modules)
-    except context.REPORTED:
+    except PosternError:
         pm = get_plugin_manager()
     pm.hook.postern_register_commands(cli=cli)
 
@@ -75,7 +76,7 @@ def main() -> None:
     restrict_new_files()
     try:
         _add_plugin_commands()
-    except context.REPORTED as exc:
-        click.echo(f"Error: {exc}", err=True)
+    except PosternError as exc:
+        click.echo(f"Error: {exc.message}", err=True)
         sys.exit(1)
     cli(prog_name="postern")

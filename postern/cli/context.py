@@ -23,26 +23,10 @@ from typing import TypeVar
 import click
 import peewee
 
-from postern.core.config import ConfigError
-from postern.core.db import DatabaseConfigError
 from postern.core.errors import PosternError
-from postern.core.migrations import SchemaError
-from postern.core.plugins import PluginError
 from postern.core.principal import RequestInfo
-from postern.core.registry import RegistryError, UnknownBackendError
 
 T = TypeVar("T")
-
-# Errors the CLI reports as one clean line instead of a traceback.
-REPORTED = (
-    ConfigError,
-    DatabaseConfigError,
-    SchemaError,
-    PluginError,
-    RegistryError,
-    UnknownBackendError,
-    PosternError,
-)
 
 #: Who a command acts as in the audit log: the local operator at the command line.
 INFO = RequestInfo(request_id=None, client_addr="cli")
@@ -62,8 +46,8 @@ def click_error(exc: BaseException) -> click.ClickException | None:
     argument, a setup to fix, a backend that failed. A database the command cannot use
     is explained by what to do (postern/core/dberrors.py), not by the driver's traceback.
     """
-    if isinstance(exc, REPORTED):
-        return click.ClickException(str(exc))
+    if isinstance(exc, PosternError):
+        return click.ClickException(exc.message)
     if isinstance(exc, (peewee.DatabaseError, peewee.InterfaceError)):
         from postern.core.db import database
         from postern.core.dberrors import explain
