@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from postern.cli import context
+from postern.core.backends import ROLES
 from postern.core.config import load_config
 from postern.core.filemodes import tighten_data_dir
 from postern.core.logs import configure_logging
@@ -65,7 +66,8 @@ def upgrade(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins(ctx, as_json):
-    """Installed plugins, their hooks, and the backend active for each role.
+    """Installed plugins, their hooks, and the backend active for each role (with
+    each backend's one-line description).
 
     A backend whose options are wrong is listed with its error, and the command
     then exits 1: the listing is what an operator needs to fix the config.
@@ -83,19 +85,30 @@ def plugins(ctx, as_json):
             "configured": s.explicit,
             "available": s.available,
             "plugin": s.plugin,
+            "description": p.registry.get(s.role, s.backend).factory.description if s.available else None,
             "choices": p.registry.names(s.role),
             "error": problems.get(s.role),
         }
         for s in p.role_status()
     ]
     if as_json:
-        click.echo(json.dumps({"plugins": installed, "roles": roles}, indent=2))
+        backends = [_backend_json(p.registry.get(role, name)) for role in ROLES for name in p.registry.names(role)]
+        click.echo(json.dumps({"plugins": installed, "roles": roles, "backends": backends}, indent=2))
     else:
         _print_plugins(installed, roles)
     if problems:
         raise click.ClickException(
             f"{len(problems)} backend(s) cannot start ({', '.join(problems)}): `postern serve` would refuse to run"
         )
+
+
+def _backend_json(registration) -> dict:
+    return {
+        "role": registration.role,
+        "name": registration.name,
+        "plugin": registration.plugin,
+        "description": registration.factory.description,
+    }
 
 
 def _print_plugins(installed: list[dict], roles: list[dict]) -> None:
@@ -113,3 +126,5 @@ def _print_plugins(installed: list[dict], roles: list[dict]) -> None:
             status = "NOT AVAILABLE: no installed plugin provides it yet"
         origin = "configured" if row["configured"] else "default"
         click.echo(f"  {row['role']:8} {row['backend']:12} {origin:10} {status}")
+        if row["description"]:
+            click.echo(f"  {'':8} {row['description']}")
