@@ -45,6 +45,7 @@ def test_plugins_json(run):
         "configured": False,
         "available": True,
         "plugin": "billing_free",
+        "description": "no metering: every action is allowed",
         "choices": ["free"],
         "error": None,
     }
@@ -62,6 +63,34 @@ def test_plugins_json(run):
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"
     assert roles["receive"]["choices"] == ["smtp_local", "wildduck"]
     assert roles["send"]["available"] is True and roles["send"]["plugin"] == "smtp_local"
+
+
+def test_plugins_describes_each_backend(run, monkeypatch):
+    """Backend.description: under the active backend of each role, and in --json for the
+    role and for every installed backend, active or not."""
+    from postern.plugins.wildduck.receiver import WildDuckReceiver
+
+    lines = run("plugins").output.splitlines()
+    at = lines.index("  billing  free         default    active (from billing_free)")
+    assert lines[at + 1] == "           no metering: every action is allowed"
+    at = lines.index("  receive  smtp_local   default    active (from smtp_local)")
+    assert lines[at + 1] == "           SMTP listener (aiosmtpd); inboxes stored in Postern's database"
+
+    data = json.loads(run("plugins", "--json").output)
+    assert all(row["description"] for row in data["roles"])
+    backends = {(b["role"], b["name"]): b for b in data["backends"]}
+    assert backends["receive", "wildduck"] == {
+        "role": "receive",
+        "name": "wildduck",
+        "plugin": "wildduck",
+        "description": WildDuckReceiver.description,
+    }
+    assert WildDuckReceiver.description and all(b["description"] for b in data["backends"])
+    assert {role for role, _ in backends} == {"send", "receive", "dns", "billing"}
+
+    monkeypatch.setenv("POSTERN_DNS_BACKEND", "nosuch")  # no backend, so no description
+    roles = {r["role"]: r for r in json.loads(run("plugins", "--json").stdout)["roles"]}
+    assert roles["dns"]["available"] is False and roles["dns"]["description"] is None
 
 
 def test_init_writes_config_and_database(run, tmp_path, monkeypatch):

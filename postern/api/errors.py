@@ -1,7 +1,9 @@
 """One error envelope for every failure: ``{"error": {type, code, message, request_id}}``.
 
-Domain code raises ``ApiError`` (or a falcon ``HTTPError``); everything else becomes
-a logged 500 whose body says nothing about the cause.
+Code raises a ``PosternError`` (postern/core/errors.py; ``ApiError`` is the request error
+of the HTTP layer itself), which ``handle_domain_error`` turns into its status and code;
+falcon's own ``HTTPError``s go through ``serialize_error``. A setup error and anything
+unexpected become a logged 500 whose body says nothing about the cause.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import falcon
 
 from postern.core.db import FAULT_FULL, FAULT_UNAVAILABLE, database_fault
+from postern.core.errors import RequestError, SetupError
 
 log = logging.getLogger("postern.api")
 
@@ -42,12 +45,12 @@ FALCON_CODES = {
 }
 
 
-class ApiError(falcon.HTTPError):
-    """An error the API reports to its caller with a stable ``code``."""
+class ApiError(RequestError):
+    """A request the HTTP layer refuses (its body, its path) with any 4xx ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict | None = None):
-        super().__init__(falcon.code_to_http_status(status), title=code, description=message, headers=headers)
-        self.error_code = code
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message, code=code)
+        self.status = status
 
 
 def error_type(status: int) -> str:
@@ -61,7 +64,7 @@ def envelope(status: int, code: str, message: str, request_id: str | None) -> di
 def serialize_error(req, resp, exc: falcon.HTTPError) -> None:
     """falcon's error serializer: every HTTPError, ours or falcon's, as the envelope."""
     status = exc.status_code
-    code = getattr(exc, "error_code", None) or FALCON_CODES.get(status) or f"http_{status}"
+    code = FALCON_CODES.get(status) or f"http_{status}"
     message = exc.description or exc.title or falcon.code_to_http_status(status)
     if isinstance(exc, falcon.MediaMalformedError):
         code, message = "malformed_json", "request body is not valid JSON"
@@ -82,9 +85,19 @@ async def handle_unexpected(req, resp, exc, params) -> None:
     resp.media = envelope(500, "internal_error", "internal error; quote the request id when reporting it", request_id)
 
 
+#: What a caller is told of a setup error; the operator reads the cause in the log.
+SETUP_MESSAGE = "the server cannot do this until its operator fixes its setup; quote the request id"
+
+
 async def handle_domain_error(req, resp, exc, params) -> None:
-    """A ``PosternError`` from the core: its status and code, as the envelope."""
-    body = envelope(exc.status, exc.code, exc.message, getattr(req.context, "request_id", None))
+    """Every ``PosternError``: a request error or a backend's failure with its status
+    and code (and ``Retry-After`` when known); a setup error as a logged 500 without
+    its details, which name the server's configuration."""
+    request_id = getattr(req.context, "request_id", None)
+    if isinstance(exc, SetupError):
+        log.error("%s %s (request %s): %s: %s", req.method, req.path, request_id, type(exc).__name__, exc.message)
+        exc = SetupError(SETUP_MESSAGE, code="setup_error")
+    body = envelope(exc.status, exc.code, exc.message, request_id)
     if exc.field:
         body["error"]["field"] = exc.field
     resp.status = falcon.code_to_http_status(exc.status)

@@ -13,28 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# Re-exported: backends raise these, and plugins import them from here.
+from postern.core.errors import BackendError, PermanentFailure, TemporaryFailure  # noqa: F401
+
 ROLES = ("send", "receive", "dns", "billing")
-
-
-class BackendError(Exception):
-    """Base class of every failure a backend reports."""
-
-
-class TemporaryFailure(BackendError):
-    """The operation may succeed later; the core retries, honouring ``retry_after``."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str = "temporary"):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.code = code
-
-
-class PermanentFailure(BackendError):
-    """The operation will not succeed as asked; the core reports it and stops."""
-
-    def __init__(self, message: str, *, code: str = "permanent"):
-        super().__init__(message)
-        self.code = code
 
 
 class Backend:

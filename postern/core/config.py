@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from postern.core.backends import ROLES
+from postern.core.errors import ConfigError
 
 # docs/security.md, "Reserved mailboxes", says why each is here and why business role
 # names (info, sales, support) are not.
@@ -27,11 +28,6 @@ RESERVED_LOCAL_PARTS = (
 
 DEFAULT_CONFIG_NAME = "postern.toml"
 DEFAULT_DATA_DIR = "postern-data"
-ENV_PREFIX = "POSTERN_"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the offending key."""
 
 
 class Secret(str):

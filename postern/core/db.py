@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import peewee
 from playhouse.db_url import connect, parse
 
+from postern.core.errors import SetupError
+
 database = peewee.DatabaseProxy()
 log = logging.getLogger("postern.db")
 
@@ -44,7 +46,7 @@ PG_CONNECT_DEFAULTS = {
 }
 
 
-class DatabaseConfigError(Exception):
+class DatabaseConfigError(SetupError):
     """The database URL cannot be used."""
 
 

@@ -22,6 +22,7 @@ import peewee
 
 from postern.core import zonebell
 from postern.core.db import write_transaction
+from postern.core.errors import BackendUnavailable, SetupError
 from postern.core.models import Customer, DkimKey
 
 log = logging.getLogger("postern.dkim")
@@ -34,7 +35,7 @@ SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"i
 SIGNED_HEADERS += (b"reply-to", b"mime-version", b"content-type", b"content-transfer-encoding")
 
 
-class DkimKeyUnavailable(Exception):
+class DkimKeyUnavailable(SetupError):
     """The private key cannot be opened (wrong or missing key-encryption key)."""
 
 
@@ -145,7 +146,6 @@ def sign_as(postern, sender: str, raw: bytes) -> bytes:
     Unchanged when the sender is in no tenant zone, or when a plugin publishes its
     own DKIM records for the domain (its backend signs). Raises ``DkimKeyUnavailable``.
     """
-    from postern.core.runtime import BackendUnavailable
     from postern.core.zones import customer_of, settings_of, zone_apex
 
     base = postern.config.mail.domain

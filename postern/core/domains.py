@@ -16,11 +16,10 @@ from postern.core import audit
 from postern.core.backends import DnsRecord
 from postern.core.db import write_transaction
 from postern.core.enrollment import allowed_domains
-from postern.core.errors import NotFound, Unavailable
+from postern.core.errors import BackendError, BackendUnavailable, NotFound, Unavailable
 from postern.core.models import Customer, DomainCheck, EnrollmentKey, utcnow
 from postern.core.names import InvalidName, normalise_domain
 from postern.core.principal import Principal, RequestInfo
-from postern.core.runtime import BackendUnavailable
 from postern.core.webhooks import events as webhook_events
 from postern.core.zones import Zone, ZoneSettings, build_zone, delegation, settings_of, tenant_zones, zone_apex
 
@@ -32,7 +31,7 @@ LOOKUP_LIFETIME = 4.0
 RESOLVER_RETRY_AFTER = 30
 
 
-class ResolverUnreachable(Exception):
+class ResolverUnreachable(BackendError):
     """No resolver answered at all (silence, a closed port, a refused connection): the
     check learned nothing about the domain. A resolver that answers SERVFAIL or REFUSED
     has answered, and that answer is the check's outcome."""

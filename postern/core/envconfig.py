@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from postern.core.backends import ROLES
-from postern.core.config import ENV_PREFIX, ConfigError
+from postern.core.errors import ConfigError
+
+ENV_PREFIX = "POSTERN_"
 
 #: ``POSTERN_*`` variables that are not config overrides, and who reads them.
 RESERVED = {

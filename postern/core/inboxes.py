@@ -14,6 +14,7 @@ from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
 from postern.core.db import write_transaction
 from postern.core.enrollment import allowed_domains, get_agent
 from postern.core.errors import (
+    BackendUnavailable,
     Conflict,
     InvalidInput,
     NotFound,
@@ -29,7 +30,6 @@ from postern.core.names import InvalidName, normalise_domain, normalise_local_pa
 from postern.core.pagination import Page, paginate, parse_limit
 from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota
-from postern.core.runtime import BackendUnavailable
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.inboxes")

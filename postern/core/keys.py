@@ -14,6 +14,8 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
+from postern.core.errors import AuthenticationFailed
+
 KINDS = ("admin", "enroll", "agent")
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LENGTH = 43  # 256 bits in base62
@@ -21,7 +23,7 @@ CHECKSUM_LENGTH = 6
 DISPLAY_CHARS = 8
 
 
-class MalformedKey(ValueError):
+class MalformedKey(AuthenticationFailed, ValueError):
     """Not a Postern key: wrong shape, unknown kind, or a checksum that does not match."""
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 
+from postern.core.errors import InvalidInput
+
 LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 LOCAL_PART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 DOMAIN_CHARS = re.compile(r"[a-z0-9.-]+")
 HANDLE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
 
-class InvalidName(ValueError):
+class InvalidName(InvalidInput, ValueError):
     """A label, domain, local part or handle that Postern will not accept."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import pluggy
 
 from postern.core import hookspecs
+from postern.core.errors import SetupError
 
 PROJECT = "postern"
 
@@ -31,7 +32,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 )
 
 
-class PluginError(Exception):
+class PluginError(SetupError):
     """A plugin could not be loaded or implements a hook wrongly."""
 
 

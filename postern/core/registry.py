@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from postern.core.backends import BASE_CLASSES, ROLES, Backend
+from postern.core.errors import SetupError
 
 
-class RegistryError(Exception):
+class RegistryError(SetupError):
     """A plugin registered something the registry cannot accept."""
 
 
-class UnknownBackendError(LookupError):
+class UnknownBackendError(SetupError, LookupError):
     """Config asked for a backend no installed plugin provides."""
 
     def __init__(self, role: str, name: str, choices: list[str]):

@@ -9,16 +9,13 @@ import pluggy
 
 from postern.core import migrations
 from postern.core.backends import ROLES, Backend
-from postern.core.config import Config, ConfigError
+from postern.core.config import Config
 from postern.core.db import open_database
 from postern.core.envconfig import apply_backend_options
+from postern.core.errors import BackendUnavailable, ConfigError
 from postern.core.plugins import get_plugin_manager
 from postern.core.registry import BackendRegistry, UnknownBackendError
 from postern.core.services import Service
-
-
-class BackendUnavailable(LookupError):
-    """The role's default backend is not installed yet, and config chose none."""
 
 
 @dataclass(frozen=True)

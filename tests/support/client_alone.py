@@ -15,8 +15,8 @@ import sys
 ARGS = json.loads(sys.argv[1])
 sys.path[:0] = ARGS["path"]
 SERVER = (
-    "postern.core", "postern.api", "postern.plugins", "postern.mcp", "postern.cli", "postern.cli_admin",
-    "postern.cli_dns", "postern.server", "postern.supervisor", "postern.testing",
+    "postern.core", "postern.api", "postern.plugins", "postern.mcp", "postern.cli", "postern.server",
+    "postern.supervisor", "postern.testing",
     "falcon", "peewee", "gunicorn", "aiosmtpd", "dnslib", "pluggy", "psycopg2",
 )  # fmt: skip
 

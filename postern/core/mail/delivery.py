@@ -26,10 +26,10 @@ from postern.core.backends import (
     TemporaryFailure,
 )
 from postern.core.db import write_transaction
+from postern.core.errors import BackendUnavailable
 from postern.core.mail import wire
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Message, utcnow
-from postern.core.runtime import BackendUnavailable
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.outbound")

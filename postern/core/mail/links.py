@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from postern.core import audit
 from postern.core.db import write_transaction
-from postern.core.errors import NotFound, PosternError
+from postern.core.errors import NotFound, RequestError
 from postern.core.ids import well_formed
 from postern.core.mail.mime import safe_content_type, sanitize_filename
 from postern.core.mail.reading import get_message
@@ -22,7 +22,7 @@ from postern.core.models import Attachment, DownloadLink, Message, ServerSecret,
 from postern.core.principal import Principal, RequestInfo
 
 
-class LinkGone(PosternError):
+class LinkGone(RequestError):
     """A link that was used already or expired."""
 
     status = 410

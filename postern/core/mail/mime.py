@@ -16,10 +16,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from postern.core.errors import PosternError
+from postern.core.errors import RequestError
 
 
-class MailRejected(PosternError):
+class MailRejected(RequestError):
     """The message is refused for good; ``smtp_code`` is what the SMTP listener answers."""
 
     status = 422

@@ -19,9 +19,10 @@ from types import ModuleType
 import peewee
 
 from postern.core.db import database
+from postern.core.errors import SetupError
 
 
-class SchemaError(Exception):
+class SchemaError(SetupError):
     """The database schema does not match what this Postern knows."""
 
 

@@ -15,14 +15,16 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from postern.core.errors import InvalidInput
+from postern.core.errors import InvalidInput, RequestError
 from postern.core.webhooks import public_ip
 
 MAX_URL = 2000
 
 
-class DestinationRefused(Exception):
+class DestinationRefused(RequestError):
     """The URL's host is, or resolves to, an address that may not be called."""
+
+    code = "destination_refused"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from postern.core.db import database
+from postern.core.errors import SetupError
 from postern.core.models import ServerSecret
 
 PREFIX = "whsec_"
@@ -67,7 +68,7 @@ def encrypt(secret: str, webhook_id: str) -> str:
     return f"{CIPHER_VERSION}:{base64.b64encode(nonce + sealed).decode()}"
 
 
-class SecretUnreadable(Exception):
+class SecretUnreadable(SetupError):
     """A stored secret does not decrypt (wrong server key, or a row tampered with)."""
 
 

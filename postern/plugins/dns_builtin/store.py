@@ -12,6 +12,7 @@ import logging
 import peewee
 
 from postern.core.db import database
+from postern.core.errors import BackendError
 from postern.core.models import Customer
 from postern.core.zones import build_zone, zone_apex
 from postern.plugins.dns_builtin.lookup import ZoneIndex
@@ -19,7 +20,7 @@ from postern.plugins.dns_builtin.lookup import ZoneIndex
 log = logging.getLogger("postern.dns")
 
 
-class ZoneUnavailable(Exception):
+class ZoneUnavailable(BackendError):
     """The zone could not be read and no earlier copy exists (answer SERVFAIL)."""
 
 

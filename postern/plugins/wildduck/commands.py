@@ -62,13 +62,12 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def app_password(ctx, inbox_id, description, as_json):
         """Issue an IMAP password for a person to open INBOX_ID's mailbox (shown once)."""
-        from postern.cli import obtain_postern
-        from postern.cli_admin import _run
+        from postern.cli import context
 
-        postern = obtain_postern(ctx)
+        postern = context.obtain_postern(ctx)
         if postern.config.role("receive").backend != "wildduck":
             raise click.ClickException("the receive backend is not 'wildduck': there is no IMAP mailbox")
-        issued = _run(ctx, lambda: issue_app_password(postern, inbox_id, description))
+        issued = context.run(ctx, lambda: issue_app_password(postern, inbox_id, description))
         if as_json:
             click.echo(json.dumps(issued, indent=2))
             return

@@ -6,15 +6,14 @@ They act as the local operator (audited with actor ``cli``); each has ``--json``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 
 import click
 
+from postern.cli.context import INFO, emit, json_option, obtain_config, obtain_postern, run
 from postern.core import enrollment, tenancy
 from postern.core.auditlog import query_audit
-from postern.core.errors import PosternError
-from postern.core.principal import CLI, RequestInfo
+from postern.core.principal import CLI
 from postern.core.views import (
     admin_token_json,
     agent_key_json,
@@ -26,7 +25,6 @@ from postern.core.views import (
 
 DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-INFO = RequestInfo(request_id=None, client_addr="cli")
 
 
 def parse_duration(value: str) -> dt.timedelta:
@@ -37,27 +35,6 @@ def parse_duration(value: str) -> dt.timedelta:
     if seconds > 10 * 366 * 86400:
         raise click.BadParameter(f"'{value}' is longer than ten years")
     return dt.timedelta(seconds=seconds)
-
-
-def _run(ctx, fn):
-    """Open the database (checking its schema) and run ``fn``; domain errors as one line."""
-    from postern.cli import obtain_config
-    from postern.core.db import database
-    from postern.core.runtime import prepare_database
-
-    prepare_database(obtain_config(ctx))
-    try:
-        with database.connection_context():
-            return fn()
-    except PosternError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def _emit(as_json: bool, data, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group()
@@ -77,12 +54,10 @@ def customer():
 @click.pass_context
 def customer_create(ctx, label, name, as_json):
     """Create a customer."""
-    from postern.cli import obtain_config
-
     base = obtain_config(ctx).mail.domain
-    created = _run(ctx, lambda: tenancy.create_customer(CLI, INFO, label, name or label))
+    created = run(ctx, lambda: tenancy.create_customer(CLI, INFO, label, name or label))
     data = {**customer_json(created), "domain": tenancy.tenant_domain(base, created)}
-    _emit(as_json, data, f"{created.id}\t{created.label}\t{data['domain']}")
+    emit(as_json, data, f"{created.id}\t{created.label}\t{data['domain']}")
 
 
 @customer.command("list")
@@ -90,8 +65,8 @@ def customer_create(ctx, label, name, as_json):
 @click.pass_context
 def customer_list(ctx, as_json):
     """List customers."""
-    rows = _run(ctx, lambda: [customer_json(c) for c in tenancy.visible_customers(CLI)])
-    _emit(as_json, rows, "\n".join(f"{r['id']}\t{r['label']}\t{r['name']}" for r in rows))
+    rows = run(ctx, lambda: [customer_json(c) for c in tenancy.visible_customers(CLI)])
+    emit(as_json, rows, "\n".join(f"{r['id']}\t{r['label']}\t{r['name']}" for r in rows))
 
 
 @admin.group()
@@ -111,9 +86,9 @@ def token_create(ctx, customer_ref, description, as_json):
         cust = tenancy.get_customer(CLI, customer_ref) if customer_ref else None
         return tenancy.create_admin_token(CLI, INFO, cust, description)
 
-    row, plaintext = _run(ctx, mint)
+    row, plaintext = run(ctx, mint)
     data = {"id": row.id, "customer_id": row.customer_id, "key_prefix": row.key_prefix, "admin_token": plaintext}
-    _emit(as_json, data, f"{plaintext}\n(id {row.id}; shown once: store it now)")
+    emit(as_json, data, f"{plaintext}\n(id {row.id}; shown once: store it now)")
 
 
 @token.command("list")
@@ -121,11 +96,11 @@ def token_create(ctx, customer_ref, description, as_json):
 @click.pass_context
 def token_list(ctx, as_json):
     """List admin tokens (never their secrets)."""
-    rows = _run(ctx, lambda: [admin_token_json(t) for t in tenancy.visible_admin_tokens(CLI)])
+    rows = run(ctx, lambda: [admin_token_json(t) for t in tenancy.visible_admin_tokens(CLI)])
     lines = [
         f"{r['id']}\t{r['key_prefix']}…\t{r['customer_id'] or 'operator'}\t{r['revoked_at'] or 'active'}" for r in rows
     ]
-    _emit(as_json, rows, "\n".join(lines))
+    emit(as_json, rows, "\n".join(lines))
 
 
 @token.command("revoke")
@@ -134,8 +109,8 @@ def token_list(ctx, as_json):
 @click.pass_context
 def token_revoke(ctx, token_id, as_json):
     """Revoke an admin token."""
-    row = _run(ctx, lambda: tenancy.revoke_admin_token(CLI, INFO, token_id))
-    _emit(as_json, admin_token_json(row), f"revoked {row.id} ({row.key_prefix}…)")
+    row = run(ctx, lambda: tenancy.revoke_admin_token(CLI, INFO, token_id))
+    emit(as_json, admin_token_json(row), f"revoked {row.id} ({row.key_prefix}…)")
 
 
 @admin.group("enroll-key")
@@ -157,8 +132,6 @@ def enroll_key_create(
     ctx, customer_ref, scopes, max_mailboxes, expires_in, domains, max_redemptions, description, as_json
 ):
     """Mint an enrollment key. Shown once."""
-    from postern.cli import obtain_config
-
     base = obtain_config(ctx).mail.domain
     lifetime = parse_duration(expires_in)
 
@@ -177,9 +150,9 @@ def enroll_key_create(
             description=description,
         )
 
-    row, plaintext = _run(ctx, mint)
+    row, plaintext = run(ctx, mint)
     data = {**enrollment_key_json(row), "enrollment_key": plaintext}
-    _emit(as_json, data, f"{plaintext}\n(id {row.id}; expires {data['expires_at']}; shown once: store it now)")
+    emit(as_json, data, f"{plaintext}\n(id {row.id}; expires {data['expires_at']}; shown once: store it now)")
 
 
 @enroll_key.command("list")
@@ -187,13 +160,13 @@ def enroll_key_create(
 @click.pass_context
 def enroll_key_list(ctx, as_json):
     """List enrollment keys (never their secrets)."""
-    rows = _run(ctx, lambda: [enrollment_key_json(k) for k in enrollment.visible_enrollment_keys(CLI)])
+    rows = run(ctx, lambda: [enrollment_key_json(k) for k in enrollment.visible_enrollment_keys(CLI)])
     lines = [
         f"{r['id']}\t{r['key_prefix']}…\t{r['customer_id']}\t{r['mailboxes_used']}/{r['max_mailboxes']}\t"
         f"{'revoked' if r['revoked_at'] else 'expires ' + r['expires_at']}"
         for r in rows
     ]
-    _emit(as_json, rows, "\n".join(lines))
+    emit(as_json, rows, "\n".join(lines))
 
 
 @enroll_key.command("revoke")
@@ -203,8 +176,8 @@ def enroll_key_list(ctx, as_json):
 @click.pass_context
 def enroll_key_revoke(ctx, key_id, revoke_agent_keys, as_json):
     """Revoke an enrollment key: no further redemptions."""
-    count = _run(ctx, lambda: enrollment.revoke_enrollment_key(CLI, INFO, key_id, revoke_agent_keys=revoke_agent_keys))
-    _emit(
+    count = run(ctx, lambda: enrollment.revoke_enrollment_key(CLI, INFO, key_id, revoke_agent_keys=revoke_agent_keys))
+    emit(
         as_json,
         {"id": key_id, "revoked": True, "agent_keys_revoked": count},
         f"revoked {key_id}; {count} agent key(s) revoked with it",
@@ -222,8 +195,8 @@ def agent_key():
 @click.pass_context
 def agent_key_revoke(ctx, key_id, as_json):
     """Revoke one agent key; no other key is affected."""
-    row = _run(ctx, lambda: enrollment.revoke_agent_key(CLI, INFO, key_id))
-    _emit(as_json, agent_key_json(row), f"revoked {row.id} ({row.key_prefix}…)")
+    row = run(ctx, lambda: enrollment.revoke_agent_key(CLI, INFO, key_id))
+    emit(as_json, agent_key_json(row), f"revoked {row.id} ({row.key_prefix}…)")
 
 
 @admin.group()
@@ -240,15 +213,14 @@ def inbox():
 @click.pass_context
 def inbox_create(ctx, agent_id, username, domain, display_name, as_json):
     """Create an inbox for an agent, within its enrollment's quota and domains."""
-    from postern.cli import obtain_postern
     from postern.core.inboxes import create_inbox_for_agent
 
     body = {"username": username, "domain": domain, "display_name": display_name}
     postern = obtain_postern(ctx)  # the receive backend provisions the inbox, as for the API
-    row, _ = _run(
+    row, _ = run(
         ctx, lambda: create_inbox_for_agent(postern, CLI, INFO, agent_id, {k: v for k, v in body.items() if v})
     )
-    _emit(as_json, inbox_json(row), f"{row.id}\t{row.address}")
+    emit(as_json, inbox_json(row), f"{row.id}\t{row.address}")
 
 
 @admin.command("audit")
@@ -269,10 +241,10 @@ def audit_cmd(ctx, customer_ref, agent_id, action, outcome, since, limit, as_jso
         filters = {"customer_id": customer_id, "agent_id": agent_id, "action": action, "outcome": outcome}
         return [audit_json(e) for e in query_audit(CLI, {**filters, "since": since}, limit).items]
 
-    rows = _run(ctx, query)
+    rows = run(ctx, query)
     lines = [
         f"{r['at']} {r['outcome']:6} {r['action']:24} {r['actor']:9} {r['key_prefix'] or '-':20} "
         f"{r['target'] or '-'} {r['code'] or ''}"
         for r in rows
     ]
-    _emit(as_json, rows, "\n".join(lines))
+    emit(as_json, rows, "\n".join(lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from postern.cli_admin import INFO, _emit, _run, json_option
+from postern.cli.context import INFO, emit, json_option, obtain_postern, run
 from postern.core.principal import CLI
 from postern.core.views import dns_record_json, domain_json
 
@@ -20,7 +20,6 @@ def dns():
 @click.pass_context
 def dns_records(ctx, domain, as_json):
     """Print the zone holding DOMAIN (the base domain or a tenant domain) as a zone file."""
-    from postern.cli import obtain_postern
     from postern.core import zones
     from postern.core.errors import NotFound
     from postern.core.names import InvalidName, normalise_domain
@@ -38,9 +37,9 @@ def dns_records(ctx, domain, as_json):
             raise NotFound(f"Postern serves no zone holding '{domain}' (base domain: {base})")
         return zone
 
-    zone = _run(ctx, build)
+    zone = run(ctx, build)
     data = {"zone": zone.apex, "serial": zone.serial, "records": [dns_record_json(r) for r in zone.records]}
-    _emit(as_json, data, zones.zone_file(zone).rstrip("\n"))
+    emit(as_json, data, zones.zone_file(zone).rstrip("\n"))
 
 
 @dns.command("domains")
@@ -48,10 +47,9 @@ def dns_records(ctx, domain, as_json):
 @click.pass_context
 def dns_domains(ctx, as_json):
     """List every mail domain, its zone and its last check."""
-    from postern.cli import obtain_postern
     from postern.core import domains
 
     postern = obtain_postern(ctx)
-    views = _run(ctx, lambda: domains.list_domains(postern, CLI, INFO))
+    views = run(ctx, lambda: domains.list_domains(postern, CLI, INFO))
     rows = [domain_json(v) for v in views]
-    _emit(as_json, rows, "\n".join(f"{r['domain']}\t{r['zone']}\t{r['status']}" for r in rows))
+    emit(as_json, rows, "\n".join(f"{r['domain']}\t{r['zone']}\t{r['status']}" for r in rows))
