@@ -240,13 +240,9 @@ class WaitResource:
         inbox, cursor, claimant = await self.caller.as_agent(
             req, _read_scope(reading.open_wait, "message.wait"), inbox_id, req.get_param("after")
         )
-        run = self.caller.runner.run
-        claim = None
-        if claimant is not None:
-
-            async def claim(old, new):
-                return await run(cursors.claim, claimant, inbox.id, old, new)
-
+        run, claim = self.caller.runner.run, None
+        if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
+            claim = lambda old, new: run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
         gone = asyncio.Event() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
         try:
