@@ -10,6 +10,7 @@ import orjson
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.core.auth import require_scope
+from postern.core.db import GroupCommitter
 from postern.core.errors import InvalidInput
 from postern.core.mail import cursors, outbound, reading
 from postern.core.mail.messageview import view_of
@@ -230,6 +231,11 @@ class WaitResource:
         # On for a real server. Falcon's test client signals http.disconnect as soon as
         # it has sent the request, which would end every wait at once.
         self.notice_disconnects = notice_disconnects
+        # Delivery-cursor claims of waits woken together share one commit (one fsync on
+        # SQLite, and no busy-handler sleeps between writers): a burst of wakes would
+        # otherwise queue one commit each (bench/wait_latency.py --delivery-cursor).
+        self.claims = GroupCommitter()
+        caller.runner.on_shutdown(self.claims.shutdown)
 
     async def on_get(self, req, resp, inbox_id):
         timeout = req.get_param("timeout")
@@ -240,9 +246,9 @@ class WaitResource:
         inbox, cursor, claimant = await self.caller.as_agent(
             req, _read_scope(reading.open_wait, "message.wait"), inbox_id, req.get_param("after")
         )
-        run, claim = self.caller.runner.run, None
+        claim = None
         if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
-            claim = lambda old, new: run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
+            claim = lambda old, new: self.claims.run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
         gone = asyncio.Event() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
         try:
