@@ -146,7 +146,7 @@ def test_deleting_an_inbox_deletes_its_cursors(served):
     assert DeliveryCursor.select().where(DeliveryCursor.inbox == inbox.id).count() == 0
 
 
-def test_racing_claims_hand_out_every_message_exactly_once(served, db_url):
+def test_racing_claims_hand_out_every_message_exactly_once(served):
     """Threads with their own database connections play waits of one agent: read from
     the stored cursor, claim by compare-and-swap, keep what they won."""
     postern, transport = served
