@@ -23,7 +23,10 @@ doorbell right after the commit, before the 250 is written.
 The same run measures a trivial round trip as the baseline: sequential
 ``GET /healthz`` on one keep-alive connection (two small queries).
 
-    python bench/wait_latency.py [--waiters 100] [--rounds 20] [--inboxes 1]
+With ``--delivery-cursor`` the waits carry no ``after``: each wake also claims the
+agent's delivery cursor (a compare-and-swap UPDATE; docs/mail.md).
+
+    python bench/wait_latency.py [--waiters 100] [--rounds 20] [--inboxes 1] [--delivery-cursor]
 """
 
 from __future__ import annotations
@@ -216,9 +219,8 @@ async def measure(args, world, port: int) -> dict:
         futures = []
         for i, client in enumerate(clients):
             inbox = inboxes[i % len(inboxes)]["id"]
-            futures.append(
-                await client.get(f"/v1/inboxes/{inbox}/messages/wait?after={cursors[i]}&timeout={WAIT_TIMEOUT}")
-            )
+            after = "" if args.delivery_cursor else f"after={cursors[i]}&"
+            futures.append(await client.get(f"/v1/inboxes/{inbox}/messages/wait?{after}timeout={WAIT_TIMEOUT}"))
         audited += args.waiters
         result["arm_s"].append(await wait_parked(world.db_path, audited, futures))
         await asyncio.sleep(args.settle)
@@ -279,6 +281,12 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.3, help="extra seconds after all waits are audited [0.3]")
     parser.add_argument("--round-timeout", type=float, default=5.0, help="seconds a round waits for wakes [5]")
     parser.add_argument("--baseline", type=int, default=300, help="sequential /healthz requests for the baseline [300]")
+    parser.add_argument(
+        "--delivery-cursor",
+        action="store_true",
+        help="wait without after: each wake claims the agent's delivery cursor (give each waiter "
+        "its own inbox, --inboxes = --waiters, or waiters sharing one race and only one is woken)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database) and print its path")
     args = parser.parse_args()
 
@@ -296,7 +304,8 @@ def main() -> int:
     )
     print(
         f"# postern serve: {args.workers} workers + SMTP listener | {args.waiters} waiters over "
-        f"{args.inboxes} inbox(es), {args.rounds} rounds, one message per round",
+        f"{args.inboxes} inbox(es), {args.rounds} rounds, one message per round"
+        + (", waits on delivery cursors (no after)" if args.delivery_cursor else ""),
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="postern-bench-wait-"))

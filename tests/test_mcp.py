@@ -314,3 +314,40 @@ def test_attachment_names_and_links_reach_the_model_safely(live):
             assert resp.headers["content-disposition"] == "attachment; filename*=UTF-8''%C3%A9vil.pdfgpj.exe"
 
     asyncio.run(run())
+
+
+def test_wait_for_email_is_described_in_the_words_of_docs_mail():
+    """One wording for the semantics of a wait: the tool says what docs/mail.md says."""
+    from pathlib import Path
+
+    from postern.mcp.delivery import DELIVERY_CURSORS
+    from postern.mcp.server import build_server
+
+    docs = " ".join((Path(__file__).parent.parent / "docs" / "mail.md").read_text().split())
+    assert " ".join(DELIVERY_CURSORS.split()) in docs
+
+    async def described():
+        tools = {t.name: t for t in await build_server().list_tools()}
+        return tools["wait_for_email"].description
+
+    assert DELIVERY_CURSORS in asyncio.run(described())
+
+
+@pytest.mark.slow
+def test_mail_that_arrives_before_the_first_wait_is_returned_by_it(live):
+    """The verification mail lands between create_inbox and the first wait_for_email."""
+
+    async def run():
+        async with http(live.mcp_url, live.keys["agent"]) as client:
+            inbox = await ok(client, "create_inbox", username="signup")
+            assert inbox["cursor"] == "0"
+            await asyncio.to_thread(smtp_send(live.smtp_port, inbox["address"], "Your code is 424242", "code").join)
+            got = await ok(client, "wait_for_email", inbox_id=inbox["id"], timeout=10)
+            assert [m["subject"] for m in got["messages"]] == ["Your code is 424242"] and not got["timed_out"]
+            again = await ok(client, "wait_for_email", inbox_id=inbox["id"], timeout=0)
+            assert again["messages"] == [] and again["timed_out"]  # returned once
+            smtp_send(live.smtp_port, inbox["address"], "second", "more", 1.0)
+            later = await ok(client, "wait_for_email", inbox_id=inbox["id"], timeout=30)  # slices on the cursor
+            assert [m["subject"] for m in later["messages"]] == ["second"]
+
+    asyncio.run(run())

@@ -8,6 +8,7 @@ from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, ref
 from postern.core.auth import require_scope
 from postern.core.inboxes import create_inbox, delete_inbox, get_inbox, list_inboxes
+from postern.core.mail import cursors
 from postern.core.views import inbox_json, page_json
 
 CREATE_REQUEST = {
@@ -53,11 +54,14 @@ class InboxesResource:
         postern = self.caller.postern
 
         def create(principal, info):  # scope checked above; a key's scopes never change
-            return create_inbox(postern, principal, info, body)
+            inbox, created = create_inbox(postern, principal, info, body)
+            # Where this agent's waits start: 0 for a new inbox, so the first wait
+            # returns mail that arrived before it (docs/mail.md, "Delivery cursors").
+            return inbox, created, 0 if created else cursors.position(principal.agent_id, inbox.id)
 
-        inbox, created = await self.caller.as_agent(req, create)
+        inbox, created, cursor = await self.caller.as_agent(req, create)
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
-        resp.media = inbox_json(inbox)
+        resp.media = {**inbox_json(inbox), "cursor": str(cursor)}
 
     async def on_get(self, req, resp):
         limit, token = req.get_param("limit"), req.get_param("page_token")

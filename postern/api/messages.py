@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import falcon
 import orjson
@@ -11,13 +10,11 @@ import orjson
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.core.auth import require_scope
-from postern.core.doorbell import SAFETY_RECHECK
+from postern.core.db import GroupCommitter
 from postern.core.errors import InvalidInput
-from postern.core.mail import outbound, reading
+from postern.core.mail import cursors, outbound, reading
 from postern.core.mail.messageview import view_of
 from postern.core.views import message_json, page_json, thread_json
-
-log = logging.getLogger("postern.api")
 
 DEFAULT_WAIT = 30
 MAX_WAIT = 300
@@ -188,8 +185,8 @@ class ReplyResource:
         await _send(self.caller, req, resp, inbox_id, reply_to=message_id)
 
 
-async def _client_leaves(req, event: asyncio.Event) -> None:
-    """Return when the client disconnects, and set ``event`` so the wait notices.
+async def _client_leaves(req, gone: asyncio.Event) -> None:
+    """Return when the client disconnects, and set ``gone`` so the wait notices.
 
     A client that gives up (its own timeout, a crash) would otherwise hold a parked
     waiter, re-reading on every ring, for up to ``MAX_WAIT`` seconds; agents that retry
@@ -198,22 +195,30 @@ async def _client_leaves(req, event: asyncio.Event) -> None:
     Falcon offers no public hook for it, hence its ``_receive``."""
     while (await req._receive())["type"] != "http.disconnect":
         pass  # a body nobody reads (a wait takes none)
-    event.set()
+    gone.set()
 
 
 class WaitResource:
-    """``wait_for_email``: answers at once when mail newer than ``after`` exists, else
-    parks as a coroutine until the doorbell rings or ``timeout`` passes. The response
-    always carries the ``cursor`` to pass as ``after`` next time, so nothing is missed
-    between calls or across reconnects."""
+    """``wait_for_email``: answers at once when mail newer than the cursor exists, else
+    parks (``Waiters.wait``) until the doorbell rings or ``timeout`` passes. The cursor
+    is ``after``, or without it the agent's delivery cursor, which the wait advances
+    over what it returns (docs/mail.md, "Delivery cursors"). The response always
+    carries the ``cursor`` after what it returned."""
 
     OPENAPI = {
         "get": operation(
-            "Wait for mail newer than a cursor (long poll)",
+            "Wait for mail this agent has not been given yet, or newer than a cursor (long poll)",
             {200: ("New messages (possibly none, on timeout) and the next cursor", ref("WaitResult"))},
             params=(
                 INBOX,
-                query_param("after", {"type": "string", "description": "cursor from a previous call"}),
+                query_param(
+                    "after",
+                    {
+                        "type": "string",
+                        "description": "cursor from a previous call; without it, every message not yet "
+                        "returned to this agent by a wait without after",
+                    },
+                ),
                 query_param("timeout", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}),
             ),
             scope="mailbox:read",
@@ -226,6 +231,11 @@ class WaitResource:
         # On for a real server. Falcon's test client signals http.disconnect as soon as
         # it has sent the request, which would end every wait at once.
         self.notice_disconnects = notice_disconnects
+        # Delivery-cursor claims of waits woken together share one commit (one fsync on
+        # SQLite, and no busy-handler sleeps between writers): a burst of wakes would
+        # otherwise queue one commit each (bench/wait_latency.py --delivery-cursor).
+        self.claims = GroupCommitter()
+        caller.runner.on_shutdown(self.claims.shutdown)
 
     async def on_get(self, req, resp, inbox_id):
         timeout = req.get_param("timeout")
@@ -233,40 +243,21 @@ class WaitResource:
             timeout = DEFAULT_WAIT
         elif not timeout.isdigit() or int(timeout) > MAX_WAIT:
             raise InvalidInput(f"timeout must be an integer from 0 to {MAX_WAIT} seconds", field="timeout")
-        inbox, cursor = await self.caller.as_agent(
+        inbox, cursor, claimant = await self.caller.as_agent(
             req, _read_scope(reading.open_wait, "message.wait"), inbox_id, req.get_param("after")
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + int(timeout)
-        self.waiters.ensure_listening()
-        # One subscription for the whole wait, cleared before each read of the store:
-        # a ring for a commit the read might miss arrives after the clear and sets it.
-        event = self.waiters.subscribe(inbox.id)
-        gone = asyncio.ensure_future(_client_leaves(req, event)) if self.notice_disconnects else None
+        claim = None
+        if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
+            claim = lambda old, new: self.claims.run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
+        gone = asyncio.Event() if self.notice_disconnects else None
+        watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
         try:
-            while True:
-                event.clear()
-                if gone is not None and gone.done():
-                    log.info("wait on %s ended early: the client disconnected", inbox.id)
-                    break
-                since = self.waiters.generation(inbox.id)
-                before = cursor
-                body, cursor = await self.waiters.read_shared(
-                    inbox.id, (inbox.id, cursor), since, lambda c=cursor: self._read(inbox.id, c)
-                )
-                remaining = deadline - loop.time()
-                if body is not None or remaining <= 0:
-                    break
-                if cursor != before:
-                    continue  # a batch of our own sent mail: read on at once
-                try:
-                    await asyncio.wait_for(event.wait(), min(remaining, SAFETY_RECHECK))
-                except TimeoutError:
-                    pass  # re-read the store: covers a lost ring
+            body, cursor = await self.waiters.wait(
+                inbox.id, cursor, int(timeout), lambda c: self._read(inbox.id, c), claim=claim, gone=gone
+            )
         finally:
-            if gone is not None:
-                gone.cancel()
-            self.waiters.unsubscribe(inbox.id, event)
+            if watch is not None:
+                watch.cancel()
         if body is None:
             body = orjson.dumps({"messages": [], "cursor": str(cursor), "timed_out": True})
         resp.content_type = falcon.MEDIA_JSON

@@ -88,7 +88,12 @@ INBOX = obj(
         "client_id": S_NULL,
         "agent_id": S,
         "created_at": S,
-    }
+        "cursor": {
+            "type": "string",
+            "description": "only when creating: this agent's delivery cursor on the inbox (docs/mail.md)",
+        },
+    },
+    required=["id", "address", "username", "domain", "display_name", "client_id", "agent_id", "created_at"],
 )
 AUDIT_EVENT = obj(
     {

@@ -273,9 +273,11 @@ class Messages:
         return self._post_send(f"/v1/inboxes/{inbox_id}/messages/{message_id}/reply", body, idempotency_key)
 
     def wait(self, inbox_id: str, *, after: str | None = None, timeout: int = 30) -> WaitResult:
-        """Block until a message newer than ``after`` arrives, or ``timeout`` seconds pass
-        (at most 300). Without ``after`` it waits for the next message from now. Always
-        pass the returned ``cursor`` as the next ``after``: nothing is missed between calls."""
+        """Block until there is mail for you, or ``timeout`` seconds pass (at most 300).
+        Without ``after`` it returns every message of the inbox no such wait has returned
+        to this agent yet, mail that arrived before the first wait included, each once (the
+        server keeps the position: docs/mail.md, "Delivery cursors"). With ``after`` it
+        returns mail newer than that cursor (a ``cursor`` a wait returned) and moves nothing."""
         if not 0 <= timeout <= MAX_WAIT:
             raise ValueError(f"timeout must be from 0 to {MAX_WAIT} seconds")
         params = {"after": after, "timeout": timeout}

@@ -104,6 +104,10 @@ class Inbox:
     client_id: str | None = None
     agent_id: str | None = None
     created_at: dt.datetime | None = None
+    #: Set by ``inboxes.create``: where this agent's waits without ``after`` start ("0"
+    #: for a new inbox, so mail that arrives before the first wait is returned by it).
+    #: A position, not part of what the inbox is: ignored when comparing inboxes.
+    cursor: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: dict) -> Inbox:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 from postern.core import bell
 from postern.core.db import is_postgres
@@ -76,6 +77,63 @@ class Waiters:
         if self._reads.get(key) is found:
             del self._reads[key]
 
+    async def wait(
+        self,
+        inbox_id: str,
+        cursor: int,
+        timeout: float,
+        read: Callable[[int], Awaitable[tuple[bytes | None, int]]],
+        *,
+        claim: Callable[[int, int], Awaitable] | None = None,
+        gone: asyncio.Event | None = None,
+    ) -> tuple[bytes | None, int]:
+        """Wait up to ``timeout`` seconds for ``read(cursor)`` to find mail.
+
+        ``read`` returns the encoded answer (None: nothing for the caller) and the cursor
+        after what it scanned; it is shared by every waiter of this worker reading the same
+        inbox from the same cursor. ``claim(old, new)``, for a wait on a delivery cursor,
+        moves the stored cursor by compare-and-swap and returns ``(won, seq)``: a waiter
+        that lost reads on from ``seq`` (another wait handed those messages over). A
+        ``gone`` event set (the client left) ends the wait without claiming anything.
+        Returns the answer, or None on timeout, and the cursor to report.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.ensure_listening()
+        # One subscription for the whole wait, cleared before each read of the store:
+        # a ring for a commit the read might miss arrives after the clear and sets it.
+        event = self.subscribe(inbox_id)
+        relay = asyncio.ensure_future(_set_when(gone, event)) if gone is not None else None
+        try:
+            while True:
+                event.clear()
+                if gone is not None and gone.is_set():
+                    log.info("wait on %s ended early: the client disconnected", inbox_id)
+                    return None, cursor
+                since = self.generation(inbox_id)
+                before = cursor
+                body, cursor = await self.read_shared(inbox_id, (inbox_id, before), since, lambda c=before: read(c))
+                if cursor != before and claim is not None:
+                    if gone is not None and gone.is_set():
+                        return None, before  # nobody to hand the mail to: leave it unclaimed
+                    won, cursor = await claim(before, cursor)
+                    if not won:
+                        continue  # another wait of this agent took it: read on from there
+                if body is not None:
+                    return body, cursor
+                if loop.time() >= deadline:
+                    return None, cursor
+                if cursor != before:
+                    continue  # a batch of our own sent mail: read on at once
+                try:
+                    await asyncio.wait_for(event.wait(), min(deadline - loop.time(), SAFETY_RECHECK))
+                except TimeoutError:
+                    pass  # re-read the store: covers a lost ring
+        finally:
+            if relay is not None:
+                relay.cancel()
+            self.unsubscribe(inbox_id, event)
+
     def unsubscribe(self, inbox_id: str, event: asyncio.Event) -> None:
         events = self._events.get(inbox_id)
         if events is not None:
@@ -114,3 +172,8 @@ class Waiters:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

@@ -127,6 +127,19 @@ class Inbox(BaseModel):
         indexes = ((("enrollment", "client_id"), True), (("enrollment", "created_at"), False))
 
 
+class DeliveryCursor(BaseModel):
+    """What waits without a cursor have handed one agent from one inbox: the ``seq`` of
+    the last message given. Moved only by compare-and-swap (postern.core.mail.cursors)."""
+
+    agent = peewee.ForeignKeyField(Agent, on_delete="CASCADE", index=False)  # the key's first column
+    inbox = peewee.ForeignKeyField(Inbox, on_delete="CASCADE")
+    delivered_seq = peewee.BigIntegerField(default=0)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("agent", "inbox")
+
+
 class Thread(BaseModel):
     """A conversation inside one inbox, found through In-Reply-To/References."""
 
@@ -333,6 +346,7 @@ ALL_MODELS = (
     Agent,
     AgentKey,
     Inbox,
+    DeliveryCursor,
     AuditEvent,
     Thread,
     Message,

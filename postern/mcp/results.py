@@ -42,6 +42,7 @@ class Inbox(TypedDict):
     address: str
     display_name: str | None
     created_at: str | None
+    cursor: NotRequired[str]  # create_inbox only: where this agent's waits start
 
 
 @_open

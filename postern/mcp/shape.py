@@ -105,7 +105,10 @@ def sent(m: Message) -> dict:
 
 
 def inbox(i: Inbox) -> dict:
-    return {"id": i.id, "address": i.address, "display_name": i.display_name, "created_at": _time(i.created_at)}
+    shaped = {"id": i.id, "address": i.address, "display_name": i.display_name, "created_at": _time(i.created_at)}
+    if i.cursor is not None:  # only from create_inbox
+        shaped["cursor"] = i.cursor
+    return shaped
 
 
 def thread_summary(t: Thread) -> dict:

@@ -9,6 +9,7 @@ from postern.core import audit, fastsql
 from postern.core.errors import InvalidInput, NotFound
 from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
+from postern.core.mail import cursors
 from postern.core.mail.messageview import MessageView, with_attachments
 from postern.core.models import Inbox, Message, Thread
 from postern.core.pagination import (
@@ -102,13 +103,22 @@ def get_thread(principal: Principal, info: RequestInfo, inbox_id: str, thread_id
     return thread, with_attachments(messages)
 
 
-def open_wait(principal: Principal, info: RequestInfo, inbox_id: str, after: str | None) -> tuple[Inbox, int]:
-    """Check access once for a wait and resolve its cursor: ``after`` or, when absent,
-    the inbox's current position (so the wait returns the *next* message)."""
+def open_wait(
+    principal: Principal, info: RequestInfo, inbox_id: str, after: str | None
+) -> tuple[Inbox, int, str | None]:
+    """Check access once for a wait and resolve where it reads from: ``after``, or when
+    absent the agent's delivery cursor (docs/mail.md, "Delivery cursors"). Also returns
+    the agent whose cursor the wait claims what it hands over on: None with ``after``,
+    which moves no stored cursor."""
     inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.wait")
-    cursor = parse_cursor(after) if after not in (None, "") else inbox.last_seq
+    if after not in (None, ""):
+        cursor, claimant = parse_cursor(after), None
+    elif principal.agent_id is None:  # not an agent (waits are agent calls): from now
+        cursor, claimant = inbox.last_seq, None
+    else:
+        cursor, claimant = cursors.position(principal.agent_id, inbox.id), principal.agent_id
     _audit(principal, info, "message.wait", inbox.id)
-    return inbox, cursor
+    return inbox, cursor, claimant
 
 
 def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageView], int]:
