@@ -147,6 +147,8 @@ MESSAGE_SUMMARY_FIELDS = {
     "cursor": S,
     "direction": {"enum": ["inbound", "outbound"]},
     "status": S,
+    "left_server": {"type": "boolean"},
+    "status_reason": S_NULL,
     "message_id": S,
     "subject": S,
     "from": PERSON,
