@@ -62,6 +62,7 @@ ENROLLMENT = obj(
         "mailboxes_used": INT,
         "mailboxes_max": INT,
         "expires_at": S,
+        "renewed": {"type": "boolean"},
     }
 )
 ME = obj(

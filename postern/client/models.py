@@ -193,6 +193,8 @@ class Enrollment:
     mailboxes_used: int
     mailboxes_max: int
     expires_at: dt.datetime | None = None
+    #: The handle was already an agent of this enrollment key: its key was renewed.
+    renewed: bool = False
 
     @classmethod
     def from_json(cls, data: dict) -> Enrollment:

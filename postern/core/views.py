@@ -92,6 +92,7 @@ def enrolled_json(result) -> dict:
         "mailboxes_used": result.enrollment.mailboxes_used,
         "mailboxes_max": result.enrollment.max_mailboxes,
         "expires_at": iso(result.key.expires_at),
+        "renewed": result.renewed,
     }
 
 

@@ -24,7 +24,7 @@ from postern.client import Postern, bootstrap, errors
 from postern.client.client import mock_requested
 from postern.mcp import contract, results, shape
 from postern.mcp.delivery import DELIVERY_CURSORS
-from postern.mcp.keys import AdminKeyRefused, KeyRing, NoKey, is_admin_key
+from postern.mcp.keys import AdminKeyRefused, KeyRing, NoKey, enrollment_client, is_admin_key
 
 log = logging.getLogger("postern.mcp")
 
@@ -127,22 +127,25 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
 
         world = mockserver.world()
         base_url, transport = world.base_url, world.transport
-        if api_key is None:
+        if api_key is None and not os.environ.get("POSTERN_ENROLLMENT_KEY"):
             api_key = os.environ.get("POSTERN_API_KEY") or world.agent_key  # usable at once
+    renewing = None
     if api_key is None:
         api_key = os.environ.get("POSTERN_API_KEY")
-    keys = KeyRing(api_key)
+        renewing = enrollment_client(api_key, base_url, transport)
+    keys = KeyRing(api_key, renewing)
     # Request lines would only repeat what the API's own log holds; keep stderr for problems.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     clients = Clients(base_url, transport)
     server = contract.Server("postern", instructions=INSTRUCTIONS, version=__version__)
     server.postern_clients = clients
+    server.postern_keys = keys
     server.postern_waits = WaitCounter()
 
     async def call(ctx: Context, fn, *args, **kwargs):
         """Run ``fn(client, ...)`` in a thread with this caller's client; map errors."""
         try:
-            client = clients.get(keys.key_for(ctx.headers))
+            client = keys.client_for(ctx.headers, clients)
             return await anyio.to_thread.run_sync(lambda: fn(client, *args, **kwargs), abandon_on_cancel=True)
         except (errors.PosternError, NoKey, AdminKeyRefused) as exc:
             raise tool_error(exc) from None
@@ -163,8 +166,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
                     enrollment_token, agent_handle, base_url=clients.base_url, transport=clients.transport
                 )
             )
-            client.close()
-            keys.remember(ctx.headers, client.api_key)
+            keys.remember(ctx.headers, client)  # it renews the agent key before it expires
         except (errors.PosternError, NoKey) as exc:
             raise tool_error(exc) from None
         return {
