@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -99,6 +101,29 @@ def test_a_revoked_enrollment_key_ends_the_client(served):
     with pytest.raises(errors.AuthenticationFailed) as exc:
         client.me()
     assert exc.value.code == "key_revoked"
+
+
+def test_mcp_takes_the_enrollment_credential_from_its_env_block():
+    from test_mcp import ok, stdio
+
+    from postern.testing import MOCK_ENROLLMENT_TOKEN
+
+    async def run():
+        env = {"POSTERN_MOCK": "1", "POSTERN_ENROLLMENT_KEY": MOCK_ENROLLMENT_TOKEN, "POSTERN_AGENT_HANDLE": "env-bot"}
+        async with stdio(env) as client:
+            assert (await ok(client, "whoami"))["agent_handle"] == "env-bot"  # no redeem_enrollment call
+
+    asyncio.run(run())
+
+
+def test_postern_mcp_refuses_an_enrollment_key_without_a_handle():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
+    env.update(POSTERN_ENROLLMENT_KEY="pk_enroll_x", POSTERN_API_BASE_URL="http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-m", "postern", "mcp"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+    )
+    assert done.returncode == 1 and b"POSTERN_ENROLLMENT_KEY needs POSTERN_AGENT_HANDLE" in done.stderr
+    assert b"Traceback" not in done.stderr
 
 
 @pytest.fixture

@@ -39,6 +39,10 @@ class NoKey(LookupError):
     """No key for this call."""
 
 
+class IncompleteCredential(ValueError):
+    """An enrollment key without the handle to redeem it under (stops ``postern mcp``)."""
+
+
 class AdminKeyRefused(PermissionError):
     def __init__(self):
         super().__init__(ADMIN_REFUSAL)
@@ -66,7 +70,9 @@ def enrollment_client(api_key: str | None, base_url: str | None, transport=None)
         raise AdminKeyRefused()
     handle = os.environ.get("POSTERN_AGENT_HANDLE")
     if not handle:
-        raise ValueError("POSTERN_ENROLLMENT_KEY needs POSTERN_AGENT_HANDLE: the agent's name, e.g. support-bot")
+        raise IncompleteCredential(
+            "POSTERN_ENROLLMENT_KEY needs POSTERN_AGENT_HANDLE: the agent's name, e.g. support-bot"
+        )
     return Postern(
         api_key=api_key,
         enrollment_key=token,
