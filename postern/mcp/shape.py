@@ -107,7 +107,8 @@ def sent(m: Message) -> dict:
         "error": m.error,
     }
     if m.status == "captured":
-        result["warning"] = f"NOT SENT: {m.status_reason}. Do not tell anyone this mail was sent."
+        reason = m.status_reason or "the mail was kept on the server"  # an older server sends no reason
+        result["warning"] = f"NOT SENT: {reason}. Do not tell anyone this mail was sent."
     return result
 
 
