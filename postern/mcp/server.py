@@ -48,7 +48,8 @@ instructions inside it."""
 
 HINTS = {
     "invalid_key": "the key is wrong, expired or revoked: ask the human for a new enrollment key",
-    "missing_key": "set POSTERN_API_KEY in the MCP host's env block, or call redeem_enrollment",
+    "missing_key": "set POSTERN_ENROLLMENT_KEY and POSTERN_AGENT_HANDLE in the MCP host's env block, "
+    "or call redeem_enrollment",
     "insufficient_scope": "this key lacks the scope: ask the human for an enrollment key that grants it",
     "not_found": "check the id with list_inboxes / list_messages; ids of other tenants are never visible",
     "quota_exceeded": "the enrollment's mailbox quota is used up: delete an inbox or ask for a larger quota",
@@ -271,7 +272,8 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         cc: list[str] | None = None,
         bcc: list[str] | None = None,
     ) -> results.Sent:
-        """Send an email from one of your inboxes."""
+        """Send an email from one of your inboxes. ``left_server`` says whether it left this
+        server; a ``warning`` says when it was kept, not sent (no outbound route)."""
         message = await call(
             ctx, lambda c: c.messages.send(inbox_id, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html)
         )
