@@ -39,6 +39,7 @@ RESERVED = {
     "POSTERN_API_BASE_URL": "the Python SDK and `postern mcp`: the server to call",
     "POSTERN_ENROLLMENT_KEY": "the Python SDK and `postern mcp`: the enrollment key agent keys are renewed from",
     "POSTERN_AGENT_HANDLE": "the Python SDK and `postern mcp`: the agent's handle under that enrollment key",
+    "POSTERN_MCP_URL": "the MCP client example in docs/mcp.md: the MCP endpoint it connects to",
     "POSTERN_MOCK": "the Python SDK and `postern mcp`: offline mock mode",
     "POSTERN_TEST_DATABASE_URL": "the test suite: PostgreSQL to test against",
     "POSTERN_FUZZ_CASES": "the test suite: fuzzing length",
