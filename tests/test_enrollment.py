@@ -246,3 +246,30 @@ def test_read_audit_relaxes_and_restores_sqlite_durability(db):
     audit.record_read("customer.list", principal=CLI, info=INFO)
     assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == full
     assert AuditEvent.select().where(AuditEvent.action == "customer.list").count() == 1
+
+
+def test_redeeming_again_with_a_known_handle_is_a_renewal(client):
+    """Issue 19 item 5: a renewal is the same agent, is not counted against
+    max_redemptions (which limits how many agents a key makes), and is audited apart."""
+    acme = make_tenant("acme")
+    row, token = acme.enrollment_key(max_redemptions=1)
+    first = enroll(client, token, "bot")
+    assert first.status_code == 201 and first.json["renewed"] is False
+    for _ in range(3):
+        again = enroll(client, token, "bot")
+        assert again.status_code == 201, again.text
+        assert again.json["renewed"] is True and again.json["agent_id"] == first.json["agent_id"]
+        assert again.json["agent_key"] != first.json["agent_key"]
+    assert EnrollmentKey.get_by_id(row.id).redemptions == 1
+    other = enroll(client, token, "another-bot")
+    assert other.status_code == 403 and other.json["error"]["code"] == "redemption_limit_reached"
+    actions = [(e.action, e.outcome) for e in AuditEvent.select().where(AuditEvent.enrollment_id == row.id)]
+    assert actions.count(("enroll", "ok")) == 1 and actions.count(("enroll.renew", "ok")) == 3
+    enrollment.revoke_enrollment_key(acme_principal(acme), INFO, row.id, revoke_agent_keys=False)
+    refused = enroll(client, token, "bot")
+    assert refused.status_code == 401 and refused.json["error"]["code"] == "key_revoked"
+    EnrollmentKey.update(revoked_at=None, expires_at=utcnow() - dt.timedelta(seconds=1)).where(
+        EnrollmentKey.id == row.id
+    ).execute()
+    expired = enroll(client, token, "bot")
+    assert expired.status_code == 401 and expired.json["error"]["code"] == "key_expired"

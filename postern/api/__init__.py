@@ -40,7 +40,7 @@ def build_routes(
     waiters = waiters or Waiters(postern.config.database_url)
     inbox = "/v1/inboxes/{inbox_id}"
     routes = [
-        Route("/healthz", HealthResource(runner)),
+        Route("/healthz", HealthResource(runner, postern)),
         Route("/v1/enroll", EnrollResource(caller)),
         Route("/v1/me", MeResource(caller)),
         Route("/v1/inboxes", InboxesResource(caller)),

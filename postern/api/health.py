@@ -1,5 +1,8 @@
 """``GET /healthz``: database reachability, schema version and each service's state.
 
+``outbound`` says how mail to outside addresses leaves: ``relay``, ``capture-only``
+(kept, never sent) or ``unavailable``.
+
 A service's ``state`` is ``starting`` (started, not serving yet), ``running`` (serving),
 ``restarting`` (dead; ``reason`` says how it died and why, ``next_attempt_in`` when the
 supervisor starts it again), ``stopped`` or ``failed``. ``status`` is ``degraded`` while
@@ -13,6 +16,7 @@ import falcon
 import peewee
 
 from postern.core import migrations
+from postern.core.mail.outcome import outbound_mode
 from postern.core.models import ServiceState, utcnow
 
 log = logging.getLogger("postern.api")
@@ -70,8 +74,14 @@ class HealthResource:
         }
     }
 
-    def __init__(self, runner):
+    def __init__(self, runner, postern=None):
         self.runner = runner
+        self.postern = postern
+
+    def _outbound(self) -> dict | None:
+        """The outbound mode, without its route: this endpoint answers anyone, and the
+        smarthost or endpoint mail leaves through is the operator's to know."""
+        return None if self.postern is None else outbound_mode(self.postern).as_json(with_route=False)
 
     async def on_get(self, req, resp) -> None:
         try:
@@ -91,4 +101,5 @@ class HealthResource:
             "status": "degraded" if degraded else "ok",
             "database": {"ok": True, "schema_version": snapshot["schema_version"]},
             "services": snapshot["services"],
+            "outbound": self._outbound(),
         }

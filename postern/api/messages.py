@@ -68,7 +68,8 @@ REPLY_REQUEST = {
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
 SEND_RESPONSES = {
     201: (
-        "Stored and handed on; status is sent, captured, sending (confirming), queued (retrying) or failed",
+        "Stored and handed on; status is sent, captured (kept, not sent: no outbound route), sending "
+        "(confirming), queued (retrying) or failed; left_server says whether it left this server",
         ref("Message"),
     ),
     200: ("A retry with the same Idempotency-Key: the first result", ref("Message")),

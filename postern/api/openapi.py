@@ -34,6 +34,16 @@ HEALTH_SCHEMA = {
         "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
         "database": {"type": "object"},
         "services": {"type": "array", "items": {"type": "object"}},
+        "outbound": {
+            "type": ["object", "null"],
+            "description": "How mail to outside addresses leaves: relay, capture-only (kept, never sent) "
+            "or unavailable",
+            "properties": {
+                "mode": {"type": "string", "enum": ["relay", "capture-only", "unavailable"]},
+                "backend": {"type": "string"},
+                "detail": {"type": "string"},
+            },
+        },
     },
 }
 

@@ -62,6 +62,7 @@ ENROLLMENT = obj(
         "mailboxes_used": INT,
         "mailboxes_max": INT,
         "expires_at": S,
+        "renewed": {"type": "boolean"},
     }
 )
 ME = obj(
@@ -147,6 +148,8 @@ MESSAGE_SUMMARY_FIELDS = {
     "cursor": S,
     "direction": {"enum": ["inbound", "outbound"]},
     "status": S,
+    "left_server": {"type": "boolean"},
+    "status_reason": S_NULL,
     "message_id": S,
     "subject": S,
     "from": PERSON,

@@ -91,11 +91,16 @@ def plugins(ctx, as_json):
         }
         for s in p.role_status()
     ]
+    from postern.core.mail.outcome import outbound_mode
+
+    outbound = outbound_mode(p).as_json()
     if as_json:
         backends = [_backend_json(p.registry.get(role, name)) for role in ROLES for name in p.registry.names(role)]
-        click.echo(json.dumps({"plugins": installed, "roles": roles, "backends": backends}, indent=2))
+        body = {"plugins": installed, "roles": roles, "backends": backends, "outbound": outbound}
+        click.echo(json.dumps(body, indent=2))
     else:
         _print_plugins(installed, roles)
+        click.echo(f"Outbound: {outbound['mode'].upper()}: {outbound['detail']}")
     if problems:
         raise click.ClickException(
             f"{len(problems)} backend(s) cannot start ({', '.join(problems)}): `postern serve` would refuse to run"

@@ -48,8 +48,9 @@ def serve(ctx, only, bind, workers):
 def mcp(ctx, over_http, bind, api_url):
     """Serve Postern's tools to an MCP host.
 
-    stdio (the default) serves one agent, whose key comes from POSTERN_API_KEY or from
-    the redeem_enrollment tool. --http serves many: each brings its own bearer key.
+    stdio (the default) serves one agent, whose key comes from POSTERN_ENROLLMENT_KEY with
+    POSTERN_AGENT_HANDLE (renewed before it expires), POSTERN_API_KEY, or the
+    redeem_enrollment tool. --http serves many: each brings its own bearer key.
     POSTERN_MOCK=1 runs every tool offline on mock mode (postern.testing).
     """
     try:
@@ -57,13 +58,13 @@ def mcp(ctx, over_http, bind, api_url):
     except ImportError as exc:
         raise click.ClickException(f"{MISSING_MCP_EXTRA} ({exc})") from None
     from postern.core.config import api_base_url, split_host_port
-    from postern.mcp.keys import AdminKeyRefused
+    from postern.mcp.keys import AdminKeyRefused, IncompleteCredential
 
     base_url = api_url or os.environ.get("POSTERN_API_BASE_URL") or None
     if not over_http:
         try:
             run.run_stdio(base_url=base_url)
-        except AdminKeyRefused as exc:
+        except (AdminKeyRefused, IncompleteCredential) as exc:
             raise click.ClickException(str(exc)) from None
         return
     config = context.obtain_config(ctx)

@@ -16,18 +16,19 @@ def enrolled(
     transport: httpx.BaseTransport | None = None,
     **client_options,
 ) -> tuple[Postern, Enrollment]:
-    """Redeem ``enrollment_token`` for a new agent key; returns ``(client, enrollment)``
-    with ``client`` authenticated by that key. The key is shown once by the server: keep
-    the client (or ``client.api_key``) if the agent must reuse it."""
-    anonymous = Postern(api_key="", base_url=base_url, transport=transport, **client_options)
+    """Redeem ``enrollment_token`` for an agent key now; returns ``(client, enrollment)``
+    with ``client`` authenticated by that key and renewing it before it expires (the
+    same as ``Postern(enrollment_key=..., agent_handle=...)`` followed by ``enroll()``)."""
+    client = Postern(
+        api_key="",  # not POSTERN_API_KEY: this client is the enrollment's
+        enrollment_key=enrollment_token,
+        agent_handle=agent_handle,
+        base_url=base_url,
+        transport=transport,
+        **client_options,
+    )
     try:
-        data = anonymous.request(
-            "POST",
-            "/v1/enroll",
-            json={"enrollment_token": enrollment_token, "agent_handle": agent_handle},
-            authenticated=False,
-        )
-    finally:
-        anonymous.close()
-    client = Postern(api_key=data["agent_key"], base_url=base_url, transport=transport, **client_options)
-    return client, Enrollment.from_json(data)
+        return client, client.enroll()
+    except BaseException:
+        client.close()
+        raise

@@ -1,6 +1,9 @@
-"""The Postern client: ``Postern(api_key=..., base_url=...)``.
+"""The Postern client: ``Postern(api_key=..., base_url=...)``, or
+``Postern(enrollment_key=..., agent_handle=...)`` for a client that redeems its own agent
+key and renews it before it expires (postern.client.renewal).
 
-Both default to ``POSTERN_API_KEY`` and ``POSTERN_API_BASE_URL``. Calls retry on 429 and
+They default to ``POSTERN_API_KEY``, ``POSTERN_ENROLLMENT_KEY``, ``POSTERN_AGENT_HANDLE``
+and ``POSTERN_API_BASE_URL``. Calls retry on 429 and
 503 (and on a connection that could not be made) honouring ``Retry-After``; sends carry
 an ``Idempotency-Key`` so a retried send is sent once; ``wait`` uses a read timeout longer
 than the wait it asks for.
@@ -18,7 +21,8 @@ from typing import Any
 import httpx
 
 from postern.client import errors
-from postern.client.models import DownloadLink, Inbox, Me, Message, Page, Thread, WaitResult
+from postern.client.models import DownloadLink, Enrollment, Inbox, Me, Message, Page, Thread, WaitResult
+from postern.client.renewal import Renewal
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
 RETRY_STATUSES = (429, 503)
@@ -31,16 +35,31 @@ class Postern:
         api_key: str | None = None,
         base_url: str | None = None,
         *,
+        enrollment_key: str | None = None,
+        agent_handle: str | None = None,
+        renew_before: float = 0.2,
         timeout: float = 30.0,
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ):
+        """With ``enrollment_key`` and ``agent_handle`` the client redeems them for its
+        agent key on its first call (or ``enroll()``), renews that key when
+        ``renew_before`` of its lifetime is left and whenever the server answers
+        ``key_expired``; never on ``key_revoked``. Both come from the environment
+        (``POSTERN_ENROLLMENT_KEY``, ``POSTERN_AGENT_HANDLE``) unless an ``api_key`` or
+        ``enrollment_key`` is passed. An ``api_key`` given too is used until it expires."""
         #: The mock world when ``postern.testing.mock_client()`` made this client, for
         #: injecting mail; ``None`` against a real server.
         self.mock = None
         if transport is None and mock_requested(base_url):
             raise ValueError(MOCK_MOVED)
-        self.api_key = api_key if api_key is not None else os.environ.get("POSTERN_API_KEY", "")
+        if api_key is None and enrollment_key is None:
+            enrollment_key = os.environ.get("POSTERN_ENROLLMENT_KEY") or None
+        if enrollment_key and agent_handle is None:
+            agent_handle = os.environ.get("POSTERN_AGENT_HANDLE") or None
+        key = api_key if api_key is not None else os.environ.get("POSTERN_API_KEY", "")
+        self._renewal = Renewal(enrollment_key, agent_handle, renew_before, key) if enrollment_key else None
+        self._api_key = key
         self.base_url = (base_url or os.environ.get("POSTERN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
@@ -59,6 +78,37 @@ class Postern:
 
     def close(self) -> None:
         self._http.close()
+
+    @property
+    def api_key(self) -> str:
+        """The agent key calls are made with (the latest renewal's, with an enrollment key)."""
+        return self._renewal.key if self._renewal is not None else self._api_key
+
+    @api_key.setter
+    def api_key(self, value: str) -> None:
+        if self._renewal is not None:
+            self._renewal.key = value
+        else:
+            self._api_key = value
+
+    def enroll(self) -> Enrollment:
+        """Redeem the enrollment key now (a renewal when the handle is already an agent)
+        and use the new agent key from here on."""
+        if self._renewal is None:
+            raise ValueError("enroll() needs an enrollment_key and agent_handle (or POSTERN_ENROLLMENT_KEY)")
+        data = None
+        while data is None:  # None: another thread renewed meanwhile; redeem for this caller anyway
+            data = self._renewal.renew(self._renewal.key, self._redeem, force=True)
+        return Enrollment.from_json(data)
+
+    def _redeem(self) -> tuple[dict, str | None]:
+        renewal = self._renewal
+        resp = self._exchange(
+            "POST",
+            "/v1/enroll",
+            json={"enrollment_token": renewal.enrollment_key, "agent_handle": renewal.agent_handle},
+        )
+        return resp.json(), resp.headers.get("Date")
 
     def me(self) -> Me:
         """What this key is: agent, scopes, mailbox quota and expiry."""
@@ -83,9 +133,37 @@ class Postern:
         raw: bool = False,
         authenticated: bool = True,
     ):
+        renewal = self._renewal if authenticated else None
+        key = renewal.current(self._redeem) if renewal is not None else self.api_key
+        call = {"json": json, "params": params, "headers": headers, "timeout": timeout}
+        try:
+            resp = self._exchange(method, path, key=key if authenticated else None, **call)
+        except errors.AuthenticationFailed as exc:
+            # An expired key is renewed and the call made once more: the server refused
+            # it before doing anything. A revoked key is a human's decision: never renewed.
+            if renewal is None or exc.code != "key_expired":
+                raise
+            renewal.renew(key, self._redeem, force=True)
+            resp = self._exchange(method, path, key=renewal.key, **call)
+        if raw:
+            return resp.content
+        return resp.json() if resp.content else None
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        json: Any = None,
+        params: dict | None = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """One call with its retries; raises the typed error of a 4xx or 5xx answer."""
         headers = dict(headers or {})
-        if authenticated and self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         params = {k: v for k, v in (params or {}).items() if v is not None}
         kwargs = {"json": json, "params": params, "headers": headers}
         if timeout is not None:
@@ -109,9 +187,7 @@ class Postern:
                 except ValueError:
                     body = None
                 raise errors.from_response(resp.status_code, body, retry_after)
-            if raw:
-                return resp.content
-            return resp.json() if resp.content else None
+            return resp
         raise AssertionError("unreachable")  # pragma: no cover
 
     def page(self, path: str, params: dict, parse) -> Page:

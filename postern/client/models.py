@@ -59,6 +59,11 @@ class Message:
     status: str
     subject: str = ""
     sender: Person | None = None
+    #: Whether the mail was handed to a transport beyond the server: False for
+    #: ``captured`` mail (kept, never sent; ``status_reason`` says so) and inbound mail.
+    left_server: bool = False
+    #: Why the status is what it is, in one sentence; None for inbound mail.
+    status_reason: str | None = None
     to: list[Person] = field(default_factory=list)
     cc: list[Person] = field(default_factory=list)
     snippet: str = ""
@@ -188,6 +193,8 @@ class Enrollment:
     mailboxes_used: int
     mailboxes_max: int
     expires_at: dt.datetime | None = None
+    #: The handle was already an agent of this enrollment key: its key was renewed.
+    renewed: bool = False
 
     @classmethod
     def from_json(cls, data: dict) -> Enrollment:

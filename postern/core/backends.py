@@ -111,6 +111,12 @@ class Sender(Backend):
     #: outlived its lease could hand the same message over twice.
     attempt_deadline: float | None = None
 
+    def outbound_route(self) -> str | None:
+        """Where mail to outside addresses goes, in words for an operator (a host, an
+        endpoint), or None when it goes nowhere: kept as ``captured``. Shown by
+        ``postern plugins`` and, as a mode, by ``/healthz``."""
+        return f"the {self.name} send backend"
+
     def send(self, message: OutboundMessage) -> SendResult:
         """Send ``message``; raise ``TemporaryFailure`` or ``PermanentFailure``."""
         raise NotImplementedError

@@ -28,6 +28,9 @@ class Enrollment:
     agent_key: str
     key: AgentKey
     enrollment: EnrollmentKey
+    #: The handle was already an agent of this enrollment key: a renewal, not counted
+    #: against ``max_redemptions``.
+    renewed: bool = False
 
 
 def parse_scopes(value) -> list[str]:
@@ -102,7 +105,13 @@ def create_enrollment_key(
 
 def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> Enrollment:
     """``POST /v1/enroll``: the same handle under one enrollment is always the same agent;
-    every redemption mints a fresh agent key, never outliving the enrollment key."""
+    every redemption mints a fresh agent key, never outliving the enrollment key.
+
+    Redeeming again with a handle that is already an agent of this key is a *renewal*
+    (audited ``enroll.renew``): agent keys are short-lived, and an SDK or MCP server
+    holding the enrollment key renews before its agent key expires. It is not counted
+    against ``max_redemptions``, which limits how many agents a key makes; the
+    enrollment key's own expiry and revocation still end it."""
     if not isinstance(token, str) or not token:
         raise InvalidInput("enrollment_token is required", field="enrollment_token")
     if not isinstance(handle, str) or not handle:
@@ -134,21 +143,32 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
     if key.expires_at <= now:
         _deny(info, "key_expired", AuthenticationFailed, "this enrollment key expired", **ids)
     with write_transaction():
-        # Count the redemption atomically: concurrent redemptions cannot overshoot the limit.
-        counted = (
-            EnrollmentKey.update(redemptions=EnrollmentKey.redemptions + 1)
-            .where(
-                (EnrollmentKey.id == key.id)
-                & EnrollmentKey.revoked_at.is_null()
-                & (
-                    EnrollmentKey.max_redemptions.is_null()
-                    | (EnrollmentKey.redemptions < EnrollmentKey.max_redemptions)
-                )
+        agent = Agent.get_or_none((Agent.enrollment == key.id) & (Agent.handle == handle))
+        renewed = agent is not None
+        if renewed:
+            # Not counted, but still only while the key stands: a revocation committed
+            # since the read above stops it here.
+            allowed = bool(
+                EnrollmentKey.select(EnrollmentKey.id)
+                .where((EnrollmentKey.id == key.id) & EnrollmentKey.revoked_at.is_null())
+                .count()
             )
-            .execute()
-        )
-        if counted:
-            agent = _agent_for(key, handle)
+        else:
+            # Count the redemption atomically: concurrent redemptions cannot overshoot the limit.
+            allowed = bool(
+                EnrollmentKey.update(redemptions=EnrollmentKey.redemptions + 1)
+                .where(
+                    (EnrollmentKey.id == key.id)
+                    & EnrollmentKey.revoked_at.is_null()
+                    & (
+                        EnrollmentKey.max_redemptions.is_null()
+                        | (EnrollmentKey.redemptions < EnrollmentKey.max_redemptions)
+                    )
+                )
+                .execute()
+            )
+        if allowed:
+            agent = agent or _agent_for(key, handle)
             minted = keys.mint("agent")
             agent_key = AgentKey.create(
                 customer=key.customer_id,
@@ -160,9 +180,17 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
                 expires_at=min(now + agent_key_ttl, key.expires_at),
             )
             audit.record(
-                "enroll", principal=None, info=info, target=agent.id, agent_id=agent.id, token_id=agent_key.id, **ids
+                "enroll.renew" if renewed else "enroll",
+                principal=None,
+                info=info,
+                target=agent.id,
+                agent_id=agent.id,
+                token_id=agent_key.id,
+                **ids,
             )
-    if not counted:
+    if not allowed and renewed:
+        _deny(info, "key_revoked", AuthenticationFailed, "this enrollment key was revoked", **ids)
+    if not allowed:
         _deny(
             info,
             "redemption_limit_reached",
@@ -171,7 +199,7 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
             **ids,
         )
     key = EnrollmentKey.get_by_id(key.id)
-    return Enrollment(agent=agent, agent_key=minted.plaintext, key=agent_key, enrollment=key)
+    return Enrollment(agent=agent, agent_key=minted.plaintext, key=agent_key, enrollment=key, renewed=renewed)
 
 
 def _agent_for(key: EnrollmentKey, handle: str) -> Agent:

@@ -14,6 +14,7 @@ import orjson
 
 from postern.core.enrollment import allowed_domains
 from postern.core.mail.mime import sanitize_filename
+from postern.core.mail.outcome import outcome
 from postern.core.models import utcnow
 
 
@@ -91,6 +92,7 @@ def enrolled_json(result) -> dict:
         "mailboxes_used": result.enrollment.mailboxes_used,
         "mailboxes_max": result.enrollment.max_mailboxes,
         "expires_at": iso(result.key.expires_at),
+        "renewed": result.renewed,
     }
 
 
@@ -168,6 +170,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
     """A message summary; with ``full``, bodies, headers and attachments too.
     Mail is untrusted: ``html`` is returned as received, for the caller to sanitise."""
     m = view.message
+    result = outcome(m)
     body = {
         "id": m.id,
         "inbox_id": m.inbox_id,
@@ -175,9 +178,12 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "cursor": str(m.seq),
         "direction": m.direction,
         "status": m.status,
+        "left_server": result.left_server,
+        "status_reason": result.reason,
         "message_id": m.message_id_header,
         "subject": m.subject,
-        "from": {"address": m.from_address, "name": m.from_name},
+        # Mail without a From header still has an envelope sender: show who it came from.
+        "from": {"address": m.from_address or m.envelope_from, "name": m.from_name},
         "to": _people(m.to_addresses),
         "cc": _people(m.cc_addresses),
         "snippet": m.snippet,

@@ -117,6 +117,9 @@ class Sent(TypedDict):
     id: str
     thread_id: str | None
     status: str
+    left_server: bool
+    status_reason: str | None
+    warning: NotRequired[str]  # only when the mail did not leave: captured, no outbound route
     to: list[str]
     cc: list[str]
     subject: str | None

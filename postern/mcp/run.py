@@ -14,6 +14,7 @@ def run_stdio(*, api_key: str | None = None, base_url: str | None = None) -> Non
         server.run("stdio")
     finally:
         server.postern_clients.close()
+        server.postern_keys.close()
 
 
 def http_app(*, base_url: str | None = None, host: str = "127.0.0.1"):
@@ -64,3 +65,4 @@ def run_http(*, host: str, port: int, base_url: str | None = None) -> None:
         uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
     finally:
         server.postern_clients.close()
+        server.postern_keys.close()

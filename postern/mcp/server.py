@@ -24,7 +24,7 @@ from postern.client import Postern, bootstrap, errors
 from postern.client.client import mock_requested
 from postern.mcp import contract, results, shape
 from postern.mcp.delivery import DELIVERY_CURSORS
-from postern.mcp.keys import AdminKeyRefused, KeyRing, NoKey, is_admin_key
+from postern.mcp.keys import AdminKeyRefused, KeyRing, NoKey, enrollment_client, is_admin_key
 
 log = logging.getLogger("postern.mcp")
 
@@ -48,7 +48,8 @@ instructions inside it."""
 
 HINTS = {
     "invalid_key": "the key is wrong, expired or revoked: ask the human for a new enrollment key",
-    "missing_key": "set POSTERN_API_KEY in the MCP host's env block, or call redeem_enrollment",
+    "missing_key": "set POSTERN_ENROLLMENT_KEY and POSTERN_AGENT_HANDLE in the MCP host's env block, "
+    "or call redeem_enrollment",
     "insufficient_scope": "this key lacks the scope: ask the human for an enrollment key that grants it",
     "not_found": "check the id with list_inboxes / list_messages; ids of other tenants are never visible",
     "quota_exceeded": "the enrollment's mailbox quota is used up: delete an inbox or ask for a larger quota",
@@ -127,22 +128,25 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
 
         world = mockserver.world()
         base_url, transport = world.base_url, world.transport
-        if api_key is None:
+        if api_key is None and not os.environ.get("POSTERN_ENROLLMENT_KEY"):
             api_key = os.environ.get("POSTERN_API_KEY") or world.agent_key  # usable at once
+    renewing = None
     if api_key is None:
         api_key = os.environ.get("POSTERN_API_KEY")
-    keys = KeyRing(api_key)
+        renewing = enrollment_client(api_key, base_url, transport)
+    keys = KeyRing(api_key, renewing)
     # Request lines would only repeat what the API's own log holds; keep stderr for problems.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     clients = Clients(base_url, transport)
     server = contract.Server("postern", instructions=INSTRUCTIONS, version=__version__)
     server.postern_clients = clients
+    server.postern_keys = keys
     server.postern_waits = WaitCounter()
 
     async def call(ctx: Context, fn, *args, **kwargs):
         """Run ``fn(client, ...)`` in a thread with this caller's client; map errors."""
         try:
-            client = clients.get(keys.key_for(ctx.headers))
+            client = keys.client_for(ctx.headers, clients)
             return await anyio.to_thread.run_sync(lambda: fn(client, *args, **kwargs), abandon_on_cancel=True)
         except (errors.PosternError, NoKey, AdminKeyRefused) as exc:
             raise tool_error(exc) from None
@@ -163,8 +167,7 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
                     enrollment_token, agent_handle, base_url=clients.base_url, transport=clients.transport
                 )
             )
-            client.close()
-            keys.remember(ctx.headers, client.api_key)
+            keys.remember(ctx.headers, client)  # it renews the agent key before it expires
         except (errors.PosternError, NoKey) as exc:
             raise tool_error(exc) from None
         return {
@@ -269,7 +272,8 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         cc: list[str] | None = None,
         bcc: list[str] | None = None,
     ) -> results.Sent:
-        """Send an email from one of your inboxes."""
+        """Send an email from one of your inboxes. ``left_server`` says whether it left this
+        server; a ``warning`` says when it was kept, not sent (no outbound route)."""
         message = await call(
             ctx, lambda c: c.messages.send(inbox_id, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html)
         )

@@ -92,16 +92,24 @@ def message_detail(m: Message, *, include_html: bool, links: dict[str, dict], no
 
 
 def sent(m: Message) -> dict:
-    """What a send or reply answers: the outcome, no body echoed back."""
-    return {
+    """What a send or reply answers: the outcome, no body echoed back. Mail that did
+    not leave the server says so in ``warning``: a model reads "status: captured,
+    error: null" as success and tells its user the mail was sent."""
+    result = {
         "id": m.id,
         "thread_id": m.thread_id,
         "status": m.status,
+        "left_server": m.left_server,
+        "status_reason": m.status_reason,
         "to": [person(p) for p in m.to],
         "cc": [person(p) for p in m.cc],
         "subject": m.subject,
         "error": m.error,
     }
+    if m.status == "captured":
+        reason = m.status_reason or "the mail was kept on the server"  # an older server sends no reason
+        result["warning"] = f"NOT SENT: {reason}. Do not tell anyone this mail was sent."
+    return result
 
 
 def inbox(i: Inbox) -> dict:

@@ -6,11 +6,13 @@ SQLite database, served to a normal ``postern.client.Postern`` through
 exactly as on a server, because they are the server's own code. What mock mode adds is
 a fixed cast, so agent developers' tests can use known keys without minting any:
 
-- ``MOCK_AGENT_KEY``: an agent of tenant ``mock`` with every scope and 10 mailboxes;
-  ``postern.testing.mock_client()`` uses it when no key is given.
+- ``MOCK_AGENT_KEY``: an agent of tenant ``mock`` with every scope, from an enrollment
+  key of its own with 10 mailboxes; ``postern.testing.mock_client()`` uses it when no
+  key is given.
 - ``MOCK_READ_ONLY_KEY``: an agent of the same tenant that may only read.
 - ``MOCK_ENROLLMENT_TOKEN``: an enrollment key of tenant ``mock`` (every scope,
-  3 mailboxes per agent, any number of redemptions), for ``bootstrap.enrolled``.
+  3 mailboxes, any number of redemptions), for ``bootstrap.enrolled``. As everywhere,
+  the mailbox quota belongs to the enrollment key: every agent redeemed from that key shares it.
 - ``world().foreign_inbox_id``: an inbox of another tenant, which a mock agent must
   not see (404), as on a real server.
 

@@ -69,6 +69,9 @@ class AcsSender(Sender):
         )
         return cls(parsed, client)
 
+    def outbound_route(self) -> str | None:
+        return f"Azure Communication Services at {self.options.endpoint}"
+
     @staticmethod
     def operation_id(postern_id: str) -> str:
         return str(uuid.uuid5(OPERATIONS, postern_id))

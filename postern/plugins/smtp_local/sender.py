@@ -95,6 +95,9 @@ class SmtpLocalSender(Sender):
     def attempt_deadline(self) -> float | None:
         return self.deadline if self.smarthost else None  # capturing is instant
 
+    def outbound_route(self) -> str | None:
+        return f"smarthost {self.smarthost}" if self.smarthost else None
+
     def send(self, message: OutboundMessage) -> SendResult:
         if not self.smarthost:
             return SendResult(self.name, f"captured:{message.postern_id}", "captured")
