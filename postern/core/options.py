@@ -84,9 +84,15 @@ def _typed(section: str, key: str, hint: Any, value: Any, secret: bool) -> Any:
     """``value`` as the field's type wants it, or an ``OptionError`` saying what it is."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:  # tuple[X, ...]: a TOML array of X
-        if isinstance(value, list | tuple):
-            return tuple(_typed(section, key, args[0], item, secret) for item in value)
         kind = f"an array of {_plural(args[0])}"
+        if isinstance(value, list | tuple):
+            items = []
+            for item in value:
+                try:
+                    items.append(_typed(section, key, args[0], item, secret))
+                except OptionError:
+                    raise OptionError(section, f"'{key}' must be {kind}, one is {_describe(item, secret)}") from None
+            return tuple(items)
     elif origin in (dict, Mapping, typing.Mapping) or hint in (dict, Mapping):
         if isinstance(value, dict):
             item = args[1] if args else Any

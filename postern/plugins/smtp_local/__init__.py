@@ -25,4 +25,4 @@ def postern_services(postern):
 def postern_spf_mechanisms(postern):
     if postern.config.role("send").backend != SmtpLocalSender.name:
         return None
-    return postern.backend("send").spf
+    return list(postern.backend("send").options.spf)
