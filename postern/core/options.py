@@ -91,7 +91,9 @@ def _typed(section: str, key: str, hint: Any, value: Any, secret: bool) -> Any:
                 try:
                     items.append(_typed(section, key, args[0], item, secret))
                 except OptionError:
-                    raise OptionError(section, f"'{key}' must be {kind}, one is {_describe(item, secret)}") from None
+                    raise OptionError(
+                        section, f"'{key}' must be {kind}, one is {_describe(item, secret)}", key=key
+                    ) from None
             return tuple(items)
     elif origin in (dict, Mapping, typing.Mapping) or hint in (dict, Mapping):
         if isinstance(value, dict):
