@@ -16,14 +16,18 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from postern.core.errors import ConfigError
+
 T = TypeVar("T")
 
 #: How a type is named in an error, as a TOML user would say it.
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
-class OptionError(ValueError):
-    """A backend's config table is wrong; the message names the table and the option."""
+class OptionError(ConfigError, ValueError):
+    """A backend's config table is wrong; the message names the table and the option.
+    A ``ConfigError`` (the error tree's setup branch) and, as the backend contract asks of
+    ``from_config``, a ``ValueError``."""
 
     def __init__(self, section: str, message: str, *, key: str | None = None):
         super().__init__(f"[{section}]: {message}")

@@ -74,8 +74,8 @@ class Postern:
         if status.available:
             try:
                 self.backend(status.role)
-            except OptionError as exc:  # names the table already
-                raise ConfigError(str(exc)) from exc
+            except OptionError:  # a ConfigError naming the table already
+                raise
             except ValueError as exc:
                 raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
             if status.role == "send":
