@@ -83,7 +83,7 @@ class SmtpLocalSender(Sender):
         return self.options.deadline if self.options.smarthost else None  # capturing is instant
 
     def outbound_route(self) -> str | None:
-        return f"smarthost {self.smarthost}" if self.smarthost else None
+        return f"smarthost {self.options.smarthost}" if self.options.smarthost else None
 
     def send(self, message: OutboundMessage) -> SendResult:
         if not self.options.smarthost:
