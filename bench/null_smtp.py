@@ -45,9 +45,9 @@ async def serve(bind: str, handler) -> None:
     from aiosmtpd.smtp import SMTP
 
     from postern.core.config import Config
-    from postern.plugins.smtp_local.receiver import SmtpLocalReceiver
+    from postern.core.smtp.options import DEFAULT_HOSTNAME
 
-    hostname = SmtpLocalReceiver().hostname
+    hostname = DEFAULT_HOSTNAME
     limit = Config().mail.max_message_bytes
     host, _, port = bind.rpartition(":")
     loop = asyncio.get_running_loop()

@@ -40,8 +40,8 @@ import peewee
 from postern.core.config import Config
 from postern.core.db import database
 from postern.core.models import ServiceState, utcnow
-from postern.core.prefork import KILLED_BY, die_with_parent  # a death by KILLED_BY is no failed start
 from postern.core.services import NOTIFY_ENV
+from postern.core.smtp.prefork import KILLED_BY, die_with_parent  # a death by KILLED_BY is no failed start
 
 log = logging.getLogger("postern.supervisor")
 

@@ -326,7 +326,10 @@ def test_without_the_sdk_choosing_acs_names_the_extra(config, acs, monkeypatch):
         ({"endpoint": "http://x.example", "access_key": "c2VjcmV0"}, "must be https"),
         ({"endpoint": "https://x.example", "access_key": "c2VjcmV0", "sender_mode": "fixed"}, "needs sender"),
         ({"endpoint": "https://x.example", "access_key": "c2VjcmV0", "sender_mode": "both"}, "sender_mode must"),
-        ({"endpoint": "https://x.example", "access_key": "c2VjcmV0", "poll_interval": 0}, "'poll_interval' must"),
+        (
+            {"endpoint": "https://x.example", "access_key": "c2VjcmV0", "poll_interval": 0},
+            "poll_interval must be a positive",
+        ),
         ({"endpoint": "https://x.example", "access_key": "c2VjcmV0", "colour": "blue"}, "unknown option 'colour'"),
     ],
 )

@@ -33,7 +33,8 @@ def test_listing_shows_each_backend_error_beside_it(run):
     lines = result.stdout.splitlines()
     assert "  send     smtp_local   default    active (from smtp_local)" in lines
     assert "  billing  free         default    active (from billing_free)" in lines
-    assert "  dns      dns_builtin  default    CONFIG ERROR: [dns.dns_builtin]: 'ttl' must be a int" in lines
+    refused = "CONFIG ERROR: [dns.dns_builtin]: 'ttl' must be an integer, got a string (\"soon\")"
+    assert f"  dns      dns_builtin  default    {refused}" in lines
     assert any(
         line.startswith("  receive  wildduck     configured CONFIG ERROR: [receive.wildduck]: api_url is required")
         for line in lines

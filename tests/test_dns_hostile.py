@@ -285,7 +285,7 @@ def test_one_client_holding_tcp_connections_leaves_room_for_others(tmp_path, env
 def test_per_client_tcp_share_is_configurable(tmp_path, env):
     path = tmp_path / "postern.toml"
     path.write_text(dns_config_text(free_udp_and_tcp_port(), "max_tcp_connections_per_client = 3\n"))
-    assert build_postern(load_config(path, environ=env)).backend("dns").max_tcp_connections_per_client == 3
+    assert build_postern(load_config(path, environ=env)).backend("dns").options.max_tcp_connections_per_client == 3
     path.write_text(dns_config_text(free_udp_and_tcp_port(), "max_tcp_connections_per_client = 0\n"))
     with pytest.raises((ConfigError, ValueError), match="max_tcp_connections_per_client"):
         build_postern(load_config(path, environ=env))
@@ -318,7 +318,7 @@ def _recv_exactly(conn, n: int) -> bytes:
         ('resolvers = ["1.1.1.1:dns"]', "is not ip or ip:port"),
         ("max_udp_payload = 100", "max_udp_payload must be from 512"),
         ("colour = 1", "unknown option 'colour'"),
-        ('ttl = "300"', "'ttl' must be a int"),
+        ('ttl = "300"', "'ttl' must be an integer, got a string \\(\"300\"\\)$"),
     ],
 )
 def test_bad_dns_options_stop_start_up_naming_the_table(tmp_path, option, message):

@@ -74,9 +74,10 @@ def test_backend_options_from_the_environment(tmp_path):
         '[dns.dns_builtin]\nbind = "127.0.0.1:5300"\nttl = 900\n',
     )
     receiver, dns = p.backend("receive"), p.backend("dns")
-    assert (receiver.bind, receiver.processes) == ("127.0.0.1:2599", 2)
+    assert (receiver.options.bind, receiver.options.processes) == ("127.0.0.1:2599", 2)
+    dns = dns.options
     assert dns.bind == "127.0.0.1:5399" and dns.ttl == 900  # the variable wins, the rest of the file stays
-    assert dns.ns1_addresses == ["192.0.2.1", "192.0.2.2"] and dns.dkim_selector == "2026"
+    assert dns.ns1_addresses == ("192.0.2.1", "192.0.2.2") and dns.dkim_selector == "2026"
 
 
 def test_backend_names_with_underscores_match_the_installed_names(tmp_path, plugin):

@@ -38,6 +38,7 @@ NOT_SERVER = ("postern.client", "postern.testing")
 
 SETUP = [
     "postern.core.config.ConfigError",
+    "postern.core.options.OptionError",
     "postern.core.plugins.PluginError",
     "postern.core.registry.RegistryError",
     "postern.core.registry.UnknownBackendError",

@@ -20,6 +20,7 @@ from test_tenancy import objects_of
 from postern.api import Route, check_audit_actions, create_app
 from postern.core.ids import new_id
 from postern.core.models import Attachment, AuditEvent, Message
+from postern.core.smtp import session as smtp_session_module
 from postern.plugins.smtp_local import receiver as smtp
 
 
@@ -147,10 +148,10 @@ def test_a_message_that_cannot_be_parsed_is_refused_for_good(postern, inbox, mon
     def parser_bug(raw, limits):
         raise TypeError("a bug in the parser")
 
-    monkeypatch.setattr(smtp, "parse", parser_bug)
+    monkeypatch.setattr(smtp_session_module, "parse", parser_bug)
     runner, committer = DatabaseRunner(1), GroupCommitter()
     try:
-        handler = smtp.Handler(postern, postern.backend("receive"), runner, committer)
+        handler = smtp.make_handler(postern, runner, committer)
         envelope = SimpleNamespace(
             rcpt_tos=[inbox.address], mail_from="a@example.org", content=POISON, original_content=POISON
         )

@@ -187,7 +187,7 @@ def test_an_inbox_display_name_is_sent_as_text(agent, relay):
 def smtp_in(postern):
     """Postern's own SMTP handler on a real socket: mail from outside, no key at all."""
     runner, committer = DatabaseRunner(1), GroupCommitter()
-    handler = smtp.Handler(postern, postern.backend("receive"), runner, committer)
+    handler = smtp.make_handler(postern, runner, committer)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield controller.port

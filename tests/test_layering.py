@@ -15,15 +15,12 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 # The core may import none of these (nor postern.cli or anything in it).
 ABOVE_CORE = ("postern.api", "postern.server", "postern.supervisor", "postern.mcp", "postern.plugins", "postern.client")
 
-# Item 3 of the issue moves what the WildDuck front door borrows from smtp_local into the core.
-KNOWN_PLUGIN_CROSSINGS = {("postern.plugins.wildduck.frontdoor", "postern.plugins.smtp_local.receiver")}
-ITEM_3 = "issue 'architecture seams' item 3: the WildDuck front door imports smtp_local's receiver"
+# No plugin imports another (the SMTP listener both receive backends serve is postern.core.smtp).
+KNOWN_PLUGIN_CROSSINGS: set[tuple[str, str]] = set()
 
 # Cycles that remain, each through an import inside a function. Any other cycle fails.
 KNOWN_CYCLES = {
@@ -179,7 +176,6 @@ def test_plugins_cross_no_further_than_known():
     assert plugin_crossings() <= KNOWN_PLUGIN_CROSSINGS
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_3)
 def test_no_plugin_imports_another_plugin():
     assert plugin_crossings() == set()
 

@@ -19,9 +19,10 @@ import pytest
 from support.server import Server, free_port, kill_tree, wait_for
 from support.world import make_tenant
 
-from postern.core import migrations, prefork
+from postern.core import migrations
 from postern.core.db import database, open_database
 from postern.core.models import Message
+from postern.core.smtp import prefork
 from postern.plugins.smtp_local.receiver import SmtpLocalReceiver
 
 pytestmark = pytest.mark.slow

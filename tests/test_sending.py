@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -357,7 +358,7 @@ def test_a_wait_skips_the_inbox_own_sent_mail(config, world):
         ),
         ({"smarthost": "relay.example.org:587", "ca_file": "/nonexistent/ca.pem"}, "is not a readable PEM file"),
         ({"smarthost": "relay.example.org:587", "tls": True}, "unknown option 'tls'"),
-        ({"starttls": "yes"}, "'starttls' must be a bool"),
+        ({"starttls": "yes"}, "'starttls' must be true or false, got a string"),
         ({"timeout": 10, "deadline": 5}, "'deadline' .* at least 'timeout'"),
         ({"timeout": 0}, "'timeout' must be positive"),
     ],
@@ -418,7 +419,8 @@ def test_relay_that_hangs_drops_or_is_down_keeps_the_message_queued_until_it_is_
         assert shown.json["status"] == "queued" and expected in shown.json["error"]
 
     # The relay is back (same message, now pointed at a working smarthost): the outbox sends it once.
-    postern.backend("send").smarthost = f"127.0.0.1:{good_port}"
+    sender = postern.backend("send")
+    sender.options = dataclasses.replace(sender.options, smarthost=f"127.0.0.1:{good_port}")
     Message.update(next_attempt_at=utcnow()).where(Message.id == resp.json["id"]).execute()
     assert deliver_due(postern) == 1
     sent = Message.get_by_id(resp.json["id"])

@@ -1,6 +1,7 @@
 """The SMTP handler's answers when storing fails: never 250 for what was not stored."""
 
 import asyncio
+import dataclasses
 from types import SimpleNamespace
 
 import peewee
@@ -12,6 +13,7 @@ from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.inboxes import create_inbox
 from postern.core.models import Message
 from postern.core.runtime import build_postern
+from postern.core.smtp import session
 from postern.plugins.smtp_local import receiver as smtp
 
 
@@ -21,7 +23,7 @@ def handler(config, db):
     agent = make_tenant("acme").agent_key()
     inbox, _ = create_inbox(postern, authenticate(agent.agent_key, "agent", INFO), INFO, {"username": "box"})
     runner, committer = DatabaseRunner(1), GroupCommitter()
-    yield smtp.Handler(postern, postern.backend("receive"), runner, committer), inbox
+    yield smtp.make_handler(postern, runner, committer), inbox
     committer.shutdown()
     runner.shutdown()
 
@@ -53,13 +55,13 @@ def test_rcpt_answers(handler, monkeypatch):
     env = envelope([])
     assert asyncio.run(h.handle_RCPT(None, None, env, inbox.address.upper(), [])).startswith("250")
     assert asyncio.run(h.handle_RCPT(None, None, env, "ghost@acme.agents.localhost", [])).startswith("550")
-    h.receiver.max_recipients = 1
+    h.options = dataclasses.replace(h.options, max_recipients=1)
     assert asyncio.run(h.handle_RCPT(None, None, env, inbox.address, [])).startswith("452")
 
     def down(*args, **kwargs):
         raise peewee.OperationalError("unable to open database file")
 
-    monkeypatch.setattr(smtp, "local_inbox", down)
+    monkeypatch.setattr(session, "local_inbox", down)
     assert asyncio.run(h.handle_RCPT(None, None, envelope([]), inbox.address, [])).startswith("451")
 
 

@@ -4,7 +4,11 @@ WildDuck going away and coming back."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import smtplib
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -20,13 +24,13 @@ from postern.core.db import database, open_database
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def live(env, tmp_path, db_url, wildduck_stack):
+@contextlib.contextmanager
+def serving(env, tmp_path, db_url, stack, extra: str = ""):
+    """``postern serve`` with wildduck receiving; ``extra`` lines join [receive.wildduck]."""
     open_database(db_url)
     with database.connection_context():
         migrations.upgrade()
         enrolled = make_tenant("acme").agent_key(handle="support", max_mailboxes=10)
-    stack = wildduck_stack
 
     def config(server):
         return (
@@ -39,6 +43,7 @@ def live(env, tmp_path, db_url, wildduck_stack):
             # No sweep within any test: mail that arrives while the watcher runs must come
             # by the doorbell (a restarted watcher still sweeps once at its start).
             "sweep_seconds = 3600\n"
+            f"{extra}"
         )
 
     server = Server(env, tmp_path, config=config)
@@ -49,6 +54,12 @@ def live(env, tmp_path, db_url, wildduck_stack):
         yield server
     finally:
         kill_tree(server)
+
+
+@pytest.fixture
+def live(env, tmp_path, db_url, wildduck_stack):
+    with serving(env, tmp_path, db_url, wildduck_stack) as server:
+        yield server
 
 
 def _smtp_ready(port) -> bool:
@@ -273,3 +284,40 @@ def _no_sent_due(server) -> bool:
 
     with database.connection_context():
         return WildDuckSentDue.select().count() == 0
+
+
+# -- the front door in several processes ------------------------------------------------
+
+
+def front_door_processes(server) -> list[psutil.Process]:
+    """The forked listener processes of the SMTP service (its parent serves nothing)."""
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "smtp" in proc.cmdline() and proc.parent().pid == server.proc.pid:
+                return proc.children()
+        except psutil.NoSuchProcess:
+            continue
+    return []
+
+
+def test_the_front_door_serves_in_the_processes_asked_for(env, tmp_path, db_url, wildduck_stack):
+    """``processes = 2`` in [receive.wildduck]: the front door is the core's listener, so
+    it forks like smtp_local's; every process hands mail to WildDuck, and one killed is
+    replaced while the other goes on taking mail."""
+    with serving(env, tmp_path, db_url, wildduck_stack, "processes = 2\n") as server:
+        wait_for(lambda: len(front_door_processes(server)) == 2)
+        inbox = make_inbox(server, "forked")
+
+        def send(n: int) -> int:
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as client:
+                client.sendmail("a@example.org", [inbox["address"]], mail("a@example.org", inbox["address"], f"p{n}"))
+            return n
+
+        with ThreadPoolExecutor(6) as pool:
+            assert sorted(pool.map(send, range(6))) == list(range(6))
+        first = front_door_processes(server)
+        os.kill(first[0].pid, signal.SIGKILL)
+        assert send(6) == 6  # the other process still accepts
+        wait_for(lambda: len(front_door_processes(server)) == 2 and first[0] not in front_door_processes(server))
+        expected = sorted(f"p{n}" for n in range(7))
+        wait_for(lambda: subjects(server, inbox) == expected, timeout=60)

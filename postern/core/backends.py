@@ -2,8 +2,11 @@
 
 A plugin subclasses one of these, sets ``name``, and registers the class through
 ``postern_register_backends``. The core builds it with ``from_config(options)``,
-where ``options`` is the ``[<role>.<name>]`` table of the config. Heavy or optional
-imports belong inside ``from_config`` so an uninstalled extra fails only when chosen.
+where ``options`` is the ``[<role>.<name>]`` table of the config. A backend with
+options declares them as a frozen dataclass in ``options_class`` (see
+``postern.core.options``): ``from_config`` then checks the table and calls
+``cls(parsed_options)``. Heavy or optional imports belong inside ``from_config`` so an
+uninstalled extra fails only when chosen.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, ClassVar
 
 # Re-exported: backends raise these, and plugins import them from here.
 from postern.core.errors import BackendError, PermanentFailure, TemporaryFailure  # noqa: F401
+from postern.core.options import parse_options
 
 ROLES = ("send", "receive", "dns", "billing")
 
@@ -26,14 +30,20 @@ class Backend:
     role: ClassVar[str] = ""
     #: Shown by ``postern plugins``; one line.
     description: ClassVar[str] = ""
+    #: The frozen dataclass of this backend's options (fields made with
+    #: ``postern.core.options.option``), or None for a backend that takes none.
+    options_class: ClassVar[type | None] = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Backend:
-        """Build the backend from its config table.
+        """Build the backend from its config table: with an ``options_class``,
+        ``cls(parse_options(options_class, options, "role.name"))``.
 
         Raise ``ValueError`` for a bad or unknown option; the core reports it at
         start-up naming the ``[role.name]`` table.
         """
+        if cls.options_class is not None:
+            return cls(parse_options(cls.options_class, options, f"{cls.role}.{cls.name}"))
         if options:
             raise ValueError(f"{cls.role} backend '{cls.name}' takes no options, got: {', '.join(sorted(options))}")
         return cls()

@@ -13,6 +13,7 @@ from postern.core.config import Config
 from postern.core.db import open_database
 from postern.core.envconfig import apply_backend_options
 from postern.core.errors import BackendUnavailable, ConfigError
+from postern.core.options import OptionError
 from postern.core.plugins import get_plugin_manager
 from postern.core.registry import BackendRegistry, UnknownBackendError
 from postern.core.services import Service
@@ -73,6 +74,8 @@ class Postern:
         if status.available:
             try:
                 self.backend(status.role)
+            except OptionError:  # a ConfigError naming the table already
+                raise
             except ValueError as exc:
                 raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
             if status.role == "send":

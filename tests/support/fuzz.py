@@ -198,14 +198,15 @@ def check_ingest(postern, raw: bytes, address: str) -> None:
 
 
 class RunningSmtp:
-    """aiosmtpd with Postern's own ``Handler`` on a free port, on a loop in a thread,
+    """aiosmtpd with smtp_local's own handler on a free port, on a loop in a thread,
     each session made by ``smtp_session`` as smtp_local's listener makes it."""
 
     def __init__(self, postern):
-        from postern.plugins.smtp_local.receiver import Handler, smtp_session
+        from postern.core.smtp.session import smtp_session
+        from postern.plugins.smtp_local.receiver import make_handler
 
         self.runner, self.committer = DatabaseRunner(2), GroupCommitter()
-        handler = Handler(postern, postern.backend("receive"), self.runner, self.committer)
+        handler = make_handler(postern, self.runner, self.committer)
         limit = postern.config.mail.max_message_bytes
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()

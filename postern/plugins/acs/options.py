@@ -1,7 +1,7 @@
 """``[send.acs]``: parsed and checked at start-up, without the SDK.
 
-Every problem is a ``ValueError`` naming the option; no message ever quotes the access
-key or the connection string.
+Every problem is an ``OptionError`` (postern.core.options) naming ``[send.acs]`` and
+the option; no message ever quotes the access key or the connection string.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import base64
 import binascii
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
 from postern.core.names import is_within
+from postern.core.options import one_of, option
 
 SPF_INCLUDE = "include:spf.protection.outlook.com"
 #: The two DKIM CNAMEs the Azure portal shows for a custom domain (selector -> target).
@@ -27,91 +27,91 @@ DKIM_CNAMES = {
 SENDER_MODES = ("inbox", "fixed")
 
 
+# The checks below are the ``check`` of one option each: their message follows its name.
+
+
+def _address(value: str) -> str:
+    if not value:
+        return value
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not an email address: {exc}") from None
+
+
+def _domain(value: str) -> str:
+    if "." not in value or " " in value or "@" in value:
+        raise ValueError(f"holds '{value}', which is not a domain name")
+    return value.lower().rstrip(".")
+
+
+def _mechanisms(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not all(m and " " not in m for m in values):
+        raise ValueError('must be a list of SPF mechanisms such as "include:spf.protection.outlook.com"')
+    return values
+
+
+def _cnames(table: Mapping[str, str]) -> dict[str, str]:
+    for selector, target in table.items():
+        if not (target and " " not in target and "." in target and " " not in selector):
+            raise ValueError(f"maps DKIM selectors to CNAME targets; '{selector}' has none usable")
+    return {k: v.rstrip(".") for k, v in table.items()}
+
+
+def _verification(table: Mapping[str, str]) -> dict[str, str]:
+    for domain, value in table.items():
+        if not value or any(c in value for c in '\r\n"'):
+            raise ValueError(f"of '{domain}' must be the TXT value ACS shows (ms-domain-verification=…)")
+    return {_domain(k): v for k, v in table.items()}
+
+
+def _seconds(value: float) -> float:
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _ca_file(value: str) -> str:
+    if value:
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"'{value}' is not a readable PEM file of CAs: {exc}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class AcsOptions:
-    endpoint: str  # https://<resource>.communication.azure.com
-    access_key: str  # base64, as the portal shows it
-    sender_mode: str = "inbox"
-    sender: str = ""
-    verified_domains: tuple[str, ...] = ()
-    poll_interval: float = 5.0
-    timeout: float = 600.0
-    request_timeout: float = 10.0
-    ca_file: str = ""
-    engagement_tracking: bool = False
-    spf: tuple[str, ...] = (SPF_INCLUDE,)
-    dkim: Mapping[str, str] = field(default_factory=lambda: dict(DKIM_CNAMES))
-    domain_verification: Mapping[str, str] = field(default_factory=dict)
+    """``[send.acs]``. Give ``connection_string``, or ``endpoint`` and ``access_key``:
+    either way ``endpoint`` and ``access_key`` hold them once parsed."""
+
+    connection_string: str = option("", secret=True, help="endpoint=https://<resource>;accesskey=<key>")
+    endpoint: str = option("", help="https://<resource>.communication.azure.com")
+    access_key: str = option("", secret=True, help="base64, as the portal shows it")
+    sender_mode: str = option("inbox", check=one_of(*SENDER_MODES))
+    sender: str = option("", check=_address)
+    verified_domains: tuple[str, ...] = option((), check=lambda domains: tuple(_domain(d) for d in domains))
+    poll_interval: float = option(5.0, check=_seconds)
+    timeout: float = option(600.0, check=_seconds)
+    request_timeout: float = option(10.0, check=_seconds)
+    ca_file: str = option("", check=_ca_file)
+    engagement_tracking: bool = option(False)
+    spf: tuple[str, ...] = option((SPF_INCLUDE,), check=_mechanisms)
+    dkim: Mapping[str, str] = option(DKIM_CNAMES, check=_cnames)
+    domain_verification: Mapping[str, str] = option({}, check=_verification)
+
+    def __post_init__(self):
+        endpoint, key = _credentials(self.connection_string, self.endpoint, self.access_key)
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "access_key", key)
+        if self.sender_mode == "fixed" and not self.sender:
+            raise ValueError('sender_mode = "fixed" needs sender, an address on a domain verified in ACS')
 
     def sender_domain_verified(self, domain: str) -> bool:
         return not self.verified_domains or any(is_within(domain, d) for d in self.verified_domains)
 
 
-KINDS: dict[str, type | tuple[type, ...]] = {
-    "connection_string": str,
-    "endpoint": str,
-    "access_key": str,
-    "sender_mode": str,
-    "sender": str,
-    "verified_domains": list,
-    "poll_interval": (int, float),
-    "timeout": (int, float),
-    "request_timeout": (int, float),
-    "ca_file": str,
-    "engagement_tracking": bool,
-    "spf": list,
-    "dkim": dict,
-    "domain_verification": dict,
-}
-
-
-def parse(options: Mapping[str, Any]) -> AcsOptions:
-    options = dict(options)
-    for key, value in options.items():
-        kind = KINDS.get(key)
-        if kind is None:
-            raise ValueError(f"unknown option '{key}'; known: {', '.join(KINDS)}")
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"'{key}' has the wrong type")
-    endpoint, access_key = _credentials(options)
-    mode = options.pop("sender_mode", "inbox")
-    if mode not in SENDER_MODES:
-        raise ValueError(f"sender_mode must be one of {', '.join(SENDER_MODES)}, got '{mode}'")
-    sender = options.pop("sender", "")
-    if sender:
-        sender = _address("sender", sender)
-    if mode == "fixed" and not sender:
-        raise ValueError('sender_mode = "fixed" needs sender, an address on a domain verified in ACS')
-    for key in ("poll_interval", "timeout", "request_timeout"):
-        if key in options and not options[key] > 0:
-            raise ValueError(f"'{key}' must be a positive number of seconds")
-    if options.get("ca_file"):
-        try:
-            ssl.create_default_context(cafile=options["ca_file"])
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"ca_file '{options['ca_file']}' is not a readable PEM file of CAs: {exc}") from None
-    return AcsOptions(
-        endpoint=endpoint,
-        access_key=access_key,
-        sender_mode=mode,
-        sender=sender,
-        verified_domains=tuple(_domain("verified_domains", d) for d in options.pop("verified_domains", [])),
-        poll_interval=float(options.pop("poll_interval", 5.0)),
-        timeout=float(options.pop("timeout", 600.0)),
-        request_timeout=float(options.pop("request_timeout", 10.0)),
-        ca_file=options.pop("ca_file", ""),
-        engagement_tracking=options.pop("engagement_tracking", False),
-        spf=tuple(_mechanisms(options.pop("spf", [SPF_INCLUDE]))),
-        dkim=_names("dkim", options.pop("dkim", DKIM_CNAMES)),
-        domain_verification={
-            _domain("domain_verification", k): _txt(k, v) for k, v in options.pop("domain_verification", {}).items()
-        },
-    )
-
-
-def _credentials(options: dict) -> tuple[str, str]:
-    conn = options.pop("connection_string", "")
-    endpoint, key = options.pop("endpoint", ""), options.pop("access_key", "")
+def _credentials(conn: str, endpoint: str, key: str) -> tuple[str, str]:
     if conn and (endpoint or key):
         raise ValueError("give connection_string, or endpoint and access_key, not both")
     if conn:
@@ -137,37 +137,3 @@ def _credentials(options: dict) -> tuple[str, str]:
     except (binascii.Error, ValueError):
         raise ValueError("the ACS access key is not base64 (copy it from the resource's Keys page)") from None
     return f"https://{url.netloc}", key
-
-
-def _address(option: str, value: str) -> str:
-    try:
-        return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(f"'{option}' is not an email address: {exc}") from None
-
-
-def _domain(option: str, value: Any) -> str:
-    if not isinstance(value, str) or "." not in value or " " in value or "@" in value:
-        raise ValueError(f"'{option}' holds '{value}', which is not a domain name")
-    return value.lower().rstrip(".")
-
-
-def _mechanisms(values: list) -> list[str]:
-    if not all(isinstance(m, str) and m and " " not in m for m in values):
-        raise ValueError("'spf' must be a list of SPF mechanisms such as \"include:spf.protection.outlook.com\"")
-    return values
-
-
-def _names(option: str, table: dict) -> dict[str, str]:
-    for selector, target in table.items():
-        if not (isinstance(target, str) and target and " " not in target and "." in target and " " not in selector):
-            raise ValueError(f"'{option}' maps DKIM selectors to CNAME targets; '{selector}' has none usable")
-    return {k: v.rstrip(".") for k, v in table.items()}
-
-
-def _txt(domain: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or any(c in value for c in '\r\n"'):
-        raise ValueError(
-            f"domain_verification of '{domain}' must be the TXT value ACS shows (ms-domain-verification=…)"
-        )
-    return value

@@ -20,8 +20,9 @@ from typing import Any
 from urllib.parse import quote
 
 from postern.core.backends import OutboundMessage, PendingSend, PermanentFailure, Sender, SendResult, TemporaryFailure
+from postern.core.options import parse_options
 from postern.plugins.acs import mapping
-from postern.plugins.acs.options import AcsOptions, parse
+from postern.plugins.acs.options import AcsOptions
 
 log = logging.getLogger("postern.acs")
 HTTP_LOG = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
@@ -40,6 +41,7 @@ class AcsSender(Sender):
     name = "acs"
     description = "Azure Communication Services email (azure-communication-email)"
     confirms = True
+    options_class = AcsOptions
 
     def __init__(self, options: AcsOptions, client: Any):
         self.options = options
@@ -48,7 +50,8 @@ class AcsSender(Sender):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> AcsSender:
-        parsed = parse(options)
+        # Checked before the SDK is imported: bad options are reported without it.
+        parsed = parse_options(AcsOptions, options, f"{cls.role}.{cls.name}")
         try:
             from azure.communication.email import EmailClient
             from azure.core.credentials import AzureKeyCredential

@@ -3,15 +3,67 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from postern.core import zonebell
 from postern.core.backends import DnsProvider
 from postern.core.names import InvalidName, normalise_domain
+from postern.core.options import at_least, between, host_port, option
 from postern.core.zones import DEFAULT_DMARC, Nameserver, ZoneSettings, resolver_address
 
 DEFAULT_BIND = "127.0.0.1:5353"
+
+
+def _name(value: str) -> str:
+    """A host name, or a mailbox written user@domain (hostmaster) as DNS spells it."""
+    if not value:
+        return value
+    try:
+        return normalise_domain(value.replace("@", ".", 1))
+    except InvalidName as exc:
+        raise ValueError(f"is not a domain name: {exc}") from None
+
+
+def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    for address in values:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"holds '{address}', which is not an IP address") from None
+    return values
+
+
+def _label(value: str) -> str:
+    if not value.replace("-", "").isalnum():
+        raise ValueError("must be one DNS label")
+    return value
+
+
+@dataclass(frozen=True)
+class DnsBuiltinOptions:
+    """``[dns.dns_builtin]``. Names left empty default to ns1./ns2./mail./hostmaster.<base domain>."""
+
+    bind: str = option(DEFAULT_BIND, check=host_port, help="host:port for UDP and TCP")
+    ns1: str = option("", check=_name)
+    ns1_addresses: tuple[str, ...] = option(("127.0.0.1",), check=_addresses)
+    ns2: str = option("", check=_name)
+    ns2_addresses: tuple[str, ...] = option(("127.0.0.1",), check=_addresses)
+    mail_host: str = option("", check=_name)
+    mail_host_addresses: tuple[str, ...] = option(("127.0.0.1",), check=_addresses)
+    hostmaster: str = option("", check=_name)
+    ttl: int = option(300, check=between(60, 86400, "seconds"))
+    dkim_selector: str = option("postern", check=_label)
+    dmarc: str = option(DEFAULT_DMARC)
+    resolvers: tuple[str, ...] = option((), help='resolvers for lookups, "ip" or "ip:port"')
+    max_udp_payload: int = option(1232, check=between(512, 4096))
+    tcp_idle_timeout: int = option(10, check=at_least(1))
+    max_tcp_connections: int = option(256, check=at_least(1))
+    max_tcp_connections_per_client: int = option(32, check=at_least(1))
+    refresh_seconds: int = option(60, check=at_least(1))
+
+    def __post_init__(self):
+        for resolver in self.resolvers:
+            resolver_address(resolver)  # a ValueError naming 'resolvers'
 
 
 class DnsBuiltin(DnsProvider):
@@ -19,84 +71,25 @@ class DnsBuiltin(DnsProvider):
 
     name = "dns_builtin"
     description = "authoritative DNS server (dnslib), UDP and TCP, zones from Postern's database"
-    #: option -> (type, default). Names left empty default to ns1./ns2./mail.<base domain>.
-    OPTIONS: dict[str, tuple[type, Any]] = {
-        "bind": (str, DEFAULT_BIND),
-        "ns1": (str, ""),
-        "ns1_addresses": (list, ["127.0.0.1"]),
-        "ns2": (str, ""),
-        "ns2_addresses": (list, ["127.0.0.1"]),
-        "mail_host": (str, ""),
-        "mail_host_addresses": (list, ["127.0.0.1"]),
-        "hostmaster": (str, ""),
-        "ttl": (int, 300),
-        "dkim_selector": (str, "postern"),
-        "dmarc": (str, DEFAULT_DMARC),
-        "resolvers": (list, []),
-        "max_udp_payload": (int, 1232),
-        "tcp_idle_timeout": (int, 10),
-        "max_tcp_connections": (int, 256),
-        "max_tcp_connections_per_client": (int, 32),
-        "refresh_seconds": (int, 60),
-    }
+    options_class = DnsBuiltinOptions
 
-    def __init__(self, **options: Any):
-        for key, (_, default) in self.OPTIONS.items():
-            setattr(self, key, options.get(key, default))
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any]) -> DnsBuiltin:
-        for key, value in options.items():
-            if key not in cls.OPTIONS:
-                raise ValueError(f"unknown option '{key}'; known: {', '.join(cls.OPTIONS)}")
-            kind = cls.OPTIONS[key][0]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"'{key}' must be a {kind.__name__}")
-            if kind is list and not all(isinstance(v, str) for v in value):
-                raise ValueError(f"'{key}' must be a list of strings")
-        backend = cls(**options)
-        host, _, port = backend.bind.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bind must be host:port, got '{backend.bind}'")
-        for key in ("ns1", "ns2", "mail_host", "hostmaster"):
-            if getattr(backend, key):
-                try:
-                    setattr(backend, key, normalise_domain(getattr(backend, key).replace("@", ".", 1)))
-                except InvalidName as exc:
-                    raise ValueError(f"'{key}': {exc}") from None
-        for key in ("ns1_addresses", "ns2_addresses", "mail_host_addresses"):
-            for address in getattr(backend, key):
-                try:
-                    ipaddress.ip_address(address)
-                except ValueError:
-                    raise ValueError(f"'{key}': '{address}' is not an IP address") from None
-        for resolver in backend.resolvers:
-            resolver_address(resolver)
-        if not 512 <= backend.max_udp_payload <= 4096:
-            raise ValueError("max_udp_payload must be from 512 to 4096")
-        if not 60 <= backend.ttl <= 86400:
-            raise ValueError("ttl must be from 60 to 86400 seconds")
-        if backend.tcp_idle_timeout < 1 or backend.max_tcp_connections < 1 or backend.refresh_seconds < 1:
-            raise ValueError("tcp_idle_timeout, max_tcp_connections and refresh_seconds must be at least 1")
-        if backend.max_tcp_connections_per_client < 1:
-            raise ValueError("max_tcp_connections_per_client must be at least 1")
-        if not backend.dkim_selector.replace("-", "").isalnum():
-            raise ValueError("dkim_selector must be one DNS label")
-        return backend
+    def __init__(self, options: DnsBuiltinOptions | None = None):
+        self.options = options or DnsBuiltinOptions()
 
     def zone_settings(self, base_domain: str) -> ZoneSettings:
+        o = self.options
         return ZoneSettings(
             nameservers=(
-                Nameserver(self.ns1 or f"ns1.{base_domain}", tuple(self.ns1_addresses)),
-                Nameserver(self.ns2 or f"ns2.{base_domain}", tuple(self.ns2_addresses)),
+                Nameserver(o.ns1 or f"ns1.{base_domain}", o.ns1_addresses),
+                Nameserver(o.ns2 or f"ns2.{base_domain}", o.ns2_addresses),
             ),
-            mail_host=self.mail_host or f"mail.{base_domain}",
-            mail_host_addresses=tuple(self.mail_host_addresses),
-            hostmaster=self.hostmaster or f"hostmaster.{base_domain}",
-            ttl=self.ttl,
-            dkim_selector=self.dkim_selector.lower(),
-            dmarc=self.dmarc,
-            resolvers=tuple(self.resolvers),
+            mail_host=o.mail_host or f"mail.{base_domain}",
+            mail_host_addresses=o.mail_host_addresses,
+            hostmaster=o.hostmaster or f"hostmaster.{base_domain}",
+            ttl=o.ttl,
+            dkim_selector=o.dkim_selector.lower(),
+            dmarc=o.dmarc,
+            resolvers=o.resolvers,
         )
 
     def zone_changed(self, zone: str) -> None:

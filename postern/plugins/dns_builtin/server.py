@@ -54,10 +54,10 @@ class DnsServer:
     def __init__(self, postern, backend):
         self.backend = backend
         self.store = ZoneStore(postern)
-        self.answerer = Answerer(self.store, backend.max_udp_payload)
+        self.answerer = Answerer(self.store, backend.options.max_udp_payload)
         self.database_url = postern.config.database_url
         self.tcp_limiter = ConnectionLimiter(
-            "DNS over TCP", backend.max_tcp_connections, backend.max_tcp_connections_per_client
+            "DNS over TCP", backend.options.max_tcp_connections, backend.options.max_tcp_connections_per_client
         )
         self._tcp_tasks: set[asyncio.Task] = set()
         #: Connections waiting for a query: task -> (since when, writer, limiter key).
@@ -68,7 +68,7 @@ class DnsServer:
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        host, _, port = self.backend.bind.rpartition(":")
+        host, _, port = self.backend.options.bind.rpartition(":")
         host = host.strip("[]")
         self._listen()
         self._udp, _ = await loop.create_datagram_endpoint(
@@ -111,10 +111,10 @@ class DnsServer:
             self.store.invalidate(["*"])
             self._schedule_refresh()
 
-        self._refresh = asyncio.get_running_loop().call_later(self.backend.refresh_seconds, refresh)
+        self._refresh = asyncio.get_running_loop().call_later(self.backend.options.refresh_seconds, refresh)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_limiter.open >= self.backend.max_tcp_connections:
+        if self.tcp_limiter.open >= self.backend.options.max_tcp_connections:
             self._close_longest_waiting()
         key, refused = self.tcp_limiter.acquire(writer.get_extra_info("peername"))
         if refused:
@@ -122,7 +122,7 @@ class DnsServer:
             return
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
-        idle = self.backend.tcp_idle_timeout
+        idle = self.backend.options.tcp_idle_timeout
         loop = asyncio.get_running_loop()
         since = loop.time()  # connected, or last answered
         try:

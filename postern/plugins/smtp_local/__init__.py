@@ -4,7 +4,7 @@ Send: relay through a smarthost, or capture locally (the development default).""
 
 from postern.core.hookspecs import hookimpl
 from postern.core.services import Service
-from postern.plugins.smtp_local.receiver import SmtpLocalReceiver, run_listener
+from postern.plugins.smtp_local.receiver import SmtpLocalReceiver, run_smtp
 from postern.plugins.smtp_local.sender import SmtpLocalSender
 
 
@@ -18,11 +18,11 @@ def postern_register_backends(register):
 def postern_services(postern):
     if postern.config.role("receive").backend != SmtpLocalReceiver.name:
         return []
-    return [Service("smtp", run_listener, "SMTP listener for inbound mail (aiosmtpd)", notifies_ready=True)]
+    return [Service("smtp", run_smtp, "SMTP listener for inbound mail (aiosmtpd)", notifies_ready=True)]
 
 
 @hookimpl
 def postern_spf_mechanisms(postern):
     if postern.config.role("send").backend != SmtpLocalSender.name:
         return None
-    return postern.backend("send").spf
+    return list(postern.backend("send").options.spf)

@@ -13,106 +13,94 @@ import smtplib
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from postern.core.backends import OutboundMessage, PermanentFailure, Sender, SendResult, TemporaryFailure
+from postern.core.options import host_port_or_empty, option
+
+
+def _ca_file(value: str) -> str:
+    if value:
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"'{value}' is not a readable PEM file of certificates: {exc}") from None
+    return value
+
+
+def _mechanisms(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not all(m and " " not in m for m in value):
+        raise ValueError('must be a list of SPF mechanisms such as "mx" or "include:spf.example"')
+    return value
+
+
+@dataclass(frozen=True)
+class SmtpLocalSendOptions:
+    """``[send.smtp_local]``."""
+
+    #: host:port of the relay; empty captures (keeps the message, sends it nowhere).
+    smarthost: str = option("", check=host_port_or_empty, help="host:port of the relay; empty: capture")
+    starttls: bool = option(True)
+    username: str = option("")
+    password: str = option("", secret=True)
+    #: Seconds each socket operation with the relay may take.
+    timeout: int = option(30)
+    #: Seconds one relay attempt may take in all (0: 4 x ``timeout``). ``timeout``
+    #: bounds each socket operation only: a relay that answers a byte at a time
+    #: would otherwise hold the attempt past the outbox's lease.
+    deadline: int = option(0)
+    helo: str = option("")
+    #: PEM file of the CAs to trust for the smarthost's certificate (a private CA);
+    #: empty trusts the system's store. Verification is never switched off.
+    ca_file: str = option("", check=_ca_file)
+    #: SPF mechanisms for the relay's outgoing addresses: by default the domain's MX
+    #: (Postern's mail host); with a smarthost, e.g. ["include:_spf.provider.example"].
+    spf: tuple[str, ...] = option(("mx",), check=_mechanisms)
+
+    def __post_init__(self):
+        if self.deadline == 0:
+            object.__setattr__(self, "deadline", 4 * self.timeout)
+        if self.timeout <= 0 or self.deadline < self.timeout:
+            raise ValueError("'timeout' must be positive and 'deadline' (0: 4 x timeout) at least 'timeout'")
+        if bool(self.username) != bool(self.password):
+            raise ValueError("username and password go together")
+        if self.username and not self.starttls:
+            raise ValueError("username needs starttls = true: a password is never sent in clear")
 
 
 class SmtpLocalSender(Sender):
     name = "smtp_local"
     description = "local delivery; relay via a smarthost, or capture when none is set"
-    OPTIONS = {
-        "smarthost": str,
-        "starttls": bool,
-        "username": str,
-        "password": str,
-        "timeout": int,
-        "deadline": int,
-        "helo": str,
-        "ca_file": str,
-        "spf": list,
-    }
+    options_class = SmtpLocalSendOptions
     #: Mail it relays leaves DKIM-signed with the tenant's key (the core signs before ``send``).
     dkim_sign = True
 
-    def __init__(
-        self,
-        smarthost: str = "",
-        starttls: bool = True,
-        username: str = "",
-        password: str = "",
-        timeout: int = 30,
-        deadline: int = 0,
-        helo: str = "",
-        ca_file: str = "",
-        spf: list | None = None,
-    ):
-        self.smarthost, self.starttls, self.username, self.password = smarthost, starttls, username, password
-        self.timeout, self.helo = timeout, helo
-        #: Seconds one relay attempt may take in all (0: 4 x ``timeout``). ``timeout``
-        #: bounds each socket operation only: a relay that answers a byte at a time
-        #: would otherwise hold the attempt past the outbox's lease.
-        self.deadline = deadline or 4 * timeout
-        #: PEM file of the CAs to trust for the smarthost's certificate (a private CA);
-        #: empty trusts the system's store. Verification is never switched off.
-        self.ca_file = ca_file
-        #: SPF mechanisms for the relay's outgoing addresses: by default the domain's MX
-        #: (Postern's mail host); with a smarthost, e.g. ["include:_spf.provider.example"].
-        self.spf = ["mx"] if spf is None else spf
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any]) -> SmtpLocalSender:
-        for key, value in options.items():
-            kind = cls.OPTIONS.get(key)
-            if kind is None:
-                raise ValueError(f"unknown option '{key}'; known: {', '.join(cls.OPTIONS)}")
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise ValueError(f"'{key}' must be a {kind.__name__}")
-        sender = cls(**options)
-        if sender.timeout <= 0 or sender.deadline < sender.timeout:
-            raise ValueError("'timeout' must be positive and 'deadline' (0: 4 x timeout) at least 'timeout'")
-        if sender.smarthost:
-            host, _, port = sender.smarthost.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"smarthost must be host:port, got '{sender.smarthost}'")
-        if not all(isinstance(m, str) and m and " " not in m for m in sender.spf):
-            raise ValueError('\'spf\' must be a list of SPF mechanisms such as "mx" or "include:spf.example"')
-        if bool(sender.username) != bool(sender.password):
-            raise ValueError("username and password go together")
-        if sender.username and not sender.starttls:
-            raise ValueError("username needs starttls = true: a password is never sent in clear")
-        if sender.ca_file:
-            try:
-                ssl.create_default_context(cafile=sender.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(
-                    f"ca_file '{sender.ca_file}' is not a readable PEM file of certificates: {exc}"
-                ) from None
-        return sender
+    def __init__(self, options: SmtpLocalSendOptions | None = None):
+        self.options = options or SmtpLocalSendOptions()
 
     @property
     def attempt_deadline(self) -> float | None:
-        return self.deadline if self.smarthost else None  # capturing is instant
+        return self.options.deadline if self.options.smarthost else None  # capturing is instant
 
     def outbound_route(self) -> str | None:
-        return f"smarthost {self.smarthost}" if self.smarthost else None
+        return f"smarthost {self.options.smarthost}" if self.options.smarthost else None
 
     def send(self, message: OutboundMessage) -> SendResult:
-        if not self.smarthost:
+        if not self.options.smarthost:
             return SendResult(self.name, f"captured:{message.postern_id}", "captured")
         return self._relay(message)
 
     def _relay(self, message: OutboundMessage) -> SendResult:
-        host, _, port = self.smarthost.rpartition(":")
-        client = smtplib.SMTP(local_hostname=self.helo or None, timeout=self.timeout)
+        o = self.options
+        host, _, port = o.smarthost.rpartition(":")
+        client = smtplib.SMTP(local_hostname=o.helo or None, timeout=o.timeout)
         # The name STARTTLS checks the certificate against. smtplib records it only when
         # the constructor connects, which would be before the watchdog below is armed.
         client._host = host
         # At the deadline the socket is shut down under the blocked call, which then
         # fails like any broken connection (a temporary failure, retried on schedule).
         fired = threading.Event()
-        watchdog = threading.Timer(self.deadline, _cut, (client, fired))
+        watchdog = threading.Timer(o.deadline, _cut, (client, fired))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -120,23 +108,23 @@ class SmtpLocalSender(Sender):
                 client.connect(host, int(port))
                 if fired.is_set():  # it fired while the socket was not there yet
                     raise TimeoutError("deadline")
-                if self.starttls:
-                    client.starttls(context=ssl.create_default_context(cafile=self.ca_file or None))
-                if self.username:
-                    client.login(self.username, self.password)
+                if o.starttls:
+                    client.starttls(context=ssl.create_default_context(cafile=o.ca_file or None))
+                if o.username:
+                    client.login(o.username, o.password)
                 refused = client.sendmail(message.sender, list(message.recipients), message.raw)
         except smtplib.SMTPAuthenticationError as exc:
             # Wrong credentials are the operator's to fix, not the message's fault: keep
             # retrying (the outbox's schedule) rather than fail every message for good.
-            raise TemporaryFailure(f"smarthost {self.smarthost} refused our login: {exc.smtp_code}") from exc
+            raise TemporaryFailure(f"smarthost {o.smarthost} refused our login: {exc.smtp_code}") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             raise _classify(exc.recipients) from exc
         except smtplib.SMTPResponseException as exc:
             raise _failure(exc.smtp_code, exc.smtp_error) from exc
         except (OSError, smtplib.SMTPException) as exc:
             if fired.is_set():  # the deadline cut the connection
-                raise TemporaryFailure(f"smarthost {self.smarthost}: not done within {self.deadline} s") from exc
-            raise TemporaryFailure(f"smarthost {self.smarthost}: {exc}") from exc
+                raise TemporaryFailure(f"smarthost {o.smarthost}: not done within {o.deadline} s") from exc
+            raise TemporaryFailure(f"smarthost {o.smarthost}: {exc}") from exc
         finally:
             watchdog.cancel()
         if refused:

@@ -33,7 +33,7 @@ def postern_services(postern):
     from postern.plugins.wildduck.watcher import run_watcher
 
     services = [Service("wildduck-watcher", run_watcher, "follows WildDuck for new mail and ingests it")]
-    if postern.backend("receive").bind:
+    if postern.backend("receive").options.smtp_bind:
         from postern.plugins.wildduck.frontdoor import run_front_door
 
         services.append(
@@ -53,9 +53,9 @@ def postern_register_commands(cli):
 def postern_dns_records(postern, domain):
     """With ``mx_host`` set, an operator's MX sits in front of WildDuck: publish it
     preferred (5) over the core's own MX (10), which stays as the fallback."""
-    if not _active(postern) or not postern.backend("receive").mx_host:
+    if not _active(postern) or not postern.backend("receive").options.mx_host:
         return None
-    mx = f"5 {postern.backend('receive').mx_host.rstrip('.')}"
+    mx = f"5 {postern.backend('receive').options.mx_host.rstrip('.')}"
     return [DnsRecord(domain, "MX", mx), DnsRecord(f"*.{domain}", "MX", mx)]
 
 

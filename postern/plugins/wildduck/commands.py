@@ -42,9 +42,9 @@ def issue_app_password(postern, inbox_id: str, description: str) -> dict:
         )
     return {
         "inbox_id": inbox.id,
-        "imap_host": receiver.imap_host,
-        "imap_port": receiver.imap_port,
-        "imap_tls": receiver.imap_tls,
+        "imap_host": receiver.options.imap_host,
+        "imap_port": receiver.options.imap_port,
+        "imap_tls": receiver.options.imap_tls,
         "username": inbox.address,
         "password": password,
     }

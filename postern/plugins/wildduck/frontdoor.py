@@ -11,11 +11,11 @@ retry goes to the others only.
 
 from __future__ import annotations
 
+import functools
 import logging
 
-from postern.core.mail.ingest import MailRejected
-from postern.core.mail.mime import parse
-from postern.plugins.smtp_local.receiver import Handler, run_listener
+from postern.core.smtp.listener import run_listener
+from postern.core.smtp.session import Arrival
 from postern.plugins.wildduck.lmtp import deliver_once
 
 log = logging.getLogger("postern.wildduck.smtp")
@@ -38,24 +38,17 @@ def reply_for(failed: dict[str, tuple[int, str]], total: int) -> str:
     return f"{code} {text}"
 
 
-class WildDuckHandler(Handler):
-    """The smtp_local handler with DATA handed to WildDuck instead of the core store."""
-
-    async def handle_DATA(self, server, session, envelope):
-        raw = envelope.original_content or envelope.content
-        recipients = list(envelope.rcpt_tos)
-        try:
-            await self.runner.run(parse, raw, self.limits)  # refuse what Postern would refuse
-            failed = await self.runner.run(deliver_once, self.receiver, envelope.mail_from or "", recipients, raw)
-        except MailRejected as exc:
-            log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
-            return f"{exc.smtp_code} {exc.message}"
-        reply = reply_for(failed, len(recipients))
-        if failed:
-            log.warning("WildDuck did not take a message from %s for %s: %s", envelope.mail_from, sorted(failed), reply)
-        return reply
+async def deliver_arrival(receiver, arrival: Arrival) -> str:
+    """``on_message`` of the front door: the message, parsed within Postern's limits by
+    the listener, goes to WildDuck over LMTP; the reply says how that went."""
+    failed = await arrival.runner.run(deliver_once, receiver, arrival.mail_from, arrival.recipients, arrival.raw)
+    reply = reply_for(failed, len(arrival.recipients))
+    if failed:
+        log.warning("WildDuck did not take a message from %s for %s: %s", arrival.mail_from, sorted(failed), reply)
+    return reply
 
 
 def run_front_door(postern) -> None:
     """Service entry point (``postern service run smtp``) while wildduck receives."""
-    run_listener(postern, WildDuckHandler)
+    receiver = postern.backend("receive")
+    run_listener(postern, receiver.options.listener(), functools.partial(deliver_arrival, receiver))

@@ -86,7 +86,8 @@ def deliver_once(receiver, sender: str, recipients: list[str], raw: bytes, *, la
             _record(digest, todo, delivered=False)
     if not todo:
         return {}
-    replies = deliver_lmtp(receiver.lmtp_host, receiver.lmtp_port, sender, todo, raw, receiver.timeout_seconds)
+    options = receiver.options
+    replies = deliver_lmtp(options.lmtp_host, options.lmtp_port, sender, todo, raw, options.timeout_seconds)
     reached = [r for r in todo if replies[r][0] == 250]
     failed = {r: reply for r, reply in replies.items() if reply[0] != 250}
     if reached and (landed is not None or failed):

@@ -12,51 +12,77 @@ import datetime as dt
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from postern.core.backends import BackendError, InboxRef, PermanentFailure, Receiver
 from postern.core.db import database, write_transaction
+from postern.core.options import host_port_or_empty, option, positive
+from postern.core.smtp.options import (
+    CHECK_AT_LEAST_ONE,
+    CHECK_PROCESSES,
+    DEFAULT_BIND,
+    DEFAULT_HOSTNAME,
+    ListenerOptions,
+)
 from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckOrphan
 
 log = logging.getLogger("postern.wildduck")
 
-OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "api_url": str,
-    "access_token": str,
-    "timeout_seconds": (int, float),
-    "imap_host": str,
-    "imap_port": int,
-    "imap_tls": bool,
-    "lmtp_host": str,
-    "lmtp_port": int,
-    "redis_url": str,
-    "sweep_seconds": (int, float),
-    "mx_host": str,
-    "smtp_bind": str,
-    "hostname": str,
-    "max_recipients": int,
-    "threads": int,
-}
+
+def _http_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise ValueError(f"must be an http(s) URL, got '{value}'")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"must be a redis:// URL, got '{value}'")
+    if value:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ValueError("needs the 'wildduck' extra: pip install 'postern[wildduck]'") from None
+    return value
+
+
+@dataclass(frozen=True)
+class WildDuckOptions:
+    """``[receive.wildduck]``. The ``smtp_*``, ``hostname``, ``max_recipients``,
+    ``threads`` and ``processes`` options configure Postern's SMTP front door."""
+
+    api_url: str = option(check=_http_url, help='WildDuck\'s API, e.g. "http://127.0.0.1:8080"')
+    access_token: str = option("", secret=True)
+    timeout_seconds: float = option(10.0, check=positive)
+    imap_host: str = option("127.0.0.1")
+    imap_port: int = option(993)
+    imap_tls: bool = option(True)
+    lmtp_host: str = option("127.0.0.1")
+    lmtp_port: int = option(24)
+    redis_url: str = option("", check=_redis_url)
+    sweep_seconds: float = option(300.0, check=positive)
+    mx_host: str = option("")
+    smtp_bind: str = option(DEFAULT_BIND, check=host_port_or_empty, help='host:port, or "" for no SMTP listener')
+    hostname: str = option(DEFAULT_HOSTNAME)
+    max_recipients: int = option(100, check=CHECK_AT_LEAST_ONE)
+    threads: int = option(4, check=CHECK_AT_LEAST_ONE)
+    processes: int = option(1, check=CHECK_PROCESSES)
+
+    def listener(self) -> ListenerOptions:
+        """The front door's options (the core's SMTP listener, its other limits at their defaults)."""
+        return ListenerOptions(
+            bind=self.smtp_bind,
+            hostname=self.hostname,
+            max_recipients=self.max_recipients,
+            threads=self.threads,
+            processes=self.processes,
+        )
 
 
 #: Users made by provisioning that a process remembers (see ``WildDuckReceiver._made``).
 MADE_REMEMBERED = 1000
-
-#: How an option's type is named in an error, as a TOML user would say it.
-_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int | float):
-        return f"{'an integer' if isinstance(value, int) else 'a number'} ({value})"
-    if isinstance(value, str):
-        return f'a string ("{value[:40]}")'
-    return {list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
 class WildDuckReceiver(Receiver):
@@ -64,77 +90,23 @@ class WildDuckReceiver(Receiver):
 
     name = "wildduck"
     description = "WildDuck mailboxes (REST provisioning, LMTP delivery, IMAP for humans)"
+    options_class = WildDuckOptions
 
-    def __init__(
-        self,
-        api_url: str,
-        access_token: str = "",
-        timeout_seconds: float = 10,
-        imap_host: str = "127.0.0.1",
-        imap_port: int = 993,
-        imap_tls: bool = True,
-        lmtp_host: str = "127.0.0.1",
-        lmtp_port: int = 24,
-        redis_url: str = "",
-        sweep_seconds: float = 300,
-        mx_host: str = "",
-        smtp_bind: str = "127.0.0.1:2525",
-        hostname: str = "postern.localhost",
-        max_recipients: int = 100,
-        threads: int = 4,
-    ):
-        self.api_url, self.access_token, self.timeout_seconds = api_url, access_token, timeout_seconds
-        self.imap_host, self.imap_port, self.imap_tls = imap_host, imap_port, imap_tls
-        self.lmtp_host, self.lmtp_port = lmtp_host, lmtp_port
-        self.redis_url, self.sweep_seconds, self.mx_host = redis_url, sweep_seconds, mx_host
-        # The SMTP front door reads these names, the same as smtp_local's options.
-        self.bind, self.hostname, self.max_recipients, self.threads = smtp_bind, hostname, max_recipients, threads
+    def __init__(self, options: WildDuckOptions):
+        self.options = options
         self._api = None
         #: Inbox id -> user made for it by this process, most recent last: if the inbox's
         #: transaction rolls back, ``deprovision`` (called right after) knows the user even
         #: when WildDuck no longer answers, and can leave it as an orphan to delete later.
         self._made: OrderedDict[str, str] = OrderedDict()
 
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any]) -> WildDuckReceiver:
-        for key, value in options.items():
-            kind = OPTIONS.get(key)
-            if kind is None:
-                raise ValueError(f"unknown option '{key}'; known: {', '.join(OPTIONS)}")
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ValueError(f"'{key}' must be {_KIND_NAMES[kind]}, got {_describe(value)}")
-        if not options.get("api_url"):
-            raise ValueError('api_url is required, e.g. "http://127.0.0.1:8080"')
-        receiver = cls(**options)
-        if urlsplit(receiver.api_url).scheme not in ("http", "https"):
-            raise ValueError(f"api_url must be an http(s) URL, got '{receiver.api_url}'")
-        if receiver.redis_url and urlsplit(receiver.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis_url must be a redis:// URL, got '{receiver.redis_url}'")
-        if receiver.bind:
-            host, _, port = receiver.bind.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"smtp_bind must be host:port (or \"\" for no SMTP listener), got '{receiver.bind}'")
-        if receiver.max_recipients < 1:
-            raise ValueError("max_recipients must be at least 1")
-        if receiver.sweep_seconds <= 0:
-            raise ValueError("sweep_seconds must be positive")
-        try:
-            import httpx  # noqa: F401  (a core dependency; imapclient/redis are the extra)
-        except ImportError:  # pragma: no cover
-            raise ValueError("needs httpx") from None
-        if receiver.redis_url:
-            try:
-                import redis  # noqa: F401
-            except ImportError:
-                raise ValueError("redis_url needs the 'wildduck' extra: pip install 'postern[wildduck]'") from None
-        return receiver
-
     @property
     def api(self):
         if self._api is None:
             from postern.plugins.wildduck.api import WildDuckApi
 
-            self._api = WildDuckApi(self.api_url, self.access_token, self.timeout_seconds)
+            o = self.options
+            self._api = WildDuckApi(o.api_url, o.access_token, o.timeout_seconds)
         return self._api
 
     def provision(self, inbox: InboxRef) -> None:

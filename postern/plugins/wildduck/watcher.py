@@ -209,12 +209,12 @@ def run_watcher(postern) -> None:
     (the default action is right: every ingest is one transaction)."""
     receiver = postern.backend("receive")
     api = receiver.api
-    bell = _Doorbell(receiver.redis_url) if receiver.redis_url else None
+    bell = _Doorbell(receiver.options.redis_url) if receiver.options.redis_url else None
     log.info(
         "watching WildDuck at %s (doorbell: %s, sweep every %ss)",
-        receiver.api_url,
+        receiver.options.api_url,
         "redis wd_events" if bell else "none",
-        receiver.sweep_seconds,
+        receiver.options.sweep_seconds,
     )
     next_sweep = 0.0
     unchanged = Unchanged()
@@ -227,7 +227,7 @@ def run_watcher(postern) -> None:
             if time.monotonic() >= next_sweep:
                 try:
                     sweep(postern, api, unchanged)
-                    next_sweep = time.monotonic() + receiver.sweep_seconds
+                    next_sweep = time.monotonic() + receiver.options.sweep_seconds
                 except Exception:
                     log.exception("sweep failed; retrying in 5 s")
                     next_sweep = time.monotonic() + 5

@@ -1,0 +1,193 @@
+"""One SMTP connection: RCPT checked against the core's inboxes, DATA parsed within
+Postern's limits, then handed to the receive backend's ``on_message``, whose answer is
+the reply to DATA."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from postern.core.connlimits import TOTAL, ConnectionLimiter
+from postern.core.db import DatabaseRunner, GroupCommitter
+from postern.core.mail.ingest import MailRejected, limits_for, local_inbox, storable_address
+from postern.core.mail.mime import parse
+from postern.core.smtp.options import DEFAULT_COMMAND_TIMEOUT, DEFAULT_DATA_TIMEOUT, ListenerOptions
+
+log = logging.getLogger("postern.smtp")
+
+TOO_MANY_TOTAL = b"421 4.7.0 Too many connections, try again later\r\n"
+TOO_MANY_FROM_CLIENT = b"421 4.7.0 Too many connections from your address, try again later\r\n"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message the listener accepted at DATA, parsed within Postern's limits, with the
+    listener process's thread pool and group committer for the work of keeping it."""
+
+    raw: bytes
+    parsed: Any  # postern.core.mail.mime's parse result
+    mail_from: str
+    recipients: list[str]
+    #: Address (lower case) -> the inbox RCPT found for it.
+    inboxes: dict[str, Any]
+    runner: DatabaseRunner
+    committer: GroupCommitter
+
+
+#: What a receive backend does with an arrival; its answer is the SMTP reply to DATA.
+OnMessage = Callable[[Arrival], Awaitable[str]]
+
+
+class Handler:
+    """aiosmtpd handler. Lookups and parsing run on a small thread pool, off the loop;
+    ``on_message`` keeps the message (smtp_local stores it through a group committer,
+    so concurrent sessions share one commit)."""
+
+    def __init__(
+        self,
+        postern,
+        options: ListenerOptions,
+        on_message: OnMessage,
+        runner: DatabaseRunner,
+        committer: GroupCommitter,
+    ):
+        self.postern = postern
+        self.options = options
+        self.on_message = on_message
+        self.runner = runner
+        self.committer = committer
+        self.limits = limits_for(postern)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.options.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if not storable_address(address.strip()):
+            return "553 5.1.3 Invalid mailbox address"
+        try:
+            known = await self.runner.run(local_inbox, address)
+        except peewee.PeeweeException as exc:
+            log.warning("RCPT %s: database unavailable: %s", address, exc)
+            return "451 4.3.0 Temporary failure, try again later"
+        if known is None:
+            return "550 5.1.1 No such mailbox here"
+        if not hasattr(envelope, "postern_inboxes"):
+            envelope.postern_inboxes = {}
+        envelope.postern_inboxes[address.strip().lower()] = known
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content or envelope.content
+        try:
+            parsed = await self.runner.run(parse, raw, self.limits)
+        except MailRejected as exc:
+            log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
+            return f"{exc.smtp_code} {exc.message}"
+        except Exception:
+            # Parsing depends on the bytes alone: a retry would fail the same way, so a
+            # 4xx here would have the sender resend a poison message forever.
+            log.exception("could not parse a message from %s; refused it for good", envelope.mail_from)
+            return "554 5.6.0 Message could not be parsed"
+        arrival = Arrival(
+            raw=raw,
+            parsed=parsed,
+            mail_from=envelope.mail_from or "",
+            recipients=list(envelope.rcpt_tos),
+            inboxes=getattr(envelope, "postern_inboxes", {}),
+            runner=self.runner,
+            committer=self.committer,
+        )
+        return await self.on_message(arrival)
+
+
+def smtp_session(
+    handler,
+    hostname: str,
+    data_size_limit: int,
+    *,
+    limiter: ConnectionLimiter | None = None,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    data_timeout: float = DEFAULT_DATA_TIMEOUT,
+):
+    """One connection's aiosmtpd protocol, as the listener serves it (the fuzzers too).
+    A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection.
+    ``limiter`` caps open sessions: one over a cap is answered 421 and closed."""
+    session = _smtp_class()(
+        handler,
+        hostname=hostname,
+        data_size_limit=data_size_limit,
+        enable_SMTPUTF8=True,
+        ident="Postern ESMTP",
+        timeout=command_timeout,
+    )
+    session.postern_limiter, session.postern_data_timeout = limiter, data_timeout
+    return session
+
+
+@functools.cache
+def _smtp_class():
+    from aiosmtpd.smtp import SMTP, syntax  # imported by the listener only, not by every process
+
+    class PosternSMTP(SMTP):
+        postern_limiter: ConnectionLimiter | None = None
+        postern_data_timeout: float = DEFAULT_DATA_TIMEOUT
+        postern_client: str | None = None  # the limiter's key while this session counts
+        postern_refused = False
+
+        def connection_made(self, transport):
+            # Called again with the TLS transport after STARTTLS: count only the first.
+            if self.transport is None and self.postern_limiter is not None:
+                key, refused = self.postern_limiter.acquire(transport.get_extra_info("peername"))
+                if refused:
+                    # RFC 5321 3.8: a server that cannot take the session answers 421 and
+                    # closes; the sender keeps the message and retries later.
+                    self.postern_refused = True
+                    transport.write(TOO_MANY_TOTAL if refused == TOTAL else TOO_MANY_FROM_CLIENT)
+                    transport.close()
+                    return
+                self.postern_client = key
+            super().connection_made(transport)
+
+        def connection_lost(self, error):
+            if self.postern_refused:
+                return
+            if self.postern_client is not None:
+                self.postern_limiter.release(self.postern_client)
+                self.postern_client = None
+            super().connection_lost(error)
+
+        def data_received(self, data):
+            if not self.postern_refused:
+                super().data_received(data)
+
+        def eof_received(self):
+            if self.postern_refused:
+                return False
+            return super().eof_received()
+
+        @syntax("DATA")
+        async def smtp_DATA(self, arg):
+            # The message gets its own, longer bound; the command timeout resumes after it.
+            self._reset_timeout(self.postern_data_timeout)
+            try:
+                await super().smtp_DATA(arg)
+            finally:
+                if self.transport is not None:
+                    self._reset_timeout()
+
+        def _getaddr(self, arg):
+            try:
+                return super()._getaddr(arg)
+            except (IndexError, ValueError):
+                # The standard library's get_angle_addr raises IndexError on "<" and
+                # "<@" (Python 3.11.7), which aiosmtpd lets escape: "MAIL FROM:<" was
+                # answered "500 Error: (IndexError) …" with a traceback logged per
+                # command. A malformed address gets aiosmtpd's own answer instead.
+                return None, None
+
+    return PosternSMTP
