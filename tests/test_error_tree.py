@@ -30,6 +30,7 @@ NOT_REPORTED = {
     # The MCP server is a client of the REST API: its errors are the client's.
     "postern.mcp.keys.NoKey",
     "postern.mcp.keys.AdminKeyRefused",
+    "postern.mcp.keys.IncompleteCredential",
     # A private signal inside the WildDuck watcher's loop, never raised out of it.
     "postern.plugins.wildduck.watcher._AlreadyStored",
 }
