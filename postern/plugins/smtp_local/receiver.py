@@ -15,7 +15,15 @@ import peewee
 from postern.core.backends import InboxRef, Receiver
 from postern.core.connlimits import TOTAL, ConnectionLimiter
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database, database_fault
-from postern.core.mail.ingest import MailRejected, announce, limits_for, local_inbox, storable_address, store
+from postern.core.mail.ingest import (
+    MailRejected,
+    announce,
+    limits_for,
+    local_inbox,
+    readable,
+    storable_address,
+    store,
+)
 from postern.core.mail.mime import parse
 from postern.core.prefork import serve_forked
 from postern.core.services import notify_ready
@@ -141,6 +149,9 @@ class Handler:
             # 4xx here would have the sender resend a poison message forever.
             log.exception("could not parse a message from %s; refused it for good", envelope.mail_from)
             return "554 5.6.0 Message could not be parsed"
+        # Outside the group commit: deriving text and finding codes is CPU work that
+        # must not hold the write lock.
+        reading = await self.runner.run(readable, self.postern, parsed, envelope.mail_from or "")
         try:
             stored = await self.committer.run(
                 store,
@@ -150,6 +161,8 @@ class Handler:
                 envelope.mail_from or "",
                 envelope.rcpt_tos,
                 getattr(envelope, "postern_inboxes", None),
+                None,
+                reading,
                 after=lambda messages: announce(self.postern, messages),
             )
         except MailRejected as exc:
