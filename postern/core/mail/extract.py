@@ -15,6 +15,7 @@ stored at ingest (``Message.extraction``) so readers and waiters never redo it.
 
 from __future__ import annotations
 
+import bisect
 import html as htmllib
 import json
 import re
@@ -57,15 +58,16 @@ _KEYWORD = re.compile(
 _LATIN = re.compile(r"[a-z]", re.I)
 # "promo code SAVE20" is a code a model must not type into a verification form.
 _PROMO = re.compile(
-    r"promo|coupon|discount|voucher|gift|referral|gutschein|rabatt|réduction|promotionnel|descuento|cupón|cupom"
+    r"promo|coupon|discount|voucher|gift|referral|reward|bonus|prämie|gutschein|rabatt|réduction|promotionnel|descuento|cupón|cupom"
     r"|desconto|sconto|buono|korting|kortings|クーポン|割引|优惠|折扣|兑换",
     re.I,
 )
 
 # What a code looks like. Lookarounds instead of \b: CJK letters are \w, so "验证码123456"
 # has no word boundary before the digits.
-_EDGE_L = r"(?<![\w.,/@#$€£¥+-])"
-_EDGE_R = r"(?![\w/@%€£¥]|[.,]\d|-\w)"
+_WORD = "0-9A-Za-zÀ-ÿ_"
+_EDGE_L = rf"(?<![{_WORD}.,/@#$€£¥+-])"
+_EDGE_R = rf"(?![{_WORD}/@%€£¥]|[.,]\d|-[{_WORD}])"
 _CODE = re.compile(
     _EDGE_L
     + r"(?:"
@@ -90,6 +92,7 @@ _NOT_CODES = [
     # Phone numbers: +49 30 1234567, (555) 123-4567, 0800 123 4567.
     re.compile(r"\+\d{1,3}[\s.-]?(?:\(?\d{1,5}\)?[\s.-]?){1,4}\d{2,6}"),
     re.compile(r"\(\d{2,5}\)\s?\d{3,4}[\s.-]?\d{3,5}"),
+    re.compile(r"(?<!\d)\d{2}(?:[\s.-]\d{2}){3,}(?!\d)"),  # 01 23 45 67 89
     re.compile(r"(?<!\d)\d{3,4}[\s.-]\d{3}[\s.-]\d{3,4}(?!\d)"),
     # Prices and amounts: $12.99, 1.299,00 €, 25 EUR, 3000円.
     re.compile(_MONEY + r"\s?\d[\d.,' ]*\d?", re.I),
@@ -99,8 +102,9 @@ _NOT_CODES = [
     re.compile(
         r"(?:order|invoice|ticket|case|customer|account|reference|ref|booking|tracking|shipment|transaction"
         r"|bestellung|bestellnummer|rechnung|kundennummer|auftrag|commande|facture|pedido|factura|encomenda"
-        r"|fatura|ordine|fattura|bestelling|factuur|klantnummer|注文番号|注文|订单号|订单|訂單|发票|お問い合わせ番号)"
-        r"[\s\w.]{0,12}?(?:#|no\.?|nr\.?|n°|nº|number|nummer|numéro|número|numero|id)?\s*[:#]?\s*[A-Z0-9-]{3,}",
+        r"|fatura|ordine|fattura|bestelling|factuur|klantnummer|kontonummer|iban|注文番号|注文|订单号|订单|訂單|发票"
+        r"|お問い合わせ番号)[ \t\w.]{0,12}?(?:#|no\.?|nr\.?|n°|nº|number|nummer|numéro|número|numero|id)?"
+        r"[ \t]*[:#：]?[ \t]*(?=[A-Z-]*\d)[A-Z0-9-]{3,}(?:[ \t]\d{2,6}){0,6}",
         re.I,
     ),
     re.compile(r"#\s?[A-Z0-9-]{3,}", re.I),
@@ -197,21 +201,16 @@ def _codes(body: str) -> list[Code]:
     masked = _mask(body)
     # A promo-code keyword stays in the list so that it, being nearest, can veto its token.
     keywords = [
-        (m.start(), m.end(), None if _promo(masked, m.start()) else m.group(0))
+        (m.start(), m.end(), None if _promo(masked, m.start()) else m.group(0).lower())
         for m in _KEYWORD.finditer(masked)
         if _whole_word(masked, m)
     ]
     if not keywords:
         return []
+    candidates = [m for m in _CODE.finditer(masked) if not _overlaps(m, keywords)]
     found: dict[str, tuple[int, Code]] = {}
-    for m in _CODE.finditer(masked):
+    for m, distance, keyword in _paired(masked, keywords, candidates):
         written = m.group(0)
-        best = _nearest_keyword(keywords, m.start(), m.end())
-        if best is None:
-            continue
-        distance, keyword = best
-        if keyword is None:
-            continue
         digits = written.replace(" ", "").replace("-", "")
         if digits.isdigit() and len(digits) == 4 and _YEAR.fullmatch(digits) and distance > 12:
             continue
@@ -219,9 +218,48 @@ def _codes(body: str) -> list[Code]:
             continue
         value = digits if digits.isdigit() else written.replace(" ", "")
         if value not in found or distance < found[value][0]:
-            found[value] = (distance, Code(value, written, keyword.lower()))
+            found[value] = (distance, Code(value, written, keyword))
     ranked = sorted(found.values(), key=lambda item: item[0])
     return [code for _, code in ranked[:MAX_CODES]]
+
+
+def _paired(text: str, keywords, candidates):
+    """Each keyword marks at most the first candidate after it ("code: 123456") and the
+    last one before it ("123456 is your code"), within reach and in the same sentence
+    (unless the code stands alone on its line, as in "Your code is below:\n\n123456").
+    So "PIN: 5821 ... Room 1204" yields 5821 only."""
+    starts = [m.start() for m in candidates]
+    for k_start, k_end, word in keywords:
+        after = bisect.bisect_left(starts, k_end)
+        if after < len(candidates):
+            m = candidates[after]
+            distance = m.start() - k_end
+            if distance <= _BEFORE and _same_sentence(text, k_end, m):
+                if word is not None:
+                    yield m, distance, word
+        before = bisect.bisect_left(starts, k_start) - 1
+        if before >= 0:
+            m = candidates[before]
+            distance = k_start - m.end()
+            if 0 <= distance <= _AFTER and _same_sentence(text, m.end(), m, k_start) and word is not None:
+                yield m, distance, word
+
+
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|[。！？]")
+
+
+def _same_sentence(text: str, start: int, m: re.Match, end: int | None = None) -> bool:
+    between = text[start : m.start()] if end is None else text[start:end]
+    if not _SENTENCE_END.search(between):
+        return True
+    line_start = text.rfind("\n", 0, m.start()) + 1
+    line_end = text.find("\n", m.end())
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    return line.strip(" \t*:.-") == m.group(0)
+
+
+def _overlaps(m: re.Match, keywords) -> bool:
+    return any(k_start < m.end() and m.start() < k_end for k_start, k_end, _ in keywords)
 
 
 def _mask(body: str) -> str:
@@ -244,24 +282,6 @@ def _whole_word(text: str, m: re.Match) -> bool:
 def _promo(text: str, start: int) -> bool:
     line_start = text.rfind("\n", 0, start) + 1
     return bool(_PROMO.search(text[max(line_start, start - 20) : start]))
-
-
-def _nearest_keyword(keywords, start: int, end: int) -> tuple[int, str] | None:
-    best = None
-    for k_start, k_end, word in keywords:
-        if k_end <= start:
-            distance = start - k_end
-            if distance > _BEFORE:
-                continue
-        elif k_start >= end:
-            distance = k_start - end
-            if distance > _AFTER:
-                continue
-        else:
-            continue  # the keyword overlaps the candidate ("2FA")
-        if best is None or distance < best[0]:
-            best = (distance, word)
-    return best
 
 
 def _looks_like_word(token: str) -> bool:
@@ -294,10 +314,19 @@ def _candidates(text: str, html: str):
     for m in _MD_LINK.finditer(text):
         yield m.group(2), m.group(1)
     for m in _URL.finditer(text):
-        url = m.group(0).rstrip(".,;:!?")
-        start = m.start()
-        line_start = text.rfind("\n", 0, start) + 1
-        yield url, text[max(line_start, start - 80) : start]
+        yield m.group(0).rstrip(".,;:!?"), _introduction(text, m.start())
+
+
+def _introduction(text: str, start: int) -> str:
+    """What introduces a bare URL: the text before it on its line, or the line above,
+    when that ends with a colon ("Confirm your account: https://..."). Anything else
+    ("... your password may be compromised. Visit https://...") says nothing about it."""
+    line_start = text.rfind("\n", 0, start) + 1
+    before = text[line_start:start].strip()
+    if not before and line_start > 1:
+        above_start = text.rfind("\n", 0, line_start - 1) + 1
+        before = text[above_start : line_start - 1].strip()
+    return before[-80:] if before.endswith((":", "：")) else ""
 
 
 def _kind(words: str) -> tuple[str, str] | None:
