@@ -55,6 +55,10 @@ _KEYWORD = re.compile(
     "|".join(re.escape(k) for k in sorted(CODE_KEYWORDS, key=len, reverse=True)),
     re.I,
 )
+# "Use code BF2026 for 40% off": what follows a token can make it a promo code too.
+_PROMO_AFTER = re.compile(
+    r".{0,20}?(?:\d\s?%|\boff\b|rabatt|réduction|descuento|desconto|sconto|korting|割引|折扣|优惠)", re.I
+)
 _LATIN = re.compile(r"[a-z]", re.I)
 # "promo code SAVE20" is a code a model must not type into a verification form.
 _PROMO = re.compile(
@@ -193,7 +197,8 @@ EMPTY = Extraction()
 def extract(subject: str, text: str, html: str = "", sender: str = "") -> Extraction:
     """Codes and links of one message. ``text`` is the readable body (for HTML-only
     mail, the text derived from ``html``); ``html`` adds the anchors' targets."""
-    body = f"{subject}\n\n{text[:MAX_TEXT]}"
+    # The subject is a sentence of its own: a keyword in it must not reach into the body.
+    body = f"{subject}\n.\n{text[:MAX_TEXT]}"
     return Extraction(_codes(body), _links(text[:MAX_TEXT], html, _domain_of(sender)))
 
 
@@ -207,7 +212,9 @@ def _codes(body: str) -> list[Code]:
     ]
     if not keywords:
         return []
-    candidates = [m for m in _CODE.finditer(masked) if not _overlaps(m, keywords)]
+    candidates = [
+        m for m in _CODE.finditer(masked) if not _overlaps(m, keywords) and not _PROMO_AFTER.match(body, m.end())
+    ]
     found: dict[str, tuple[int, Code]] = {}
     for m, distance, keyword in _paired(masked, keywords, candidates):
         written = m.group(0)
@@ -245,7 +252,7 @@ def _paired(text: str, keywords, candidates):
                 yield m, distance, word
 
 
-_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|[。！？]")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|[。！？]|\n[ \t]*\n")  # a blank line ends a paragraph
 
 
 def _same_sentence(text: str, start: int, m: re.Match, end: int | None = None) -> bool:
