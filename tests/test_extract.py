@@ -177,3 +177,23 @@ def test_sdk_and_mcp_carry_codes_and_links():
     assert summary["links"] == [{"url": "https://a.example/v", "kind": "verify", "sender_domain": True}]
     bare = shape.message_summary(Message.from_json({**data, "codes": [], "links": []}))
     assert "codes" not in bare and "links" not in bare
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        ("code 123456 " * 6000, ""),
+        ("a" * 70_000, ""),
+        ("1" * 70_000, ""),
+        ("12 " * 25_000, ""),
+        ("a.b+" * 20_000, ""),
+        ("$1" * 30_000, ""),
+        ("[x](https://" * 7000, ""),
+        ("", "<a href='" * 60_000),
+        ("", "<a href='https://a.example/verify'>verify" * 12_000),
+    ],
+)
+def test_extraction_is_bounded_on_hostile_input(text, html):
+    start = time.perf_counter()
+    extract("subject", text, html)
+    assert time.perf_counter() - start < 1.5  # ~0.1 s here: no pattern may go quadratic

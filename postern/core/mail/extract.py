@@ -21,7 +21,8 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-MAX_TEXT = 64 * 1024  # codes sit near the top of a mail; bound the scan
+MAX_TEXT = 32 * 1024  # codes sit near the top of a mail; bound the scan
+MAX_HTML = 512 * 1024  # as htmltext.MAX_HTML_BYTES
 MAX_CODES = 3
 MAX_LINKS = 3
 
@@ -78,8 +79,8 @@ _CODE = re.compile(
     + r"\d{3,4}[ -]\d{3,4}"  # 123 456, 1234-5678
     + r"|\d{2}[ -]\d{2}[ -]\d{2}"  # 12 34 56
     + r"|\d{4,8}"
-    + r"|(?=[A-Z0-9-]*\d)(?=[A-Z0-9-]*[A-Z])[A-Z0-9]{3,5}-[A-Z0-9]{3,5}"  # K7P-2QX
-    + r"|(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{4,10}"  # X7K2P9
+    + r"|(?=[A-Z0-9-]{0,10}\d)(?=[A-Z0-9-]{0,10}[A-Z])[A-Z0-9]{3,5}-[A-Z0-9]{3,5}"  # K7P-2QX
+    + r"|(?=[A-Z0-9]{0,9}\d)(?=[A-Z0-9]{0,9}[A-Z])[A-Z0-9]{4,10}"  # X7K2P9
     + r")"
     + _EDGE_R
 )
@@ -87,8 +88,8 @@ _CODE = re.compile(
 # Numbers that are not codes: masked (replaced by spaces, offsets kept) before looking.
 _MONEY = r"(?:[$€£¥₹]|USD|EUR|GBP|JPY|CHF|R\$|元|円)"
 _NOT_CODES = [
-    re.compile(r"(?:https?://|www\.)[^\s<>\"'\])]+", re.I),
-    re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    re.compile(r"(?:https?://|www\.)[^\s<>\"'\])]{1,2000}", re.I),
+    re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"),
     # Dates and times: 2026-05-06, 06/05/2026, 6.5.2026, 12:30, 2026年5月6日.
     re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}"),
     re.compile(r"\d{1,2}:\d{2}(?::\d{2})?"),
@@ -96,22 +97,24 @@ _NOT_CODES = [
     # Phone numbers: +49 30 1234567, (555) 123-4567, 0800 123 4567.
     re.compile(r"\+\d{1,3}[\s.-]?(?:\(?\d{1,5}\)?[\s.-]?){1,4}\d{2,6}"),
     re.compile(r"\(\d{2,5}\)\s?\d{3,4}[\s.-]?\d{3,5}"),
-    re.compile(r"(?<!\d)\d{2}(?:[\s.-]\d{2}){3,}(?!\d)"),  # 01 23 45 67 89
+    re.compile(r"(?<!\d)\d{2}(?:[\s.-]\d{2}){3,6}(?!\d)"),  # 01 23 45 67 89
     re.compile(r"(?<!\d)\d{3,4}[\s.-]\d{3}[\s.-]\d{3,4}(?!\d)"),
     # Prices and amounts: $12.99, 1.299,00 €, 25 EUR, 3000円.
-    re.compile(_MONEY + r"\s?\d[\d.,' ]*\d?", re.I),
-    re.compile(r"\d[\d.,']*\s?" + _MONEY, re.I),
-    re.compile(r"\d+(?:[.,]\d+)?\s?(?:%|percent|prozent|pour cent|por ciento|per cento|procent)", re.I),
+    re.compile(_MONEY + r"\s?\d[\d.,' ]{0,16}\d?", re.I),
+    re.compile(r"(?<![\d.,'])\d[\d.,']{0,16}\s?" + _MONEY, re.I),
+    re.compile(
+        r"(?<![\d.,])\d{1,6}(?:[.,]\d{1,4})?\s?(?:%|percent|prozent|pour cent|por ciento|per cento|procent)", re.I
+    ),
     # Order, invoice, ticket, customer and reference numbers, in the supported languages.
     re.compile(
         r"(?:order|invoice|ticket|case|customer|account|reference|ref|booking|tracking|shipment|transaction"
         r"|bestellung|bestellnummer|rechnung|kundennummer|auftrag|commande|facture|pedido|factura|encomenda"
         r"|fatura|ordine|fattura|bestelling|factuur|klantnummer|kontonummer|iban|注文番号|注文|订单号|订单|訂單|发票"
         r"|お問い合わせ番号)[ \t\w.]{0,12}?(?:#|no\.?|nr\.?|n°|nº|number|nummer|numéro|número|numero|id)?"
-        r"[ \t]*[:#：]?[ \t]*(?=[A-Z-]*\d)[A-Z0-9-]{3,}(?:[ \t]\d{2,6}){0,6}",
+        r"[ \t]*[:#：]?[ \t]*(?=[A-Z-]{0,40}\d)[A-Z0-9-]{3,40}(?:[ \t]\d{2,6}){0,6}",
         re.I,
     ),
-    re.compile(r"#\s?[A-Z0-9-]{3,}", re.I),
+    re.compile(r"#\s?[A-Z0-9-]{3,40}", re.I),
 ]
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _BEFORE = 60  # characters a keyword may precede a code by ("Your verification code is: ")
@@ -142,10 +145,13 @@ _NOT_LINKS = re.compile(
     r"|pixel|beacon|/o/[\w-]+\.gif|list-manage\.com|privacy|datenschutz|terms|/help|support\.|/support",
     re.I,
 )
-_ANCHOR = re.compile(r"<a\b[^>]*?\bhref\s*=\s*([\"'])(.*?)\1[^>]*>(.*?)</a\s*>", re.I | re.S)
+# Bounded repeats throughout: an unclosed <a or a 64 KiB run of digits must not make
+# any pattern quadratic (tests/test_extract.py times the worst inputs).
+_OPEN_A = re.compile(r"<a\s[^<>]{0,2000}+>", re.I)  # possessive: no backtracking on "<a href='<a href='..."
+_HREF = re.compile(r"\bhref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'>]+))", re.I)
 _TAG = re.compile(r"<[^>]+>")
-_URL = re.compile(r"https?://[^\s<>\"'\])]+", re.I)
-_MD_LINK = re.compile(r"\[([^\]]{0,200})\]\((https?://[^)\s]+)\)")
+_URL = re.compile(r"https?://[^\s<>\"'\])]{1,2000}", re.I)
+_MD_LINK = re.compile(r"\[([^\]]{0,200})\]\((https?://[^)\s]{1,1000})\)")
 
 
 @dataclass(frozen=True)
@@ -212,8 +218,9 @@ def _codes(body: str) -> list[Code]:
     ]
     if not keywords:
         return []
+    ends = [k_end for _, k_end, _ in keywords]
     candidates = [
-        m for m in _CODE.finditer(masked) if not _overlaps(m, keywords) and not _PROMO_AFTER.match(body, m.end())
+        m for m in _CODE.finditer(masked) if not _overlaps(m, keywords, ends) and not _PROMO_AFTER.match(body, m.end())
     ]
     found: dict[str, tuple[int, Code]] = {}
     for m, distance, keyword in _paired(masked, keywords, candidates):
@@ -265,8 +272,10 @@ def _same_sentence(text: str, start: int, m: re.Match, end: int | None = None) -
     return line.strip(" \t*:.-") == m.group(0)
 
 
-def _overlaps(m: re.Match, keywords) -> bool:
-    return any(k_start < m.end() and m.start() < k_end for k_start, k_end, _ in keywords)
+def _overlaps(m: re.Match, keywords, ends: list[int]) -> bool:
+    """Whether a keyword overlaps the token ("2FA"); keywords are sorted and disjoint."""
+    i = bisect.bisect_right(ends, m.start())
+    return i < len(keywords) and keywords[i][0] < m.end()
 
 
 def _mask(body: str) -> str:
@@ -314,10 +323,16 @@ def _links(text: str, html: str, sender_domain: str) -> list[Link]:
 
 def _candidates(text: str, html: str):
     if html:
-        for m in _ANCHOR.finditer(html[: 512 * 1024]):
-            url = htmllib.unescape(m.group(2)).strip()
+        html = html[:MAX_HTML]
+        for m in _OPEN_A.finditer(html):
+            href = _HREF.search(m.group(0))
+            if href is None:
+                continue
+            url = htmllib.unescape(next(g for g in href.groups() if g is not None)).strip()
             if url.lower().startswith(("http://", "https://")):
-                yield url, " ".join(htmllib.unescape(_TAG.sub(" ", m.group(3))).split())
+                close = html.find("</a", m.end(), m.end() + 1000)
+                label = html[m.end() : close] if close >= 0 else ""
+                yield url, " ".join(htmllib.unescape(_TAG.sub(" ", label)).split())
     for m in _MD_LINK.finditer(text):
         yield m.group(2), m.group(1)
     for m in _URL.finditer(text):
