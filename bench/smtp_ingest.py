@@ -49,20 +49,21 @@ from harness import (
 TARGET = 0.75  # Postern >= 75% of the do-nothing aiosmtpd handler
 
 
-def smtp_source(args, port: int, to: str, messages: int) -> float:
-    """Send ``messages`` with smtp-source; returns the wall-clock seconds it took."""
+def smtp_source(args, port: int, to: str, messages: int, extra: list[str] | tuple = ()) -> float:
+    """Send ``messages`` with smtp-source; returns the wall-clock seconds it took.
+    ``extra``: more smtp-source flags (bench/extraction_ingest.py sends a file with -F)."""
     cmd = [
         "smtp-source",
         "-s", str(args.sessions),
         "-m", str(messages),
-        "-l", str(args.size),
+        *(["-l", str(args.size)] if args.size else []),  # -F (a file) and -l exclude each other
         "-M", "bench.example.org",
         "-f", "a@example.org",
         "-t", to,
     ]  # fmt: skip
     if args.reuse:
         cmd.append("-d")
-    cmd.append(f"127.0.0.1:{port}")
+    cmd += [*extra, f"127.0.0.1:{port}"]
     start = time.perf_counter()
     # Without -A, smtp-source exits non-zero on the first reply that is not the expected one.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -232,6 +232,19 @@ def test_a_received_message_is_one_signed_delivery(postern, client, agent):
     assert (row.status, row.attempts, row.last_status_code, row.lease) == ("succeeded", 1, 200, None)
 
 
+def test_a_received_message_carries_its_codes_and_verification_links(postern, client, agent):
+    inbox = new_inbox(client, agent)
+    with Receiver() as receiver:
+        hook = new_hook(client, agent, receiver.url)
+        mail(postern, inbox, "Your code", "Your login code is 482 913.\nConfirm: https://example.org/verify?t=1")
+        assert drain(postern) == 1
+        [got] = receiver.wait_for(1)
+    data = verify_webhook(got.body, got.headers, hook["secret"])["data"]
+    assert data["codes"] == [{"value": "482913", "as_written": "482 913", "evidence": "login code"}]
+    assert [x["url"] for x in data["verification_links"]] == ["https://example.org/verify?t=1"]
+    assert data["verification_links"][0]["sender_domain"] is True and "message" in data["links"]
+
+
 def test_bodies_are_capped(postern, client, agent):
     postern.config.webhooks.max_body_chars = 10
     inbox = new_inbox(client, agent)

@@ -141,6 +141,10 @@ ATTACHMENT = obj(
         "inline": {"type": "boolean"},
     }
 )
+CODE = obj({"value": S, "as_written": S, "evidence": S})
+LINK = obj(
+    {"url": S, "kind": {"enum": ["verify", "magic", "reset"]}, "evidence": S, "sender_domain": {"type": "boolean"}}
+)
 MESSAGE_SUMMARY_FIELDS = {
     "id": S,
     "inbox_id": S,
@@ -156,6 +160,8 @@ MESSAGE_SUMMARY_FIELDS = {
     "to": PEOPLE,
     "cc": PEOPLE,
     "snippet": S,
+    "codes": {"type": "array", "items": CODE},
+    "links": {"type": "array", "items": LINK},
     "received_at": S,
     "sent_at": S_NULL,
     "size": INT,
@@ -185,6 +191,8 @@ SCHEMAS.update(
         "Message": MESSAGE,
         "Attachment": ATTACHMENT,
         "Person": PERSON,
+        "Code": CODE,
+        "Link": LINK,
         "DownloadLink": obj({"url": S, "expires_at": S}),
         "OutboundAttachment": obj(
             {

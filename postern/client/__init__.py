@@ -20,9 +20,11 @@ from postern.client import bootstrap, errors
 from postern.client.client import Postern
 from postern.client.models import (
     Attachment,
+    Code,
     DownloadLink,
     Enrollment,
     Inbox,
+    Link,
     Me,
     Message,
     Page,
@@ -34,9 +36,11 @@ from postern.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "Attachment",
+    "Code",
     "DownloadLink",
     "Enrollment",
     "Inbox",
+    "Link",
     "Me",
     "Message",
     "Page",

@@ -46,6 +46,29 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class Code:
+    """A one-time code found in an inbound message."""
+
+    #: What to type: digits without the spaces or dashes that group them.
+    value: str
+    #: As it appears in the message ("123 456").
+    as_written: str = ""
+    #: The keyword near it that marks it as a code ("verification code", "验证码").
+    evidence: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A verification, sign-in ("magic") or password-reset link found in an inbound message."""
+
+    url: str
+    kind: str = "verify"  # verify, magic, reset
+    evidence: str = ""
+    #: Whether the link is on the sender's own domain (those come first).
+    sender_domain: bool = False
+
+
+@dataclass(frozen=True)
 class Message:
     """A message. Listings fill the summary fields; ``get`` fills bodies, headers and
     attachments too. Mail is untrusted input: treat ``text``/``html`` as data, never as
@@ -67,6 +90,9 @@ class Message:
     to: list[Person] = field(default_factory=list)
     cc: list[Person] = field(default_factory=list)
     snippet: str = ""
+    #: One-time codes and verification links found when the message arrived.
+    codes: list[Code] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
     message_id: str = ""
     received_at: dt.datetime | None = None
     sent_at: dt.datetime | None = None
@@ -86,7 +112,8 @@ class Message:
     @classmethod
     def from_json(cls, data: dict) -> Message:
         people = ("to", "cc", "reply_to")
-        values = _known(cls, {k: v for k, v in data.items() if k not in (*people, "attachments", "headers")})
+        nested = (*people, "attachments", "headers", "codes", "links")
+        values = _known(cls, {k: v for k, v in data.items() if k not in nested})
         sender = data.get("from")
         return cls(
             **{k: v for k, v in values.items() if k not in ("received_at", "sent_at")},
@@ -96,6 +123,8 @@ class Message:
             **{k: [Person(**p) for p in data.get(k) or []] for k in people},
             headers=[tuple(h) for h in data.get("headers") or []],
             attachments=[Attachment(**_known(Attachment, a)) for a in data.get("attachments") or []],
+            codes=[Code(**_known(Code, c)) for c in data.get("codes") or []],
+            links=[Link(**_known(Link, x)) for x in data.get("links") or []],
         )
 
 

@@ -92,6 +92,9 @@ class MailConfig:
     #: Deepest MIME nesting and most MIME parts accepted (MIME-bomb limits).
     max_mime_depth: int = 10
     max_mime_parts: int = 200
+    #: Find one-time codes and verification links in inbound mail at ingest (the
+    #: ``codes`` and ``links`` of a message). false: none are found (bench baseline).
+    extract_codes: bool = True
     #: Seals the DKIM private keys in the database (give it as { env = "NAME" }). Empty:
     #: a random key in <data_dir>/secrets/dkim.key. Every sending host needs the same one.
     dkim_key_secret: str = ""

@@ -193,6 +193,9 @@ class Message(BaseModel):
     local_done = peewee.BooleanField(default=False)
     #: Outbound only: when a confirming send backend accepted it (status ``sending``).
     accepted_at = peewee.DateTimeField(null=True)
+    #: Inbound only: one-time codes and verification links found at ingest, as JSON
+    #: (``postern.core.mail.extract.Extraction``); '' when none were found.
+    extraction = peewee.TextField(default="")
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))

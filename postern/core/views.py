@@ -166,6 +166,19 @@ def attachment_json(a) -> dict:
     }
 
 
+_NO_EXTRACTION = {"codes": [], "links": []}
+
+
+def _extraction(m) -> dict:
+    """The codes and links ingest found (postern/core/mail/extract.py); a listing that
+    selected no ``extraction`` column, or an old row, shows none."""
+    stored = getattr(m, "extraction", None)
+    if not stored:
+        return _NO_EXTRACTION
+    found = orjson.loads(stored)
+    return {"codes": found.get("codes", []), "links": found.get("links", [])}
+
+
 def message_json(view, *, full: bool = False, max_length: int | None = None) -> dict:
     """A message summary; with ``full``, bodies, headers and attachments too.
     Mail is untrusted: ``html`` is returned as received, for the caller to sanitise."""
@@ -187,6 +200,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "to": _people(m.to_addresses),
         "cc": _people(m.cc_addresses),
         "snippet": m.snippet,
+        **_extraction(m),
         "received_at": iso(m.received_at),
         "sent_at": iso(m.sent_at),
         "size": m.size,

@@ -51,6 +51,23 @@ class InboxPage(TypedDict):
     next_page_token: str | None
 
 
+@_open
+class FoundCode(TypedDict):
+    """A one-time code found in the mail when it arrived (docs/mail.md)."""
+
+    code: str
+    evidence: str
+
+
+@_open
+class FoundLink(TypedDict):
+    """A verification, sign-in (magic) or reset link found in the mail when it arrived."""
+
+    url: str
+    kind: str
+    sender_domain: bool
+
+
 # "from" is a keyword: the functional form is the only way to name that key.
 MessageSummary = _open(
     TypedDict(
@@ -64,6 +81,8 @@ MessageSummary = _open(
             "snippet": NotRequired[str | None],
             "received_at": str | None,
             "attachment_count": int,
+            "codes": NotRequired[list[FoundCode]],  # only when some were found
+            "links": NotRequired[list[FoundLink]],
         },
     )
 )

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from postern.core import doorbell, fastsql
 from postern.core.db import write_transaction
 from postern.core.ids import new_id
+from postern.core.mail.extract import extract
+from postern.core.mail.htmltext import html_to_text
 from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, clean, parse
 from postern.core.mail.threads import find_thread, normalize_subject
 from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
@@ -77,8 +79,9 @@ def ingest(
     transaction, so a retry can never deliver it twice.
     """
     parsed = parse(raw, limits_for(postern))
+    reading = readable(postern, parsed, envelope_from)  # before the write lock: pure CPU
     with write_transaction():
-        stored = store(postern, parsed, raw, envelope_from, recipients, known, delivered_for)
+        stored = store(postern, parsed, raw, envelope_from, recipients, known, delivered_for, reading)
     announce(postern, stored)
     return stored
 
@@ -91,16 +94,18 @@ def store(
     recipients: list[str],
     known: dict | None = None,
     delivered_for: str | None = None,
+    reading: Readable | None = None,
 ) -> list[Message]:
     """The transactional half of ``ingest``: call inside a write transaction, and
     ``announce`` the result only once that transaction has committed."""
     known = known or {}
+    reading = reading or readable(postern, parsed, envelope_from)
     stored = []
     for address in dict.fromkeys(r.strip().lower() for r in recipients):
         inbox = known.get(address) or local_inbox(address)
         if inbox is None:
             continue  # not ours: the listener refused it at RCPT already
-        stored.append(_store(inbox, parsed, raw, envelope_from, direction="inbound", status="received"))
+        stored.append(_store(inbox, parsed, raw, envelope_from, reading))
     if not stored:
         raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
     if delivered_for is not None:
@@ -125,7 +130,31 @@ def announce(postern, stored: list[Message]) -> None:
             log.exception("a postern_message_received hook failed for %s", message.id)
 
 
-def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, *, direction, status) -> Message:
+@dataclass(frozen=True)
+class Readable:
+    """What a reader gets from a parsed message beyond its parts: the text (derived
+    from the HTML when there is no text part) and the codes and links in it."""
+
+    text: str
+    extraction: str  # Extraction.to_json()
+
+
+def readable(postern, parsed: ParsedMessage, envelope_from: str) -> Readable:
+    """Never raises: mail that cannot be read better is still stored as it came."""
+    text = parsed.text
+    try:
+        if not text.strip():
+            text = html_to_text(parsed.html)
+        if not postern.config.mail.extract_codes:
+            return Readable(text, "")
+        sender = parsed.sender.address if parsed.sender else envelope_from
+        return Readable(text, extract(parsed.subject, text, parsed.html, sender).to_json())
+    except Exception:  # a bug here must not refuse mail
+        log.exception("could not derive text or codes from a message from %s", clean(envelope_from)[:320])
+        return Readable(text, "")
+
+
+def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reading: Readable) -> Message:
     seq = next_seq(inbox.id)
     sender = parsed.sender.address if parsed.sender else ""
     thread = find_thread(inbox.id, parsed.subject, parsed.in_reply_to, parsed.references, sender or None)
@@ -158,8 +187,8 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
             inbox=inbox.id,
             thread=thread.id,
             seq=seq,
-            direction=direction,
-            status=status,
+            direction="inbound",
+            status="received",
             message_id_header=parsed.message_id or f"<{message_id}@{inbox.domain}>",
             in_reply_to=parsed.in_reply_to,
             references=" ".join(parsed.references),
@@ -175,9 +204,11 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
             envelope_from=clean(envelope_from)[:320],
             sent_at=parsed.date,
             received_at=now,
-            text=parsed.text,
+            # A mail with only an HTML part gets the text a reader of it sees.
+            text=reading.text,
             html=parsed.html,
-            snippet=snippet_of(parsed.text),
+            snippet=snippet_of(reading.text),
+            extraction=reading.extraction,
             headers=json.dumps(parsed.headers),
             size=len(raw),
             raw=raw,

@@ -36,6 +36,9 @@ def message_data(postern, message: Message) -> dict:
     attachments' metadata (never their bytes) and links to fetch the rest."""
     data = message_json(view_of(message), full=True, max_length=postern.config.webhooks.max_body_chars)
     data.pop("headers", None)  # unbounded; the full message has them
+    # ``links`` here has long meant the URLs to fetch the rest; the verification links
+    # found in the mail (the API's ``links``) travel as ``verification_links``.
+    data["verification_links"] = data.pop("links", [])
     data["links"] = message_links(postern, message)
     return data
 

@@ -8,7 +8,7 @@ import logging
 
 from postern.core.backends import InboxRef, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
-from postern.core.mail.ingest import MailRejected, announce, store
+from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.smtp.listener import run_listener
 from postern.core.smtp.options import ListenerOptions
 from postern.core.smtp.session import Arrival, Handler
@@ -37,6 +37,9 @@ class SmtpLocalReceiver(Receiver):
 async def store_arrival(postern, arrival: Arrival) -> str:
     """``on_message`` of smtp_local: store the message for its inboxes, the 250 after
     the commit; anything unforeseen is a 4xx, so the sender keeps the message."""
+    # Outside the group commit: deriving text and finding codes is CPU work that must
+    # not hold the write lock.
+    reading = await arrival.runner.run(readable, postern, arrival.parsed, arrival.mail_from)
     try:
         stored = await arrival.committer.run(
             store,
@@ -46,6 +49,8 @@ async def store_arrival(postern, arrival: Arrival) -> str:
             arrival.mail_from,
             arrival.recipients,
             arrival.inboxes,
+            None,
+            reading,
             after=lambda messages: announce(postern, messages),
         )
     except MailRejected as exc:
