@@ -83,6 +83,32 @@ def client(postern):
     return falcon.testing.TestClient(create_app(postern))
 
 
+@pytest.fixture
+def sink():
+    """A smarthost on a loopback port: yields (``support.sink.Sink``, port)."""
+    from aiosmtpd.controller import Controller
+    from support.server import free_port
+    from support.sink import Sink
+
+    handler = Sink()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+@pytest.fixture
+def serve(env, tmp_path):
+    """Start a real ``postern serve`` on the test database: ``serve(services=..., env=...,
+    config=..., smtp_options=...)`` returns the ``support.server.Server`` once it is
+    ready; every server started is killed after the test."""
+    from support.server import Servers
+
+    servers = Servers(env, tmp_path)
+    yield servers
+    servers.kill_all()
+
+
 @pytest.fixture(scope="session")
 def wildduck_stack():
     """A real WildDuck (SecantusDB + Redis + wildduck@1.46.1) on loopback ports, started
