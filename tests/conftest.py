@@ -7,12 +7,15 @@ import os
 import secrets
 from pathlib import Path
 
+import falcon.testing
 import pytest
 from hypothesis import settings
 
+from postern.api import create_app
 from postern.core import migrations
 from postern.core.config import load_config
 from postern.core.db import database, open_database
+from postern.core.runtime import build_postern
 
 PG_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "")
 TESTS_DIR = Path(__file__).parent
@@ -65,6 +68,45 @@ def db(db_url):
     migrations.upgrade()
     yield database.obj
     database.close()
+
+
+@pytest.fixture
+def postern(config, db):
+    """A Postern with the built-in plugins on the migrated test database. A test file that
+    needs other settings overrides ``config`` (``def config(config): ...; return config``)."""
+    return build_postern(config)
+
+
+@pytest.fixture
+def client(postern):
+    """Falcon's test client over the real API app of ``postern``."""
+    return falcon.testing.TestClient(create_app(postern))
+
+
+@pytest.fixture
+def sink():
+    """A smarthost on a loopback port: yields (``support.sink.Sink``, port)."""
+    from aiosmtpd.controller import Controller
+    from support.server import free_port
+    from support.sink import Sink
+
+    handler = Sink()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+@pytest.fixture
+def serve(env, tmp_path):
+    """Start a real ``postern serve`` on the test database: ``serve(services=..., env=...,
+    config=..., smtp_options=...)`` returns the ``support.server.Server`` once it is
+    ready; every server started is killed after the test."""
+    from support.server import Servers
+
+    servers = Servers(env, tmp_path)
+    yield servers
+    servers.kill_all()
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.server import Server, kill_tree, wait_for
+from support.server import seeding
 from support.world import make_tenant
 
 import postern
-from postern.core import migrations
-from postern.core.db import database, open_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "postern" / "client"
@@ -90,28 +88,12 @@ def test_the_client_wheel_holds_only_the_client_and_needs_only_httpx(client_whee
 
 
 @pytest.fixture
-def live(env, tmp_path, db_url):
-    open_database(db_url)
-    with database.connection_context():
-        migrations.upgrade()
+def live(serve, db_url):
+    with seeding(db_url):
         key = make_tenant("acme").agent_key(handle="alone", max_mailboxes=5).agent_key
-    database.close()
-    server = Server(env, tmp_path)
+    server = serve()
     server.key = key
-    wait_for(lambda: (h := server.health()) and any(s["name"] == "smtp" for s in h["services"]), timeout=60)
-    wait_for(lambda: _greets(server.smtp_port), timeout=60)
-    yield server
-    kill_tree(server)
-
-
-def _greets(port: int) -> bool:
-    import smtplib
-
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=5):
-            return True
-    except OSError:
-        return False
+    return server
 
 
 def run_client(live, tmp_path, *, isolated: bool, path: list[str], mock: bool) -> dict:

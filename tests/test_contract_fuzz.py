@@ -27,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from support import fuzz
-from support.server import Server, kill_tree, wait_for
 from support.world import make_tenant
 from test_tenancy import CAPABILITY_PATHS, PATH_PARAM, id_kind, objects_of
 
@@ -60,11 +59,8 @@ def world(config, db):
 
 
 @pytest.fixture
-def live(env, tmp_path, world):
-    server = Server(env, tmp_path, "--only", "api")
-    wait_for(server.health)
-    yield server
-    kill_tree(server)
+def live(serve, world):
+    return serve("--only", "api", services=())
 
 
 def ids_for(path: str, objects: dict[str, str]) -> dict[str, str]:

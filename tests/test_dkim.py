@@ -8,47 +8,21 @@ import dns.nameserver
 import dns.resolver
 import falcon.testing
 import pytest
-from aiosmtpd.controller import Controller
-from support.dns import RunningDns, dns_config_text, free_udp_and_tcp_port
-from support.server import free_port
+from support.dns import RunningDns
+from support.sink import relaying_config
 from support.world import make_tenant
 
 from postern.api import create_app
 from postern.core.backends import DnsRecord
-from postern.core.config import load_config
 from postern.core.hookspecs import hookimpl
 from postern.core.models import DkimKey, Message
-from postern.core.runtime import build_postern
 
 ACME = "acme.agents.localhost"
 
 
-class Sink:
-    """The smarthost: an aiosmtpd server that keeps what it is given."""
-
-    def __init__(self):
-        self.received: list[bytes] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.received.append(envelope.original_content or envelope.content)
-        return "250 OK"
-
-
 @pytest.fixture
-def sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-@pytest.fixture
-def postern(tmp_path, env, db, sink):
-    path = tmp_path / "postern.toml"
-    smarthost = f'[send.smtp_local]\nsmarthost = "127.0.0.1:{sink[1]}"\nstarttls = false\n'
-    path.write_text(dns_config_text(free_udp_and_tcp_port()) + smarthost)
-    return build_postern(load_config(path, environ=env))
+def config(tmp_path, env, sink):
+    return relaying_config(tmp_path, env, sink[1])
 
 
 @pytest.fixture
@@ -91,7 +65,7 @@ class Sender:
 def test_relayed_mail_verifies_against_postern_dns(postern, sink, ns):
     sent = Sender(postern).send()
     assert sent["status"] == "sent"
-    [raw] = sink[0].received
+    [raw] = sink[0].raw
     assert raw.startswith(b"DKIM-Signature:")
     signature = raw.split(b"\r\n\r\n", 1)[0].decode()
     assert f"d={ACME};" in signature and "s=postern;" in signature
@@ -121,5 +95,5 @@ def test_no_signature_when_a_backend_publishes_its_own_dkim(postern, sink):
 
     postern.pm.register(VendorKeys())
     assert Sender(postern).send()["status"] == "sent"
-    [raw] = sink[0].received
+    [raw] = sink[0].raw
     assert not raw.startswith(b"DKIM-Signature:") and DkimKey.select().count() == 0

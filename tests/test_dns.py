@@ -18,7 +18,6 @@ from postern.core.backends import DnsRecord
 from postern.core.config import load_config
 from postern.core.hookspecs import hookimpl
 from postern.core.models import DkimKey
-from postern.core.runtime import build_postern
 
 BASE = "agents.localhost"
 ACME = f"acme.{BASE}"
@@ -31,10 +30,10 @@ def dns_port():
 
 
 @pytest.fixture
-def postern(tmp_path, env, dns_port, db):
+def config(tmp_path, env, dns_port):
     path = tmp_path / "postern.toml"
     path.write_text(dns_config_text(dns_port, EXTRA))
-    return build_postern(load_config(path, environ=env))
+    return load_config(path, environ=env)
 
 
 @pytest.fixture

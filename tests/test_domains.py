@@ -23,10 +23,11 @@ ACME = f"acme.{BASE}"
 SALES = f"sales.{ACME}"
 
 
-def make_postern(tmp_path, env, port: int, extra: str = ""):
+def dns_config(tmp_path, env, port: int, extra: str = ""):
+    """Postern's DNS server on ``port``, and its checks resolving through it."""
     path = tmp_path / f"postern-{port}.toml"
     path.write_text(dns_config_text(port, f'resolvers = ["127.0.0.1:{port}"]\n{extra}'))
-    return build_postern(load_config(path, environ=env))
+    return load_config(path, environ=env)
 
 
 @pytest.fixture
@@ -35,13 +36,8 @@ def port():
 
 
 @pytest.fixture
-def postern(tmp_path, env, db, port):
-    return make_postern(tmp_path, env, port)
-
-
-@pytest.fixture
-def client(postern):
-    return falcon.testing.TestClient(create_app(postern))
+def config(tmp_path, env, port):
+    return dns_config(tmp_path, env, port)
 
 
 @pytest.fixture
@@ -151,7 +147,7 @@ def test_verify_resolves_through_postern_dns_and_stores_the_status(postern, clie
 def test_verify_names_what_the_published_dns_gets_wrong(tmp_path, env, postern, client, agent, port):
     # Another server, sharing the database but configured with another mail host: what a
     # stale or misconfigured secondary would publish.
-    wrong = make_postern(tmp_path, env, port, 'mail_host = "mx.elsewhere.example"\n')
+    wrong = build_postern(dns_config(tmp_path, env, port, 'mail_host = "mx.elsewhere.example"\n'))
     ns = RunningDns(wrong)
     try:
         resp = client.simulate_post(f"/v1/domains/{SALES}/verify", headers=bearer(agent))

@@ -2,15 +2,12 @@
 
 import datetime as dt
 
-import falcon.testing
 import pytest
 from support.world import INFO, make_tenant, operator_token
 
-from postern.api import create_app
 from postern.core import enrollment
 from postern.core.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from postern.core.models import Agent, AgentKey, AuditEvent, EnrollmentKey, utcnow
-from postern.core.runtime import build_postern
 
 ENROLL_FIELDS = {
     "agent_id",
@@ -22,11 +19,6 @@ ENROLL_FIELDS = {
     "mailboxes_max",
     "expires_at",
 }
-
-
-@pytest.fixture
-def client(config, db):
-    return falcon.testing.TestClient(create_app(build_postern(config)))
 
 
 def enroll(client, token, handle="support-bot"):

@@ -13,15 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import falcon.testing
 import pytest
 
 import postern
-from postern.api import create_app
 from postern.api.errors import ApiError
 from postern.core import errors
 from postern.core.errors import BackendError, PosternError, RequestError, SetupError
-from postern.core.runtime import build_postern
 
 TESTS = Path(__file__).parent
 
@@ -117,9 +114,9 @@ def test_the_old_homes_hand_out_the_same_classes():
 
 
 @pytest.fixture
-def client(config, db):
+def config(config):
     config.plugins.modules = ["support.raising_plugin", "support.demo_plugin"]
-    return falcon.testing.TestClient(create_app(build_postern(config)))
+    return config
 
 
 def envelope(resp, status: int, code: str, kind: str) -> dict:

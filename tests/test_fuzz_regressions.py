@@ -25,8 +25,8 @@ from postern.plugins.smtp_local import receiver as smtp
 
 
 @pytest.fixture
-def postern(tmp_path, env, db):
-    return fuzz.local_postern(tmp_path, env)
+def config(tmp_path, env):
+    return fuzz.local_config(tmp_path, env)
 
 
 @pytest.fixture

@@ -22,19 +22,18 @@ import dkim
 import falcon.testing
 import pytest
 from aiosmtpd.controller import Controller
-from support.dns import RunningDns, dns_config_text, free_udp_and_tcp_port
+from support.dns import RunningDns
 from support.server import free_port, wait_for
+from support.sink import relaying_config
 from support.world import INFO, make_tenant
-from test_dkim import Sink, txt_from
+from test_dkim import txt_from
 
 from postern.api import create_app
 from postern.core.auth import authenticate
 from postern.core.backends import OutboundMessage, PermanentFailure
-from postern.core.config import load_config
 from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.mail import delivery, headers, outbound
 from postern.core.models import Message
-from postern.core.runtime import build_postern
 from postern.plugins.acs.mapping import email_body
 from postern.plugins.acs.options import AcsOptions
 from postern.plugins.smtp_local import receiver as smtp
@@ -47,20 +46,8 @@ BASE = ("from", "to", "subject", "date", "message-id", "mime-version", "content-
 
 
 @pytest.fixture
-def relay():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-@pytest.fixture
-def postern(tmp_path, env, db, relay):
-    path = tmp_path / "postern.toml"
-    smarthost = f'[send.smtp_local]\nsmarthost = "127.0.0.1:{relay[1]}"\nstarttls = false\n'
-    path.write_text(dns_config_text(free_udp_and_tcp_port()) + smarthost)
-    return build_postern(load_config(path, environ=env))
+def config(tmp_path, env, sink):
+    return relaying_config(tmp_path, env, sink[1])
 
 
 @pytest.fixture
@@ -94,8 +81,8 @@ def rfc2047_name(raw: bytes, header: str) -> str:
     return str(make_header(decode_header(phrase)))
 
 
-def only_delivery(relay) -> bytes:
-    [raw] = relay[0].received
+def only_delivery(sink) -> bytes:
+    [raw] = sink[0].raw
     return raw
 
 
@@ -132,10 +119,10 @@ def name_in(header):
     ],
     ids=["subject", "subject-folded", "to-name", "cc-name", "reply-to-name", "x-header", "x-header-folded"],
 )
-def test_encoded_word_text_arrives_as_the_text_it_was(agent, relay, body, extra, reader, expected):
+def test_encoded_word_text_arrives_as_the_text_it_was(agent, sink, body, extra, reader, expected):
     resp = send(agent, **{"to": [OUTSIDE], "subject": "s", **body})
     assert resp.status_code == 201 and resp.json["status"] == "sent", resp.text
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     assert wire_names(raw) == Counter(("dkim-signature", *BASE, *extra))
     assert reader(read(raw)) == expected
 
@@ -155,27 +142,27 @@ def test_encoded_word_text_arrives_as_the_text_it_was(agent, relay, body, extra,
     ],
     ids=["subject", "subject-twice", "subject-tab", "x-header", "x-header-twice", "to", "cc", "reply-to", "bcc"],
 )
-def test_a_hidden_line_break_is_a_422_naming_the_field_and_nothing_leaves(agent, relay, body, field):
+def test_a_hidden_line_break_is_a_422_naming_the_field_and_nothing_leaves(agent, sink, body, field):
     resp = send(agent, **{"to": [OUTSIDE], "subject": "s", **body})
     assert resp.status_code == 422, resp.text
     assert resp.json["error"]["field"] == field
-    assert relay[0].received == [] and Message.select().count() == 0
+    assert sink[0].received == [] and Message.select().count() == 0
 
 
-def test_an_inbox_display_name_hiding_a_line_break_is_a_422(agent, relay):
+def test_an_inbox_display_name_hiding_a_line_break_is_a_422(agent, sink):
     client, auth, _ = agent
     resp = client.simulate_post("/v1/inboxes", headers=auth, json={"username": "bob", "display_name": EVIL})
     assert resp.status_code == 422 and resp.json["error"]["field"] == "display_name"
 
 
-def test_an_inbox_display_name_is_sent_as_text(agent, relay):
+def test_an_inbox_display_name_is_sent_as_text(agent, sink):
     client, auth, _ = agent
     inbox = client.simulate_post("/v1/inboxes", headers=auth, json={"username": "bob", "display_name": LITERAL}).json
     resp = client.simulate_post(
         f"/v1/inboxes/{inbox['id']}/messages", headers=auth, json={"to": [OUTSIDE], "subject": "s", "text": "t"}
     )
     assert resp.status_code == 201, resp.text
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     assert wire_names(raw) == Counter(("dkim-signature", *BASE))
     assert read(raw)["From"].addresses[0].display_name == LITERAL
 
@@ -210,7 +197,7 @@ def mail_in(port: int, inbox: dict, head: str) -> Message:
     return wait_for(lambda: Message.get_or_none(Message.direction == "inbound"), timeout=60)
 
 
-def test_a_reply_to_a_subject_encoded_twice_carries_no_injected_header(agent, relay, smtp_in, ns):
+def test_a_reply_to_a_subject_encoded_twice_carries_no_injected_header(agent, sink, smtp_in, ns):
     client, auth, inbox = agent
     stored = mail_in(smtp_in, inbox, f"From: {TWICE} <mallory@attacker.example>\r\nSubject: {TWICE}")
     assert stored.subject == EVIL and stored.from_name == EVIL  # decoded once: the text the sender chose
@@ -218,7 +205,7 @@ def test_a_reply_to_a_subject_encoded_twice_carries_no_injected_header(agent, re
         f"/v1/inboxes/{inbox['id']}/messages/{stored.id}/reply", headers=auth, json={"text": "noted"}
     )
     assert reply.status_code == 201 and reply.json["status"] == "sent", reply.text
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     assert wire_names(raw) == Counter(("dkim-signature", *BASE, "in-reply-to", "references"))
     message = read(raw)
     assert str(message["Subject"]) == f"Re: {EVIL}" and rfc2047_name(raw, "To") == EVIL
@@ -237,7 +224,7 @@ def test_a_reply_to_a_subject_encoded_twice_carries_no_injected_header(agent, re
     ],
     ids=["crlf-and-vt", "tab-ff-nel-lsep", "crlf-in-a-name"],
 )
-def test_inbound_line_breaks_are_neutralised_and_replies_stay_clean(agent, relay, smtp_in, subject, name):
+def test_inbound_line_breaks_are_neutralised_and_replies_stay_clean(agent, sink, smtp_in, subject, name):
     client, auth, inbox = agent
     head = f"From: {name} <ann@example.org>\r\nSubject: {subject}"
     stored = mail_in(smtp_in, inbox, head)
@@ -250,12 +237,12 @@ def test_inbound_line_breaks_are_neutralised_and_replies_stay_clean(agent, relay
         f"/v1/inboxes/{inbox['id']}/messages/{stored.id}/reply", headers=auth, json={"text": "noted"}
     )
     assert reply.status_code == 201, reply.text
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     assert wire_names(raw) == Counter(("dkim-signature", *BASE, "in-reply-to", "references"))
     assert str(read(raw)["Subject"]) == f"Re: {stored.subject}"
 
 
-def test_a_reply_copies_a_stored_control_character_nowhere(agent, relay, smtp_in):
+def test_a_reply_copies_a_stored_control_character_nowhere(agent, sink, smtp_in):
     """A row stored before ingest neutralised text: the reply neutralises it again."""
     client, auth, inbox = agent
     stored = mail_in(smtp_in, inbox, "From: Ann <ann@example.org>\r\nSubject: old")
@@ -266,7 +253,7 @@ def test_a_reply_copies_a_stored_control_character_nowhere(agent, relay, smtp_in
         f"/v1/inboxes/{inbox['id']}/messages/{stored.id}/reply", headers=auth, json={"text": "k"}
     )
     assert reply.status_code == 201, reply.text
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     assert "bcc" not in wire_names(raw) and str(read(raw)["Subject"]) == "Re: old  Bcc: evil@attacker.example"
     assert read(raw)["To"].addresses[0].display_name == "Ann X"
 
@@ -293,7 +280,7 @@ def queued(postern, agent, **body) -> Message:
     ],
     ids=["extra-line", "bare-lf", "encoded-crlf", "missing"],
 )
-def test_a_stored_message_whose_headers_were_not_composed_never_leaves(postern, agent, relay, tamper):
+def test_a_stored_message_whose_headers_were_not_composed_never_leaves(postern, agent, sink, tamper):
     """What an older Postern queued with an injected line fails for good instead."""
     message = queued(postern, agent)
     tampered = tamper(bytes(message.raw))
@@ -301,38 +288,38 @@ def test_a_stored_message_whose_headers_were_not_composed_never_leaves(postern, 
     Message.update(raw=tampered).where(Message.id == message.id).execute()
     after = delivery.deliver(postern, message.id)
     assert after.status == "failed" and after.error.startswith("header_mismatch:")
-    assert relay[0].received == []
+    assert sink[0].received == []
 
 
-def test_the_untampered_queued_message_is_sent(postern, agent, relay):
+def test_the_untampered_queued_message_is_sent(postern, agent, sink):
     message = queued(postern, agent, subject=LITERAL, headers={"X-Ticket": "7"})
     assert delivery.deliver(postern, message.id).status == "sent"
-    assert str(read(only_delivery(relay))["Subject"]) == LITERAL
+    assert str(read(only_delivery(sink))["Subject"]) == LITERAL
 
 
-def test_a_tab_queued_by_an_older_version_breaks_no_line_and_is_sent(postern, agent, relay):
+def test_a_tab_queued_by_an_older_version_breaks_no_line_and_is_sent(postern, agent, sink):
     message = queued(postern, agent)
     Message.update(raw=bytes(message.raw).replace(b"Subject: s\r\n", b"Subject: a\tb\r\n")).where(
         Message.id == message.id
     ).execute()
     assert delivery.deliver(postern, message.id).status == "sent"
-    assert str(read(only_delivery(relay))["Subject"]) == "a\tb"
+    assert str(read(only_delivery(sink))["Subject"]) == "a\tb"
 
 
-def test_a_composer_fault_fails_closed(agent, relay, monkeypatch):
+def test_a_composer_fault_fails_closed(agent, sink, monkeypatch):
     """Were a value ever written with a line break, the send is refused, not made."""
     monkeypatch.setattr(headers, "unstructured", lambda name, value: "hi\r\nBcc: evil@attacker.example")
     resp = send(agent, to=[OUTSIDE], subject="s")
     assert resp.status_code == 500 and resp.json["error"]["code"] == "header_mismatch"
-    assert relay[0].received == [] and Message.select().count() == 0
+    assert sink[0].received == [] and Message.select().count() == 0
 
 
-def test_a_content_id_cannot_smuggle_a_line_into_a_part(agent, relay):
+def test_a_content_id_cannot_smuggle_a_line_into_a_part(agent, sink):
     attachment = {"content": "eA==", "filename": EVIL, "content_id": EVIL}
     assert send(agent, to=[OUTSIDE], attachments=[attachment]).json["error"]["field"] == "attachments"
     attachment.pop("content_id")
     assert send(agent, to=[OUTSIDE], attachments=[attachment]).status_code == 201  # the filename is sanitised
-    raw = only_delivery(relay)
+    raw = only_delivery(sink)
     for part in email.message_from_bytes(raw, policy=compat32).walk():
         assert "Bcc" not in part.keys()
 

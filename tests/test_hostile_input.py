@@ -12,11 +12,6 @@ from postern.core.models import AdminToken, AgentKey, AuditEvent, Inbox, utcnow
 from postern.core.runtime import build_postern
 
 
-@pytest.fixture
-def client(config, db):
-    return falcon.testing.TestClient(create_app(build_postern(config)))
-
-
 def bearer(key):
     return {"Authorization": f"Bearer {key}"}
 

@@ -86,14 +86,9 @@ def comparable(resp, ids: dict[str, str]) -> tuple:
 
 
 @pytest.fixture
-def postern(config, db):
-    config.plugins.modules = ["support.demo_plugin"]
-    return build_postern(config)
-
-
-@pytest.fixture
-def client(postern):
-    return falcon.testing.TestClient(create_app(postern))
+def config(config):
+    config.plugins.modules = ["support.demo_plugin"]  # its route is attacked too
+    return config
 
 
 def test_the_document_yields_the_operations_with_ids():

@@ -12,10 +12,9 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
-from support.server import Server, kill_tree, wait_for, workers_holding_my_connections
+from support.server import seeding, wait_for, workers_holding_my_connections
 from support.world import make_tenant
 
-from postern.core import migrations
 from postern.core.db import database, open_database
 from postern.core.doorbell import SAFETY_RECHECK
 from postern.core.models import AuditEvent, Message
@@ -25,26 +24,12 @@ MAX_BYTES = 200_000
 
 
 @pytest.fixture
-def live(env, tmp_path, db_url):
-    open_database(db_url)
-    with database.connection_context():
-        migrations.upgrade()
-        acme = make_tenant("acme")
-        enrolled = acme.agent_key(handle="support", max_mailboxes=5)
-    server = Server({**env, "POSTERN_MAIL_MAX_MESSAGE_BYTES": str(MAX_BYTES)}, tmp_path)
+def live(serve, db_url):
+    with seeding(db_url):
+        enrolled = make_tenant("acme").agent_key(handle="support", max_mailboxes=5)
+    server = serve(env={"POSTERN_MAIL_MAX_MESSAGE_BYTES": str(MAX_BYTES)})
     server.key = enrolled.agent_key
-    wait_for(lambda: (h := server.health()) and any(s["name"] == "smtp" for s in h["services"]))
-    wait_for(lambda: _smtp_ready(server.smtp_port))
-    yield server
-    kill_tree(server)
-
-
-def _smtp_ready(port) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    return server
 
 
 def api(server, method, path, **kwargs):

@@ -66,14 +66,23 @@ def test_a_part_bomb_is_refused_while_parsing():
 def test_a_failing_hook_after_the_commit_does_not_unacknowledge(world):
     postern, _, _, inbox = world
 
+    heard = []
+
+    class Listening:
+        @hookimpl
+        def postern_message_received(self, message):
+            heard.append(message.id)
+
     class Broken:
         @hookimpl
         def postern_message_received(self, message):
             raise RuntimeError("plugin bug")
 
-    postern.pm.register(Broken())
+    postern.pm.register(Listening())
+    postern.pm.register(Broken())  # registered last, so called first
     [message] = ingest(postern, f"To: {inbox.address}\r\nSubject: s\r\n\r\nx\r\n".encode(), "x@e.org", [inbox.address])
     assert Message.get_by_id(message.id).status == "received"
+    assert heard == [message.id]  # the broken plugin silenced nobody
 
 
 def test_a_delivered_message_is_never_delivered_again(world, monkeypatch):

@@ -17,20 +17,16 @@ import httpx
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
-from support.server import Server, free_port, kill_tree, wait_for
+from support.server import free_port, seeding, wait_for
 from support.world import make_tenant, operator_token
 
 from postern.client import Postern
-from postern.core import migrations
-from postern.core.db import database, open_database
 from postern.testing import MOCK_ENROLLMENT_TOKEN
 
 
 @pytest.fixture
-def live(env, tmp_path, db_url):
-    open_database(db_url)
-    with database.connection_context():
-        migrations.upgrade()
+def live(serve, db_url):
+    with seeding(db_url):
         acme = make_tenant("acme")
         _, enroll = acme.enrollment_key(max_mailboxes=5)
         agent = acme.agent_key(handle="bot", max_mailboxes=5).agent_key
@@ -39,32 +35,23 @@ def live(env, tmp_path, db_url):
         admin = acme.admin_token
         operator = operator_token()
     mcp_port = free_port()
-    server = Server({**env, "POSTERN_MCP_ENABLED": "true", "POSTERN_MCP_BIND": f"127.0.0.1:{mcp_port}"}, tmp_path)
+    # The conversations send mail over SMTP: serve() waits until it greets.
+    server = serve(
+        env={"POSTERN_MCP_ENABLED": "true", "POSTERN_MCP_BIND": f"127.0.0.1:{mcp_port}"}, services=("smtp", "mcp")
+    )
     server.mcp_url = f"http://127.0.0.1:{mcp_port}"
     server.keys = {"enroll": enroll, "agent": agent, "reader": reader, "other": other, "admin": admin}
     server.operator = operator
-    wait_for(lambda: (h := server.health()) and {"smtp", "mcp"} <= {s["name"] for s in h["services"]})
     wait_for(lambda: _answers(f"{server.mcp_url}/healthz"))
-    # Listed in health is not listening yet: the conversations send mail over SMTP.
-    wait_for(lambda: _smtp_greets(server.smtp_port))
     with Postern(api_key=other, base_url=server.url) as theirs:
         server.foreign_inbox = theirs.inboxes.create("private").id
-    yield server
-    kill_tree(server)
+    return server
 
 
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
-        return False
-
-
-def _smtp_greets(port: int) -> bool:
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            return smtp.noop()[0] == 250
-    except (OSError, smtplib.SMTPException):
         return False
 
 

@@ -34,8 +34,8 @@ def fuzz_settings(ci_examples: int):
 
 
 @pytest.fixture
-def postern(tmp_path, env, db):
-    return fuzz.local_postern(tmp_path, env)
+def config(tmp_path, env):
+    return fuzz.local_config(tmp_path, env)
 
 
 @pytest.fixture

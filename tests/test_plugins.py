@@ -21,7 +21,7 @@ from postern.core.backends import (
 from postern.core.config import ConfigError, load_config
 from postern.core.db import DatabaseRunner
 from postern.core.hookspecs import hookimpl
-from postern.core.plugins import DEFAULT_PLUGINS, PluginError, get_plugin_manager, plugin_summaries
+from postern.core.plugins import DEFAULT_PLUGINS, PluginError, get_plugin_manager, notify, plugin_summaries
 from postern.core.quota import check_quota
 from postern.core.registry import BackendRegistry, RegistryError, UnknownBackendError
 from postern.core.runtime import BackendUnavailable, Postern, build_postern
@@ -300,6 +300,64 @@ def test_hook_postern_message_failed(config):
     error = PermanentFailure("mailbox unavailable", code="550")
     p.hook.postern_message_failed(postern=p, message="m3", error=error)
     assert recorder.events == [("failed", "m3", error)]
+
+
+class RaisingListener:
+    """Raises on every event, with a secret-looking value in its message."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def postern_message_received(self, message):
+        self.calls += 1
+        raise RuntimeError("listener down")
+
+    @hookimpl
+    def postern_message_sent(self, message, result):
+        self.calls += 1
+        raise RuntimeError("listener down")
+
+
+class Note:
+    """A stand-in message: notify logs its id, never its content."""
+
+    id = "msg_note"
+    subject = "the secret subject"
+
+
+def test_notify_runs_every_plugin_even_when_one_raises(config, caplog):
+    recorder, raising = EventRecorder(), RaisingListener()
+    # pluggy calls the last registered first: the raising plugin goes before the recorder.
+    p = make_postern(config, recorder, raising)
+    order = [impl.plugin for impl in reversed(p.hook.postern_message_received.get_hookimpls())]
+    assert order.index(raising) < order.index(recorder)
+    message, result = Note(), SendResult("recording", "id-1", "sent")
+    with caplog.at_level("ERROR", logger="postern.plugins"):
+        notify(p, "postern_message_received", message=message)
+        notify(p, "postern_message_sent", message=message, result=result)
+    assert raising.calls == 2
+    assert recorder.events == [("received", message), ("sent", message, result)]
+    failures = [r for r in caplog.records if r.name == "postern.plugins"]
+    assert [r.getMessage() for r in failures] == [
+        f"a postern_message_received hook failed in plugin {p.pm.get_name(raising)} for message msg_note",
+        f"a postern_message_sent hook failed in plugin {p.pm.get_name(raising)} for message msg_note",
+    ]
+    assert "secret subject" not in caplog.text and "id-1" not in caplog.text
+
+
+def test_notify_passes_only_the_arguments_an_implementation_takes(config):
+    seen = []
+
+    class Minimal:
+        @hookimpl
+        def postern_message_failed(self, error):
+            seen.append(error)
+
+    p = make_postern(config, Minimal())
+    error = PermanentFailure("mailbox unavailable", code="550")
+    notify(p, "postern_message_failed", message=Note(), error=error)
+    assert seen == [error]
 
 
 def test_hook_postern_dns_records(config):

@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
-from support.server import Server, free_port, kill_tree, wait_for
+from support.server import free_port, seeding, smtp_greets, wait_for
 from support.world import make_tenant
 
-from postern.core import migrations
-from postern.core.db import database, open_database
+from postern.core.db import database
 from postern.core.models import Message
 from postern.core.smtp import prefork
 from postern.plugins.smtp_local.receiver import SmtpLocalReceiver
@@ -30,13 +29,11 @@ PROCESSES = 2
 
 
 @pytest.fixture
-def live(env, tmp_path, db_url):
-    open_database(db_url)
-    with database.connection_context():
-        migrations.upgrade()
+def live(serve, db_url):
+    with seeding(db_url):
         enrolled = make_tenant("acme").agent_key(handle="support", max_mailboxes=5)
-    server = Server(env, tmp_path, smtp_options=f"processes = {PROCESSES}\n")
-    wait_for(lambda: len(listeners(server)["children"]) == PROCESSES and greets(server.smtp_port))
+    server = serve(smtp_options=f"processes = {PROCESSES}\n")
+    wait_for(lambda: len(listeners(server)["children"]) == PROCESSES and smtp_greets(server.smtp_port))
     resp = httpx.post(
         f"{server.url}/v1/inboxes",
         json={"username": "box"},
@@ -45,8 +42,7 @@ def live(env, tmp_path, db_url):
     )
     assert resp.status_code == 201, resp.text
     server.address = resp.json()["address"]
-    yield server
-    kill_tree(server)
+    return server
 
 
 def listeners(server) -> dict:
@@ -58,14 +54,6 @@ def listeners(server) -> dict:
         except psutil.NoSuchProcess:
             continue
     return {"parent": None, "children": []}
-
-
-def greets(port: int) -> bool:
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-            return client.noop()[0] == 250
-    except (OSError, smtplib.SMTPException):
-        return False
 
 
 def send(port: int, address: str, n: int) -> int:
@@ -136,7 +124,7 @@ def test_killed_listener_processes_are_replaced_promptly_however_often(live):
             child.kill()
         psutil.wait_procs(children, timeout=10)
         killed = time.monotonic()
-        wait_for(lambda: len(listeners(live)["children"]) == PROCESSES and greets(live.smtp_port), timeout=60)
+        wait_for(lambda: len(listeners(live)["children"]) == PROCESSES and smtp_greets(live.smtp_port), timeout=60)
         assert time.monotonic() - killed <= bound
     send(live.smtp_port, live.address, 1)
     assert stored_subjects() == ["m1"]
@@ -151,7 +139,7 @@ def test_children_die_with_a_killed_parent_and_the_service_comes_back(live):
     assert not alive, "a listener process outlived its parent (PR_SET_PDEATHSIG)"
     # The supervisor restarts the service, which binds the port again: nothing held it.
     wait_for(lambda: (now := listeners(live))["parent"] is not None and len(now["children"]) == PROCESSES, timeout=30)
-    wait_for(lambda: greets(live.smtp_port), timeout=20)
+    wait_for(lambda: smtp_greets(live.smtp_port), timeout=20)
     send(live.smtp_port, live.address, 1)
     assert stored_subjects() == ["m1"]
 

@@ -25,16 +25,6 @@ def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture
-def postern(config, db):
-    return build_postern(config)
-
-
-@pytest.fixture
-def client(postern):
-    return falcon.testing.TestClient(create_app(postern))
-
-
 def test_the_default_list_covers_rfc_2142_and_the_ca_browser_forum_addresses():
     assert CA_DOMAIN_CONTROL | RFC_2142_OPERATIONAL | {"root"} <= set(RESERVED_LOCAL_PARTS)
     assert not {"support", "info", "sales"} & set(RESERVED_LOCAL_PARTS)  # business names stay usable

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from support.server import Server, kill_tree, wait_for
 from support.world import make_tenant
 
 from postern.core import migrations
@@ -37,11 +36,8 @@ def world(env, db_url):
 
 
 @pytest.fixture
-def live(env, tmp_path, world):
-    server = Server({**env, "POSTERN_SERVER_WORKERS": "2", "POSTERN_LOG_LEVEL": "debug"}, tmp_path)
-    wait_for(server.health)
-    yield server
-    kill_tree(server)
+def live(serve, world):
+    return serve(env={"POSTERN_SERVER_WORKERS": "2", "POSTERN_LOG_LEVEL": "debug"}, services=())
 
 
 def post(url, body, key=None):

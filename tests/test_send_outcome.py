@@ -8,9 +8,7 @@ import json
 
 import falcon.testing
 import pytest
-from aiosmtpd.controller import Controller
 from click.testing import CliRunner
-from support.server import free_port
 from support.world import make_tenant
 
 from postern.api import create_app
@@ -20,17 +18,9 @@ from postern.core.mail.outcome import CAPTURED_REASON
 from postern.core.runtime import build_postern
 
 
-class Sink:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK queued"
-
-
 @pytest.fixture
-def smarthost():
-    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield f"127.0.0.1:{controller.port}"
-    controller.stop()
+def smarthost(sink):
+    return f"127.0.0.1:{sink[1]}"
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from support.faults import BadRelay
 from support.server import free_port
+from support.sink import Sink
 from support.world import make_tenant
 
 from postern.api import create_app
@@ -24,28 +25,6 @@ from postern.core.hookspecs import hookimpl
 from postern.core.mail.delivery import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
 from postern.core.models import Message, utcnow
 from postern.core.runtime import build_postern
-
-
-class Sink:
-    """A real SMTP server (aiosmtpd) standing in for the smarthost: records or refuses."""
-
-    def __init__(self):
-        self.received = []
-        self.reply = "250 OK queued"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.reply.startswith("250"):
-            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return self.reply
-
-
-@pytest.fixture
-def sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 def make_client(config, smarthost=None):

@@ -12,25 +12,17 @@ swept automatically (and a new kind of id in a path fails until it is mapped her
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
-import re
 
-import falcon.testing
 import pytest
 from playhouse.shortcuts import model_to_dict
-from support.world import INFO, make_tenant, operator_token
+from support.routes import PATH_PARAM, Operation, served_operations  # noqa: F401 (PATH_PARAM: for the fuzz sweeps)
+from support.world import first_delivery, first_message, make_tenant, operator_token, seed_inbox, seed_webhook
 
-from postern.api import build_routes, create_app
 from postern.core import keys
-from postern.core.auth import authenticate
-from postern.core.config import load_config
-from postern.core.db import DatabaseRunner
 from postern.core.errors import InvalidInput
 from postern.core.ids import new_id
-from postern.core.inboxes import create_inbox
-from postern.core.mail.ingest import ingest
 from postern.core.models import (
     AdminToken,
     Agent,
@@ -46,49 +38,8 @@ from postern.core.models import (
     utcnow,
 )
 from postern.core.principal import SCOPES
-from postern.core.runtime import build_postern
-from postern.core.webhooks.manage import create_webhook
 
 # -- the routes the app serves ------------------------------------------------------
-
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Operation:
-    path: str
-    method: str
-    auth: str | None  # "agent", "admin", or None (unauthenticated)
-    scope: str | None
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}"
-
-    @property
-    def params(self) -> list[str]:
-        return PATH_PARAM.findall(self.path)
-
-    def url(self, ids: dict[str, str]) -> str:
-        return PATH_PARAM.sub(lambda m: ids[m.group(1)], self.path)
-
-
-def served_operations() -> list[Operation]:
-    postern = build_postern(load_config(environ={}), open_db=False)
-    runner = DatabaseRunner(1)
-    try:
-        routes = build_routes(postern, runner)
-    finally:
-        runner.shutdown()
-    ops = []
-    for route in routes:
-        docs = getattr(route.resource, "OPENAPI", {})
-        for method in METHODS:
-            if hasattr(route.resource, f"on_{method.lower()}"):
-                op = docs.get(method.lower(), {})
-                ops.append(Operation(route.path, method, op.get("x-postern-auth"), op.get("x-postern-scope")))
-    return ops
-
 
 OPERATIONS = served_operations()
 AUTHED = [op for op in OPERATIONS if op.auth in ("agent", "admin")]
@@ -110,16 +61,6 @@ VALID_BODIES = {
 ATTACK_BODIES = {"POST /v1/admin/enrollment-keys/{key_id}/revoke": {"revoke_agent_keys": True}}
 
 # -- fixtures and helpers -------------------------------------------------------------
-
-
-@pytest.fixture
-def postern(config, db):
-    return build_postern(config)
-
-
-@pytest.fixture
-def client(postern):
-    return falcon.testing.TestClient(create_app(postern))
 
 
 @pytest.fixture
@@ -150,37 +91,6 @@ def assert_error(resp, status: int, code: str, field: str | None = None) -> dict
     assert error.get("field") == field, error
     assert "Traceback" not in resp.text
     return error
-
-
-def seed_inbox(postern, enrolled, username: str | None = None) -> Inbox:
-    """An inbox under ``enrolled``'s enrollment, made through the core whatever its scopes,
-    holding one received message (so message and thread ids exist too)."""
-    principal = authenticate(enrolled.agent_key, "agent", INFO)
-    body = {"username": username} if username else {}
-    inbox = create_inbox(postern, principal, INFO, body)[0]
-    raw = (
-        f"From: a@example.org\r\nTo: {inbox.address}\r\nSubject: seed\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n'
-        '--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="a.pdf"\r\n\r\n'
-        "%PDF\r\n--b--\r\n"
-    ).encode()
-    ingest(postern, raw, "a@example.org", [inbox.address])
-    return Inbox.get_by_id(inbox.id)
-
-
-def seed_webhook(postern, enrolled) -> Webhook:
-    """A webhook for every event of ``enrolled``'s enrollment, made through the core."""
-    principal = authenticate(enrolled.agent_key, "agent", INFO)
-    body = {"url": "https://hooks.example.org/in", "event_types": ["message.received", "inbox.created"]}
-    return create_webhook(postern, principal, INFO, body)[0]
-
-
-def first_delivery(webhook: Webhook) -> WebhookDelivery:
-    return WebhookDelivery.select().where(WebhookDelivery.webhook == webhook.id).order_by(WebhookDelivery.id).first()
-
-
-def first_message(inbox: Inbox) -> Message:
-    return Message.select().where(Message.inbox == inbox.id).order_by(Message.seq).first()
 
 
 def denials(code: str | None = None) -> list[AuditEvent]:

@@ -143,14 +143,10 @@ def literal_url(address: str) -> str:
     return f"http://[{address}]:8080/hook" if ":" in address else f"http://{address}:8080/hook"
 
 
-@pytest.fixture
-def client(config, db):
-    return falcon.testing.TestClient(create_app(build_postern(config)))  # allow_destinations empty
-
-
 def register(client, agent, address: str) -> bool:
-    """Whether the API accepts a webhook to ``address`` (deleting it again, so the
-    enrollment's cap on webhooks is never reached)."""
+    """Whether the API (the shared ``client``: default config, allow_destinations empty)
+    accepts a webhook to ``address`` (deleting it again, so the enrollment's cap on
+    webhooks is never reached)."""
     headers = {"Authorization": f"Bearer {agent.agent_key}"}
     body = {"url": literal_url(address), "event_types": ["message.received"]}
     resp = client.simulate_post("/v1/webhooks", headers=headers, json=body)

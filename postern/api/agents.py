@@ -62,5 +62,5 @@ class MeResource:
         self.caller = caller
 
     async def on_get(self, req, resp):
-        me = await self.caller.as_agent(req, describe_key)
+        me = await self.caller.as_agent(req, describe_key, scope=None)  # any key may ask what it is
         resp.media = me_json(me)

@@ -45,7 +45,11 @@ def _target(req) -> str | None:
 
 class CoreCaller:
     """Runs ``fn(principal, info, *args)`` on the database pool after authenticating
-    the request's bearer key for ``realm`` (``agent`` or ``admin``)."""
+    the request's bearer key for ``realm`` (``agent`` or ``admin``).
+
+    This is the one place the API checks an agent key's scopes: resources name the
+    scope a route needs (``as_agent(..., scope=)``) and never test ``principal.scopes``
+    themselves, so every route refuses a missing scope with the same audited 403."""
 
     def __init__(self, postern, runner):
         self.postern = postern
@@ -58,8 +62,22 @@ class CoreCaller:
         self.deliveries = DatabaseRunner(DELIVERY_THREADS)
         runner.on_shutdown(self.deliveries.shutdown)
 
-    async def as_agent(self, req, fn, *args, **kwargs):
-        return await self._call(req, "agent", fn, *args, **kwargs)
+    async def as_agent(self, req, fn, *args, scope: str | None, action: str | None = None, **kwargs):
+        """Authenticate an agent key, refuse it (403 ``insufficient_scope``) unless it holds
+        ``scope``, then run ``fn(principal, info, *args, **kwargs)``, all in one database
+        step; a refusal is audited as ``action`` (default: the route) against the route's
+        first path parameter. ``scope`` has no default: a route that needs none (``/v1/me``)
+        says ``scope=None``, so forgetting it is a ``TypeError``, not an open route."""
+        if scope is None:
+            return await self._call(req, "agent", fn, *args, **kwargs)
+
+        action, target = action or _action(req), _target(req)
+
+        def scoped(principal, info, *args, **kwargs):
+            require_scope(principal, scope, info, action, target)
+            return fn(principal, info, *args, **kwargs)
+
+        return await self._call(req, "agent", scoped, *args, **kwargs)
 
     async def as_admin(self, req, fn, *args, **kwargs):
         return await self._call(req, "admin", fn, *args, **kwargs)
@@ -71,7 +89,8 @@ class CoreCaller:
     async def check(self, req, realm: str, scope: str | None = None, action: str | None = None) -> None:
         """Authenticate (and check ``scope``) before a body is read, so a caller without
         the right key learns nothing from body validation. The action itself
-        authenticates again, in its own step: a key revoked meanwhile stops it."""
+        authenticates (and checks the scope) again, in its own step: a key revoked
+        meanwhile stops it."""
         info, token = request_info(req), bearer_token(req.get_header("Authorization"))
 
         def work():

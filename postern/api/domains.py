@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from postern.api.docs import operation, path_param, ref
-from postern.core.auth import require_scope
 from postern.core.domains import get_domain, list_domains, verify_domain
 from postern.core.views import domain_json
 
@@ -24,12 +23,10 @@ class DomainsResource:
 
     async def on_get(self, req, resp):
         postern = self.caller.postern
-
-        def listing(principal, info):
-            require_scope(principal, "mailbox:read", info, "domain.list")
-            return list_domains(postern, principal, info)
-
-        resp.media = {"data": [domain_json(view) for view in await self.caller.as_agent(req, listing)]}
+        views = await self.caller.as_agent(
+            req, lambda p, i: list_domains(postern, p, i), scope="mailbox:read", action="domain.list"
+        )
+        resp.media = {"data": [domain_json(view) for view in views]}
 
 
 class DomainResource:
@@ -47,12 +44,10 @@ class DomainResource:
 
     async def on_get(self, req, resp, domain):
         postern = self.caller.postern
-
-        def read(principal, info):
-            require_scope(principal, "mailbox:read", info, "domain.read", domain)
-            return get_domain(postern, principal, info, domain)
-
-        resp.media = domain_json(await self.caller.as_agent(req, read))
+        view = await self.caller.as_agent(
+            req, lambda p, i: get_domain(postern, p, i, domain), scope="mailbox:read", action="domain.read"
+        )
+        resp.media = domain_json(view)
 
 
 class DomainVerifyResource:
@@ -70,9 +65,7 @@ class DomainVerifyResource:
 
     async def on_post(self, req, resp, domain):
         postern = self.caller.postern
-
-        def verify(principal, info):
-            require_scope(principal, "mailbox:read", info, "domain.verify", domain)
-            return verify_domain(postern, principal, info, domain)
-
-        resp.media = domain_json(await self.caller.as_agent(req, verify))
+        view = await self.caller.as_agent(
+            req, lambda p, i: verify_domain(postern, p, i, domain), scope="mailbox:read", action="domain.verify"
+        )
+        resp.media = domain_json(view)

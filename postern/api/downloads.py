@@ -7,7 +7,6 @@ from urllib.parse import quote
 import falcon
 
 from postern.api.docs import operation, path_param, ref
-from postern.core.auth import require_scope
 from postern.core.mail import links
 
 LINK_RESPONSES = {
@@ -53,11 +52,9 @@ class AttachmentLinkResource:
 async def _issue(caller, req, resp, inbox_id, message_id, attachment_id):
     ttl = caller.postern.config.auth.download_link_ttl_seconds
 
-    def work(principal, info):
-        require_scope(principal, "mailbox:read", info, "link.create", inbox_id)
-        return links.issue(principal, info, inbox_id, message_id, attachment_id, ttl)
-
-    link = await caller.as_agent(req, work)
+    link = await caller.as_agent(
+        req, links.issue, inbox_id, message_id, attachment_id, ttl, scope="mailbox:read", action="link.create"
+    )
     resp.status = falcon.HTTP_201
     # Never from the request: its Host header is whatever the caller (or anyone in front of
     # the server) put there, and the link is a credential.

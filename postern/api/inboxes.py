@@ -6,7 +6,6 @@ import falcon
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, ref
-from postern.core.auth import require_scope
 from postern.core.inboxes import create_inbox, delete_inbox, get_inbox, list_inboxes
 from postern.core.mail import cursors
 from postern.core.views import inbox_json, page_json
@@ -53,24 +52,20 @@ class InboxesResource:
         body = await read_json(req, max_bytes=8192)
         postern = self.caller.postern
 
-        def create(principal, info):  # scope checked above; a key's scopes never change
+        def create(principal, info):
             inbox, created = create_inbox(postern, principal, info, body)
             # Where this agent's waits start: 0 for a new inbox, so the first wait
             # returns mail that arrived before it (docs/mail.md, "Delivery cursors").
             return inbox, created, 0 if created else cursors.position(principal.agent_id, inbox.id)
 
-        inbox, created, cursor = await self.caller.as_agent(req, create)
+        inbox, created, cursor = await self.caller.as_agent(req, create, scope="mailbox:create", action="inbox.create")
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.media = {**inbox_json(inbox), "cursor": str(cursor)}
 
     async def on_get(self, req, resp):
         limit, token = req.get_param("limit"), req.get_param("page_token")
-
-        def listing(principal, info):
-            require_scope(principal, "mailbox:read", info, "inbox.list")
-            return list_inboxes(principal, info, limit, token)
-
-        resp.media = page_json(await self.caller.as_agent(req, listing), inbox_json)
+        page = await self.caller.as_agent(req, list_inboxes, limit, token, scope="mailbox:read", action="inbox.list")
+        resp.media = page_json(page, inbox_json)
 
 
 class InboxResource:
@@ -93,18 +88,12 @@ class InboxResource:
         self.caller = caller
 
     async def on_get(self, req, resp, inbox_id):
-        def read(principal, info):
-            require_scope(principal, "mailbox:read", info, "inbox.read", inbox_id)
-            return get_inbox(principal, info, inbox_id)
-
-        resp.media = inbox_json(await self.caller.as_agent(req, read))
+        inbox = await self.caller.as_agent(req, get_inbox, inbox_id, scope="mailbox:read", action="inbox.read")
+        resp.media = inbox_json(inbox)
 
     async def on_delete(self, req, resp, inbox_id):
         postern = self.caller.postern
-
-        def delete(principal, info):
-            require_scope(principal, "mailbox:create", info, "inbox.delete", inbox_id)
-            delete_inbox(postern, principal, info, inbox_id)
-
-        await self.caller.as_agent(req, delete)
+        await self.caller.as_agent(
+            req, lambda p, i: delete_inbox(postern, p, i, inbox_id), scope="mailbox:create", action="inbox.delete"
+        )
         resp.status = falcon.HTTP_204

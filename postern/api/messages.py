@@ -9,7 +9,6 @@ import orjson
 
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
-from postern.core.auth import require_scope
 from postern.core.db import GroupCommitter
 from postern.core.errors import InvalidInput
 from postern.core.mail import cursors, outbound, reading
@@ -19,16 +18,6 @@ from postern.core.views import message_json, page_json, thread_json
 DEFAULT_WAIT = 30
 MAX_WAIT = 300
 WAIT_BATCH = 50
-
-
-def _read_scope(fn, action):
-    """Wrap a core read so the key's ``mailbox:read`` scope is checked first."""
-
-    def call(principal, info, *args, **kwargs):
-        require_scope(principal, "mailbox:read", info, action, args[0] if args else None)
-        return fn(principal, info, *args, **kwargs)
-
-    return call
 
 
 INBOX = path_param("inbox_id")
@@ -84,8 +73,8 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
     body = await read_json(req, max_bytes=caller.postern.config.mail.max_message_bytes * 4 // 3 + 65536)
     postern, key = caller.postern, req.get_header("Idempotency-Key")
 
-    # The scope was checked before the body was read (a key's scopes never change);
-    # the action re-authenticates so a key revoked meanwhile stops it.
+    # The scope was checked before the body was read; the action authenticates and
+    # checks again so a key revoked meanwhile stops it.
     def work(principal, info):
         message, replayed = outbound.send(
             postern, principal, info, inbox_id, body, idempotency_key=key, reply_to_message=reply_to, attempt_now=False
@@ -93,7 +82,7 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
         pending = not replayed and message.status == "queued"  # all-local sends are done already
         return (message if pending else view_of(message)), pending, replayed
 
-    view, pending, replayed = await caller.as_agent(req, work)
+    view, pending, replayed = await caller.as_agent(req, work, scope="mailbox:send", action="message.send")
     if pending:
         # The first attempt talks to the send backend (a smarthost can take its whole
         # timeout to answer): on a pool of its own, so a stuck relay holds only sends,
@@ -136,11 +125,13 @@ class MessagesResource:
         filters = {k: req.get_param(k) for k in ("thread_id", "direction", "received_after")}
         page = await self.caller.as_agent(
             req,
-            _read_scope(reading.list_messages, "message.list"),
+            reading.list_messages,
             inbox_id,
             filters,
             req.get_param("limit"),
             req.get_param("page_token"),
+            scope="mailbox:read",
+            action="message.list",
         )
         resp.media = page_json(page, message_json)
 
@@ -164,7 +155,9 @@ class MessageResource:
             if not max_length.isdigit() or not 1 <= int(max_length) <= 10**9:
                 raise InvalidInput("max_length must be a positive integer", field="max_length")
             max_length = int(max_length)
-        view = await self.caller.as_agent(req, _read_scope(reading.get_message, "message.read"), inbox_id, message_id)
+        view = await self.caller.as_agent(
+            req, reading.get_message, inbox_id, message_id, scope="mailbox:read", action="message.read"
+        )
         resp.media = message_json(view, full=True, max_length=max_length)
 
 
@@ -245,7 +238,7 @@ class WaitResource:
         elif not timeout.isdigit() or int(timeout) > MAX_WAIT:
             raise InvalidInput(f"timeout must be an integer from 0 to {MAX_WAIT} seconds", field="timeout")
         inbox, cursor, claimant = await self.caller.as_agent(
-            req, _read_scope(reading.open_wait, "message.wait"), inbox_id, req.get_param("after")
+            req, reading.open_wait, inbox_id, req.get_param("after"), scope="mailbox:read", action="message.wait"
         )
         claim = None
         if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
@@ -289,10 +282,12 @@ class ThreadsResource:
     async def on_get(self, req, resp, inbox_id):
         page = await self.caller.as_agent(
             req,
-            _read_scope(reading.list_threads, "thread.list"),
+            reading.list_threads,
             inbox_id,
             req.get_param("limit"),
             req.get_param("page_token"),
+            scope="mailbox:read",
+            action="thread.list",
         )
         resp.media = page_json(page, thread_json)
 
@@ -312,6 +307,6 @@ class ThreadResource:
 
     async def on_get(self, req, resp, inbox_id, thread_id):
         thread, views = await self.caller.as_agent(
-            req, _read_scope(reading.get_thread, "thread.read"), inbox_id, thread_id
+            req, reading.get_thread, inbox_id, thread_id, scope="mailbox:read", action="thread.read"
         )
         resp.media = {**thread_json(thread), "messages": [message_json(v) for v in views]}

@@ -11,7 +11,6 @@ import falcon
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.schemas import INT_NULL, S_NULL, SCHEMAS, STRS, S, obj
-from postern.core.auth import require_scope
 from postern.core.views import delivery_json, page_json, webhook_json
 from postern.core.webhooks import EVENT_TYPES, manage
 
@@ -75,17 +74,6 @@ ROTATE_REQUEST = {
 NOT_FOUND = ("No such webhook for this key", ref("Error"))
 
 
-def _scoped(fn, action, *, targeted=True):
-    """Check ``mailbox:read`` in the same database step as the action; the first
-    argument is the webhook id when ``targeted``."""
-
-    def call(principal, info, *args, **kwargs):
-        require_scope(principal, SCOPE, info, action, args[0] if targeted else None)
-        return fn(principal, info, *args, **kwargs)
-
-    return call
-
-
 class WebhooksResource:
     OPENAPI = {
         "post": operation(
@@ -109,15 +97,15 @@ class WebhooksResource:
         await self.caller.check(req, "agent", SCOPE, "webhook.create")
         body = await read_json(req, max_bytes=16384)
         postern = self.caller.postern
-        hook, secret = await self.caller.as_agent(req, lambda p, i: manage.create_webhook(postern, p, i, body))
+        hook, secret = await self.caller.as_agent(
+            req, lambda p, i: manage.create_webhook(postern, p, i, body), scope=SCOPE, action="webhook.create"
+        )
         resp.status = falcon.HTTP_201
         resp.media = webhook_json(hook, secret)
 
     async def on_get(self, req, resp):
         limit, token = req.get_param("limit"), req.get_param("page_token")
-        page = await self.caller.as_agent(
-            req, _scoped(manage.list_webhooks, "webhook.list", targeted=False), limit, token
-        )
+        page = await self.caller.as_agent(req, manage.list_webhooks, limit, token, scope=SCOPE, action="webhook.list")
         resp.media = page_json(page, webhook_json)
 
 
@@ -146,19 +134,23 @@ class WebhookResource:
         self.caller = caller
 
     async def on_get(self, req, resp, webhook_id):
-        resp.media = webhook_json(
-            await self.caller.as_agent(req, _scoped(manage.get_webhook, "webhook.read"), webhook_id)
-        )
+        hook = await self.caller.as_agent(req, manage.get_webhook, webhook_id, scope=SCOPE, action="webhook.read")
+        resp.media = webhook_json(hook)
 
     async def on_patch(self, req, resp, webhook_id):
         await self.caller.check(req, "agent", SCOPE, "webhook.update")
         body = await read_json(req, max_bytes=16384)
         postern = self.caller.postern
-        hook = await self.caller.as_agent(req, lambda p, i: manage.update_webhook(postern, p, i, webhook_id, body))
+        hook = await self.caller.as_agent(
+            req,
+            lambda p, i: manage.update_webhook(postern, p, i, webhook_id, body),
+            scope=SCOPE,
+            action="webhook.update",
+        )
         resp.media = webhook_json(hook)
 
     async def on_delete(self, req, resp, webhook_id):
-        await self.caller.as_agent(req, _scoped(manage.delete_webhook, "webhook.delete"), webhook_id)
+        await self.caller.as_agent(req, manage.delete_webhook, webhook_id, scope=SCOPE, action="webhook.delete")
         resp.status = falcon.HTTP_204
 
 
@@ -180,7 +172,9 @@ class RotateSecretResource:
     async def on_post(self, req, resp, webhook_id):
         await self.caller.check(req, "agent", SCOPE, "webhook.rotate_secret")
         body = await read_json(req, max_bytes=1024) if req.content_length else {}
-        hook, secret = await self.caller.as_agent(req, lambda p, i: manage.rotate_secret(p, i, webhook_id, body))
+        hook, secret = await self.caller.as_agent(
+            req, manage.rotate_secret, webhook_id, body, scope=SCOPE, action="webhook.rotate_secret"
+        )
         resp.media = webhook_json(hook, secret)
 
 
@@ -199,8 +193,10 @@ class DeliveriesResource:
 
     async def on_get(self, req, resp, webhook_id):
         status, limit, token = req.get_param("status"), req.get_param("limit"), req.get_param("page_token")
-        fn = _scoped(manage.list_deliveries, "webhook.delivery.list")
-        resp.media = page_json(await self.caller.as_agent(req, fn, webhook_id, status, limit, token), delivery_json)
+        page = await self.caller.as_agent(
+            req, manage.list_deliveries, webhook_id, status, limit, token, scope=SCOPE, action="webhook.delivery.list"
+        )
+        resp.media = page_json(page, delivery_json)
 
 
 class RetryResource:
@@ -218,13 +214,14 @@ class RetryResource:
 
     async def on_post(self, req, resp, webhook_id, delivery_id):
         postern = self.caller.postern
-
-        def retry(principal, info):
-            require_scope(principal, SCOPE, info, "webhook.delivery.retry", webhook_id)
-            return manage.retry_delivery(postern, principal, info, webhook_id, delivery_id)
-
+        delivery = await self.caller.as_agent(
+            req,
+            lambda p, i: manage.retry_delivery(postern, p, i, webhook_id, delivery_id),
+            scope=SCOPE,
+            action="webhook.delivery.retry",
+        )
         resp.status = falcon.HTTP_202
-        resp.media = delivery_json(await self.caller.as_agent(req, retry))
+        resp.media = delivery_json(delivery)
 
 
 class WebhookTestResource:
@@ -242,13 +239,11 @@ class WebhookTestResource:
 
     async def on_post(self, req, resp, webhook_id):
         postern = self.caller.postern
-
-        def test(principal, info):
-            require_scope(principal, SCOPE, info, "webhook.test", webhook_id)
-            return manage.send_test(postern, principal, info, webhook_id)
-
+        delivery = await self.caller.as_agent(
+            req, lambda p, i: manage.send_test(postern, p, i, webhook_id), scope=SCOPE, action="webhook.test"
+        )
         resp.status = falcon.HTTP_202
-        resp.media = delivery_json(await self.caller.as_agent(req, test))
+        resp.media = delivery_json(delivery)
 
 
 def routes(caller) -> list[tuple[str, object]]:

@@ -51,7 +51,8 @@ def postern_message_received(postern, message):
     """Inbound mail was committed to the store.
 
     ``message`` is the stored message record. Called after the transaction commits,
-    so the message is readable. Return values are ignored.
+    so the message is readable. Return values are ignored; an exception is logged and
+    the other plugins are still called (``postern.core.plugins.notify``).
     """
 
 
@@ -59,7 +60,8 @@ def postern_message_received(postern, message):
 def postern_message_sent(postern, message, result):
     """The send backend accepted an outbound message.
 
-    ``result`` is the backend's ``SendResult``. Return values are ignored.
+    ``result`` is the backend's ``SendResult``. Return values are ignored; an exception
+    is logged and the other plugins are still called (``postern.core.plugins.notify``).
     """
 
 
@@ -68,7 +70,8 @@ def postern_message_failed(postern, message, error):
     """An outbound message failed for good.
 
     ``error`` is the ``PermanentFailure`` (or the last ``TemporaryFailure`` once
-    retries ran out). Return values are ignored.
+    retries ran out). Return values are ignored; an exception is logged and the other
+    plugins are still called (``postern.core.plugins.notify``).
     """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Iterable
 
 import pluggy
@@ -18,6 +19,8 @@ from postern.core import hookspecs
 from postern.core.errors import SetupError
 
 PROJECT = "postern"
+
+log = logging.getLogger("postern.plugins")
 
 #: (entry-point name, module) of the plugins that ship with Postern.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -102,3 +105,25 @@ def plugin_summaries(pm: pluggy.PluginManager) -> list[dict]:
             }
         )
     return rows
+
+
+def notify(postern, hook_name: str, **kwargs) -> None:
+    """Tell every plugin about an event that has already happened and is committed
+    (``postern_message_received``, ``_sent``, ``_failed``); ``postern`` is passed too.
+
+    Each plugin's implementation runs on its own, in pluggy's order: one that raises is
+    logged (hook, plugin and message id; never the arguments, which carry mail and
+    results) and the next still runs. Never raises: the event happened whatever a plugin
+    thinks, and an exception here would answer a committed send or an accepted message
+    with an error, inviting a duplicate."""
+    kwargs["postern"] = postern
+    message_id = getattr(kwargs.get("message"), "id", None)
+    # Pluggy runs the last registered implementation first; so do we.
+    for impl in reversed(getattr(postern.hook, hook_name).get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            log.error("plugin %s: a wrapper on the event hook %s is not called", impl.plugin_name, hook_name)
+            continue
+        try:
+            impl.function(*(kwargs[name] for name in impl.argnames))
+        except Exception:
+            log.exception("a %s hook failed in plugin %s for message %s", hook_name, impl.plugin_name, message_id)

@@ -27,7 +27,6 @@ from postern.core.db import DatabaseRunner, GroupCommitter, database
 from postern.core.inboxes import create_inbox
 from postern.core.mail.ingest import ingest, limits_for
 from postern.core.mail.mime import MailRejected, parse
-from postern.core.runtime import build_postern
 from support.dns import dns_config_text, free_udp_and_tcp_port
 from support.world import INFO, make_tenant
 
@@ -36,12 +35,12 @@ class Crash(AssertionError):
     """The input made the part under test fail; the message says how."""
 
 
-def local_postern(tmp_path, env):
-    """A Postern on the test database whose DNS server would bind a free port: the
-    fuzzers' system under test (call with the ``db`` fixture active)."""
+def local_config(tmp_path, env):
+    """The fuzzers' system under test: a config whose DNS server would bind a free port
+    (tests override the shared ``config`` fixture with it)."""
     path = tmp_path / "postern.toml"
     path.write_text(dns_config_text(free_udp_and_tcp_port()))
-    return build_postern(load_config(path, environ=env))
+    return load_config(path, environ=env)
 
 
 def agent_inbox(postern):

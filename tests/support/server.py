@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from postern.core import migrations
+from postern.core.db import database, open_database
+
 TESTS_DIR = Path(__file__).parent.parent
 
 
@@ -177,3 +180,49 @@ def _quiet_children(proc: psutil.Process) -> list[psutil.Process]:
         return proc.children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def smtp_greets(port: int, timeout: float = 5) -> bool:
+    """Whether an SMTP server on ``port`` greets and answers NOOP: listed in health is
+    not listening yet."""
+    import smtplib
+
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as client:
+            return client.noop()[0] == 250
+    except (OSError, smtplib.SMTPException):
+        return False
+
+
+@contextlib.contextmanager
+def seeding(db_url: str):
+    """The test database, migrated and connected for the block, closed after it: make
+    there what a server test starts with (tenants, keys) before the server starts."""
+    open_database(db_url)
+    with database.connection_context():
+        migrations.upgrade()
+        yield
+
+
+class Servers:
+    """Starts ``postern serve`` processes for one test and kills each one after it."""
+
+    def __init__(self, env: dict, tmp_path: Path):
+        self.env, self.tmp_path, self.started = env, tmp_path, []
+
+    def __call__(
+        self, *args: str, env: dict | None = None, services=("smtp",), timeout: float = 60, **kwargs
+    ) -> Server:
+        """A server (``Server`` arguments: ``config=``, ``smtp_options=``), with ``env``
+        added to the test's, once health lists ``services`` (and, with ``smtp`` among
+        them, its SMTP port greets)."""
+        server = Server({**self.env, **(env or {})}, self.tmp_path, *args, **kwargs)
+        self.started.append(server)
+        wait_for(lambda: (h := server.health()) and set(services) <= {s["name"] for s in h["services"]}, timeout)
+        if "smtp" in services:
+            wait_for(lambda: smtp_greets(server.smtp_port), timeout)
+        return server
+
+    def kill_all(self) -> None:
+        for server in self.started:
+            kill_tree(server)

@@ -6,7 +6,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from postern.core import enrollment, tenancy
+from postern.core.auth import authenticate
+from postern.core.inboxes import create_inbox
+from postern.core.mail.ingest import ingest
+from postern.core.models import Inbox, Message, Webhook, WebhookDelivery
 from postern.core.principal import CLI, SCOPES, RequestInfo
+from postern.core.webhooks.manage import create_webhook
 
 INFO = RequestInfo(request_id="req_test", client_addr="127.0.0.1")
 BASE_DOMAIN = "agents.localhost"
@@ -54,3 +59,34 @@ def make_tenant(label: str) -> Tenant:
 
 def operator_token() -> str:
     return tenancy.create_admin_token(CLI, INFO, None, "operator")[1]
+
+
+def seed_inbox(postern, enrolled, username: str | None = None) -> Inbox:
+    """An inbox under ``enrolled``'s enrollment, made through the core whatever its scopes,
+    holding one received message (so message and thread ids exist too)."""
+    principal = authenticate(enrolled.agent_key, "agent", INFO)
+    body = {"username": username} if username else {}
+    inbox = create_inbox(postern, principal, INFO, body)[0]
+    raw = (
+        f"From: a@example.org\r\nTo: {inbox.address}\r\nSubject: seed\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n'
+        '--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="a.pdf"\r\n\r\n'
+        "%PDF\r\n--b--\r\n"
+    ).encode()
+    ingest(postern, raw, "a@example.org", [inbox.address])
+    return Inbox.get_by_id(inbox.id)
+
+
+def seed_webhook(postern, enrolled) -> Webhook:
+    """A webhook for every event of ``enrolled``'s enrollment, made through the core."""
+    principal = authenticate(enrolled.agent_key, "agent", INFO)
+    body = {"url": "https://hooks.example.org/in", "event_types": ["message.received", "inbox.created"]}
+    return create_webhook(postern, principal, INFO, body)[0]
+
+
+def first_delivery(webhook: Webhook) -> WebhookDelivery:
+    return WebhookDelivery.select().where(WebhookDelivery.webhook == webhook.id).order_by(WebhookDelivery.id).first()
+
+
+def first_message(inbox: Inbox) -> Message:
+    return Message.select().where(Message.inbox == inbox.id).order_by(Message.seq).first()

@@ -30,6 +30,7 @@ from postern.core.errors import BackendUnavailable
 from postern.core.mail import wire
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Message, utcnow
+from postern.core.plugins import notify
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.outbound")
@@ -116,7 +117,7 @@ def mark_sent(postern, message: Message, result, *, attempt: bool) -> Message:
     ``attempt`` counts a delivery attempt (not for a confirmation that completed)."""
     with write_transaction():
         message = record_sent(postern, message.id, result, attempt=attempt)
-    tell_plugins(postern.hook.postern_message_sent, postern=postern, message=message, result=result)
+    notify(postern, "postern_message_sent", message=message, result=result)
     return message
 
 
@@ -237,18 +238,8 @@ def mark_failed(postern, message: Message, exc: BackendError) -> Message:
         ).where(Message.id == message.id).execute()
         message = Message.get_by_id(message.id)
         webhook_events.message_event(postern, "message.failed", [message])
-    tell_plugins(postern.hook.postern_message_failed, postern=postern, message=message, error=exc)
+    notify(postern, "postern_message_failed", message=message, error=exc)
     return message
-
-
-def tell_plugins(hook, **kwargs) -> None:
-    """Call an outcome hook after the outcome is committed. A plugin's exception is
-    logged, never raised: the send succeeded (or failed) whatever a plugin thinks, and
-    raising here would answer 500 for a committed send, inviting a duplicate."""
-    try:
-        hook(**kwargs)
-    except Exception:
-        log.exception("a %s hook failed for %s", hook.name, kwargs["message"].id)
 
 
 def deliver_due(postern, limit: int = 50) -> int:

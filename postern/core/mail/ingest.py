@@ -21,6 +21,7 @@ from postern.core.mail.htmltext import html_to_text
 from postern.core.mail.mime import MailLimits, MailRejected, ParsedMessage, clean, parse
 from postern.core.mail.threads import find_thread, normalize_subject
 from postern.core.models import Attachment, Inbox, Message, Thread, utcnow
+from postern.core.plugins import notify
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.ingest")
@@ -118,16 +119,13 @@ def store(
 def announce(postern, stored: list[Message]) -> None:
     """After the commit: wake waiters and tell plugins. Nothing here may fail the
     caller, or the sender would retry and the message would be stored twice, so
-    failures are logged with the message ids."""
+    failures are logged with the message ids (``notify`` never raises)."""
     try:
         doorbell.ring_after_commit([m.inbox_id for m in stored])
     except OSError:
         log.exception("doorbell failed after storing %s; waiters will re-check", [m.id for m in stored])
     for message in stored:
-        try:
-            postern.hook.postern_message_received(postern=postern, message=message)
-        except Exception:  # a plugin's failure must not un-acknowledge stored mail
-            log.exception("a postern_message_received hook failed for %s", message.id)
+        notify(postern, "postern_message_received", message=message)
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,13 @@ from postern.core.mail.compose import (
     usable_message_id,
     validate_address,
 )
-from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent, tell_plugins
+from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent
 from postern.core.mail.headers import display_name, neutralise
 from postern.core.mail.ingest import announce, limits_for, local_inbox, next_seq, snippet_of, store
 from postern.core.mail.mime import Mailbox, MailRejected, ParsedMessage, parse
 from postern.core.mail.threads import normalize_subject
 from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, Thread, utcnow
+from postern.core.plugins import notify
 from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota
 
@@ -107,7 +108,7 @@ def send(
     doorbell.ring_after_commit([inbox.id])
     if local is not None:
         announce(postern, delivered)
-        tell_plugins(postern.hook.postern_message_sent, postern=postern, message=message, result=None)
+        notify(postern, "postern_message_sent", message=message, result=None)
         return message, False
     if not attempt_now:
         return message, False
