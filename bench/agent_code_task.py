@@ -37,6 +37,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 TARGET_CALLS = 3
+CALL_MS: dict[str, list[float]] = {}  # per tool, every call of the measured runs
 
 
 def send_code(port: int, to: str, code: str) -> None:
@@ -57,7 +58,9 @@ class Session:
 
     async def tool(self, name: str, **args) -> dict:
         self.calls += 1
+        start = time.perf_counter()
         result = await self.client.call_tool(name, args)
+        CALL_MS.setdefault(name, []).append((time.perf_counter() - start) * 1000)
         text = result.content[0].text
         self.bytes += len(text.encode())
         if result.is_error:
@@ -118,6 +121,7 @@ def main() -> int:
             wait_smtp(child, world.smtp_port)
             wait_http(child, mcp_port, "/healthz")
             asyncio.run(errand("warm", mcp_url, enroll, world.smtp_port, 0))  # first-call costs out of the figures
+            CALL_MS.clear()
             results = asyncio.run(measure(mcp_url, enroll, world.smtp_port, args.runs))
     print(f'"enroll → inbox → code" over MCP (streamable HTTP), {args.runs} runs per way')
     p50s = {}
@@ -130,6 +134,7 @@ def main() -> int:
             f"  {label:<30} calls {'/'.join(map(str, calls)):>3}   p50 {p50s[way]:7.1f} ms   "
             f"p90 {percentile(ms, 90):7.1f} ms   answers {answer_bytes:6.0f} B"
         )
+    print("  per tool call p50: " + ", ".join(f"{name} {percentile(ms, 50):.1f} ms" for name, ms in CALL_MS.items()))
     new_calls = max(c for c, _, _ in results["new"])
     print(f"  new/old p50 ratio {p50s['new'] / p50s['old']:.2f}; tool calls {new_calls} (target {TARGET_CALLS})")
     record(
