@@ -305,7 +305,7 @@ class CodeWaitResource:
         def open_wait(principal, info, inbox_id):
             return codewait.open_code_wait(principal, info, inbox_id), principal.agent_id
 
-        inbox, agent_id = await self.caller.as_agent(req, _read_scope(open_wait, "code.wait"), inbox_id)
+        inbox, agent_id = await self.caller.as_agent(req, open_wait, inbox_id, scope="mailbox:read", action="code.wait")
         gone = asyncio.Event() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
 
