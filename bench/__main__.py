@@ -37,6 +37,7 @@ BENCHMARKS = {
     "dns_qps": (["--duration", "3", "--rounds", "1"], ["dnsperf", "nsd"]),
     "serve_models": (["--duration", "2", "--warmup", "1", "--rounds", "1"], []),
     "mcp_tools": (["--duration", "2", "--rounds", "5"], []),
+    "agent_code_task": (["--runs", "5"], []),
     "load_agents": (["--agents", "50", "--duration", "10"], []),
     "crash_consistency": (["--kills", "3"], []),
     "isolation_timing": (["--pairs", "40", "--warmup", "5"], []),

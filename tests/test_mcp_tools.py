@@ -60,6 +60,11 @@ def test_every_tool_has_hints_and_an_output_schema_its_real_answers_validate_aga
         with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as smtp:
             smtp.sendmail("ann@example.org", [to], ATTACHED.format(to=to).encode())
 
+    def deliver_code(to: str) -> None:
+        raw = f"From: ann@example.org\r\nTo: {to}\r\nSubject: code\r\n\r\nYour verification code is 246810.\r\n"
+        with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as smtp:
+            smtp.sendmail("ann@example.org", [to], raw.encode())
+
     async def run():
         answered: dict[str, dict] = {}
         async with http(live.mcp_url, live.keys["agent"]) as client:
@@ -100,6 +105,10 @@ def test_every_tool_has_hints_and_an_output_schema_its_real_answers_validate_aga
             [attachment] = message["attachments"]
             ids = {"inbox_id": inbox["id"], "message_id": first["id"]}
             await use("get_attachment_link", **ids, attachment_id=attachment["id"])
+            assert "notice" not in await use("wait_for_code", inbox_id=inbox["id"], timeout_seconds=0)  # no code in it
+            await asyncio.to_thread(deliver_code, inbox["address"])
+            coded = await use("wait_for_code", inbox_id=inbox["id"], from_domain="example.org", timeout_seconds=50)
+            assert coded["code"] == "246810" and "untrusted" in coded["notice"]
             out = {"to": ["bob@example.org"], "cc": ["cc@example.org"], "subject": "s", "text": "t"}
             await use("send_email", inbox_id=inbox["id"], **out)
             await use("reply_to_email", inbox_id=inbox["id"], message_id=first["id"], text="thanks")
@@ -132,7 +141,7 @@ def test_the_hints_table_in_the_docs_matches_the_tools():
         tools, *cells = [c.strip() for c in row.strip("|").split("|")]
         flags = tuple(c.lstrip("*").startswith("yes") for c in cells)
         documented.update({name: flags for name in re.findall(r"`(\w+)`", tools)})
-    actual = {name: tuple(getattr(a, h) for h in HINTS) for name, a in ANNOTATIONS.items() if name != "wait_for_code"}
+    actual = {name: tuple(getattr(a, h) for h in HINTS) for name, a in ANNOTATIONS.items()}
     assert documented == actual
 
 
@@ -199,7 +208,7 @@ def in_process(world) -> tuple[Client, Recorder]:
 #: Parameters that shape the MCP answer only, with the reason; everything else must reach the API.
 MCP_ONLY = {("get_message", "include_html"): "the API returns the HTML body anyway; the tool shows it on request"}
 #: Base values by parameter name, for every tool: a wait that answers at once keeps the test quick.
-BASE = {"timeout": 0}
+BASE = {"timeout": 0, "timeout_seconds": 0}
 
 
 def alternative(name: str, spec: dict, base):

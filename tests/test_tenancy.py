@@ -210,6 +210,7 @@ AGENT_ENDPOINTS = {
     "messages": ("GET", "/v1/inboxes/{inbox_id}/messages", "mailbox:read", 200, "message.list"),
     "message": ("GET", "/v1/inboxes/{inbox_id}/messages/{message_id}", "mailbox:read", 200, "message.read"),
     "wait": ("GET", "/v1/inboxes/{inbox_id}/messages/wait?timeout=0", "mailbox:read", 200, "message.wait"),
+    "code-wait": ("GET", "/v1/inboxes/{inbox_id}/codes/wait?timeout=0", "mailbox:read", 200, "code.wait"),
     "threads": ("GET", "/v1/inboxes/{inbox_id}/threads", "mailbox:read", 200, "thread.list"),
     "thread": ("GET", "/v1/inboxes/{inbox_id}/threads/{thread_id}", "mailbox:read", 200, "thread.read"),
     "send": ("POST", "/v1/inboxes/{inbox_id}/messages", "mailbox:send", 201, "message.send"),

@@ -47,6 +47,7 @@ def build_routes(
         Route("/v1/inboxes/{inbox_id}", InboxResource(caller)),
         Route(f"{inbox}/messages", messages.MessagesResource(caller)),
         Route(f"{inbox}/messages/wait", messages.WaitResource(caller, waiters, notice_disconnects=notice_disconnects)),
+        Route(f"{inbox}/codes/wait", messages.CodeWaitResource(caller, waiters, notice_disconnects=notice_disconnects)),
         Route(f"{inbox}/messages/{{message_id}}", messages.MessageResource(caller)),
         Route(f"{inbox}/messages/{{message_id}}/reply", messages.ReplyResource(caller)),
         Route(f"{inbox}/messages/{{message_id}}/raw-link", downloads.RawLinkResource(caller)),

@@ -11,7 +11,7 @@ from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.core.db import GroupCommitter
 from postern.core.errors import InvalidInput
-from postern.core.mail import cursors, outbound, reading
+from postern.core.mail import codewait, cursors, outbound, reading
 from postern.core.mail.messageview import view_of
 from postern.core.views import message_json, page_json, thread_json
 
@@ -264,6 +264,73 @@ class WaitResource:
             return None, cursor
         body = {"messages": [message_json(v) for v in views], "cursor": str(cursor), "timed_out": False}
         return orjson.dumps(body), cursor
+
+
+class CodeWaitResource:
+    """``wait_for_code``: the code or verification link of the oldest inbound message no
+    ``wait_for_code`` has handed this agent yet (optionally only from ``from_domain``),
+    parking on the inbox's doorbell like ``wait_for_email`` until one arrives. Moves no
+    delivery cursor (docs/mail.md, "Waiting for a code")."""
+
+    OPENAPI = {
+        "get": operation(
+            "Wait for a verification code or link this agent has not been given yet (long poll)",
+            {
+                200: ("The code and link of one message, or timed_out", ref("CodeResult")),
+                403: ("Missing scope mailbox:read, or not an agent key", ref("Error")),
+                404: ("No such inbox", ref("Error")),
+                422: ("from_domain or timeout is invalid", ref("Error")),
+            },
+            params=(
+                INBOX,
+                query_param(
+                    "from_domain",
+                    {"type": "string", "description": "only mail whose sender's domain is this one or a subdomain"},
+                ),
+                query_param("timeout", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}),
+            ),
+            scope="mailbox:read",
+        )
+    }
+
+    def __init__(self, caller, waiters, *, notice_disconnects: bool = False):
+        self.caller = caller
+        self.waiters = waiters
+        self.notice_disconnects = notice_disconnects  # as WaitResource
+
+    async def on_get(self, req, resp, inbox_id):
+        timeout = _timeout(req.get_param("timeout"))
+        from_domain = codewait.parse_domain(req.get_param("from_domain"))
+
+        def open_wait(principal, info, inbox_id):
+            return codewait.open_code_wait(principal, info, inbox_id), principal.agent_id
+
+        inbox, agent_id = await self.caller.as_agent(req, open_wait, inbox_id, scope="mailbox:read", action="code.wait")
+        gone = asyncio.Event() if self.notice_disconnects else None
+        watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
+
+        async def read(cursor):
+            if gone is not None and gone.is_set():
+                return None, cursor  # nobody to hand a code to: claim nothing
+            handed = await self.caller.runner.run(codewait.next_code, agent_id, inbox.id, from_domain)
+            return (None if handed is None else handed.to_json()), cursor
+
+        try:
+            # Never shared between waiters: each read claims what it finds for its caller.
+            found, _ = await self.waiters.wait(inbox.id, 0, timeout, read, gone=gone, shared=False)
+        finally:
+            if watch is not None:
+                watch.cancel()
+        empty = {"message_id": None, "inbox_id": inbox.id, "from": None, "code": None, "link": None}
+        resp.media = {**(found or {**empty, "received_at": None}), "timed_out": found is None}
+
+
+def _timeout(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_WAIT
+    if not value.isdigit() or int(value) > MAX_WAIT:
+        raise InvalidInput(f"timeout must be an integer from 0 to {MAX_WAIT} seconds", field="timeout")
+    return int(value)
 
 
 class ThreadsResource:

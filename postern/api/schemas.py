@@ -207,6 +207,17 @@ SCHEMAS.update(
         "WaitResult": obj(
             {"messages": {"type": "array", "items": MESSAGE_SUMMARY}, "cursor": S, "timed_out": {"type": "boolean"}}
         ),
+        "CodeResult": obj(
+            {
+                "message_id": {"type": ["string", "null"]},
+                "inbox_id": S,
+                "from": {"type": ["string", "null"], "description": "the sender's address"},
+                "code": {"type": ["string", "null"], "description": "the best one-time code, as to type it"},
+                "link": {"type": ["string", "null"], "description": "the best verification, sign-in or reset link"},
+                "received_at": {"type": ["string", "null"], "format": "date-time"},
+                "timed_out": {"type": "boolean"},
+            }
+        ),
         "Thread": obj(THREAD_FIELDS),
         "ThreadWithMessages": obj({**THREAD_FIELDS, "messages": {"type": "array", "items": MESSAGE_SUMMARY}}),
     }

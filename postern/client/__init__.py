@@ -21,6 +21,7 @@ from postern.client.client import Postern
 from postern.client.models import (
     Attachment,
     Code,
+    CodeResult,
     DownloadLink,
     Enrollment,
     Inbox,
@@ -47,6 +48,7 @@ __all__ = [
     "Person",
     "Postern",
     "Thread",
+    "CodeResult",
     "WaitResult",
     "WebhookVerificationError",
     "bootstrap",

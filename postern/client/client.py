@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from postern.client import errors
-from postern.client.models import DownloadLink, Enrollment, Inbox, Me, Message, Page, Thread, WaitResult
+from postern.client.models import CodeResult, DownloadLink, Enrollment, Inbox, Me, Message, Page, Thread, WaitResult
 from postern.client.renewal import Renewal
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
@@ -359,6 +359,18 @@ class Messages:
         params = {"after": after, "timeout": timeout}
         data = self._c.request("GET", f"/v1/inboxes/{inbox_id}/messages/wait", params=params, timeout=timeout + 30)
         return WaitResult.from_json(data)
+
+    def wait_for_code(self, inbox_id: str, *, from_domain: str | None = None, timeout: int = 30) -> CodeResult:
+        """Block until a message with a one-time code or verification link arrives that
+        no ``wait_for_code`` has returned to you yet (mail that came before the call
+        included), or ``timeout`` seconds pass (at most 300); return just its code, link,
+        sender and id. ``from_domain``: only mail from that domain or a subdomain of it.
+        Independent of ``wait``: neither moves the other's position."""
+        if not 0 <= timeout <= MAX_WAIT:
+            raise ValueError(f"timeout must be from 0 to {MAX_WAIT} seconds")
+        params = {"from_domain": from_domain, "timeout": timeout}
+        data = self._c.request("GET", f"/v1/inboxes/{inbox_id}/codes/wait", params=params, timeout=timeout + 30)
+        return CodeResult.from_json(data)
 
     def raw_link(self, inbox_id: str, message_id: str) -> DownloadLink:
         path = f"/v1/inboxes/{inbox_id}/messages/{message_id}/raw-link"

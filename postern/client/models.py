@@ -181,6 +181,32 @@ class WaitResult:
 
 
 @dataclass(frozen=True)
+class CodeResult:
+    """What ``wait_for_code`` returns: the best one-time code and verification link of
+    one message (either may be None), its sender and id; all None on timeout."""
+
+    message_id: str | None
+    inbox_id: str
+    sender: str | None
+    code: str | None
+    link: str | None
+    received_at: dt.datetime | None
+    timed_out: bool
+
+    @classmethod
+    def from_json(cls, data: dict) -> CodeResult:
+        return cls(
+            data.get("message_id"),
+            data["inbox_id"],
+            data.get("from"),
+            data.get("code"),
+            data.get("link"),
+            _time(data.get("received_at")),
+            bool(data.get("timed_out")),
+        )
+
+
+@dataclass(frozen=True)
 class DownloadLink:
     """A signed, single-use link; it expires at ``expires_at``."""
 

@@ -86,6 +86,7 @@ class Waiters:
         *,
         claim: Callable[[int, int], Awaitable] | None = None,
         gone: asyncio.Event | None = None,
+        shared: bool = True,
     ) -> tuple[bytes | None, int]:
         """Wait up to ``timeout`` seconds for ``read(cursor)`` to find mail.
 
@@ -95,6 +96,8 @@ class Waiters:
         moves the stored cursor by compare-and-swap and returns ``(won, seq)``: a waiter
         that lost reads on from ``seq`` (another wait handed those messages over). A
         ``gone`` event set (the client left) ends the wait without claiming anything.
+        ``shared=False`` runs each waiter's ``read`` on its own (``wait_for_code``, whose
+        read claims what it finds for its one caller).
         Returns the answer, or None on timeout, and the cursor to report.
         """
         loop = asyncio.get_running_loop()
@@ -112,7 +115,10 @@ class Waiters:
                     return None, cursor
                 since = self.generation(inbox_id)
                 before = cursor
-                body, cursor = await self.read_shared(inbox_id, (inbox_id, before), since, lambda c=before: read(c))
+                if shared:
+                    body, cursor = await self.read_shared(inbox_id, (inbox_id, before), since, lambda c=before: read(c))
+                else:
+                    body, cursor = await read(before)
                 if cursor != before and claim is not None:
                     if gone is not None and gone.is_set():
                         return None, before  # nobody to hand the mail to: leave it unclaimed

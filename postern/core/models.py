@@ -201,6 +201,19 @@ class Message(BaseModel):
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))
 
 
+class CodeHandover(BaseModel):
+    """A message whose code or link ``wait_for_code`` handed to one agent: claimed by
+    inserting this row, so two racing calls never hand over the same message
+    (postern.core.mail.codewait). Independent of the agent's delivery cursor."""
+
+    agent = peewee.ForeignKeyField(Agent, on_delete="CASCADE", index=False)  # the key's first column
+    message = peewee.ForeignKeyField(Message, on_delete="CASCADE")
+    handed_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("agent", "message")
+
+
 class Attachment(BaseModel):
     """A MIME part with a filename or a Content-ID; its bytes, decoded."""
 
@@ -353,6 +366,7 @@ ALL_MODELS = (
     AuditEvent,
     Thread,
     Message,
+    CodeHandover,
     Attachment,
     IdempotencyRecord,
     ServerSecret,

@@ -174,6 +174,22 @@ class WaitResult(TypedDict):
     timed_out: bool
 
 
+CodeResult = TypedDict(
+    "CodeResult",
+    {
+        "notice": NotRequired[str],
+        "message_id": str | None,
+        "inbox_id": str,
+        "from": str | None,
+        "code": str | None,
+        "link": str | None,
+        "received_at": str | None,
+        "timed_out": bool,
+    },
+)
+CodeResult = _open(CodeResult)  # "from" is a keyword: the functional form names it
+
+
 @_open
 class Delivered(TypedDict):
     message_ids: list[str]
