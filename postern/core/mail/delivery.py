@@ -94,20 +94,14 @@ def check_wire(message: Message) -> None:
 
 def receiver_keeps_mailboxes(postern) -> bool:
     """Whether the receive backend has a local delivery of its own (``deliver_local``)."""
-    try:
-        receiver = postern.backend("receive")
-    except BackendUnavailable:
-        return False
-    return type(receiver).deliver_local is not Receiver.deliver_local
+    receiver = postern.active("receive")
+    return receiver is not None and type(receiver).deliver_local is not Receiver.deliver_local
 
 
 def _deliver_local(postern, message: Message, local: list[str]) -> None:
     """Local recipients: the receive backend's own delivery if it has one (a mailbox
     store such as WildDuck must hold the mail too), else straight through ingest."""
-    try:
-        receiver = postern.backend("receive")
-    except BackendUnavailable:
-        receiver = None
+    receiver = postern.active("receive")
     if receiver is None or not receiver.deliver_local(postern, message, local):
         ingest(postern, bytes(message.raw), message.envelope_from, local, delivered_for=message.id)
 
