@@ -53,11 +53,10 @@ def test_plugins_json(run):
     assert [p["name"] for p in data["plugins"]] == [
         "acs",
         "billing_free",
+        "core",
         "dns_builtin",
         "mcp_http",
-        "outbox",
         "smtp_local",
-        "webhooks",
         "wildduck",
     ]
     assert roles["receive"]["available"] is True and roles["receive"]["plugin"] == "smtp_local"

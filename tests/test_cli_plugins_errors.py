@@ -66,3 +66,38 @@ def test_a_misnamed_backend_option_variable_is_shown_beside_its_role(run, monkey
         in result.stdout
     )
     assert "  dns      dns_builtin  default    active (from dns_builtin)" in result.stdout
+
+
+DISABLE_SMTP_LOCAL = '[plugins]\ndisabled = ["smtp_local"]\n'
+
+
+def test_disabling_the_plugin_of_an_active_backend_is_shown_beside_each_role(run):
+    result = run(DISABLE_SMTP_LOCAL)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    for role in ("send", "receive"):
+        assert (
+            f"  {role:8} smtp_local   default    CONFIG ERROR: [plugins] disabled names 'smtp_local', which provides "
+            f"the {role} backend 'smtp_local' (the default) this configuration uses: enable the plugin again or "
+            f"choose another [{role}] backend"
+        ) in lines
+    assert result.stderr == "Error: 2 backend(s) cannot start (send, receive): `postern serve` would refuse to run\n"
+
+
+def test_serve_refuses_to_start_without_the_plugin_of_an_active_backend(env, monkeypatch, tmp_path):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "postern.toml"
+    path.write_text(DISABLE_SMTP_LOCAL)
+    result = CliRunner().invoke(cli, ["--config", str(path), "serve"], obj={})
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: [plugins] disabled names 'smtp_local', which provides the send backend")
+
+
+def test_a_core_service_named_in_disabled_is_refused(run):
+    result = run('[plugins]\ndisabled = ["webhooks"]\n')
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        "Error: [plugins] disabled: 'webhooks' is a core service of Postern, not a plugin, and cannot be disabled\n"
+    )
+    assert "  core (postern.core.coreservices): postern_services" in run("").stdout

@@ -8,14 +8,15 @@ import dns.nameserver
 import dns.resolver
 import falcon.testing
 import pytest
+from support.backends import activate
 from support.dns import RunningDns
 from support.sink import relaying_config
 from support.world import make_tenant
 
 from postern.api import create_app
 from postern.core.backends import DnsRecord
-from postern.core.hookspecs import hookimpl
 from postern.core.models import DkimKey, Message
+from postern.plugins.smtp_local.sender import SmtpLocalSender
 
 ACME = "acme.agents.localhost"
 
@@ -87,13 +88,17 @@ def test_a_key_sealed_with_another_secret_queues_the_mail_rather_than_send_it_un
     assert len(sink[0].received) == 1  # nothing left unsigned
 
 
-def test_no_signature_when_a_backend_publishes_its_own_dkim(postern, sink):
-    class VendorKeys:
-        @hookimpl
-        def postern_dkim_records(self, domain):
-            return [DnsRecord(f"sel1._domainkey.{domain}", "CNAME", "sel1.vendor.example")]
+class VendorRelay(SmtpLocalSender):
+    """Relays like smtp_local, but the domain publishes a vendor's DKIM keys."""
 
-    postern.pm.register(VendorKeys())
-    assert Sender(postern).send()["status"] == "sent"
+    name = "vendor_relay"
+
+    def dkim_records(self, postern, domain):
+        return [DnsRecord(f"sel1._domainkey.{domain}", "CNAME", "sel1.vendor.example")]
+
+
+def test_no_signature_when_the_send_backend_publishes_its_own_dkim(postern, sink):
+    vendor = activate(postern, VendorRelay, smarthost=f"127.0.0.1:{sink[1]}", starttls=False)
+    assert Sender(vendor).send()["status"] == "sent"
     [raw] = sink[0].raw
     assert not raw.startswith(b"DKIM-Signature:") and DkimKey.select().count() == 0

@@ -9,12 +9,13 @@ import dns.edns
 import dns.flags
 import dns.rcode
 import pytest
+from support.backends import activate
 from support.dns import RunningDns, dig, dns_config_text, free_udp_and_tcp_port, rdatas
 from support.server import wait_for
 from support.world import make_tenant
 
 from postern.core import zones
-from postern.core.backends import DnsRecord
+from postern.core.backends import DnsRecord, Sender, SendResult
 from postern.core.config import load_config
 from postern.core.hookspecs import hookimpl
 from postern.core.models import DkimKey
@@ -109,28 +110,47 @@ def test_the_dkim_private_key_is_sealed_in_the_database(postern, acme, config):
     assert (postern.config.data_dir / "secrets" / "dkim.key").stat().st_mode & 0o077 == 0
 
 
-def test_hook_postern_spf_mechanisms(postern, acme):
-    class Acs:
-        @hookimpl
-        def postern_spf_mechanisms(self, domain):
-            return ["include:spf.protection.outlook.com", "mx"]
+class VendorSender(Sender):
+    """A send backend that signs with a vendor's keys and needs its SPF and ownership TXT."""
 
-    plugged(postern, Acs())
-    [spf] = [r.value.split() for r in zones.build_zone(postern, ACME).at(ACME) if r.rtype == "TXT"]
-    assert spf[0] == "v=spf1" and spf[-1] == "-all"
-    assert sorted(spf[1:-1]) == ["include:spf.protection.outlook.com", "mx"]  # the duplicate "mx" dropped
+    name = "vendor"
+
+    def send(self, message):
+        return SendResult(self.name, "v-1", "sent")
+
+    def spf_mechanisms(self, postern, domain):
+        return ["include:spf.vendor.example", "mx", "mx"]
+
+    def dkim_records(self, postern, domain):
+        return [DnsRecord(f"sel1._domainkey.{domain}", "CNAME", "sel1.vendor.example")]
+
+    def dns_records(self, postern, domain):
+        return [DnsRecord(f"_vendor.{domain}", "TXT", "owner=acme"), DnsRecord("evil.example", "A", "1.2.3.4")]
 
 
-def test_hook_postern_dkim_records(postern, acme):
-    class VendorKeys:
-        @hookimpl
-        def postern_dkim_records(self, postern, domain):
-            return [DnsRecord(f"sel1._domainkey.{domain}", "CNAME", "sel1.vendor.example")]
-
-    plugged(postern, VendorKeys())
-    zone = zones.build_zone(postern, ACME)
+def test_the_active_send_backend_gives_spf_dkim_and_its_records(postern, acme):
+    vendor = activate(postern, VendorSender)
+    zone = zones.build_zone(vendor, ACME)
+    [spf] = [r.value.split() for r in zone.at(ACME) if r.rtype == "TXT"]
+    assert spf == ["v=spf1", "include:spf.vendor.example", "mx", "-all"]  # the duplicate "mx" dropped
     dkim_names = sorted((r.name, r.rtype) for r in zone.records if "_domainkey" in r.name)
     assert dkim_names == [(f"sel1._domainkey.{ACME}", "CNAME")]  # instead of Postern's own key
+    assert [r.value for r in zone.at(f"_vendor.{ACME}")] == ["owner=acme"] and not zone.at("evil.example")
+
+
+def test_an_installed_but_inactive_send_backend_is_never_asked(postern, acme):
+    plugged(postern, VendorPlugin())  # registered, but [send] still chooses smtp_local
+    zone = zones.build_zone(postern, ACME)
+    [spf] = [r.value for r in zone.at(ACME) if r.rtype == "TXT"]
+    assert spf == "v=spf1 mx -all"
+    assert [r.rtype for r in zone.records if "_domainkey" in r.name] == ["TXT"]  # Postern's own key
+    assert not zone.at(f"_vendor.{ACME}")
+
+
+class VendorPlugin:
+    @hookimpl
+    def postern_register_backends(self, register):
+        register("send", VendorSender.name, VendorSender)
 
 
 def test_plugin_records_are_served_and_kept_inside_their_zone(postern, acme, ns):

@@ -25,6 +25,7 @@ from postern.core.plugins import DEFAULT_PLUGINS, PluginError, get_plugin_manage
 from postern.core.quota import check_quota
 from postern.core.registry import BackendRegistry, RegistryError, UnknownBackendError
 from postern.core.runtime import BackendUnavailable, Postern, build_postern
+from postern.core.services import Service
 
 
 class RecordingSender(Sender):
@@ -84,8 +85,8 @@ def test_builtins_load_once_with_entry_points():
 
 
 def test_tiny_plugin_registered_then_unregistered():
-    # Without acs, the one built-in that also answers postern_dns_records (it needs a real Postern).
-    pm = get_plugin_manager(load_entrypoints=False, disabled=["acs"])
+    # No built-in answers postern_dns_records (a backend's records come from its methods).
+    pm = get_plugin_manager(load_entrypoints=False)
     calls = []
 
     class Tiny:
@@ -117,11 +118,95 @@ def test_disabled_plugin_is_not_called(config):
 
 
 def test_disabled_by_config_and_env(tmp_path):
-    config = load_config(environ={"POSTERN_PLUGINS_DISABLED": "billing_free, other", "POSTERN_DATA_DIR": str(tmp_path)})
-    assert config.plugins.disabled == ["billing_free", "other"]
+    config = load_config(environ={"POSTERN_PLUGINS_DISABLED": "acs, other", "POSTERN_DATA_DIR": str(tmp_path)})
+    assert config.plugins.disabled == ["acs", "other"]
     p = build_postern(config, open_db=False)
-    assert p.pm.get_plugin("billing_free") is None
-    assert [s.available for s in p.role_status() if s.role == "billing"] == [False]
+    assert p.pm.get_plugin("acs") is None and p.registry.names("send") == ["smtp_local"]
+
+
+def test_disabling_the_plugin_of_a_backend_in_use_stops_start_up(tmp_path):
+    config = load_config(environ={"POSTERN_PLUGINS_DISABLED": "billing_free", "POSTERN_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError) as err:
+        build_postern(config, open_db=False)
+    assert str(err.value) == (
+        "[plugins] disabled names 'billing_free', which provides the billing backend 'free' (the default) this "
+        "configuration uses: enable the plugin again or choose another [billing] backend"
+    )
+    env = {"POSTERN_PLUGINS_DISABLED": "acs", "POSTERN_SEND_BACKEND": "acs", "POSTERN_DATA_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="disabled names 'acs', which provides the send backend 'acs' .configured."):
+        build_postern(load_config(environ=env), open_db=False)
+    # Reports that go on regardless (`postern plugins`) show it beside the role.
+    p = build_postern(load_config(environ=env), open_db=False, validate=False)
+    assert p.backend_problems()["send"].startswith("[plugins] disabled names 'acs'")
+
+
+@pytest.mark.parametrize("name", ["outbox", "webhooks", "postern.plugins.outbox", "core"])
+def test_core_services_cannot_be_disabled(name):
+    with pytest.raises(PluginError, match=f"'{name}' is a core service of Postern, not a plugin"):
+        get_plugin_manager(disabled=[name], load_entrypoints=False)
+
+
+def test_core_services_run_whatever_plugins_are_disabled(config):
+    every = [name for name, _ in DEFAULT_PLUGINS]
+    pm = get_plugin_manager(disabled=every, load_entrypoints=False)
+    assert [name for name, plugin in pm.list_name_plugin() if plugin is not None] == ["core"]
+    p = Postern(config, pm, BackendRegistry.from_plugin_manager(pm))
+    assert p.active_backends() == [] and p.active("send") is None
+    assert sorted(s.name for s in p.services()) == ["outbox", "webhooks"]
+
+
+# -- the active backend's methods ------------------------------------------------------
+
+
+class Spy:
+    """Optional backend methods that record that the core called them."""
+
+    calls: list = []
+
+    def services(self, postern):
+        self.calls.append((self.name, "services"))
+        return [Service(f"{self.name}-svc", print)]
+
+    def message_sent(self, postern, message, result):
+        self.calls.append((self.name, "message_sent", message))
+
+
+class SpySender(Spy, RecordingSender):
+    name = "spy"
+
+
+class OtherSpySender(Spy, RecordingSender):
+    name = "other_spy"
+
+
+class SpyPlugin:
+    @hookimpl
+    def postern_register_backends(self, register):
+        register("send", SpySender.name, SpySender)
+        register("send", OtherSpySender.name, OtherSpySender)
+
+
+def test_only_the_active_backend_of_a_role_is_asked(config):
+    Spy.calls = []
+    config.roles["send"].backend, config.roles["send"].explicit = "spy", True
+    p = make_postern(config, SpyPlugin())
+    assert isinstance(p.active("send"), SpySender) and p.active("send") is p.backend("send")
+    assert [b.role for b in p.active_backends()] == ["send", "receive", "dns", "billing"]
+    names = [s.name for s in p.services()]
+    assert "spy-svc" in names and "other_spy-svc" not in names
+    assert {"outbox", "webhooks", "smtp", "dns"} <= set(names)
+    from postern.core.mail.delivery import tell_sent
+
+    tell_sent(p, "m1", None)
+    assert Spy.calls == [("spy", "services"), ("spy", "message_sent", "m1")]
+
+
+def test_backend_methods_default_to_nothing():
+    sender = RecordingSender()
+    assert sender.services(None) == [] and sender.dns_records(None, "a.example") == []
+    assert sender.spf_mechanisms(None, "a.example") == [] and sender.dkim_records(None, "a.example") is None
+    assert sender.dkim_sign(None, "a@a.example", b"raw") == b"raw"
+    assert sender.message_sent(None, "m", None) is None
 
 
 def test_misspelt_decorated_hookimpl_is_caught():

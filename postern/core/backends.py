@@ -7,6 +7,12 @@ options declares them as a frozen dataclass in ``options_class`` (see
 ``postern.core.options``): ``from_config`` then checks the table and calls
 ``cls(parsed_options)``. Heavy or optional imports belong inside ``from_config`` so an
 uninstalled extra fails only when chosen.
+
+What a backend needs besides its role's work (services to run, DNS records to
+publish, SPF and DKIM for the mail it sends, a look at each sent message) it declares
+with the optional methods below. The core calls them on the *active* backend of each
+role only (``Postern.active(role)``), so a backend never asks "am I the one chosen?";
+global hooks (``postern.core.hookspecs``) stay for what any plugin may add.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 # Re-exported: backends raise these, and plugins import them from here.
 from postern.core.errors import BackendError, PermanentFailure, TemporaryFailure  # noqa: F401
 from postern.core.options import parse_options
+
+if TYPE_CHECKING:
+    from postern.core.services import Service
 
 ROLES = ("send", "receive", "dns", "billing")
 
@@ -47,6 +56,24 @@ class Backend:
         if options:
             raise ValueError(f"{cls.role} backend '{cls.name}' takes no options, got: {', '.join(sorted(options))}")
         return cls()
+
+    # Optional: called by the core on the active backend of each role only.
+
+    def services(self, postern) -> list[Service]:
+        """Long-running services this backend needs ``postern serve`` to supervise (a
+        listener, a watcher), as ``postern.core.services.Service``; none by default."""
+        return []
+
+    def dns_records(self, postern, domain: str) -> list[DnsRecord]:
+        """Extra records for the zone at ``domain`` (its apex) that this backend needs
+        (a vendor's ownership TXT, an MX in front of it); none by default. Records
+        outside the zone are dropped with a warning."""
+        return []
+
+    def message_sent(self, postern, message, result: SendResult | None) -> None:
+        """An outbound message was sent (``result`` None when every recipient was an
+        inbox of this Postern). Called after the commit; an exception is logged and
+        ignored, the message stays sent."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,25 @@ class Sender(Backend):
         "accepted" (with ``check_after``) while still running; raise ``PermanentFailure``
         when it failed and ``TemporaryFailure`` when the outcome cannot be read now."""
         raise NotImplementedError
+
+    def spf_mechanisms(self, postern, domain: str) -> list[str]:
+        """The SPF mechanisms mail from ``domain`` needs when this backend sends it, such
+        as ``"mx"`` or ``"include:spf.protection.outlook.com"``; the core publishes
+        ``v=spf1 <these> -all`` (none: ``v=spf1 -all``, nothing may send)."""
+        return []
+
+    def dkim_records(self, postern, domain: str) -> list[DnsRecord] | None:
+        """The DKIM records to publish for tenant zone ``domain`` when this backend signs
+        with keys of its own (CNAMEs to a vendor's keys, say); None (the default) lets
+        Postern generate and publish its own key, used by ``dkim_sign``."""
+        return None
+
+    def dkim_sign(self, postern, sender: str, raw: bytes) -> bytes:
+        """The MIME bytes to hand to ``send``: ``raw`` unchanged by default. A backend
+        that relays mail as is to the internet returns
+        ``postern.core.signing.sign_as(postern, sender, raw)``: signed with the key of
+        ``sender``'s tenant domain. ``DkimKeyUnavailable`` queues the message for retry."""
+        return raw
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import peewee
 
 from postern.core import zonebell
 from postern.core.db import write_transaction
-from postern.core.errors import BackendUnavailable, SetupError
+from postern.core.errors import SetupError
 from postern.core.models import Customer, DkimKey
 
 log = logging.getLogger("postern.dkim")
@@ -138,23 +138,3 @@ def sign(config, key: DkimKey, raw: bytes) -> bytes:
         include_headers=headers,
     )
     return header + raw
-
-
-def sign_as(postern, sender: str, raw: bytes) -> bytes:
-    """``raw`` signed with the key of the tenant domain ``sender`` belongs to.
-
-    Unchanged when the sender is in no tenant zone, or when a plugin publishes its
-    own DKIM records for the domain (its backend signs). Raises ``DkimKeyUnavailable``.
-    """
-    from postern.core.zones import customer_of, settings_of, zone_apex
-
-    base = postern.config.mail.domain
-    apex = zone_apex(base, sender.rpartition("@")[2].lower())
-    customer = customer_of(base, apex) if apex else None
-    if customer is None or postern.hook.postern_dkim_records(postern=postern, domain=apex) is not None:
-        return raw
-    try:
-        selector = settings_of(postern).dkim_selector
-    except BackendUnavailable:
-        selector = DEFAULT_SELECTOR
-    return sign(postern.config, ensure_key(postern.config, customer, apex, selector), raw)

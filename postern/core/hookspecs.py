@@ -1,5 +1,11 @@
 """Every hook a Postern plugin can implement.
 
+Hooks are for what any plugin may add: backends, services, routes, commands, event
+listeners, DNS records, quota refusals. What only the backend chosen for a role
+should do (its services, its SPF, DKIM and DNS records, a look at each sent message)
+is a method of its class in ``postern.core.backends``, which the core calls on the
+active backend alone; no hook here needs an "am I the active one?" guard.
+
 Hooks are called with keyword arguments, so an implementation may accept only the
 arguments it needs; arguments may be added to a spec later, never removed.
 docs/plugins.md documents each hook and a meta-test keeps the two in step.
@@ -28,7 +34,8 @@ def postern_services(postern):
 
     Return a list of ``postern.core.services.Service``. Each runs in its own child
     process, is started after the API is ready, restarted with backoff when it
-    exits, and stopped on SIGTERM. Results from all plugins are concatenated.
+    exits, and stopped on SIGTERM. Results from all plugins are concatenated, after
+    the core's own (``outbox``, ``webhooks``) and the active backends' ``services()``.
     """
 
 
@@ -60,8 +67,10 @@ def postern_message_received(postern, message):
 def postern_message_sent(postern, message, result):
     """The send backend accepted an outbound message.
 
-    ``result`` is the backend's ``SendResult``. Return values are ignored; an exception
-    is logged and the other plugins are still called (``postern.core.plugins.notify``).
+    ``result`` is the backend's ``SendResult`` (None when every recipient was an inbox
+    of this Postern). The active backends' ``message_sent`` runs first. Return values
+    are ignored; an exception is logged and the other plugins are still called
+    (``postern.core.plugins.notify``).
     """
 
 
@@ -81,28 +90,8 @@ def postern_dns_records(postern, domain):
 
     Called whenever the DNS backend (re)builds a zone: ``domain`` is the zone's apex
     (the base mail domain or a tenant domain); records must lie inside it. Use it
-    for anything beyond the MX, SPF, DKIM and DMARC the core already publishes.
-    Results from all plugins are concatenated.
-    """
-
-
-@hookspec
-def postern_spf_mechanisms(postern, domain):
-    """Return SPF mechanisms the active send path needs for mail from ``domain``.
-
-    A list of strings such as ``"include:spf.protection.outlook.com"`` or ``"mx"``,
-    or ``None``. Results from all plugins are concatenated (duplicates dropped) into
-    ``v=spf1 ... -all``; answer only while your send backend is the active one.
-    """
-
-
-@hookspec(firstresult=True)
-def postern_dkim_records(postern, domain):
-    """Return the DKIM records to publish for tenant domain ``domain`` instead of Postern's own.
-
-    A send backend that signs with its own keys (e.g. CNAMEs to the vendor's keys)
-    returns a list of ``DnsRecord``; return ``None`` to let Postern generate, publish
-    and sign with its own key. The first non-None result wins.
+    for anything beyond the MX, SPF, DKIM and DMARC the core already publishes and
+    the active backends' ``dns_records()``. Results from all plugins are concatenated.
     """
 
 

@@ -19,6 +19,7 @@ from postern.core import hookspecs
 from postern.core.errors import SetupError
 
 PROJECT = "postern"
+log = logging.getLogger("postern.plugins")
 
 log = logging.getLogger("postern.plugins")
 
@@ -26,13 +27,16 @@ log = logging.getLogger("postern.plugins")
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("billing_free", "postern.plugins.billing_free"),
     ("smtp_local", "postern.plugins.smtp_local"),
-    ("outbox", "postern.plugins.outbox"),
     ("dns_builtin", "postern.plugins.dns_builtin"),
-    ("webhooks", "postern.plugins.webhooks"),
     ("acs", "postern.plugins.acs"),
     ("wildduck", "postern.plugins.wildduck"),
     ("mcp_http", "postern.plugins.mcp_http"),
 )
+
+
+#: Registered by the core itself, before and whatever ``[plugins] disabled`` says: the
+#: outbox and the webhook dispatcher (postern/core/coreservices.py).
+CORE_PLUGIN = ("core", "postern.core.coreservices")
 
 
 class PluginError(SetupError):
@@ -63,6 +67,11 @@ def get_plugin_manager(
     """
     pm = PosternPluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    disabled = list(disabled)
+    core_name, core_module = CORE_PLUGIN
+    core = importlib.import_module(core_module)
+    _refuse_disabling_core(disabled, core)
+    pm.register(core, name=core_name)
     for name in disabled:
         pm.set_blocked(name)
     try:
@@ -79,6 +88,48 @@ def get_plugin_manager(
         # A hook implementation whose name or arguments match no spec.
         raise PluginError(f"plugin {exc.plugin!r}: {exc}") from exc
     return pm
+
+
+def _refuse_disabling_core(disabled: list[str], core) -> None:
+    """The outbox and the webhook dispatcher were plugins once: naming them in
+    ``[plugins] disabled`` would now disable nothing, and saying nothing would leave an
+    operator believing they were off."""
+    names = {CORE_PLUGIN[0], CORE_PLUGIN[1]} | {service.name for service in core.CORE_SERVICES}
+    for name in disabled:
+        if name in names or name.removeprefix("postern.plugins.") in names:
+            raise PluginError(
+                f"[plugins] disabled: '{name}' is a core service of Postern, not a plugin, and cannot be disabled"
+            )
+
+
+def disabled_registrations(disabled: Iterable[str], modules: Iterable[str] = ()) -> dict[tuple[str, str], str]:
+    """(role, backend name) -> plugin, for the backends the ``disabled`` plugins would
+    register: what start-up needs to say "you disabled the plugin of the backend this
+    config uses" rather than "not installed". A disabled plugin that cannot even be
+    loaded is left out (it may be disabled for that very reason)."""
+    from importlib.metadata import entry_points
+
+    wanted = set(disabled)
+    loaders = [(name, lambda m=module: importlib.import_module(m)) for name, module in DEFAULT_PLUGINS]
+    loaders += [(module, lambda m=module: importlib.import_module(m)) for module in modules]
+    loaders += [(ep.name, ep.load) for ep in entry_points(group=PROJECT)]
+    found: dict[tuple[str, str], str] = {}
+    for name, load in loaders:
+        if name in wanted:
+            for role, backend in _backends_of(name, load):
+                found.setdefault((role, backend), name)
+    return found
+
+
+def _backends_of(name: str, load) -> list[tuple[str, str]]:
+    registered: list[tuple[str, str]] = []
+    try:
+        register = getattr(load(), f"{PROJECT}_register_backends", None)
+        if callable(register):
+            register(register=lambda role, backend, factory: registered.append((role, backend)))
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell", never a crash
+        log.debug("disabled plugin %s: cannot list its backends: %s", name, exc)
+    return registered
 
 
 def _import_plugin(module: str):

@@ -14,7 +14,7 @@ from postern.core.db import open_database
 from postern.core.envconfig import apply_backend_options
 from postern.core.errors import BackendUnavailable, ConfigError
 from postern.core.options import OptionError
-from postern.core.plugins import get_plugin_manager
+from postern.core.plugins import disabled_registrations, get_plugin_manager
 from postern.core.registry import BackendRegistry, UnknownBackendError
 from postern.core.services import Service
 
@@ -37,6 +37,8 @@ class Postern:
         self.hook = pm.hook
         self.registry = registry
         self._backends: dict[str, Backend] = {}
+        #: (role, backend) -> plugin, for the plugins ``[plugins] disabled`` names; read once, when needed.
+        self._disabled: dict[tuple[str, str], str] | None = None
         #: POSTERN_<ROLE>_<BACKEND>_<OPTION> variables naming no backend, by role.
         self._env_problems = apply_backend_options(config, registry)
 
@@ -69,6 +71,8 @@ class Postern:
     def _check_role(self, status: RoleStatus) -> None:
         if status.role in self._env_problems:
             raise ConfigError(self._env_problems[status.role])
+        if not status.available and self.config.plugins.disabled:
+            self._check_not_disabled(status)
         if status.explicit and not status.available:
             raise UnknownBackendError(status.role, status.backend, self.registry.names(status.role))
         if status.available:
@@ -80,6 +84,20 @@ class Postern:
                 raise ConfigError(f"[{status.role}.{status.backend}]: {exc}") from exc
             if status.role == "send":
                 self._check_lease(status.backend)
+
+    def _check_not_disabled(self, status: RoleStatus) -> None:
+        """A role's backend (chosen or the default) whose plugin ``[plugins] disabled``
+        names would leave the role without one: say so rather than run half a Postern."""
+        if self._disabled is None:
+            self._disabled = disabled_registrations(self.config.plugins.disabled, self.config.plugins.modules)
+        plugin = self._disabled.get((status.role, status.backend))
+        if plugin is not None:
+            origin = "configured" if status.explicit else "the default"
+            raise ConfigError(
+                f"[plugins] disabled names '{plugin}', which provides the {status.role} backend "
+                f"'{status.backend}' ({origin}) this configuration uses: enable the plugin again "
+                f"or choose another [{status.role}] backend"
+            )
 
     def _check_lease(self, name: str) -> None:
         deadline = getattr(self.backend("send"), "attempt_deadline", None)
@@ -105,9 +123,26 @@ class Postern:
             self._backends[role] = factory.from_config(rc.options_for(rc.backend))
         return self._backends[role]
 
+    def active(self, role: str) -> Any | None:
+        """The backend that serves ``role`` (built once), or None when the role has none:
+        its default is not installed and config chose none. The core calls a backend's
+        optional methods (``services``, ``dns_records``, ...) only on this one."""
+        try:
+            return self.backend(role)
+        except BackendUnavailable:
+            return None
+
+    def active_backends(self) -> list[Backend]:
+        """The active backend of every role that has one, in ``ROLES`` order."""
+        return [backend for role in ROLES if (backend := self.active(role)) is not None]
+
     def services(self) -> list[Service]:
+        """Every plugin's ``postern_services`` (the core's own outbox and webhook
+        dispatcher among them), then the active backends': what ``postern serve`` runs."""
+        batches = self.hook.postern_services(postern=self)
+        batches += [backend.services(self) for backend in self.active_backends()]
         found: dict[str, Service] = {}
-        for batch in self.hook.postern_services(postern=self):
+        for batch in batches:
             for service in batch or ():
                 if service.name in found:
                     raise ValueError(f"two plugins declare a service named '{service.name}'")

@@ -2,12 +2,13 @@
 
 Zones: the base mail domain, and one per tenant, ``<label>.<base>``. A tenant zone
 publishes SOA and NS, MX at its apex and a wildcard MX (so nested labels receive),
-SPF (mechanisms from the send path, through ``postern_spf_mechanisms``), DKIM at
-``<selector>._domainkey`` (Postern's own key, unless a plugin answers
-``postern_dkim_records``), DMARC at ``_dmarc``, and the same MX/SPF/DMARC at every
-mail domain below the apex that an enrollment key allows or an inbox uses (an
-explicit name there would otherwise hide the wildcard). Plugins add more through
-``postern_dns_records``. The DNS backend turns these records into answers.
+SPF (mechanisms from the active send backend's ``spf_mechanisms``), DKIM at
+``<selector>._domainkey`` (Postern's own key, unless the active send backend's
+``dkim_records`` gives its own), DMARC at ``_dmarc``, and the same MX/SPF/DMARC at
+every mail domain below the apex that an enrollment key allows or an inbox uses (an
+explicit name there would otherwise hide the wildcard). The active backends add more
+through their ``dns_records``, any plugin through ``postern_dns_records``. The DNS
+backend turns these records into answers.
 """
 
 from __future__ import annotations
@@ -137,9 +138,11 @@ def build_zone(postern, apex: str, *, config=None, ensure_dkim: bool = False) ->
 
 
 def _dkim_records(postern, config, settings: ZoneSettings, customer: Customer, apex: str, ensure: bool):
-    """A plugin's DKIM records if one answers ``postern_dkim_records``, else Postern's own key
-    (made now when ``ensure``), else none yet. Returns (records, Postern's key row or None)."""
-    records = postern.hook.postern_dkim_records(postern=postern, domain=apex)
+    """The active send backend's DKIM records if it signs with keys of its own, else
+    Postern's own key (made now when ``ensure``), else none yet. Returns (records,
+    Postern's key row or None)."""
+    sender = postern.active("send")
+    records = sender.dkim_records(postern, apex) if sender is not None else None
     if records is not None:
         return list(records), None
     if ensure:
@@ -178,17 +181,20 @@ def _soa(settings: ZoneSettings, apex: str, serial: int) -> DnsRecord:
 
 
 def spf_value(postern, domain: str) -> str:
+    sender = postern.active("send")
     mechanisms: list[str] = []
-    for batch in postern.hook.postern_spf_mechanisms(postern=postern, domain=domain):
-        for mechanism in batch or ():
-            if mechanism not in mechanisms:
-                mechanisms.append(mechanism)
+    for mechanism in sender.spf_mechanisms(postern, domain) if sender is not None else ():
+        if mechanism not in mechanisms:
+            mechanisms.append(mechanism)
     return " ".join(["v=spf1", *mechanisms, "-all"])
 
 
 def _extras(postern, apex: str) -> list[DnsRecord]:
+    """What the active backends need in the zone, then what any plugin adds."""
     found = []
-    for batch in postern.hook.postern_dns_records(postern=postern, domain=apex):
+    batches = [backend.dns_records(postern, apex) for backend in postern.active_backends()]
+    batches += postern.hook.postern_dns_records(postern=postern, domain=apex)
+    for batch in batches:
         for record in batch or ():
             name = record.name.lower().rstrip(".")
             if not is_within(name, apex):

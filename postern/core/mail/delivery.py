@@ -94,20 +94,14 @@ def check_wire(message: Message) -> None:
 
 def receiver_keeps_mailboxes(postern) -> bool:
     """Whether the receive backend has a local delivery of its own (``deliver_local``)."""
-    try:
-        receiver = postern.backend("receive")
-    except BackendUnavailable:
-        return False
-    return type(receiver).deliver_local is not Receiver.deliver_local
+    receiver = postern.active("receive")
+    return receiver is not None and type(receiver).deliver_local is not Receiver.deliver_local
 
 
 def _deliver_local(postern, message: Message, local: list[str]) -> None:
     """Local recipients: the receive backend's own delivery if it has one (a mailbox
     store such as WildDuck must hold the mail too), else straight through ingest."""
-    try:
-        receiver = postern.backend("receive")
-    except BackendUnavailable:
-        receiver = None
+    receiver = postern.active("receive")
     if receiver is None or not receiver.deliver_local(postern, message, local):
         ingest(postern, bytes(message.raw), message.envelope_from, local, delivered_for=message.id)
 
@@ -117,7 +111,7 @@ def mark_sent(postern, message: Message, result, *, attempt: bool) -> Message:
     ``attempt`` counts a delivery attempt (not for a confirmation that completed)."""
     with write_transaction():
         message = record_sent(postern, message.id, result, attempt=attempt)
-    notify(postern, "postern_message_sent", message=message, result=result)
+    tell_sent(postern, message, result)
     return message
 
 
@@ -158,13 +152,11 @@ def _hand_over(postern, message: Message, remote: list[str]):
         backend = postern.backend("send")
     except BackendUnavailable as exc:
         raise PermanentFailure(str(exc), code="no_send_backend") from exc
-    raw = bytes(message.raw)
-    if getattr(backend, "dkim_sign", False):
-        try:
-            raw = dkim.sign_as(postern, message.envelope_from, raw)
-        except dkim.DkimKeyUnavailable as exc:
-            log.error("cannot DKIM-sign %s: %s", message.id, exc)
-            raise TemporaryFailure(str(exc), code="dkim_key_unavailable") from exc
+    try:
+        raw = backend.dkim_sign(postern, message.envelope_from, bytes(message.raw))
+    except dkim.DkimKeyUnavailable as exc:
+        log.error("cannot DKIM-sign %s: %s", message.id, exc)
+        raise TemporaryFailure(str(exc), code="dkim_key_unavailable") from exc
     attachments = tuple(
         OutboundAttachment(a.filename, a.content_type, bytes(a.data), a.content_id, a.inline)
         for a in message.attachments
@@ -240,6 +232,18 @@ def mark_failed(postern, message: Message, exc: BackendError) -> Message:
         webhook_events.message_event(postern, "message.failed", [message])
     notify(postern, "postern_message_failed", message=message, error=exc)
     return message
+
+
+def tell_sent(postern, message: Message, result) -> None:
+    """Announce a committed send to the active backends (``message_sent``; WildDuck files
+    it in the Sent folder), then to every plugin (``postern_message_sent``, through
+    ``notify``); each failure is logged and ignored, the message stays sent."""
+    for backend in postern.active_backends():
+        try:
+            backend.message_sent(postern, message, result)
+        except Exception:
+            log.exception("the %s backend's message_sent failed for %s", backend.name, message.id)
+    notify(postern, "postern_message_sent", message=message, result=result)
 
 
 def deliver_due(postern, limit: int = 50) -> int:

@@ -29,13 +29,12 @@ from postern.core.mail.compose import (
     usable_message_id,
     validate_address,
 )
-from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent
+from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent, tell_sent
 from postern.core.mail.headers import display_name, neutralise
 from postern.core.mail.ingest import announce, limits_for, local_inbox, next_seq, snippet_of, store
 from postern.core.mail.mime import Mailbox, MailRejected, ParsedMessage, parse
 from postern.core.mail.threads import normalize_subject
 from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, Thread, utcnow
-from postern.core.plugins import notify
 from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota
 
@@ -108,7 +107,7 @@ def send(
     doorbell.ring_after_commit([inbox.id])
     if local is not None:
         announce(postern, delivered)
-        notify(postern, "postern_message_sent", message=message, result=None)
+        tell_sent(postern, message, None)
         return message, False
     if not attempt_now:
         return message, False

@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from postern.core.backends import OutboundMessage, PendingSend, PermanentFailure, Sender, SendResult, TemporaryFailure
+from postern.core.backends import (
+    DnsRecord,
+    OutboundMessage,
+    PendingSend,
+    PermanentFailure,
+    Sender,
+    SendResult,
+    TemporaryFailure,
+)
 from postern.core.options import parse_options
 from postern.plugins.acs import mapping
 from postern.plugins.acs.options import AcsOptions
@@ -74,6 +82,32 @@ class AcsSender(Sender):
 
     def outbound_route(self) -> str | None:
         return f"Azure Communication Services at {self.options.endpoint}"
+
+    def spf_mechanisms(self, postern, domain: str) -> list[str]:
+        return list(self.options.spf)
+
+    def dkim_records(self, postern, domain: str) -> list[DnsRecord]:
+        """ACS signs with its own keys: CNAMEs to them at every mail domain of the zone,
+        in place of Postern's own DKIM key."""
+        from postern.core import zones
+
+        customer = zones.customer_of(postern.config.mail.domain, domain)
+        names = zones.mail_domains(customer, domain) if customer is not None else [domain]
+        return [
+            DnsRecord(f"{selector}._domainkey.{name}", "CNAME", target, 3600)
+            for name in names
+            for selector, target in self.options.dkim.items()
+        ]
+
+    def dns_records(self, postern, domain: str) -> list[DnsRecord]:
+        """The ownership TXT that ACS shows for each custom domain (``domain_verification``)."""
+        from postern.core.names import is_within
+
+        return [
+            DnsRecord(name, "TXT", value, 3600)
+            for name, value in self.options.domain_verification.items()
+            if is_within(name, domain)
+        ]
 
     @staticmethod
     def operation_id(postern_id: str) -> str:

@@ -9,6 +9,7 @@ from postern.core import zonebell
 from postern.core.backends import DnsProvider
 from postern.core.names import InvalidName, normalise_domain
 from postern.core.options import at_least, between, host_port, option
+from postern.core.services import Service
 from postern.core.zones import DEFAULT_DMARC, Nameserver, ZoneSettings, resolver_address
 
 DEFAULT_BIND = "127.0.0.1:5353"
@@ -92,6 +93,15 @@ class DnsBuiltin(DnsProvider):
             resolvers=o.resolvers,
         )
 
+    def services(self, postern) -> list[Service]:
+        return [Service("dns", run_dns_server, "authoritative DNS for the mail domains (UDP and TCP)")]
+
     def zone_changed(self, zone: str) -> None:
         """Tell every dns_builtin server sharing the database to reload ``zone``."""
         zonebell.ring([zone])
+
+
+def run_dns_server(postern) -> None:
+    from postern.plugins.dns_builtin.server import run_dns  # dnslib loads only in the DNS process
+
+    run_dns(postern)

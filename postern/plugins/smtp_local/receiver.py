@@ -9,6 +9,7 @@ import logging
 from postern.core.backends import InboxRef, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
 from postern.core.mail.ingest import MailRejected, announce, readable, store
+from postern.core.services import Service
 from postern.core.smtp.listener import run_listener
 from postern.core.smtp.options import ListenerOptions
 from postern.core.smtp.session import Arrival, Handler
@@ -32,6 +33,9 @@ class SmtpLocalReceiver(Receiver):
 
     def deprovision(self, inbox: InboxRef) -> None:
         """Nothing to do: a deleted inbox's address is refused at RCPT from then on."""
+
+    def services(self, postern) -> list[Service]:
+        return [Service("smtp", run_smtp, "SMTP listener for inbound mail (aiosmtpd)", notifies_ready=True)]
 
 
 async def store_arrival(postern, arrival: Arrival) -> str:

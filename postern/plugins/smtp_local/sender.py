@@ -72,8 +72,6 @@ class SmtpLocalSender(Sender):
     name = "smtp_local"
     description = "local delivery; relay via a smarthost, or capture when none is set"
     options_class = SmtpLocalSendOptions
-    #: Mail it relays leaves DKIM-signed with the tenant's key (the core signs before ``send``).
-    dkim_sign = True
 
     def __init__(self, options: SmtpLocalSendOptions | None = None):
         self.options = options or SmtpLocalSendOptions()
@@ -84,6 +82,15 @@ class SmtpLocalSender(Sender):
 
     def outbound_route(self) -> str | None:
         return f"smarthost {self.options.smarthost}" if self.options.smarthost else None
+
+    def spf_mechanisms(self, postern, domain: str) -> list[str]:
+        return list(self.options.spf)
+
+    def dkim_sign(self, postern, sender: str, raw: bytes) -> bytes:
+        """Mail it relays leaves DKIM-signed with the tenant's key."""
+        from postern.core.signing import sign_as
+
+        return sign_as(postern, sender, raw)
 
     def send(self, message: OutboundMessage) -> SendResult:
         if not self.options.smarthost:

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from postern.core.backends import BackendError, InboxRef, PermanentFailure, Receiver
+from postern.core.backends import BackendError, DnsRecord, InboxRef, PermanentFailure, Receiver
 from postern.core.db import database, write_transaction
 from postern.core.options import host_port_or_empty, option, positive
+from postern.core.services import Service
 from postern.core.smtp.options import (
     CHECK_AT_LEAST_ONE,
     CHECK_PROCESSES,
@@ -150,6 +151,33 @@ class WildDuckReceiver(Receiver):
         WildDuckMailbox.delete().where(WildDuckMailbox.inbox == inbox.inbox_id).execute()
         log.info("deprovisioned %s (WildDuck user %s)", inbox.inbox_id, user)
 
+    def services(self, postern) -> list[Service]:
+        from postern.plugins.wildduck.watcher import run_watcher
+
+        services = [Service("wildduck-watcher", run_watcher, "follows WildDuck for new mail and ingests it")]
+        if self.options.smtp_bind:
+            from postern.plugins.wildduck.frontdoor import run_front_door
+
+            services.append(
+                Service("smtp", run_front_door, "SMTP listener handing mail to WildDuck over LMTP", notifies_ready=True)
+            )
+        return services
+
+    def dns_records(self, postern, domain: str) -> list[DnsRecord]:
+        """With ``mx_host`` set, an operator's MX sits in front of WildDuck: publish it
+        preferred (5) over the core's own MX (10), which stays as the fallback."""
+        if not self.options.mx_host:
+            return []
+        mx = f"5 {self.options.mx_host.rstrip('.')}"
+        return [DnsRecord(domain, "MX", mx), DnsRecord(f"*.{domain}", "MX", mx)]
+
+    def message_sent(self, postern, message, result) -> None:
+        """Put the agent's sent message in the mailbox's Sent folder, so a human reading
+        over IMAP sees both sides of every thread."""
+        from postern.plugins.wildduck.sent import append_sent
+
+        append_sent(postern, message)
+
     def _remember_made(self, inbox_id: str, user: str) -> None:
         self._made[inbox_id] = user
         while len(self._made) > MADE_REMEMBERED:
@@ -202,25 +230,6 @@ def _record(api, inbox_id: str, user: str, *, existing: bool) -> None:
 def _remember_orphan(user: str, address: str) -> None:
     with write_transaction():
         WildDuckOrphan.insert(user_id=user, address=address).on_conflict_ignore().execute()
-
-
-def delete_orphans(api) -> int:
-    """Delete the users of rolled-back inboxes that WildDuck could not delete then;
-    returns how many went. Called by the watcher's sweep."""
-    deleted = 0
-    for orphan in list(WildDuckOrphan.select()):
-        if WildDuckMailbox.get_or_none(WildDuckMailbox.user_id == orphan.user_id) is not None:
-            pass  # adopted by a provisioning since: not ours to delete
-        else:
-            try:
-                api.delete_user(orphan.user_id)
-            except BackendError as exc:
-                log.info("orphaned WildDuck user %s not deleted yet: %s", orphan.user_id, exc)
-                continue
-            deleted += 1
-        with write_transaction():
-            WildDuckOrphan.delete().where(WildDuckOrphan.user_id == orphan.user_id).execute()
-    return deleted
 
 
 def username_for(inbox_id: str) -> str:

@@ -37,6 +37,7 @@ from postern.core.mail.mime import MailRejected, parse
 from postern.core.models import utcnow
 from postern.plugins.wildduck.api import MessageSummary
 from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckSeen
+from postern.plugins.wildduck.orphans import delete_orphans
 from postern.plugins.wildduck.sent import append_due, next_due
 
 log = logging.getLogger("postern.wildduck.watcher")
@@ -186,8 +187,6 @@ def sweep(postern, api, unchanged: Unchanged | None = None) -> int:
     """Catch up every provisioned mailbox (skipping those ``unchanged`` since the last
     sweep); one failing mailbox does not stop the rest. Then the plugin's other deferred
     work: Sent copies due, orphaned users to delete."""
-    from postern.plugins.wildduck.receiver import delete_orphans
-
     stored = 0
     for row in list(WildDuckMailbox.select()):
         try:
