@@ -38,4 +38,7 @@ def test_audit_of_an_unknown_customer_is_an_error(run, ref):
     run("admin", "customer", "create", "--label", "acme")
     result = run("admin", "audit", "--customer", ref)
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.startswith("Error: no customer ") and result.stderr.count("\n") == 1
+    # The first CLI open of the test's database may also log that it tightened the
+    # file's mode (a warning of its own, once per process): the error is one line.
+    lines = [line for line in result.stderr.splitlines() if "postern.filemodes" not in line]
+    assert len(lines) == 1 and lines[0].startswith("Error: no customer ")
