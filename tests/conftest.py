@@ -84,6 +84,17 @@ def client(postern):
 
 
 @pytest.fixture
+def served(postern):
+    """``(postern, transport)``: the real API app in process behind an httpx transport,
+    for the SDK and the MCP server to talk to without a socket."""
+    from postern.testing.inprocess import InProcessTransport
+
+    transport = InProcessTransport(create_app(postern))
+    yield postern, transport
+    transport.shutdown()
+
+
+@pytest.fixture
 def sink():
     """A smarthost on a loopback port: yields (``support.sink.Sink``, port)."""
     from aiosmtpd.controller import Controller

@@ -10,19 +10,8 @@ import threading
 import pytest
 from support.world import make_tenant
 
-from postern.api import create_app
 from postern.client import Postern, bootstrap, errors
 from postern.core.mail.ingest import ingest
-from postern.core.runtime import build_postern
-from postern.testing.inprocess import InProcessTransport
-
-
-@pytest.fixture
-def served(config, db):
-    postern = build_postern(config)
-    transport = InProcessTransport(create_app(postern))
-    yield postern, transport
-    transport.shutdown()
 
 
 def client_for(transport, key: str) -> Postern:

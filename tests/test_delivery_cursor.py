@@ -16,25 +16,14 @@ import pytest
 from support.server import Server, kill_tree, wait_for
 from support.world import INFO, make_tenant
 
-from postern.api import create_app
 from postern.client import Postern
 from postern.core import enrollment, migrations
 from postern.core.db import database, open_database
 from postern.core.mail import cursors, reading
 from postern.core.mail.ingest import ingest
 from postern.core.models import DeliveryCursor, Inbox
-from postern.core.runtime import build_postern
-from postern.testing.inprocess import InProcessTransport
 
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-def served(config, db):
-    postern = build_postern(config)
-    transport = InProcessTransport(create_app(postern))
-    yield postern, transport
-    transport.shutdown()
 
 
 def two_agents(max_mailboxes=5) -> tuple[str, str]:

@@ -17,22 +17,11 @@ import test_mcp
 from support.world import INFO, make_tenant
 from test_mcp import http, ok
 
-from postern.api import create_app
 from postern.client import Postern, errors
 from postern.core import enrollment
 from postern.core.mail.ingest import ingest
-from postern.core.runtime import build_postern
-from postern.testing.inprocess import InProcessTransport
 
 live = test_mcp.live
-
-
-@pytest.fixture
-def served(config, db):
-    postern = build_postern(config)
-    transport = InProcessTransport(create_app(postern))
-    yield postern, transport
-    transport.shutdown()
 
 
 def agent_client(transport, tenant="acme", handle="bot") -> Postern:
