@@ -141,7 +141,7 @@ def smtp_session(
 
 @functools.cache
 def _smtp_class():
-    from aiosmtpd.smtp import SMTP, syntax  # imported by the listener only, not by every process
+    from aiosmtpd.smtp import SMTP, TLSSetupException, syntax  # the listener's import, not every process's
 
     class PosternSMTP(SMTP):
         postern_limiter: ConnectionLimiter | None = None
@@ -208,6 +208,14 @@ def _smtp_class():
                 await self.push("503 5.5.1 TLS already active")
                 return
             await super().smtp_STARTTLS(arg)
+
+        async def handle_exception(self, error):
+            if isinstance(error, TLSSetupException):
+                # A client that offers only old TLS versions, or hangs up mid-handshake:
+                # aiosmtpd logs each as an ERROR with a traceback, and closes the session.
+                log.info("STARTTLS handshake with %s failed: %s", self.session.peer, error.__cause__)
+                return "421 4.7.0 TLS handshake failed"  # not sent: aiosmtpd closes the connection
+            return await super().handle_exception(error)
 
         def _getaddr(self, arg):
             try:
