@@ -175,6 +175,11 @@ MESSAGE = obj(
         "in_reply_to": S_NULL,
         "references": STRS,
         "envelope_from": S,
+        "tls": {
+            "type": ["string", "null"],
+            "description": 'TLS version and cipher of the SMTP session that brought it, e.g. "TLSv1.3 '
+            'TLS_AES_256_GCM_SHA384"; null for plaintext or outbound mail',
+        },
         "headers": {"type": "array", "items": {"type": "array", "items": S}},
         "text": S,
         "html": S,

@@ -108,6 +108,9 @@ class Message:
     error: str | None = None
     attempts: int = 0
     attachments: list[Attachment] = field(default_factory=list)
+    #: ``get`` only: TLS version and cipher of the SMTP session that brought the message
+    #: ("TLSv1.3 TLS_AES_256_GCM_SHA384"); None for plaintext or outbound mail.
+    tls: str | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Message:

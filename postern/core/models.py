@@ -196,6 +196,9 @@ class Message(BaseModel):
     #: Inbound only: one-time codes and verification links found at ingest, as JSON
     #: (``postern.core.mail.extract.Extraction``); '' when none were found.
     extraction = peewee.TextField(default="")
+    #: Inbound only: the SMTP session's TLS version and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384");
+    #: None when the message came in plaintext (or not over Postern's listener).
+    tls = peewee.CharField(max_length=200, null=True)
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))

@@ -217,6 +217,8 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
                 "in_reply_to": m.in_reply_to,
                 "references": m.references.split(),
                 "envelope_from": m.envelope_from,
+                # How the SMTP session that brought it was encrypted; None for plaintext.
+                "tls": m.tls,
                 "headers": [[name, value] for name, value in json.loads(m.headers)],
                 "text": text,
                 "html": html,

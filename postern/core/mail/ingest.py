@@ -96,6 +96,7 @@ def store(
     known: dict | None = None,
     delivered_for: str | None = None,
     reading: Readable | None = None,
+    tls: str | None = None,
 ) -> list[Message]:
     """The transactional half of ``ingest``: call inside a write transaction, and
     ``announce`` the result only once that transaction has committed."""
@@ -106,7 +107,7 @@ def store(
         inbox = known.get(address) or local_inbox(address)
         if inbox is None:
             continue  # not ours: the listener refused it at RCPT already
-        stored.append(_store(inbox, parsed, raw, envelope_from, reading))
+        stored.append(_store(inbox, parsed, raw, envelope_from, reading, tls))
     if not stored:
         raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
     if delivered_for is not None:
@@ -152,7 +153,9 @@ def readable(postern, parsed: ParsedMessage, envelope_from: str) -> Readable:
         return Readable(text, "")
 
 
-def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reading: Readable) -> Message:
+def _store(
+    inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reading: Readable, tls: str | None = None
+) -> Message:
     seq = next_seq(inbox.id)
     sender = parsed.sender.address if parsed.sender else ""
     thread = find_thread(inbox.id, parsed.subject, parsed.in_reply_to, parsed.references, sender or None)
@@ -210,6 +213,7 @@ def _store(inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, 
             headers=json.dumps(parsed.headers),
             size=len(raw),
             raw=raw,
+            tls=tls,
         ),
     )
     for item in parsed.attachments:

@@ -14,6 +14,7 @@ from postern.core.services import notify_ready
 from postern.core.smtp.options import ListenerOptions
 from postern.core.smtp.prefork import serve_forked
 from postern.core.smtp.session import Handler, OnMessage, smtp_session
+from postern.core.smtp.tls import ReloadingContext
 
 log = logging.getLogger("postern.smtp")
 
@@ -80,6 +81,8 @@ async def _serve(
 
     # Per process: with ``processes`` N the listener admits N times these caps.
     limiter = ConnectionLimiter("SMTP", options.max_connections, options.max_connections_per_client)
+    # Checked at each connection: a renewed certificate is served without a restart.
+    tls = ReloadingContext(options.tls_cert, options.tls_key) if options.tls_cert else None
 
     def session():
         return smtp_session(
@@ -89,6 +92,8 @@ async def _serve(
             limiter=limiter,
             command_timeout=options.command_timeout,
             data_timeout=options.data_timeout,
+            tls_context=tls.current() if tls is not None else None,
+            require_tls=options.require_tls,
         )
 
     if sockets is None:
@@ -99,7 +104,13 @@ async def _serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("SMTP listening on %s (max %s bytes, %s recipients)", options.bind, limit, options.max_recipients)
+    log.info(
+        "SMTP listening on %s (max %s bytes, %s recipients, STARTTLS %s)",
+        options.bind,
+        limit,
+        options.max_recipients,
+        ("required" if options.require_tls else "offered") if tls is not None else "off",
+    )
     notify_ready()  # the loop greets from here on: the supervisor counts the port as served
     await stop.wait()
     for server in servers:

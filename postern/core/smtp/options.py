@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from postern.core.options import at_least, between, host_port, option
+from postern.core.smtp.tls import check_tls_files, readable_file_or_empty
 
 DEFAULT_BIND = "127.0.0.1:2525"
 DEFAULT_HOSTNAME = "postern.localhost"
@@ -47,3 +48,13 @@ class ListenerOptions:
         check=CHECK_AT_LEAST_ONE,
         help="open sessions per client address (IPv6: per /64) per listener process",
     )
+    tls_cert: str = option(
+        "",
+        check=readable_file_or_empty,
+        help="PEM certificate (its chain after it) that STARTTLS offers; reloaded when the file changes",
+    )
+    tls_key: str = option("", check=readable_file_or_empty, help="PEM private key of tls_cert")
+    require_tls: bool = option(False, help="refuse MAIL (530 5.7.0) until the client has started TLS")
+
+    def __post_init__(self):
+        check_tls_files(self.tls_cert, self.tls_key, self.require_tls)

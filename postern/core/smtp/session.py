@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.mail.ingest import MailRejected, limits_for, local_inbox, storable_address
 from postern.core.mail.mime import parse
 from postern.core.smtp.options import DEFAULT_COMMAND_TIMEOUT, DEFAULT_DATA_TIMEOUT, ListenerOptions
+from postern.core.smtp.tls import tls_of
 
 log = logging.getLogger("postern.smtp")
 
@@ -37,6 +39,8 @@ class Arrival:
     inboxes: dict[str, Any]
     runner: DatabaseRunner
     committer: GroupCommitter
+    #: The session's TLS version and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384"); None in plaintext.
+    tls: str | None = None
 
 
 #: What a receive backend does with an arrival; its answer is the SMTP reply to DATA.
@@ -101,6 +105,7 @@ class Handler:
             inboxes=getattr(envelope, "postern_inboxes", {}),
             runner=self.runner,
             committer=self.committer,
+            tls=tls_of(session),
         )
         return await self.on_message(arrival)
 
@@ -113,10 +118,13 @@ def smtp_session(
     limiter: ConnectionLimiter | None = None,
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     data_timeout: float = DEFAULT_DATA_TIMEOUT,
+    tls_context: ssl.SSLContext | None = None,
+    require_tls: bool = False,
 ):
     """One connection's aiosmtpd protocol, as the listener serves it (the fuzzers too).
     A fixed hostname: aiosmtpd otherwise calls socket.getfqdn() per connection.
-    ``limiter`` caps open sessions: one over a cap is answered 421 and closed."""
+    ``limiter`` caps open sessions: one over a cap is answered 421 and closed.
+    With ``tls_context`` STARTTLS is offered; ``require_tls`` refuses MAIL before it."""
     session = _smtp_class()(
         handler,
         hostname=hostname,
@@ -124,20 +132,25 @@ def smtp_session(
         enable_SMTPUTF8=True,
         ident="Postern ESMTP",
         timeout=command_timeout,
+        tls_context=tls_context,
     )
     session.postern_limiter, session.postern_data_timeout = limiter, data_timeout
+    session.postern_require_tls = require_tls and tls_context is not None
     return session
 
 
 @functools.cache
 def _smtp_class():
-    from aiosmtpd.smtp import SMTP, syntax  # imported by the listener only, not by every process
+    from aiosmtpd.smtp import SMTP, TLSSetupException, syntax  # the listener's import, not every process's
 
     class PosternSMTP(SMTP):
         postern_limiter: ConnectionLimiter | None = None
         postern_data_timeout: float = DEFAULT_DATA_TIMEOUT
         postern_client: str | None = None  # the limiter's key while this session counts
         postern_refused = False
+        # Not aiosmtpd's require_starttls: its refusal has no enhanced status code
+        # (RFC 3207 section 4 asks for 530 5.7.0) and it refuses HELO and RSET as well.
+        postern_require_tls = False
 
         def connection_made(self, transport):
             # Called again with the TLS transport after STARTTLS: count only the first.
@@ -179,6 +192,30 @@ def _smtp_class():
             finally:
                 if self.transport is not None:
                     self._reset_timeout()
+
+        @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+        async def smtp_MAIL(self, arg):
+            if self.postern_require_tls and self._tls_protocol is None:
+                await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                return
+            await super().smtp_MAIL(arg)
+
+        @syntax("STARTTLS", when="tls_context")
+        async def smtp_STARTTLS(self, arg):
+            # aiosmtpd would wrap a second TLS layer inside the first (RFC 3207 4.2:
+            # a client must not start TLS twice); refusing keeps the session usable.
+            if self._tls_protocol is not None:
+                await self.push("503 5.5.1 TLS already active")
+                return
+            await super().smtp_STARTTLS(arg)
+
+        async def handle_exception(self, error):
+            if isinstance(error, TLSSetupException):
+                # A client that offers only old TLS versions, or hangs up mid-handshake:
+                # aiosmtpd logs each as an ERROR with a traceback, and closes the session.
+                log.info("STARTTLS handshake with %s failed: %s", self.session.peer, error.__cause__)
+                return "421 4.7.0 TLS handshake failed"  # not sent: aiosmtpd closes the connection
+            return await super().handle_exception(error)
 
         def _getaddr(self, arg):
             try:

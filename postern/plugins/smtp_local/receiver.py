@@ -55,6 +55,7 @@ async def store_arrival(postern, arrival: Arrival) -> str:
             arrival.inboxes,
             None,
             reading,
+            arrival.tls,
             after=lambda messages: announce(postern, messages),
         )
     except MailRejected as exc:

@@ -27,6 +27,7 @@ from postern.core.smtp.options import (
     DEFAULT_HOSTNAME,
     ListenerOptions,
 )
+from postern.core.smtp.tls import check_tls_files, readable_file_or_empty
 from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckOrphan
 
 log = logging.getLogger("postern.wildduck")
@@ -52,7 +53,7 @@ def _redis_url(value: str) -> str:
 @dataclass(frozen=True)
 class WildDuckOptions:
     """``[receive.wildduck]``. The ``smtp_*``, ``hostname``, ``max_recipients``,
-    ``threads`` and ``processes`` options configure Postern's SMTP front door."""
+    ``threads``, ``processes`` and TLS options configure Postern's SMTP front door."""
 
     api_url: str = option(check=_http_url, help='WildDuck\'s API, e.g. "http://127.0.0.1:8080"')
     access_token: str = option("", secret=True)
@@ -70,6 +71,12 @@ class WildDuckOptions:
     max_recipients: int = option(100, check=CHECK_AT_LEAST_ONE)
     threads: int = option(4, check=CHECK_AT_LEAST_ONE)
     processes: int = option(1, check=CHECK_PROCESSES)
+    tls_cert: str = option("", check=readable_file_or_empty)
+    tls_key: str = option("", check=readable_file_or_empty)
+    require_tls: bool = option(False)
+
+    def __post_init__(self):
+        check_tls_files(self.tls_cert, self.tls_key, self.require_tls)
 
     def listener(self) -> ListenerOptions:
         """The front door's options (the core's SMTP listener, its other limits at their defaults)."""
@@ -79,6 +86,9 @@ class WildDuckOptions:
             max_recipients=self.max_recipients,
             threads=self.threads,
             processes=self.processes,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            require_tls=self.require_tls,
         )
 
 
