@@ -18,7 +18,9 @@ from support.server import seeding
 from support.world import make_tenant
 from support.zone_dns import ZoneDns
 
+from postern.client import Message
 from postern.core.mail import verdicts
+from postern.mcp import shape
 
 CLIENT_IP = "192.0.2.10"
 HELO = "mx.sender.example"
@@ -192,4 +194,27 @@ def test_end_to_end_over_smtp_the_api_shows_the_verdict(serve, db_url, zone, key
     ours = [v for n, v in full["headers"] if n.lower() == "authentication-results"]
     assert len(ours) == 1 and "dkim=pass header.d=sender.example header.s=s1" in ours[0]
     assert ("_dmarc.sender.example", "TXT") in zone.queries
-    assert json.dumps(auth)  # plain JSON for agents
+    # The SDK and the MCP server carry the same verdict.
+    sdk = Message.from_json(full)
+    assert sdk.verified_sender is True
+    assert sdk.authentication.dkim[0].result == "pass" and sdk.authentication.dmarc_policy == "reject"
+    detail = shape.message_detail(sdk, include_html=False, links={}, nonce="n")
+    assert detail["verified_sender"] is True and detail["authentication"]["dmarc"] == "pass"
+    assert json.loads(json.dumps(detail["authentication"]))["dkim"][0]["selector"] == "s1"
+
+
+@pytest.mark.slow
+def test_verify_false_stores_no_verdict_and_adds_no_header(serve, db_url, zone, keys):
+    with seeding(db_url):
+        key = make_tenant("acme").agent_key(handle="box", max_mailboxes=5).agent_key
+    server = serve(env={"POSTERN_TRUST_VERIFY": "false", "POSTERN_TRUST_RESOLVER": zone.address})
+    headers = {"Authorization": f"Bearer {key}"}
+    inbox = httpx.post(f"{server.url}/v1/inboxes", headers=headers, json={"username": "box"}, timeout=30).json()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as client:
+        client.sendmail("alice@sender.example", [inbox["address"]], sign(message(), keys["rsa"][0]))
+    [summary] = httpx.get(f"{server.url}/v1/inboxes/{inbox['id']}/messages", headers=headers, timeout=30).json()["data"]
+    path = f"/v1/inboxes/{inbox['id']}/messages/{summary['id']}"
+    full = httpx.get(f"{server.url}{path}", headers=headers, timeout=30).json()
+    assert (summary["verified_sender"], full["authentication"]) == (False, None)
+    assert not [n for n, _ in full["headers"] if n.lower() == "authentication-results"]
+    assert zone.queries == []
