@@ -132,6 +132,15 @@ def test_spf_pass_for_another_domain_is_not_aligned(zone):
     assert (verdict.aligned, verdict.verified_sender) == (False, False)
 
 
+def test_arc_chain_sealed_by_a_forwarder_passes_and_breaks_when_altered(zone, keys):
+    raw = message(extra="Authentication-Results: relay.example; dkim=none\r\n")
+    sealed = b"".join(dkim.arc_sign(raw, b"s2", b"relay.example", keys["other"][0], b"relay.example")) + raw
+    assert check(zone, sealed).arc == "pass"
+    assert check(zone, sealed.replace(b"Hello there", b"Hello thare")).arc == "fail"
+    assert check(zone, raw).arc == "none"
+    assert check(zone, sealed, ip="203.0.113.9").verified_sender is False  # ARC alone proves no From
+
+
 def test_a_dns_server_that_never_answers_gives_temperror_within_the_bound(keys):
     silent = ZoneDns(silent=True)
     try:
