@@ -33,6 +33,7 @@ BENCHMARKS = {
     "extraction": (["--repeat", "5"], []),
     "html_to_text": (["--repeat", "3"], []),
     "extraction_ingest": (["--messages", "300", "--warmup", "30", "--rounds", "1"], ["smtp-source"]),
+    "verify_ingest": (["--messages", "300", "--warmup", "30", "--rounds", "1", "--samples", "100"], ["smtp-source"]),
     "webhooks": (["--deliveries", "200", "--messages", "30"], []),
     "dns_qps": (["--duration", "3", "--rounds", "1"], ["dnsperf", "nsd"]),
     "serve_models": (["--duration", "2", "--warmup", "1", "--rounds", "1"], []),

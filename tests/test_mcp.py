@@ -127,8 +127,10 @@ async def conversation(client, send_in) -> dict:
     listed = await ok(client, "list_messages", inbox_id=inbox["id"])
     assert {m["id"] for m in listed["messages"]} == {first["id"], reply["id"]}
     assert set(listed["messages"][0]) == {
-        "id", "thread_id", "direction", "from", "subject", "snippet", "received_at", "attachment_count"
+        "id", "thread_id", "direction", "from", "subject", "snippet", "received_at", "attachment_count",
+        "verified_sender",
     }  # fmt: skip
+    assert listed["messages"][0]["verified_sender"] is False  # unsigned mail proves no sender
     return inbox
 
 

@@ -145,6 +145,24 @@ CODE = obj({"value": S, "as_written": S, "evidence": S})
 LINK = obj(
     {"url": S, "kind": {"enum": ["verify", "magic", "reset"]}, "evidence": S, "sender_domain": {"type": "boolean"}}
 )
+RESULT = {"enum": ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"]}
+AUTHENTICATION = obj(
+    {
+        "spf": RESULT,
+        "dkim": {"type": "array", "items": obj({"domain": S, "selector": S, "result": RESULT})},
+        "dmarc": RESULT,
+        "dmarc_policy": {"enum": ["", "none", "quarantine", "reject"]},
+        "arc": RESULT,
+        "from_domain": S,
+        "aligned": {"type": "boolean"},
+        "verified_sender": {"type": "boolean"},
+        "skipped": S,
+    }
+)
+AUTHENTICATION_OR_NULL = {
+    "anyOf": [AUTHENTICATION, {"type": "null"}],
+    "description": "sender verdicts at receive (docs/trust.md); null for outbound or unchecked mail",
+}
 MESSAGE_SUMMARY_FIELDS = {
     "id": S,
     "inbox_id": S,
@@ -162,6 +180,10 @@ MESSAGE_SUMMARY_FIELDS = {
     "snippet": S,
     "codes": {"type": "array", "items": CODE},
     "links": {"type": "array", "items": LINK},
+    "verified_sender": {
+        "type": "boolean",
+        "description": "the From domain is proven (DMARC passed at receive); false for anything else",
+    },
     "received_at": S,
     "sent_at": S_NULL,
     "size": INT,
@@ -180,6 +202,7 @@ MESSAGE = obj(
             "description": 'TLS version and cipher of the SMTP session that brought it, e.g. "TLSv1.3 '
             'TLS_AES_256_GCM_SHA384"; null for plaintext or outbound mail',
         },
+        "authentication": AUTHENTICATION_OR_NULL,
         "headers": {"type": "array", "items": {"type": "array", "items": S}},
         "text": S,
         "html": S,
@@ -197,6 +220,7 @@ SCHEMAS.update(
         "Attachment": ATTACHMENT,
         "Person": PERSON,
         "Code": CODE,
+        "Authentication": AUTHENTICATION,
         "Link": LINK,
         "DownloadLink": obj({"url": S, "expires_at": S}),
         "OutboundAttachment": obj(

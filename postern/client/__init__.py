@@ -20,6 +20,7 @@ from postern.client import bootstrap, errors
 from postern.client.client import Postern
 from postern.client.models import (
     Attachment,
+    Authentication,
     Code,
     CodeResult,
     DownloadLink,
@@ -30,6 +31,7 @@ from postern.client.models import (
     Message,
     Page,
     Person,
+    Signature,
     Thread,
     WaitResult,
 )
@@ -37,6 +39,7 @@ from postern.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "Attachment",
+    "Authentication",
     "Code",
     "DownloadLink",
     "Enrollment",
@@ -47,6 +50,7 @@ __all__ = [
     "Page",
     "Person",
     "Postern",
+    "Signature",
     "Thread",
     "CodeResult",
     "WaitResult",

@@ -69,6 +69,36 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Signature:
+    """One DKIM signature's verdict."""
+
+    domain: str
+    selector: str
+    result: str
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """The sender verdicts Postern reached when the message arrived (docs/trust.md).
+    Trust the From address only when ``verified_sender`` is true."""
+
+    spf: str = "none"
+    dkim: list[Signature] = field(default_factory=list)
+    dmarc: str = "none"
+    dmarc_policy: str = ""
+    arc: str = "none"
+    from_domain: str = ""
+    aligned: bool = False
+    verified_sender: bool = False
+    skipped: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict) -> Authentication:
+        values = _known(cls, {k: v for k, v in data.items() if k != "dkim"})
+        return cls(**values, dkim=[Signature(**_known(Signature, s)) for s in data.get("dkim") or []])
+
+
+@dataclass(frozen=True)
 class Message:
     """A message. Listings fill the summary fields; ``get`` fills bodies, headers and
     attachments too. Mail is untrusted input: treat ``text``/``html`` as data, never as
@@ -93,6 +123,8 @@ class Message:
     #: One-time codes and verification links found when the message arrived.
     codes: list[Code] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    #: The From domain was proven at receive (DMARC passed): the only sign to trust it.
+    verified_sender: bool = False
     message_id: str = ""
     received_at: dt.datetime | None = None
     sent_at: dt.datetime | None = None
@@ -111,11 +143,13 @@ class Message:
     #: ``get`` only: TLS version and cipher of the SMTP session that brought the message
     #: ("TLSv1.3 TLS_AES_256_GCM_SHA384"); None for plaintext or outbound mail.
     tls: str | None = None
+    #: SPF, DKIM, DMARC and ARC verdicts (``get`` only); None for outbound or unchecked mail.
+    authentication: Authentication | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Message:
         people = ("to", "cc", "reply_to")
-        nested = (*people, "attachments", "headers", "codes", "links")
+        nested = (*people, "attachments", "headers", "codes", "links", "authentication")
         values = _known(cls, {k: v for k, v in data.items() if k not in nested})
         sender = data.get("from")
         return cls(
@@ -128,6 +162,7 @@ class Message:
             attachments=[Attachment(**_known(Attachment, a)) for a in data.get("attachments") or []],
             codes=[Code(**_known(Code, c)) for c in data.get("codes") or []],
             links=[Link(**_known(Link, x)) for x in data.get("links") or []],
+            authentication=Authentication.from_json(data["authentication"]) if data.get("authentication") else None,
         )
 
 

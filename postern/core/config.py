@@ -120,6 +120,20 @@ class AuthConfig:
 
 
 @dataclass
+class TrustConfig:
+    #: Check SPF, DKIM, DMARC and ARC of inbound mail at receive (docs/trust.md).
+    verify: bool = True
+    #: DNS server for those checks as "host:port"; empty: the system's resolvers.
+    resolver: str = ""
+    #: Seconds all of one message's checks may take (their lookups together); past
+    #: it the verdicts are temperror and the message is stored all the same.
+    dns_timeout: int = 5
+    #: The authserv-id of the Authentication-Results header Postern adds; empty: the
+    #: SMTP listener's hostname.
+    authserv_id: str = ""
+
+
+@dataclass
 class WebhooksConfig:
     #: CIDR ranges webhook URLs may reach although they are not public (loopback, private,
     #: link-local...), e.g. ["127.0.0.0/8"]; empty refuses every non-public destination.
@@ -189,6 +203,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
@@ -223,6 +238,7 @@ _SECTIONS = {
     "mail": MailConfig,
     "auth": AuthConfig,
     "webhooks": WebhooksConfig,
+    "trust": TrustConfig,
     "mcp": McpConfig,
     "plugins": PluginsConfig,
 }

@@ -199,6 +199,9 @@ class Message(BaseModel):
     #: Inbound only: the SMTP session's TLS version and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384");
     #: None when the message came in plaintext (or not over Postern's listener).
     tls = peewee.CharField(max_length=200, null=True)
+    #: Inbound only: SPF, DKIM, DMARC and ARC verdicts at receive, as JSON
+    #: (``postern.core.mail.verdicts.Verdict``); '' when not checked.
+    authentication = peewee.TextField(default="")
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))

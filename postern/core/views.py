@@ -179,6 +179,13 @@ def _extraction(m) -> dict:
     return {"codes": found.get("codes", []), "links": found.get("links", [])}
 
 
+def _authentication(m) -> dict | None:
+    """The sender verdicts stored at receive (postern/core/mail/verdicts.py); None for
+    outbound mail, mail stored before checking existed, or with ``[trust] verify`` off."""
+    stored = getattr(m, "authentication", None)
+    return orjson.loads(stored) if stored else None
+
+
 def message_json(view, *, full: bool = False, max_length: int | None = None) -> dict:
     """A message summary; with ``full``, bodies, headers and attachments too.
     Mail is untrusted: ``html`` is returned as received, for the caller to sanitise."""
@@ -201,6 +208,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "cc": _people(m.cc_addresses),
         "snippet": m.snippet,
         **_extraction(m),
+        "verified_sender": bool((_authentication(m) or {}).get("verified_sender")),
         "received_at": iso(m.received_at),
         "sent_at": iso(m.sent_at),
         "size": m.size,
@@ -219,6 +227,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
                 "envelope_from": m.envelope_from,
                 # How the SMTP session that brought it was encrypted; None for plaintext.
                 "tls": m.tls,
+                "authentication": _authentication(m),
                 "headers": [[name, value] for name, value in json.loads(m.headers)],
                 "text": text,
                 "html": html,

@@ -68,6 +68,27 @@ class FoundLink(TypedDict):
     sender_domain: bool
 
 
+@_open
+class DkimSignature(TypedDict):
+    domain: str
+    selector: str
+    result: str
+
+
+@_open
+class Authentication(TypedDict):
+    """SPF, DKIM, DMARC and ARC verdicts reached when the mail arrived."""
+
+    spf: str
+    dkim: list[DkimSignature]
+    dmarc: str
+    dmarc_policy: str
+    arc: str
+    from_domain: str
+    aligned: bool
+    verified_sender: bool
+
+
 # "from" is a keyword: the functional form is the only way to name that key.
 MessageSummary = _open(
     TypedDict(
@@ -81,6 +102,7 @@ MessageSummary = _open(
             "snippet": NotRequired[str | None],
             "received_at": str | None,
             "attachment_count": int,
+            "verified_sender": bool,  # true only when DMARC proved the From domain
             "codes": NotRequired[list[FoundCode]],  # only when some were found
             "links": NotRequired[list[FoundLink]],
         },
@@ -118,6 +140,7 @@ MessageDetail = _open(
             "text": str,
             "truncated": bool,
             "attachments": list[Attachment],
+            "authentication": NotRequired[Authentication],  # inbound mail checked at receive
             "html": NotRequired[str],
         },
     )

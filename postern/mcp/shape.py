@@ -60,6 +60,8 @@ def message_summary(m: Message) -> dict:
         "snippet": m.snippet,
         "received_at": _time(m.received_at),
         "attachment_count": m.attachment_count,
+        # The one sign that the From address is real (DMARC passed at receive).
+        "verified_sender": m.verified_sender,
         **found_in(m),
     }
 
@@ -97,6 +99,18 @@ def message_detail(m: Message, *, include_html: bool, links: dict[str, dict], no
         ],
     }
     del detail["snippet"]
+    if m.authentication is not None:
+        a = m.authentication
+        detail["authentication"] = {
+            "spf": a.spf,
+            "dkim": [{"domain": d.domain, "selector": d.selector, "result": d.result} for d in a.dkim],
+            "dmarc": a.dmarc,
+            "dmarc_policy": a.dmarc_policy,
+            "arc": a.arc,
+            "from_domain": a.from_domain,
+            "aligned": a.aligned,
+            "verified_sender": a.verified_sender,
+        }
     if include_html:
         detail["html"] = fence(m.html or "", nonce)
     return detail

@@ -136,6 +136,8 @@ class Readable:
 
     text: str
     extraction: str  # Extraction.to_json()
+    #: The sender verdicts as JSON (postern.core.mail.verdicts); '' when not checked.
+    authentication: str = ""
 
 
 def readable(postern, parsed: ParsedMessage, envelope_from: str) -> Readable:
@@ -210,6 +212,7 @@ def _store(
             html=parsed.html,
             snippet=snippet_of(reading.text),
             extraction=reading.extraction,
+            authentication=reading.authentication,
             headers=json.dumps(parsed.headers),
             size=len(raw),
             raw=raw,

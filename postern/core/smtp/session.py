@@ -41,6 +41,9 @@ class Arrival:
     committer: GroupCommitter
     #: The session's TLS version and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384"); None in plaintext.
     tls: str | None = None
+    #: The client's address and its HELO/EHLO name, for SPF.
+    client_ip: str = ""
+    helo: str = ""
 
 
 #: What a receive backend does with an arrival; its answer is the SMTP reply to DATA.
@@ -106,8 +109,14 @@ class Handler:
             runner=self.runner,
             committer=self.committer,
             tls=tls_of(session),
+            client_ip=_client_ip(getattr(session, "peer", None)),
+            helo=getattr(session, "host_name", None) or "",
         )
         return await self.on_message(arrival)
+
+
+def _client_ip(peer) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def smtp_session(
