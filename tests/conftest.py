@@ -51,8 +51,16 @@ def db_url(tmp_path):
 
 @pytest.fixture
 def env(tmp_path, db_url):
-    """Environment that points a Postern (in-process or a child) at the test database."""
-    return {"POSTERN_DATA_DIR": str(tmp_path / "data"), "POSTERN_DATABASE_URL": db_url}
+    """Environment that points a Postern (in-process or a child) at the test database.
+
+    Sender verification is off here: it would ask the machine's resolver about every
+    test sender's domain, so the suite's speed and results would depend on the network.
+    tests/test_verdicts.py turns it on against a DNS server of its own."""
+    return {
+        "POSTERN_DATA_DIR": str(tmp_path / "data"),
+        "POSTERN_DATABASE_URL": db_url,
+        "POSTERN_TRUST_VERIFY": "false",
+    }
 
 
 @pytest.fixture

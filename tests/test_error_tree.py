@@ -30,6 +30,8 @@ NOT_REPORTED = {
     "postern.mcp.keys.IncompleteCredential",
     # A private signal inside the WildDuck watcher's loop, never raised out of it.
     "postern.plugins.wildduck.watcher._AlreadyStored",
+    # A spent DNS budget inside sender verification: it becomes a temperror verdict there.
+    "postern.core.mail.verdicts.DnsTempError",
 }
 # The client SDK ships alone (its own errors); postern.testing builds on it.
 NOT_SERVER = ("postern.client", "postern.testing")

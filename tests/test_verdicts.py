@@ -183,7 +183,9 @@ def test_forged_authentication_results_with_our_id_are_removed():
 def test_end_to_end_over_smtp_the_api_shows_the_verdict(serve, db_url, zone, keys):
     with seeding(db_url):
         key = make_tenant("acme").agent_key(handle="box", max_mailboxes=5).agent_key
-    server = serve(env={"POSTERN_TRUST_RESOLVER": zone.address, "POSTERN_TRUST_DNS_TIMEOUT": "3"})
+    server = serve(
+        env={"POSTERN_TRUST_VERIFY": "true", "POSTERN_TRUST_RESOLVER": zone.address, "POSTERN_TRUST_DNS_TIMEOUT": "3"}
+    )
     headers = {"Authorization": f"Bearer {key}"}
     inbox = httpx.post(f"{server.url}/v1/inboxes", headers=headers, json={"username": "box"}, timeout=30).json()
     forged = "Authentication-Results: postern.localhost; dmarc=pass header.from=sender.example\r\n"
