@@ -15,6 +15,7 @@ from support.world import make_tenant
 from postern.api import create_app
 from postern.cli import cli
 from postern.core.config import load_config
+from postern.core.errors import ConfigError
 from postern.core.models import AuditEvent, DkimKey, DomainCheck
 from postern.core.runtime import build_postern
 
@@ -184,9 +185,24 @@ def test_admin_dns_commands(env, monkeypatch, tmp_path, acme, agent, port):
     assert f"{SALES}\t{ACME}\tunverified" in listing and f"{ACME}\t{ACME}\tunverified" in listing
 
 
-def test_without_a_dns_backend_the_domains_api_says_so(env, db, agent):
+def test_disabling_the_dns_backend_the_config_uses_stops_start_up(env, db):
     config = load_config(environ={**env, "POSTERN_PLUGINS_DISABLED": "dns_builtin"})
-    client = falcon.testing.TestClient(create_app(build_postern(config)))
+    with pytest.raises(ConfigError, match="choose another \\[dns\\] backend"):
+        build_postern(config)
+
+
+def test_without_a_dns_backend_the_domains_api_says_so(env, db, agent):
+    # dns_builtin not installed (not merely disabled, which start-up refuses): the
+    # plugin manager is built without it, as it would be without the package.
+    from postern.core.plugins import get_plugin_manager
+    from postern.core.registry import BackendRegistry
+    from postern.core.runtime import Postern
+
+    config = load_config(environ=env)
+    pm = get_plugin_manager()
+    pm.unregister(pm.get_plugin("dns_builtin"))
+    postern = Postern(config, pm, BackendRegistry.from_plugin_manager(pm))
+    client = falcon.testing.TestClient(create_app(postern))
     resp = client.simulate_get("/v1/domains", headers=bearer(agent))
     assert resp.status_code == 503 and resp.json["error"]["code"] == "no_dns_backend"
     assert "dns_builtin" in resp.json["error"]["message"]
