@@ -14,7 +14,8 @@ from hypothesis import settings
 from postern.api import create_app
 from postern.core import migrations
 from postern.core.config import load_config
-from postern.core.db import database, open_database
+from postern.core.db import DatabaseRunner, database, open_database
+from postern.core.doorbell import Waiters
 from postern.core.runtime import build_postern
 
 PG_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "")
@@ -27,6 +28,32 @@ TESTS_DIR = Path(__file__).parent
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI") and not any(os.environ.get(v) for v in ("POSTERN_FUZZ_CASES", "POSTERN_FUZZ_EXAMPLES")):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _apps_release_their_connections(monkeypatch):
+    """Close what every API app a test built holds, as a worker's ASGI shutdown would:
+    each database thread of its runner keeps a connection, and its doorbell a LISTEN
+    one. Tests build apps with ``create_app`` directly and never shut them down, so on
+    PostgreSQL a full run would otherwise pile up idle connections until the server
+    refuses new ones ("too many clients already")."""
+    made: list = []
+    for cls in (DatabaseRunner, Waiters):
+        monkeypatch.setattr(cls, "__init__", _recording(cls.__init__, made))
+    yield
+    for thing in reversed(made):
+        try:
+            thing.close() if isinstance(thing, Waiters) else thing.shutdown()
+        except RuntimeError:
+            pass  # its event loop is gone (falcon's test client runs one per request)
+
+
+def _recording(init, made: list):
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    return __init__
 
 
 @pytest.fixture
