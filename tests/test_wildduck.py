@@ -3,6 +3,8 @@ provisioning mirrored and all-or-nothing, and the watcher's exactly-once ingest.
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import smtplib
 
@@ -280,6 +282,34 @@ def test_doorbell_names_the_user_wildduck_rang_for(wd, agent):
         if users:
             break
     assert WildDuckMailbox.get_by_id(inbox.id).user_id in users
+
+
+def test_doorbell_keeps_every_ring_from_subscription_on_even_when_a_batch_runs_out(wd, monkeypatch):
+    """A batch that runs out of time keeps the ring it has just taken off the
+    subscription; the rest come with the next wait. (A dropped ring is mail that waits
+    for the next sweep, an hour by default.)"""
+    import redis
+
+    monkeypatch.setattr(watcher, "MAX_BATCH_SECONDS", 0.0)  # every batch runs out at once
+    publisher = redis.Redis.from_url(wd.stack.redis_url)
+    ((_, before),) = publisher.pubsub_numsub("wd_events")  # WildDuck's own subscribers
+    bell = watcher._Doorbell(wd.stack.redis_url)
+    assert bell.ensure_subscribed() is True
+    gc.collect()
+    # Subscribed from the moment ensure_subscribed returns, not from the first wait:
+    # rings before that wait (while the watcher sweeps) must not be lost.
+    assert publisher.pubsub_numsub("wd_events") == [(b"wd_events", before + 1)]
+    rung = [f"{n:024x}" for n in range(1, 4)]
+    for user in rung:
+        publisher.publish("wd_events", json.dumps({"e": user}))
+    heard: list[set] = []
+    for _ in range(50):
+        if got := bell.wait(0.1):
+            heard.append(got)
+        if set().union(*heard) == set(rung):
+            break
+    assert set().union(*heard) == set(rung)
+    assert all(len(batch) == 1 for batch in heard)  # one ring per batch: the time limit held
 
 
 def test_doorbell_without_redis_leaves_the_sweeps_in_charge():
