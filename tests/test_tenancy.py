@@ -18,7 +18,15 @@ import itertools
 import pytest
 from playhouse.shortcuts import model_to_dict
 from support.routes import PATH_PARAM, Operation, served_operations  # noqa: F401 (PATH_PARAM: for the fuzz sweeps)
-from support.world import first_delivery, first_message, make_tenant, operator_token, seed_inbox, seed_webhook
+from support.world import (
+    first_delivery,
+    first_message,
+    make_tenant,
+    operator_token,
+    seed_held,
+    seed_inbox,
+    seed_webhook,
+)
 
 from postern.core import keys
 from postern.core.errors import InvalidInput
@@ -30,8 +38,10 @@ from postern.core.models import (
     AuditEvent,
     Customer,
     EnrollmentKey,
+    InboundPolicy,
     Inbox,
     Message,
+    QuarantinedMessage,
     Thread,
     Webhook,
     WebhookDelivery,
@@ -114,9 +124,12 @@ def tenant_snapshot(customer_id: str) -> dict:
         Message,
         Webhook,
         WebhookDelivery,
+        QuarantinedMessage,
+        InboundPolicy,
     ):
         owner = model.id if model is Customer else model.customer
-        found = model.select().where(owner == customer_id).order_by(model.id)
+        order = (model.customer, model.scope) if model is InboundPolicy else (model.id,)
+        found = model.select().where(owner == customer_id).order_by(*order)
         rows[model.__name__] = [model_to_dict(row, recurse=False) for row in found]
     return rows
 
@@ -156,6 +169,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "webhook", "whk"
     if param == "delivery_id":
         return "delivery", "dlv"
+    if param == "held_id":
+        return "held", "qua"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -175,6 +190,7 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     ids.update(message=message.id, thread=message.thread_id, attachment=message.attachments[0].id)
     ids["enrollment_key"] = enrolled.enrollment.id
     ids["domain"] = f"{handle}.{tenant.domain}"
+    ids["held"] = seed_held(postern, inbox)
     return ids, enrolled
 
 

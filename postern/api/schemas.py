@@ -273,3 +273,32 @@ SCHEMAS["Domain"] = obj(
         },
     }
 )
+
+ACTION = {"enum": ["deliver", "quarantine", "refuse"]}
+ACTION_OR_NULL = {"enum": ["deliver", "quarantine", "refuse", None], "description": "null: inherited"}
+QUARANTINED_FIELDS = {
+    "id": S,
+    "customer_id": S,
+    "inbox_id": S,
+    "reason": {"enum": ["dmarc_reject", "unauthenticated"]},
+    "envelope_from": S,
+    "from": S,
+    "subject": S,
+    "size": INT,
+    "tls": S_NULL,
+    "authentication": AUTHENTICATION_OR_NULL,
+    "created_at": S,
+}
+SCHEMAS["QuarantinedMessage"] = obj(QUARANTINED_FIELDS)
+SCHEMAS["QuarantinedMessageDetail"] = obj(
+    {**QUARANTINED_FIELDS, "text": S, "headers": {"type": "array", "items": {"type": "array", "items": S}}}
+)
+SCHEMAS["InboundPolicy"] = obj(
+    {
+        "customer_id": S,
+        "inbox_id": S_NULL,
+        "dmarc_reject": ACTION_OR_NULL,
+        "unauthenticated": ACTION_OR_NULL,
+        "effective": obj({"dmarc_reject": ACTION, "unauthenticated": ACTION}),
+    }
+)

@@ -7,7 +7,7 @@ import sys
 import click
 
 import postern
-from postern.cli import admin, context, dns, install, serve
+from postern.cli import admin, context, dns, install, serve, trust
 from postern.core.config import load_config
 from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
@@ -46,6 +46,8 @@ def version():
 for command in (serve.serve, serve.mcp, serve.service, install.init, install.db, install.plugins, admin.admin):
     cli.add_command(command)
 admin.admin.add_command(dns.dns)
+admin.admin.add_command(trust.quarantine)
+admin.admin.add_command(trust.inbound_policy)
 
 
 def _add_plugin_commands() -> None:

@@ -131,6 +131,12 @@ class TrustConfig:
     #: The authserv-id of the Authentication-Results header Postern adds; empty: the
     #: SMTP listener's hostname.
     authserv_id: str = ""
+    #: Mail that fails DMARC where the From domain publishes p=reject: refuse (550 5.7.1
+    #: at DATA), quarantine (held for a human) or deliver (stored, marked). Customers and
+    #: inboxes may choose otherwise (docs/trust.md, "Policy").
+    dmarc_reject: str = "quarantine"
+    #: Mail with no aligned SPF or DKIM pass: deliver (marked), quarantine or refuse.
+    unauthenticated: str = "deliver"
 
 
 @dataclass
@@ -189,6 +195,8 @@ _CHOICES = {
     ("database", "sqlite_synchronous"): ("full", "normal"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("text", "json"),
+    ("trust", "dmarc_reject"): ("refuse", "quarantine", "deliver"),
+    ("trust", "unauthenticated"): ("refuse", "quarantine", "deliver"),
 }
 
 

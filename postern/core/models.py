@@ -207,6 +207,44 @@ class Message(BaseModel):
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))
 
 
+class InboundPolicy(BaseModel):
+    """What a customer (``inbox`` None) or one inbox does with mail that fails its
+    sender's checks (postern.core.mail.policy); a null action inherits the level above
+    (inbox, then customer, then ``[trust]``)."""
+
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the key's first column
+    #: '' for the customer-wide row: a primary key cannot hold NULL on PostgreSQL.
+    scope = peewee.CharField(max_length=40, default="")
+    dmarc_reject = peewee.CharField(max_length=20, null=True)  # refuse | quarantine | deliver
+    unauthenticated = peewee.CharField(max_length=20, null=True)  # refuse | quarantine | deliver
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("customer", "scope")
+
+
+class QuarantinedMessage(BaseModel):
+    """Inbound mail held back by its inbox's policy: kept as received (with Postern's
+    Authentication-Results), seen by humans only, never by an agent's waits or lists,
+    until a human releases it into the inbox (postern.core.mail.quarantine)."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("qua"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    inbox = peewee.ForeignKeyField(Inbox, on_delete="CASCADE")
+    reason = peewee.CharField(max_length=40)  # dmarc_reject | unauthenticated
+    envelope_from = peewee.CharField(max_length=320, default="")
+    from_address = peewee.CharField(max_length=320, default="")
+    subject = peewee.CharField(max_length=998, default="")
+    authentication = peewee.TextField(default="")
+    tls = peewee.CharField(max_length=200, null=True)
+    size = peewee.IntegerField()
+    raw = peewee.BlobField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "created_at"), False),)
+
+
 class CodeHandover(BaseModel):
     """A message whose code or link ``wait_for_code`` handed to one agent: claimed by
     inserting this row, so two racing calls never hand over the same message
@@ -372,6 +410,8 @@ ALL_MODELS = (
     AuditEvent,
     Thread,
     Message,
+    InboundPolicy,
+    QuarantinedMessage,
     CodeHandover,
     Attachment,
     IdempotencyRecord,

@@ -323,3 +323,38 @@ def domain_json(view) -> dict:
             for c in view.checks
         ],
     }
+
+
+def quarantined_json(q, parsed=None) -> dict:
+    """Mail held back by an inbox's policy (postern.core.quarantine); with ``parsed`` (the
+    detail view), its text and headers too, for the human deciding on it."""
+    body = {
+        "id": q.id,
+        "customer_id": q.customer_id,
+        "inbox_id": q.inbox_id,
+        "reason": q.reason,
+        "envelope_from": q.envelope_from,
+        "from": q.from_address,
+        "subject": q.subject,
+        "size": q.size,
+        "tls": q.tls,
+        "authentication": _authentication(q),
+        "created_at": iso(q.created_at),
+    }
+    if parsed is not None:
+        from postern.core.mail.htmltext import html_to_text
+
+        body["text"] = parsed.text if parsed.text.strip() else html_to_text(parsed.html)
+        body["headers"] = [list(h) for h in parsed.headers]
+    return body
+
+
+def inbound_policy_json(view) -> dict:
+    """One level of the inbound policy (postern.core.quarantine.PolicyView)."""
+    return {
+        "customer_id": view.customer_id,
+        "inbox_id": view.inbox_id,
+        "dmarc_reject": view.dmarc_reject,
+        "unauthenticated": view.unauthenticated,
+        "effective": {"dmarc_reject": view.effective.dmarc_reject, "unauthenticated": view.effective.unauthenticated},
+    }

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from postern.core import enrollment, tenancy
+from postern.core import enrollment, quarantine, tenancy
 from postern.core.auth import authenticate
+from postern.core.db import write_transaction
 from postern.core.inboxes import create_inbox
-from postern.core.mail.ingest import ingest
+from postern.core.mail.ingest import ingest, limits_for
+from postern.core.mail.mime import parse
 from postern.core.models import Inbox, Message, Webhook, WebhookDelivery
 from postern.core.principal import CLI, SCOPES, RequestInfo
 from postern.core.webhooks.manage import create_webhook
@@ -86,6 +88,14 @@ def seed_webhook(postern, enrolled) -> Webhook:
 
 def first_delivery(webhook: Webhook) -> WebhookDelivery:
     return WebhookDelivery.select().where(WebhookDelivery.webhook == webhook.id).order_by(WebhookDelivery.id).first()
+
+
+def seed_held(postern, inbox: Inbox, subject: str = "held", reason: str = "unauthenticated") -> str:
+    """A message held back for ``inbox`` by its inbound policy, as the listener holds it."""
+    raw = f"From: spoof@bank.example\r\nTo: {inbox.address}\r\nSubject: {subject}\r\n\r\npay now\r\n".encode()
+    parsed = parse(raw, limits_for(postern))
+    with write_transaction():
+        return quarantine.hold(inbox, parsed, raw, "spoof@bank.example", reason, "", None)
 
 
 def first_message(inbox: Inbox) -> Message:

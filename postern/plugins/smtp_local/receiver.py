@@ -8,9 +8,10 @@ import dataclasses
 import functools
 import logging
 
+from postern.core import quarantine
 from postern.core.backends import InboxRef, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
-from postern.core.mail import verdicts
+from postern.core.mail import policy, verdicts
 from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.services import Service
 from postern.core.smtp.listener import run_listener
@@ -44,27 +45,26 @@ class SmtpLocalReceiver(Receiver):
 async def store_arrival(postern, arrival: Arrival) -> str:
     """``on_message`` of smtp_local: store the message for its inboxes, the 250 after
     the commit; anything unforeseen is a 4xx, so the sender keeps the message."""
-    # Outside the group commit: deriving text and finding codes is CPU work that must
-    # not hold the write lock.
-    authentication = ""
+    # Outside the group commit: checking the sender, deriving text and finding codes is
+    # network and CPU work that must not hold the write lock.
+    authentication, answers = "", {}
     if postern.config.trust.verify:
-        arrival, authentication = await check_sender(postern, arrival)
+        arrival, verdict, authentication = await check_sender(postern, arrival)
+        try:
+            answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes)
+        except Exception:  # the policy could not be read: the sender keeps the message
+            log.exception("could not read the inbound policy for a message from %s; answered 451", arrival.mail_from)
+            return "451 4.3.0 Temporary failure storing the message, try again later"
+        refused = policy.refusal(answers)
+        if refused:
+            log.info("refused a message from %s by inbound policy: %s", arrival.mail_from, refused)
+            return refused
     reading = await arrival.runner.run(readable, postern, arrival.parsed, arrival.mail_from)
     if authentication:
         reading = dataclasses.replace(reading, authentication=authentication)
     try:
-        stored = await arrival.committer.run(
-            store,
-            postern,
-            arrival.parsed,
-            arrival.raw,
-            arrival.mail_from,
-            arrival.recipients,
-            arrival.inboxes,
-            None,
-            reading,
-            arrival.tls,
-            after=lambda messages: announce(postern, messages),
+        stored, _ = await arrival.committer.run(
+            keep, postern, arrival, reading, policy.held(answers), after=lambda kept: announce(postern, kept[0])
         )
     except MailRejected as exc:
         log.info("refused a message from %s: %s", arrival.mail_from, exc.message)
@@ -79,13 +79,38 @@ async def store_arrival(postern, arrival: Arrival) -> str:
         else:
             log.exception("could not store a message from %s; answered 451", arrival.mail_from)
         return "451 4.3.0 Temporary failure storing the message, try again later"
-    return f"250 2.0.0 OK stored as {' '.join(m.id for m in stored)}"
+    # Held copies are not named: the sender is not told what the policy did with them.
+    return " ".join(["250 2.0.0 OK", *(["stored as", *(m.id for m in stored)] if stored else [])])
 
 
-async def check_sender(postern, arrival: Arrival) -> tuple[Arrival, str]:
+def keep(postern, arrival: Arrival, reading, held: dict[str, str]) -> tuple[list, list[str]]:
+    """Inside the group commit: store the copies the policy delivers and hold back the
+    others (``held``: address -> reason); returns the stored messages and held ids."""
+    deliver = [r for r in arrival.recipients if r.strip().lower() not in held]
+    stored = []
+    if deliver:
+        parsed, raw, inboxes = arrival.parsed, arrival.raw, arrival.inboxes
+        stored = store(postern, parsed, raw, arrival.mail_from, deliver, inboxes, None, reading, arrival.tls)
+    kept = [
+        quarantine.hold(
+            arrival.inboxes[address],
+            arrival.parsed,
+            arrival.raw,
+            arrival.mail_from,
+            reason,
+            reading.authentication,
+            arrival.tls,
+        )
+        for address, reason in held.items()
+    ]
+    return stored, kept
+
+
+async def check_sender(postern, arrival: Arrival):
     """SPF, DKIM, DMARC and ARC on the thread pool, before the commit, so no waiter sees
     the message without its verdict. Bounded: a slow DNS gives temperror verdicts at
-    ``[trust] dns_timeout`` (each lookup stops there; the wait here is a backstop)."""
+    ``[trust] dns_timeout`` (each lookup stops there; the wait here is a backstop).
+    Returns the arrival stamped with Authentication-Results, the verdict and its JSON."""
     trust = postern.config.trust
     authserv_id = verdicts.authserv_id_for(postern)
     try:
@@ -108,7 +133,7 @@ async def check_sender(postern, arrival: Arrival) -> tuple[Arrival, str]:
     done = await arrival.runner.run(
         verdicts.checked, arrival.raw, arrival.parsed, verdict, arrival.mail_from, arrival.helo, authserv_id
     )
-    return dataclasses.replace(arrival, raw=done.raw, parsed=done.parsed), done.authentication
+    return dataclasses.replace(arrival, raw=done.raw, parsed=done.parsed), verdict, done.authentication
 
 
 def make_handler(postern, runner: DatabaseRunner, committer: GroupCommitter) -> Handler:

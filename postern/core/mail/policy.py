@@ -1,0 +1,121 @@
+"""Inbound policy: what an inbox does with mail whose sender its checks did not prove
+(docs/trust.md, "Policy").
+
+Two questions, each answered ``deliver`` (stored, marked by its verdict), ``quarantine``
+(held for a human, never shown to the agent until released) or ``refuse`` (``550 5.7.1``
+at DATA, so the sender learns of it and nothing is stored):
+
+- ``dmarc_reject``: the ``From:`` domain publishes DMARC ``p=reject`` and the message
+  failed it, the case a domain asks receivers to refuse outright.
+- ``unauthenticated``: no passing SPF or DKIM identity aligns with the ``From:`` domain
+  (``aligned`` is false), whatever the domain publishes.
+
+A message meeting both gets the stricter answer. Each question is set per inbox, else
+per customer, else by ``[trust]``; a level that leaves one unset inherits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from postern.core.errors import InvalidInput
+from postern.core.models import InboundPolicy
+
+#: From the mildest to the strictest.
+ACTIONS = ("deliver", "quarantine", "refuse")
+QUESTIONS = ("dmarc_reject", "unauthenticated")
+
+
+@dataclass(frozen=True)
+class Policy:
+    dmarc_reject: str
+    unauthenticated: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # deliver | quarantine | refuse
+    reason: str = ""  # the question that decided: dmarc_reject | unauthenticated
+    #: The checks could not finish (DNS): a refusal is then a 451, so the sender retries.
+    temporary: bool = False
+
+
+DELIVER = Decision("deliver")
+
+
+def server_policy(config) -> Policy:
+    return Policy(config.trust.dmarc_reject, config.trust.unauthenticated)
+
+
+def levels(customer_id: str, inbox_id: str | None = None) -> dict[str, InboundPolicy]:
+    """The rows that set ``customer_id``'s policy (key ``''``) and ``inbox_id``'s."""
+    scopes = ["", inbox_id] if inbox_id else [""]
+    query = InboundPolicy.select().where((InboundPolicy.customer == customer_id) & (InboundPolicy.scope.in_(scopes)))
+    return {row.scope: row for row in query}
+
+
+def effective(config, customer_id: str, inbox_id: str | None = None) -> Policy:
+    """The policy mail to ``inbox_id`` (or, without it, the customer's) is handled by."""
+    rows = levels(customer_id, inbox_id)
+    chosen = {}
+    for question in QUESTIONS:
+        values = [getattr(rows[s], question) for s in (inbox_id, "") if s is not None and s in rows]
+        chosen[question] = next((v for v in values if v), getattr(server_policy(config), question))
+    return Policy(**chosen)
+
+
+def check_action(question: str, value) -> str | None:
+    """``value`` as an action for ``question`` (None: inherit), or ``InvalidInput``."""
+    if value is None or value in ACTIONS:
+        return value
+    raise InvalidInput(f"{question} must be one of {', '.join(ACTIONS)}, or null to inherit", field=question)
+
+
+def decide(verdict, policy: Policy) -> Decision:
+    """The answer for a message with ``verdict`` (postern.core.mail.verdicts.Verdict)."""
+    found = []
+    if verdict.dmarc == "fail" and verdict.dmarc_policy == "reject":
+        found.append(Decision(policy.dmarc_reject, "dmarc_reject"))
+    if not verdict.aligned:
+        unfinished = verdict.skipped or "temperror" in (verdict.spf, verdict.dmarc)
+        unfinished = unfinished or any(s.result == "temperror" for s in verdict.dkim)
+        found.append(Decision(policy.unauthenticated, "unauthenticated", temporary=bool(unfinished)))
+    if not found:
+        return DELIVER
+    return max(found, key=lambda d: ACTIONS.index(d.action))
+
+
+def needs_policy(verdict) -> bool:
+    """Whether any policy could act on ``verdict``: proven mail costs no lookup."""
+    return not verdict.aligned or (verdict.dmarc == "fail" and verdict.dmarc_policy == "reject")
+
+
+def decisions(config, verdict, inboxes: dict) -> dict[str, Decision]:
+    """Each recipient address's answer (``inboxes`` maps address to its ``Inbox``)."""
+    if not needs_policy(verdict):
+        return dict.fromkeys(inboxes, DELIVER)
+    return {address: decide(verdict, effective(config, i.customer_id, i.id)) for address, i in inboxes.items()}
+
+
+REFUSALS = {
+    "dmarc_reject": "550 5.7.1 Refused: the sender's domain publishes DMARC p=reject and this message failed it",
+    "unauthenticated": "550 5.7.1 Refused: the sender is not authenticated (no aligned SPF or DKIM pass)",
+}
+TEMPORARY = "451 4.7.0 Could not authenticate the sender now, try again later"
+
+
+def refusal(answers: dict[str, Decision]) -> str | None:
+    """The DATA reply when every recipient refuses; None when any takes the message (a
+    recipient that refuses beside one that does not has it quarantined instead: SMTP
+    has one reply for all, and holding it loses nothing)."""
+    if not answers or any(d.action != "refuse" for d in answers.values()):
+        return None
+    if any(d.temporary for d in answers.values()):
+        return TEMPORARY
+    reasons = {d.reason for d in answers.values()}
+    return REFUSALS["dmarc_reject" if "dmarc_reject" in reasons else "unauthenticated"]
+
+
+def held(answers: dict[str, Decision]) -> dict[str, str]:
+    """Addresses whose copy is quarantined, with the reason (see ``refusal``)."""
+    return {a: d.reason for a, d in answers.items() if d.action in ("quarantine", "refuse")}
