@@ -105,6 +105,7 @@ def test_every_tool_has_hints_and_an_output_schema_its_real_answers_validate_aga
             [attachment] = message["attachments"]
             ids = {"inbox_id": inbox["id"], "message_id": first["id"]}
             await use("get_attachment_link", **ids, attachment_id=attachment["id"])
+            assert (await use("list_mail_rules", inbox_id=inbox["id"]))["rules"] == []  # no list binds it
             assert "notice" not in await use("wait_for_code", inbox_id=inbox["id"], timeout_seconds=0)  # no code in it
             await asyncio.to_thread(deliver_code, inbox["address"])
             coded = await use("wait_for_code", inbox_id=inbox["id"], from_domain="example.org", timeout_seconds=50)

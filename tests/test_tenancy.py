@@ -25,6 +25,7 @@ from support.world import (
     operator_token,
     seed_held,
     seed_inbox,
+    seed_rule,
     seed_webhook,
 )
 
@@ -40,6 +41,7 @@ from postern.core.models import (
     EnrollmentKey,
     InboundPolicy,
     Inbox,
+    MailRule,
     Message,
     QuarantinedMessage,
     Thread,
@@ -126,6 +128,7 @@ def tenant_snapshot(customer_id: str) -> dict:
         WebhookDelivery,
         QuarantinedMessage,
         InboundPolicy,
+        MailRule,
     ):
         owner = model.id if model is Customer else model.customer
         order = (model.customer, model.scope) if model is InboundPolicy else (model.id,)
@@ -171,6 +174,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "delivery", "dlv"
     if param == "held_id":
         return "held", "qua"
+    if param == "rule_id":
+        return "rule", "rul"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -191,6 +196,7 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     ids["enrollment_key"] = enrolled.enrollment.id
     ids["domain"] = f"{handle}.{tenant.domain}"
     ids["held"] = seed_held(postern, inbox)
+    ids["rule"] = seed_rule(inbox)
     return ids, enrolled
 
 
@@ -228,6 +234,7 @@ AGENT_ENDPOINTS = {
     "wait": ("GET", "/v1/inboxes/{inbox_id}/messages/wait?timeout=0", "mailbox:read", 200, "message.wait"),
     "code-wait": ("GET", "/v1/inboxes/{inbox_id}/codes/wait?timeout=0", "mailbox:read", 200, "code.wait"),
     "threads": ("GET", "/v1/inboxes/{inbox_id}/threads", "mailbox:read", 200, "thread.list"),
+    "mail-rules": ("GET", "/v1/inboxes/{inbox_id}/mail-rules", "mailbox:read", 200, "mail_rule.list"),
     "thread": ("GET", "/v1/inboxes/{inbox_id}/threads/{thread_id}", "mailbox:read", 200, "thread.read"),
     "send": ("POST", "/v1/inboxes/{inbox_id}/messages", "mailbox:send", 201, "message.send"),
     "reply": ("POST", "/v1/inboxes/{inbox_id}/messages/{message_id}/reply", "mailbox:send", 201, "message.send"),

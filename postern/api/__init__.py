@@ -10,7 +10,7 @@ import falcon.asgi
 import orjson
 import peewee
 
-from postern.api import admin, domains, downloads, messages, quarantine, webhooks
+from postern.api import admin, domains, downloads, mailrules, messages, quarantine, webhooks
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller, route_action
 from postern.api.errors import handle_database_error, handle_domain_error, handle_unexpected, serialize_error
@@ -72,6 +72,7 @@ def build_routes(
         Route("/v1/admin/audit", admin.AuditResource(caller)),
         *(Route(path, resource) for path, resource in webhooks.routes(caller)),
         *(Route(path, resource) for path, resource in quarantine.routes(caller)),
+        *(Route(path, resource) for path, resource in mailrules.routes(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):
         routes.extend(batch or ())

@@ -280,7 +280,7 @@ QUARANTINED_FIELDS = {
     "id": S,
     "customer_id": S,
     "inbox_id": S,
-    "reason": {"enum": ["dmarc_reject", "unauthenticated"]},
+    "reason": {"enum": ["dmarc_reject", "unauthenticated", "blocked", "not_allowed"]},
     "envelope_from": S,
     "from": S,
     "subject": S,
@@ -302,3 +302,19 @@ SCHEMAS["InboundPolicy"] = obj(
         "effective": obj({"dmarc_reject": ACTION, "unauthenticated": ACTION}),
     }
 )
+MAIL_RULE = obj(
+    {
+        "id": S,
+        "customer_id": S,
+        "level": {"enum": ["customer", "enrollment", "inbox"]},
+        "enrollment_id": S_NULL,
+        "inbox_id": S_NULL,
+        "direction": {"enum": ["receive", "send"]},
+        "action": {"enum": ["allow", "block"]},
+        "pattern": {"type": "string", "description": "an address, or a domain (its subdomains too)"},
+        "description": S,
+        "created_at": S,
+    }
+)
+SCHEMAS["MailRule"] = MAIL_RULE
+SCHEMAS["MailRules"] = obj({"data": {"type": "array", "items": MAIL_RULE}})

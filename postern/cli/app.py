@@ -48,6 +48,7 @@ for command in (serve.serve, serve.mcp, serve.service, install.init, install.db,
 admin.admin.add_command(dns.dns)
 admin.admin.add_command(trust.quarantine)
 admin.admin.add_command(trust.inbound_policy)
+admin.admin.add_command(trust.rule)
 
 
 def _add_plugin_commands() -> None:

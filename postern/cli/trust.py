@@ -1,16 +1,18 @@
-"""``postern admin quarantine …`` and ``postern admin inbound-policy …``: mail held back by
-inbound policy, and that policy per customer or inbox (docs/trust.md, "Policy")."""
+"""``postern admin quarantine …``, ``postern admin inbound-policy …`` and ``postern admin
+rule …``: mail held back by inbound policy, that policy per customer or inbox, and the
+allow and block lists (docs/trust.md)."""
 
 from __future__ import annotations
 
 import click
 
 from postern.cli.context import INFO, emit, json_option, obtain_postern, run
+from postern.core import mailrules
 from postern.core import quarantine as held
 from postern.core.mail.messageview import view_of
 from postern.core.mail.policy import ACTIONS
 from postern.core.principal import CLI
-from postern.core.views import inbound_policy_json, message_json, quarantined_json
+from postern.core.views import inbound_policy_json, mail_rule_json, message_json, quarantined_json
 
 
 @click.group()
@@ -108,3 +110,58 @@ def inbound_policy(ctx, customer_ref, inbox_id, dmarc_reject, unauthenticated, a
     ]
     level = data["inbox_id"] or data["customer_id"]
     emit(as_json, data, f"{level}\n" + "\n".join(lines))
+
+
+@click.group("rule")
+def rule():
+    """Allow and block lists: for receiving (the authenticated sender) or sending (each
+    recipient), for a customer, an enrollment key or an inbox."""
+
+
+@rule.command("add")
+@click.argument("direction", type=click.Choice(["receive", "send"]))
+@click.argument("action", type=click.Choice(["allow", "block"]))
+@click.argument("pattern")
+@click.option("--customer", "customer_ref", help="A customer-wide entry (id or label).")
+@click.option("--enrollment", "enrollment_id", help="An entry for every inbox of this enrollment key (enr_…).")
+@click.option("--inbox", "inbox_id", help="An entry for one inbox (inb_…).")
+@click.option("--description", default="")
+@json_option
+@click.pass_context
+def rule_add(ctx, direction, action, pattern, customer_ref, enrollment_id, inbox_id, description, as_json):
+    """Add an entry; PATTERN is an address or a domain (its subdomains too)."""
+    if not (customer_ref or enrollment_id or inbox_id):
+        raise click.UsageError("name a --customer, an --enrollment or an --inbox")
+    body = {"direction": direction, "action": action, "pattern": pattern, "description": description}
+    levels = {"customer_id": customer_ref, "enrollment_id": enrollment_id, "inbox_id": inbox_id}
+    body.update({k: v for k, v in levels.items() if v})
+    data = mail_rule_json(run(ctx, lambda: mailrules.create_rule(CLI, INFO, body)))
+    emit(as_json, data, _rule_line(data))
+
+
+@rule.command("list")
+@click.option("--direction", type=click.Choice(["receive", "send"]))
+@click.option("--inbox", "inbox_id")
+@click.option("--enrollment", "enrollment_id")
+@json_option
+@click.pass_context
+def rule_list(ctx, direction, inbox_id, enrollment_id, as_json):
+    """List entries, oldest first."""
+    filters = {"direction": direction, "inbox_id": inbox_id, "enrollment_id": enrollment_id}
+    rows = run(ctx, lambda: [mail_rule_json(r) for r in mailrules.visible_rules(CLI, filters)])
+    emit(as_json, rows, "\n".join(_rule_line(r) for r in rows))
+
+
+@rule.command("remove")
+@click.argument("rule_id")
+@json_option
+@click.pass_context
+def rule_remove(ctx, rule_id, as_json):
+    """Remove an entry."""
+    run(ctx, lambda: mailrules.delete_rule(CLI, INFO, rule_id))
+    emit(as_json, {"id": rule_id, "removed": True}, f"removed {rule_id}")
+
+
+def _rule_line(r: dict) -> str:
+    where = r["inbox_id"] or r["enrollment_id"] or r["customer_id"]
+    return f"{r['id']}\t{r['direction']}\t{r['action']}\t{r['pattern']}\t{r['level']} {where}"

@@ -21,7 +21,18 @@ from typing import Any
 import httpx
 
 from postern.client import errors
-from postern.client.models import CodeResult, DownloadLink, Enrollment, Inbox, Me, Message, Page, Thread, WaitResult
+from postern.client.models import (
+    CodeResult,
+    DownloadLink,
+    Enrollment,
+    Inbox,
+    MailRule,
+    Me,
+    Message,
+    Page,
+    Thread,
+    WaitResult,
+)
 from postern.client.renewal import Renewal
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
@@ -268,6 +279,13 @@ class Inboxes:
 
     def delete(self, inbox_id: str) -> None:
         self._c.request("DELETE", f"/v1/inboxes/{inbox_id}")
+
+    def mail_rules(self, inbox_id: str) -> list[MailRule]:
+        """The allow and block entries that bind this inbox (read-only: admins set them).
+        A send to a recipient they refuse fails with ``recipient_blocked`` or
+        ``recipient_not_allowed``."""
+        data = self._c.request("GET", f"/v1/inboxes/{inbox_id}/mail-rules")
+        return [MailRule.from_json(r) for r in data["data"]]
 
 
 class Messages:

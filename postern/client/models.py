@@ -187,6 +187,28 @@ class Inbox:
 
 
 @dataclass(frozen=True)
+class MailRule:
+    """An allow or block entry that binds an inbox (docs/trust.md): ``direction``
+    ``receive`` matches the authenticated sender, ``send`` each recipient; ``pattern``
+    is an address or a domain (its subdomains too). Set by admins; agents read them."""
+
+    id: str
+    direction: str
+    action: str
+    pattern: str
+    level: str = "inbox"
+    customer_id: str | None = None
+    enrollment_id: str | None = None
+    inbox_id: str | None = None
+    description: str = ""
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> MailRule:
+        return cls(**_known_timed(cls, data, "created_at"))
+
+
+@dataclass(frozen=True)
 class Thread:
     id: str
     inbox_id: str

@@ -223,6 +223,26 @@ class InboundPolicy(BaseModel):
         primary_key = peewee.CompositeKey("customer", "scope")
 
 
+class MailRule(BaseModel):
+    """An allow or block entry (postern.core.mail.rules): for ``receive``, matched on the
+    sender's authenticated identity; for ``send``, on each recipient. Set for the whole
+    customer (``enrollment`` and ``inbox`` None), one enrollment key, or one inbox."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("rul"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(EnrollmentKey, null=True, on_delete="CASCADE")
+    inbox = peewee.ForeignKeyField(Inbox, null=True, on_delete="CASCADE")
+    direction = peewee.CharField(max_length=10)  # receive | send
+    action = peewee.CharField(max_length=10)  # allow | block
+    #: An address (``a@example.org``) or a domain, which covers its subdomains too.
+    pattern = peewee.CharField(max_length=320)
+    description = peewee.CharField(max_length=200, default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "direction"), False),)
+
+
 class QuarantinedMessage(BaseModel):
     """Inbound mail held back by its inbox's policy: kept as received (with Postern's
     Authentication-Results), seen by humans only, never by an agent's waits or lists,
@@ -411,6 +431,7 @@ ALL_MODELS = (
     Thread,
     Message,
     InboundPolicy,
+    MailRule,
     QuarantinedMessage,
     CodeHandover,
     Attachment,

@@ -358,3 +358,20 @@ def inbound_policy_json(view) -> dict:
         "unauthenticated": view.unauthenticated,
         "effective": {"dmarc_reject": view.effective.dmarc_reject, "unauthenticated": view.effective.unauthenticated},
     }
+
+
+def mail_rule_json(r) -> dict:
+    """One allow or block entry (postern.core.mail.rules)."""
+    level = "inbox" if r.inbox_id else "enrollment" if r.enrollment_id else "customer"
+    return {
+        "id": r.id,
+        "customer_id": r.customer_id,
+        "level": level,
+        "enrollment_id": r.enrollment_id,
+        "inbox_id": r.inbox_id,
+        "direction": r.direction,
+        "action": r.action,
+        "pattern": r.pattern,
+        "description": r.description,
+        "created_at": iso(r.created_at),
+    }

@@ -44,6 +44,7 @@ ANNOTATIONS: dict[str, ToolAnnotations] = {
     "list_threads": _hints("List conversations", read_only=True, idempotent=True),
     "get_thread": _hints("Read a conversation", read_only=True, idempotent=True),
     "get_attachment_link": _hints("Get an attachment download link", read_only=True, idempotent=False),
+    "list_mail_rules": _hints("List the allow and block lists", read_only=True, idempotent=True),
     "wait_for_email": _hints("Wait for new email", read_only=True, idempotent=False),
     # Planned in issue 19 (item 3); here so that tool registers when it lands.
     "wait_for_code": _hints("Wait for a verification code", read_only=True, idempotent=False),

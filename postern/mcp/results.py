@@ -216,3 +216,17 @@ CodeResult = _open(CodeResult)  # "from" is a keyword: the functional form names
 @_open
 class Delivered(TypedDict):
     message_ids: list[str]
+
+
+@_open
+class MailRule(TypedDict):
+    direction: str
+    action: str
+    pattern: str
+    level: str
+    description: str
+
+
+@_open
+class MailRules(TypedDict):
+    rules: list[MailRule]

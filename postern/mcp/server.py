@@ -326,6 +326,15 @@ def build_server(*, api_key: str | None = None, base_url: str | None = None) -> 
         link = await call(ctx, lambda c: c.messages.attachment_link(inbox_id, message_id, attachment_id))
         return {"url": link.url, "expires_at": link.expires_at.isoformat() if link.expires_at else None}
 
+    @server.tool()
+    async def list_mail_rules(ctx: Context, inbox_id: str) -> results.MailRules:
+        """The allow and block lists that bind this inbox, set by its humans (read-only).
+        receive entries match the authenticated sender; send entries each recipient,
+        and a send they refuse fails with recipient_blocked or recipient_not_allowed."""
+        found = await call(ctx, lambda c: c.inboxes.mail_rules(inbox_id))
+        keep = ("direction", "action", "pattern", "level", "description")
+        return {"rules": [{k: getattr(r, k) for k in keep} for r in found]}
+
     @server.tool(description=WAIT_FOR_EMAIL)
     async def wait_for_email(
         ctx: Context,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from postern.core import enrollment, quarantine, tenancy
+from postern.core import enrollment, mailrules, quarantine, tenancy
 from postern.core.auth import authenticate
 from postern.core.db import write_transaction
 from postern.core.inboxes import create_inbox
@@ -96,6 +96,12 @@ def seed_held(postern, inbox: Inbox, subject: str = "held", reason: str = "unaut
     parsed = parse(raw, limits_for(postern))
     with write_transaction():
         return quarantine.hold(inbox, parsed, raw, "spoof@bank.example", reason, "", None)
+
+
+def seed_rule(inbox: Inbox, direction: str = "receive", action: str = "block", pattern: str = "spam.example") -> str:
+    """An allow or block entry of ``inbox``'s own, made through the core as its admin would."""
+    body = {"direction": direction, "action": action, "pattern": pattern, "inbox_id": inbox.id}
+    return mailrules.create_rule(CLI, INFO, body).id
 
 
 def first_message(inbox: Inbox) -> Message:

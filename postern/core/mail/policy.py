@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from postern.core.errors import InvalidInput
+from postern.core.mail import rules
 from postern.core.models import InboundPolicy
 
 #: From the mildest to the strictest.
@@ -71,33 +72,49 @@ def check_action(question: str, value) -> str | None:
     raise InvalidInput(f"{question} must be one of {', '.join(ACTIONS)}, or null to inherit", field=question)
 
 
-def decide(verdict, policy: Policy) -> Decision:
-    """The answer for a message with ``verdict`` (postern.core.mail.verdicts.Verdict)."""
+UNLISTED = rules.Listed()
+
+
+def decide(verdict, policy: Policy, listed: rules.Listed = UNLISTED) -> Decision:
+    """The answer for a message with ``verdict`` (postern.core.mail.verdicts.Verdict)
+    whose sender the allow and block lists judged ``listed``."""
+    if listed.blocked:
+        return Decision("refuse", "blocked")
     found = []
     if verdict.dmarc == "fail" and verdict.dmarc_policy == "reject":
         found.append(Decision(policy.dmarc_reject, "dmarc_reject"))
-    if not verdict.aligned:
+    if not verdict.aligned and not listed.allowed:  # an allowed sender is proven by SPF
         unfinished = verdict.skipped or "temperror" in (verdict.spf, verdict.dmarc)
         unfinished = unfinished or any(s.result == "temperror" for s in verdict.dkim)
         found.append(Decision(policy.unauthenticated, "unauthenticated", temporary=bool(unfinished)))
+    if listed.not_allowed:
+        found.append(Decision("quarantine", "not_allowed"))
     if not found:
         return DELIVER
     return max(found, key=lambda d: ACTIONS.index(d.action))
 
 
 def needs_policy(verdict) -> bool:
-    """Whether any policy could act on ``verdict``: proven mail costs no lookup."""
+    """Whether the policy could act on ``verdict``: proven mail costs no policy lookup."""
     return not verdict.aligned or (verdict.dmarc == "fail" and verdict.dmarc_policy == "reject")
 
 
-def decisions(config, verdict, inboxes: dict) -> dict[str, Decision]:
-    """Each recipient address's answer (``inboxes`` maps address to its ``Inbox``)."""
-    if not needs_policy(verdict):
-        return dict.fromkeys(inboxes, DELIVER)
-    return {address: decide(verdict, effective(config, i.customer_id, i.id)) for address, i in inboxes.items()}
+def decisions(config, verdict, inboxes: dict, identity: str | None) -> dict[str, Decision]:
+    """Each recipient address's answer (``inboxes`` maps address to its ``Inbox``);
+    ``identity`` is the authenticated sender (``rules.identity_of``)."""
+    answers = {}
+    for address, inbox in inboxes.items():
+        entries = rules.applying(inbox.customer_id, inbox.enrollment_id, inbox.id, "receive")
+        listed = rules.judge(entries, identity)
+        if needs_policy(verdict) or listed.blocked or listed.not_allowed:
+            answers[address] = decide(verdict, effective(config, inbox.customer_id, inbox.id), listed)
+        else:
+            answers[address] = DELIVER
+    return answers
 
 
 REFUSALS = {
+    "blocked": "550 5.7.1 Refused: the recipient does not accept mail from this sender",
     "dmarc_reject": "550 5.7.1 Refused: the sender's domain publishes DMARC p=reject and this message failed it",
     "unauthenticated": "550 5.7.1 Refused: the sender is not authenticated (no aligned SPF or DKIM pass)",
 }
@@ -113,7 +130,7 @@ def refusal(answers: dict[str, Decision]) -> str | None:
     if any(d.temporary for d in answers.values()):
         return TEMPORARY
     reasons = {d.reason for d in answers.values()}
-    return REFUSALS["dmarc_reject" if "dmarc_reject" in reasons else "unauthenticated"]
+    return REFUSALS[next(r for r in ("blocked", "dmarc_reject", "unauthenticated") if r in reasons)]
 
 
 def held(answers: dict[str, Decision]) -> dict[str, str]:

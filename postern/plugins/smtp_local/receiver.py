@@ -11,7 +11,7 @@ import logging
 from postern.core import quarantine
 from postern.core.backends import InboxRef, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
-from postern.core.mail import policy, verdicts
+from postern.core.mail import policy, rules, verdicts
 from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.services import Service
 from postern.core.smtp.listener import run_listener
@@ -51,9 +51,13 @@ async def store_arrival(postern, arrival: Arrival) -> str:
     if postern.config.trust.verify:
         arrival, verdict, authentication = await check_sender(postern, arrival)
         try:
-            answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes)
+            sender = arrival.parsed.sender.address if arrival.parsed.sender else ""
+            identity = rules.identity_of(verdict, sender, arrival.mail_from)
+            answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes, identity)
         except Exception:  # the policy could not be read: the sender keeps the message
-            log.exception("could not read the inbound policy for a message from %s; answered 451", arrival.mail_from)
+            log.exception(
+                "could not read the inbound policy or lists for mail from %s; answered 451", arrival.mail_from
+            )
             return "451 4.3.0 Temporary failure storing the message, try again later"
         refused = policy.refusal(answers)
         if refused:
