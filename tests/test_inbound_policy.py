@@ -298,3 +298,20 @@ def test_deleting_an_inbox_takes_its_held_mail_and_its_policy(client, postern, a
     assert agent(client, acme, "DELETE", f"/v1/inboxes/{box.id}").status_code == 204
     assert QuarantinedMessage.select().count() == 0
     assert [p.scope for p in InboundPolicy.select()] == [""]  # the customer's stays
+
+
+def test_hostile_dns_answers_never_stall_or_stop_the_listener(smtp, acme, zone):
+    import time
+
+    zone.add(
+        "hostile.example", "TXT", "v=spf1 " + " ".join(f"include:h{n}.hostile.example" for n in range(40)) + " -all"
+    )
+    zone.add("_dmarc.hostile.example", "TXT", "v=DMARC1; p=" + "r" * 4000)
+    started = time.monotonic()
+    assert send(smtp, ("x@hostile.example", "x@hostile.example"), [acme.inbox.address], "hostile") == (250, "")
+    assert time.monotonic() - started < 5  # [trust] dns_timeout is 1 s here
+    assert subjects(acme.inbox) == ["hostile"]
+    [stored] = Message.select().where(Message.subject == "hostile")
+    verdict = json.loads(stored.authentication)
+    assert verdict["spf"] == "permerror" and verdict["verified_sender"] is False
+    assert send(smtp, PROVEN, [acme.inbox.address], "after") == (250, "")  # still serving

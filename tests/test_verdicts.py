@@ -229,3 +229,89 @@ def test_verify_false_stores_no_verdict_and_adds_no_header(serve, db_url, zone, 
     assert (summary["verified_sender"], full["authentication"]) == (False, None)
     assert not [n for n, _ in full["headers"] if n.lower() == "authentication-results"]
     assert zone.queries == []
+
+
+# -- alignment modes, subdomain policy, SPF edge cases, hostile answers ---------------------
+
+
+def test_relaxed_alignment_takes_a_subdomain_signature_and_strict_does_not(keys):
+    server = ZoneDns(
+        {
+            ("s1._domainkey.mail.relaxed.example", "TXT"): [keys["rsa"][1]],
+            ("s1._domainkey.mail.strict.example", "TXT"): [keys["rsa"][1]],
+            ("_dmarc.relaxed.example", "TXT"): ["v=DMARC1; p=reject"],
+            ("_dmarc.strict.example", "TXT"): ["v=DMARC1; p=reject; adkim=s; aspf=s"],
+        }
+    )
+    try:
+        for domain, aligned in (("relaxed.example", True), ("strict.example", False)):
+            raw = sign(message(from_addr=f"a@{domain}"), keys["rsa"][0], domain=f"mail.{domain}".encode())
+            verdict = check(server, raw, from_address=f"a@{domain}", mail_from=f"a@{domain}")
+            assert [s.result for s in verdict.dkim] == ["pass"]
+            assert (verdict.aligned, verdict.dmarc, verdict.verified_sender) == (
+                aligned,
+                "pass" if aligned else "fail",
+                aligned,
+            ), domain
+    finally:
+        server.close()
+
+
+def test_a_subdomain_without_a_record_falls_back_to_the_organisational_sp_policy():
+    server = ZoneDns({("_dmarc.org.example", "TXT"): ["v=DMARC1; p=none; sp=reject"]})
+    try:
+        verdict = check(server, message(from_addr="x@news.org.example"), from_address="x@news.org.example")
+        assert (verdict.from_domain, verdict.dmarc, verdict.dmarc_policy) == ("news.org.example", "fail", "reject")
+        top = check(server, message(from_addr="x@org.example"), from_address="x@org.example")
+        assert (top.dmarc, top.dmarc_policy) == ("fail", "none")
+        assert ("_dmarc.news.org.example", "TXT") in server.queries and ("_dmarc.org.example", "TXT") in server.queries
+    finally:
+        server.close()
+
+
+def test_spf_void_lookups_loops_broken_records_and_silence():
+    server = ZoneDns(
+        {
+            # RFC 7208 4.6.4: a third lookup that finds nothing is a permerror.
+            ("voids.example", "TXT"): ["v=spf1 a:v1.voids.example a:v2.voids.example a:v3.voids.example -all"],
+            ("loop-a.example", "TXT"): ["v=spf1 include:loop-b.example -all"],
+            ("loop-b.example", "TXT"): ["v=spf1 include:loop-a.example -all"],
+            ("broken.example", "TXT"): ["v=spf1 ip4:not-an-address -all"],
+            ("twice.example", "TXT"): ["v=spf1 -all", "v=spf1 +all"],
+        }
+    )
+    try:
+        for domain in ("voids.example", "loop-a.example", "broken.example", "twice.example"):
+            assert check(server, message(), mail_from=f"x@{domain}").spf == "permerror", domain
+        assert check(server, message(), mail_from="x@nothing.example").spf == "none"
+    finally:
+        server.close()
+    silent = ZoneDns(silent=True)
+    try:
+        assert check(silent, message(), timeout=1).spf == "temperror"
+    finally:
+        silent.close()
+
+
+def test_hostile_answers_give_errors_not_crashes(keys):
+    huge = "v=spf1 " + " ".join(f"ip4:10.{n // 256}.{n % 256}.1" for n in range(2000)) + " -all"
+    server = ZoneDns(
+        {
+            ("huge.example", "TXT"): [huge],  # ~40 KB of TXT: past any sane UDP answer
+            ("s1._domainkey.junk.example", "TXT"): ["v=DKIM1; k=rsa; p=" + "A" * 6000],
+            ("_dmarc.junk.example", "TXT"): ["v=DMARC1; p=" + "x" * 3000],
+        }
+    )
+    try:
+        started = time.monotonic()
+        spf_result = check(server, message(), mail_from="x@huge.example", timeout=3).spf
+        signed = sign(message(from_addr="a@junk.example"), keys["rsa"][0], domain=b"junk.example")
+        verdict = check(server, signed, from_address="a@junk.example", mail_from="a@junk.example", timeout=3)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert spf_result in ("permerror", "temperror", "fail")
+    [junk] = verdict.dkim  # 4.5 KB of zero bytes as a key: dkimpy reads it and nothing verifies
+    assert junk.result in ("fail", "permerror")
+    assert verdict.dmarc in ("none", "permerror", "fail") and verdict.verified_sender is False
+    assert took < 7
