@@ -18,6 +18,7 @@ from postern.api.health import HealthResource
 from postern.api.inboxes import InboxesResource, InboxResource
 from postern.api.middleware import Lifespan, RequestContext
 from postern.api.openapi import OpenApiResource
+from postern.api.wellknown import MtaStsResource
 from postern.core.db import DatabaseRunner
 from postern.core.doorbell import Waiters
 from postern.core.errors import PosternError
@@ -73,6 +74,7 @@ def build_routes(
         *(Route(path, resource) for path, resource in webhooks.routes(caller)),
         *(Route(path, resource) for path, resource in quarantine.routes(caller)),
         *(Route(path, resource) for path, resource in mailrules.routes(caller)),
+        Route("/.well-known/mta-sts.txt", MtaStsResource(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):
         routes.extend(batch or ())

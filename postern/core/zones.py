@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import peewee
 
-from postern.core import dkim
+from postern.core import dkim, mtasts
 from postern.core.backends import DnsRecord
+from postern.core.errors import BackendUnavailable
 from postern.core.models import Customer, DkimKey, EnrollmentKey, Inbox
 from postern.core.names import is_within
 
@@ -53,6 +54,14 @@ class ZoneSettings:
     dmarc: str = DEFAULT_DMARC
     #: "ip" or "ip:port" of resolvers the domain check asks; empty: the system's.
     resolvers: tuple[str, ...] = ()
+    #: MTA-STS mode published for every mail domain (none | testing | enforce); '' off.
+    mta_sts_mode: str = ""
+    mta_sts_max_age: int = 604800
+    #: Addresses of the ``mta-sts.<domain>`` hosts (the HTTPS front of the API); empty:
+    #: the mail host's.
+    mta_sts_addresses: tuple[str, ...] = ()
+    #: Where TLS reports go (``rua=`` of ``_smtp._tls``), e.g. "mailto:tlsrpt@example.org"; '' off.
+    tls_rpt_rua: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,7 @@ def build_zone(postern, apex: str, *, config=None, ensure_dkim: bool = False) ->
             DnsRecord(domain, "MX", f"10 {settings.mail_host}", ttl),
             DnsRecord(domain, "TXT", spf, ttl),
             DnsRecord(f"_dmarc.{domain}", "TXT", settings.dmarc, ttl),
+            *mtasts.records(settings, domain),
         ]
     dkim_records, key_row = _dkim_records(postern, config, settings, customer, apex, ensure_dkim)
     records += dkim_records + _extras(postern, apex)
@@ -228,6 +238,24 @@ def _unique(records: list[DnsRecord]) -> list[DnsRecord]:
             seen.add(key)
             kept.append(record)
     return kept
+
+
+def mta_sts_policy(postern, host: str) -> str | None:
+    """The MTA-STS policy file ``host`` (``mta-sts.<mail domain>``) serves, or None when
+    the name is none of Postern's mail domains' or MTA-STS is off (postern.core.mtasts)."""
+    label, _, domain = host.strip().lower().rstrip(".").split(":", 1)[0].partition(".")
+    if label != mtasts.HOST_LABEL or not domain:
+        return None
+    try:
+        settings = settings_of(postern)
+    except BackendUnavailable:
+        return None
+    base = postern.config.mail.domain
+    apex = zone_apex(base, domain)
+    customer = customer_of(base, apex) if apex else None
+    if not settings.mta_sts_mode or customer is None or domain not in mail_domains(customer, apex):
+        return None
+    return mtasts.policy_text(settings.mta_sts_mode, settings.mail_host, settings.mta_sts_max_age)
 
 
 def delegation(settings: ZoneSettings, apex: str) -> list[DnsRecord]:

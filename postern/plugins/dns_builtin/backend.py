@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from postern.core import zonebell
 from postern.core.backends import DnsProvider
+from postern.core.mtasts import MODES
 from postern.core.names import InvalidName, normalise_domain
 from postern.core.options import at_least, between, host_port, option
 from postern.core.services import Service
@@ -32,6 +33,20 @@ def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
         except ValueError:
             raise ValueError(f"holds '{address}', which is not an IP address") from None
     return values
+
+
+def _mta_sts_mode(value: str) -> str:
+    if value not in ("", *MODES):
+        raise ValueError(f'must be one of {", ".join(MODES)}, or "" for no MTA-STS')
+    return value
+
+
+def _report_uris(value: str) -> str:
+    """``rua=`` of TLS-RPT: comma-separated mailto: or https: URIs (RFC 8460 3)."""
+    for uri in filter(None, (u.strip() for u in value.split(","))):
+        if not uri.startswith(("mailto:", "https://")) or any(c.isspace() or c == ";" for c in uri):
+            raise ValueError(f"holds '{uri}': give mailto: or https:// URIs, comma-separated")
+    return value
 
 
 def _label(value: str) -> str:
@@ -61,6 +76,12 @@ class DnsBuiltinOptions:
     max_tcp_connections: int = option(256, check=at_least(1))
     max_tcp_connections_per_client: int = option(32, check=at_least(1))
     refresh_seconds: int = option(60, check=at_least(1))
+    mta_sts_mode: str = option(
+        "", check=_mta_sts_mode, help='MTA-STS for every mail domain: "", none, testing, enforce'
+    )
+    mta_sts_max_age: int = option(604800, check=between(86400, 31557600, "seconds"))
+    mta_sts_addresses: tuple[str, ...] = option((), check=_addresses, help="mta-sts.<domain> hosts; empty: mail host's")
+    tls_rpt_rua: str = option("", check=_report_uris, help='TLS reports to, e.g. "mailto:tlsrpt@example.org"')
 
     def __post_init__(self):
         for resolver in self.resolvers:
@@ -91,6 +112,10 @@ class DnsBuiltin(DnsProvider):
             dkim_selector=o.dkim_selector.lower(),
             dmarc=o.dmarc,
             resolvers=o.resolvers,
+            mta_sts_mode=o.mta_sts_mode,
+            mta_sts_max_age=o.mta_sts_max_age,
+            mta_sts_addresses=o.mta_sts_addresses,
+            tls_rpt_rua=o.tls_rpt_rua,
         )
 
     def services(self, postern) -> list[Service]:
