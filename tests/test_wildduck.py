@@ -28,6 +28,7 @@ from postern.plugins.wildduck.models import (
     WildDuckOrphan,
     WildDuckSeen,
     WildDuckSentDue,
+    WildDuckVerdict,
 )
 from postern.plugins.wildduck.receiver import WildDuckReceiver
 
@@ -325,7 +326,9 @@ def test_catch_up_reports_wildduck_down(config, db, agent, wildduck_stack):
         watcher.catch_up(postern, postern.backend("receive").api, row)
 
 
-@pytest.mark.parametrize("model", [WildDuckMailbox, WildDuckSeen, WildDuckDelivered, WildDuckSentDue, WildDuckOrphan])
+@pytest.mark.parametrize(
+    "model", [WildDuckMailbox, WildDuckSeen, WildDuckDelivered, WildDuckSentDue, WildDuckOrphan, WildDuckVerdict]
+)
 def test_migrations_match_the_models(db, model):
     in_db = {c.name for c in db.get_columns(model._meta.table_name)}
     assert in_db == {f.column_name for f in model._meta.sorted_fields}

@@ -30,7 +30,8 @@ def serving(env, tmp_path, db_url, stack, extra: str = ""):
     open_database(db_url)
     with database.connection_context():
         migrations.upgrade()
-        enrolled = make_tenant("acme").agent_key(handle="support", max_mailboxes=10)
+        tenant = make_tenant("acme")
+        enrolled = tenant.agent_key(handle="support", max_mailboxes=10)
 
     def config(server):
         return (
@@ -47,7 +48,7 @@ def serving(env, tmp_path, db_url, stack, extra: str = ""):
         )
 
     server = Server(env, tmp_path, config=config)
-    server.key, server.stack = enrolled.agent_key, stack
+    server.key, server.stack, server.admin_token = enrolled.agent_key, stack, tenant.admin_token
     try:
         wait_for(lambda: (h := server.health()) and {"smtp", "wildduck-watcher"} <= {s["name"] for s in h["services"]})
         wait_for(lambda: _smtp_ready(server.smtp_port))
@@ -327,3 +328,58 @@ def test_the_front_door_serves_in_the_processes_asked_for(env, tmp_path, db_url,
         wait_for(lambda: len(front_door_processes(server)) == 2 and first[0] not in front_door_processes(server))
         expected = [["p0", "p6"]] + [[f"p{n}"] for n in range(1, 6)]
         wait_for(lambda: [subjects(server, inbox) for inbox in inboxes] == expected, timeout=60)
+
+
+def test_the_front_door_checks_senders_holds_what_policy_holds_and_drops_forged_verdicts(
+    env, tmp_path, db_url, wildduck_stack
+):
+    """With [trust] verify on, the front door screens like smtp_local: the verdict it
+    makes travels to the watcher by the id in its Authentication-Results, a p=reject
+    failure stays in Postern's quarantine and never reaches WildDuck, and mail put into
+    WildDuck some other way with a forged Postern verdict is stored without it."""
+    from support.zone_dns import ZoneDns
+
+    from postern.core.smtp.options import DEFAULT_HOSTNAME as AUTHSERV_ID  # the front door's hostname
+
+    zone = ZoneDns(
+        {
+            ("sender.example", "TXT"): ["v=spf1 ip4:127.0.0.1 -all"],
+            ("_dmarc.victim.example", "TXT"): ["v=DMARC1; p=reject"],
+        }
+    )
+    trust = {"POSTERN_TRUST_VERIFY": "true", "POSTERN_TRUST_RESOLVER": zone.address, "POSTERN_TRUST_DNS_TIMEOUT": "2"}
+    try:
+        with serving({**env, **trust}, tmp_path, db_url, wildduck_stack) as server:
+            inbox = make_inbox(server, "screened")
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as client:
+                client.sendmail("alice@sender.example", [inbox["address"]], mail("alice@sender.example", "x", "proven"))
+                client.sendmail("alice@sender.example", [inbox["address"]], mail("ceo@victim.example", "x", "spoof"))
+            forged = mail("ceo@victim.example", inbox["address"], "bypass").replace(
+                b"Subject:",
+                f"Authentication-Results: {AUTHSERV_ID} (verdict vrd_forged); dmarc=pass\r\nSubject:".encode(),
+            )
+            with smtplib.LMTP("127.0.0.1", wildduck_stack.lmtp_port) as lmtp:  # straight into WildDuck
+                lmtp.sendmail("ceo@victim.example", [inbox["address"]], forged)
+            wait_for(lambda: subjects(server, inbox) == ["bypass", "proven"], timeout=60)
+            listed = api(server, "GET", f"/v1/inboxes/{inbox['id']}/messages").json()["data"]
+            by_subject = {m["subject"]: m for m in listed}
+            path = f"/v1/inboxes/{inbox['id']}/messages"
+            proven = api(server, "GET", f"{path}/{by_subject['proven']['id']}").json()
+            assert (proven["authentication"]["spf"], proven["authentication"]["aligned"]) == ("pass", True)
+            ours = [v for n, v in proven["headers"] if n.lower() == "authentication-results"]
+            assert len(ours) == 1 and ours[0].startswith(f"{AUTHSERV_ID} (verdict vrd_") and "spf=pass" in ours[0]
+            bypass = api(server, "GET", f"{path}/{by_subject['bypass']['id']}").json()
+            assert bypass["authentication"] is None and by_subject["bypass"]["verified_sender"] is False
+            assert not [v for n, v in bypass["headers"] if n.lower() == "authentication-results"]
+            admin = {"Authorization": f"Bearer {server.admin_token}"}
+            held = httpx.get(f"{server.url}/v1/admin/quarantine", headers=admin, timeout=30).json()["data"]
+            assert [(h["subject"], h["reason"]) for h in held] == [("spoof", "dmarc_reject")]
+            with imap_for(server, inbox) as imap:  # the held copy never reached WildDuck
+                imap.select_folder("INBOX")
+                found = imap.fetch(imap.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+                seen = sorted(
+                    v[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().split(":", 1)[1].strip() for v in found.values()
+                )
+            assert seen == ["bypass", "proven"]
+    finally:
+        zone.close()

@@ -304,8 +304,10 @@ def timed_out(from_address: str) -> Verdict:
 # -- Authentication-Results (RFC 8601) -------------------------------------------------
 
 
-def results_header(authserv_id: str, verdict: Verdict, mail_from: str, helo: str) -> str:
-    parts = [authserv_id]
+def results_header(authserv_id: str, verdict: Verdict, mail_from: str, helo: str, note: str = "") -> str:
+    """Our Authentication-Results value; ``note`` goes after the authserv-id as a
+    comment (RFC 8601 2.2 allows one there), e.g. the id of a verdict recorded for it."""
+    parts = [f"{authserv_id} ({note})" if note else authserv_id]
     spf_id = f"smtp.mailfrom={mail_from}" if mail_from else f"smtp.helo={helo}"
     parts.append(f"spf={verdict.spf} {spf_id}")
     if verdict.dkim:
@@ -322,15 +324,27 @@ def _printable(text: str) -> str:
     return re.sub(r"[^\x21-\x3a\x3c-\x7e ]", "?", text)
 
 
+def our_note(raw: bytes, authserv_id: str) -> str | None:
+    """The comment after our authserv-id in the first Authentication-Results claiming
+    it, or None. Only meaningful where our stamping removed every other such header."""
+    head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    for match in re.finditer(r"(?im)^authentication-results:(.*(?:\r?\n[ \t].*)*)", head):
+        value = match.group(1)
+        if claims_our_id(value, authserv_id):
+            found = re.match(r"\s*\S+\s*\(([^)]*)\)", value)
+            return found.group(1).strip() if found else None
+    return None
+
+
 def claims_our_id(value: str, authserv_id: str) -> bool:
     """RFC 8601 5: an inbound Authentication-Results naming our authserv-id is forged."""
     claimed = re.sub(r"\([^)]*\)", "", value).split(";", 1)[0].strip().split()
     return bool(claimed) and claimed[0].lower() == authserv_id.lower()
 
 
-def stamp(raw: bytes, header_value: str, authserv_id: str) -> bytes:
+def stamp(raw: bytes, header_value: str | None, authserv_id: str) -> bytes:
     """``raw`` with every Authentication-Results claiming ``authserv_id`` removed and
-    ours put first (RFC 8601 5)."""
+    ours (unless None) put first (RFC 8601 5)."""
     crlf = b"\r\n\r\n" in raw[:65536] or b"\n\n" not in raw
     sep = b"\r\n\r\n" if crlf else b"\n\n"
     head, found, body = raw.partition(sep)
@@ -352,13 +366,16 @@ def stamp(raw: bytes, header_value: str, authserv_id: str) -> bytes:
             if claims_our_id(value.decode("utf-8", "replace"), authserv_id):
                 continue
         out.append(newline.join(block))
-    ours = f"Authentication-Results: {header_value}".encode().replace(b"\r\n", newline)
-    return newline.join([ours, *out]) + (found or sep) + body
+    if header_value is not None:
+        out.insert(0, f"Authentication-Results: {header_value}".encode().replace(b"\r\n", newline))
+    return newline.join(out) + (found or sep) + body
 
 
-def stamp_headers(headers: list, header_value: str, authserv_id: str) -> list:
+def stamp_headers(headers: list, header_value: str | None, authserv_id: str) -> list:
     """The parsed header list to match ``stamp``."""
     kept = [(n, v) for n, v in headers if not (n.lower() == "authentication-results" and claims_our_id(v, authserv_id))]
+    if header_value is None:
+        return kept
     return [("Authentication-Results", re.sub(r"\s*\r\n\t", " ", header_value)), *kept]
 
 
@@ -391,8 +408,10 @@ def verify(raw: bytes, parsed, mail_from: str, client_ip: str, helo: str, *, res
         return timed_out(sender)
 
 
-def checked(raw: bytes, parsed, verdict: Verdict, mail_from: str, helo: str, authserv_id: str) -> Checked:
+def checked(
+    raw: bytes, parsed, verdict: Verdict, mail_from: str, helo: str, authserv_id: str, note: str = ""
+) -> Checked:
     """The message with our Authentication-Results put in and forged ones taken out."""
-    value = results_header(authserv_id, verdict, mail_from, helo)
+    value = results_header(authserv_id, verdict, mail_from, helo, note)
     stamped = dataclasses.replace(parsed, headers=stamp_headers(parsed.headers, value, authserv_id))
     return Checked(stamp(raw, value, authserv_id), stamped, json.dumps(verdict.to_dict()))

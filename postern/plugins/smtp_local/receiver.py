@@ -3,7 +3,6 @@ each message stored in the core's database before the 250."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -11,11 +10,11 @@ import logging
 from postern.core import quarantine
 from postern.core.backends import InboxRef, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
-from postern.core.mail import policy, rules, verdicts
 from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.services import Service
 from postern.core.smtp.listener import run_listener
 from postern.core.smtp.options import ListenerOptions
+from postern.core.smtp.screening import screen
 from postern.core.smtp.session import Arrival, Handler
 
 log = logging.getLogger("postern.smtp")
@@ -47,28 +46,18 @@ async def store_arrival(postern, arrival: Arrival) -> str:
     the commit; anything unforeseen is a 4xx, so the sender keeps the message."""
     # Outside the group commit: checking the sender, deriving text and finding codes is
     # network and CPU work that must not hold the write lock.
-    authentication, answers = "", {}
+    authentication, held = "", {}
     if postern.config.trust.verify:
-        arrival, verdict, authentication = await check_sender(postern, arrival)
-        try:
-            sender = arrival.parsed.sender.address if arrival.parsed.sender else ""
-            identity = rules.identity_of(verdict, sender, arrival.mail_from)
-            answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes, identity)
-        except Exception:  # the policy could not be read: the sender keeps the message
-            log.exception(
-                "could not read the inbound policy or lists for mail from %s; answered 451", arrival.mail_from
-            )
-            return "451 4.3.0 Temporary failure storing the message, try again later"
-        refused = policy.refusal(answers)
-        if refused:
-            log.info("refused a message from %s by inbound policy: %s", arrival.mail_from, refused)
-            return refused
+        screened = await screen(postern, arrival)
+        if screened.refusal:
+            return screened.refusal
+        arrival, authentication, held = screened.arrival, screened.authentication, screened.held
     reading = await arrival.runner.run(readable, postern, arrival.parsed, arrival.mail_from)
     if authentication:
         reading = dataclasses.replace(reading, authentication=authentication)
     try:
         stored, _ = await arrival.committer.run(
-            keep, postern, arrival, reading, policy.held(answers), after=lambda kept: announce(postern, kept[0])
+            keep, postern, arrival, reading, held, after=lambda kept: announce(postern, kept[0])
         )
     except MailRejected as exc:
         log.info("refused a message from %s: %s", arrival.mail_from, exc.message)
@@ -108,36 +97,6 @@ def keep(postern, arrival: Arrival, reading, held: dict[str, str]) -> tuple[list
         for address, reason in held.items()
     ]
     return stored, kept
-
-
-async def check_sender(postern, arrival: Arrival):
-    """SPF, DKIM, DMARC and ARC on the thread pool, before the commit, so no waiter sees
-    the message without its verdict. Bounded: a slow DNS gives temperror verdicts at
-    ``[trust] dns_timeout`` (each lookup stops there; the wait here is a backstop).
-    Returns the arrival stamped with Authentication-Results, the verdict and its JSON."""
-    trust = postern.config.trust
-    authserv_id = verdicts.authserv_id_for(postern)
-    try:
-        verdict = await asyncio.wait_for(
-            arrival.runner.run(
-                verdicts.verify,
-                arrival.raw,
-                arrival.parsed,
-                arrival.mail_from,
-                arrival.client_ip,
-                arrival.helo,
-                resolver=trust.resolver,
-                timeout=trust.dns_timeout,
-            ),
-            trust.dns_timeout + 1,
-        )
-    except TimeoutError:
-        sender = arrival.parsed.sender.address if arrival.parsed.sender else ""
-        verdict = verdicts.timed_out(sender)
-    done = await arrival.runner.run(
-        verdicts.checked, arrival.raw, arrival.parsed, verdict, arrival.mail_from, arrival.helo, authserv_id
-    )
-    return dataclasses.replace(arrival, raw=done.raw, parsed=done.parsed), verdict, done.authentication
 
 
 def make_handler(postern, runner: DatabaseRunner, committer: GroupCommitter) -> Handler:

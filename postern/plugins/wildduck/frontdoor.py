@@ -1,7 +1,9 @@
 """Postern's SMTP listener in front of WildDuck: RCPT is checked against the core as
 with smtp_local, and DATA is parsed within Postern's limits, then handed to WildDuck
 over LMTP (its real delivery path) before the ``250``. Nothing is stored here: the
-watcher ingests what WildDuck holds, so there is one ingest path and no duplicate.
+watcher ingests what WildDuck holds, so there is one ingest path and no duplicate. The
+sender verdict made here travels with the message: its Authentication-Results names a
+``WildDuckVerdict`` row, which the watcher stores with the message.
 
 SMTP has one reply to DATA, LMTP one per recipient. When WildDuck takes the message
 for some recipients and not others, the sender gets a ``451`` and retries: the
@@ -14,9 +16,15 @@ from __future__ import annotations
 import functools
 import logging
 
+from postern.core.db import write_transaction
+from postern.core.ids import new_id
+from postern.core.models import QuarantinedMessage
+from postern.core.quarantine import hold
 from postern.core.smtp.listener import run_listener
+from postern.core.smtp.screening import TEMPORARY, screen
 from postern.core.smtp.session import Arrival
 from postern.plugins.wildduck.lmtp import deliver_once
+from postern.plugins.wildduck.models import WildDuckVerdict
 
 log = logging.getLogger("postern.wildduck.smtp")
 
@@ -38,17 +46,69 @@ def reply_for(failed: dict[str, tuple[int, str]], total: int) -> str:
     return f"{code} {text}"
 
 
-async def deliver_arrival(receiver, arrival: Arrival) -> str:
+async def deliver_arrival(postern, receiver, arrival: Arrival) -> str:
     """``on_message`` of the front door: the message, parsed within Postern's limits by
-    the listener, goes to WildDuck over LMTP; the reply says how that went."""
-    failed = await arrival.runner.run(deliver_once, receiver, arrival.mail_from, arrival.recipients, arrival.raw)
-    reply = reply_for(failed, len(arrival.recipients))
+    the listener, is screened like smtp_local's (sender checks, inbound policy, allow and
+    block lists: docs/trust.md), then goes to WildDuck over LMTP; the reply says how
+    that went. A copy the policy holds back stays in Postern's quarantine and never
+    reaches WildDuck."""
+    held: dict[str, str] = {}
+    authentication = ""
+    if postern.config.trust.verify:
+        verdict_id = new_id("vrd")
+        screened = await screen(postern, arrival, note=f"verdict {verdict_id}")
+        if screened.refusal:
+            return screened.refusal
+        arrival, held, authentication = screened.arrival, screened.held, screened.authentication
+        try:
+            # Recorded before WildDuck has the message: the watcher may ingest it at once.
+            await arrival.runner.run(record_verdict, verdict_id, authentication, arrival.tls)
+        except Exception:  # the sender keeps the message and retries
+            log.exception("could not record the verdict of a message from %s; answered 451", arrival.mail_from)
+            return TEMPORARY
+    to_wildduck = [r for r in arrival.recipients if r.strip().lower() not in held]
+    kept: list[str] = []
+    if held:
+        try:
+            kept = await arrival.runner.run(hold_copies, arrival, held, authentication)
+        except Exception:
+            log.exception("could not quarantine a message from %s; answered 451", arrival.mail_from)
+            return TEMPORARY
+    failed = {}
+    if to_wildduck:
+        failed = await arrival.runner.run(deliver_once, receiver, arrival.mail_from, to_wildduck, arrival.raw)
+    if not to_wildduck:
+        return "250 2.0.0 OK"  # every copy held: the sender is not told
+    reply = reply_for(failed, len(to_wildduck))
     if failed:
         log.warning("WildDuck did not take a message from %s for %s: %s", arrival.mail_from, sorted(failed), reply)
+        if kept and any(code < 500 for code, _ in failed.values()):
+            # The sender retries the whole message: its held copies are made again then.
+            await arrival.runner.run(release_holds, kept)
     return reply
+
+
+def record_verdict(verdict_id: str, authentication: str, tls: str | None) -> None:
+    with write_transaction():
+        WildDuckVerdict.create(id=verdict_id, authentication=authentication, tls=tls)
+
+
+def hold_copies(arrival: Arrival, held: dict[str, str], authentication: str) -> list[str]:
+    with write_transaction():
+        return [
+            hold(
+                arrival.inboxes[a], arrival.parsed, arrival.raw, arrival.mail_from, reason, authentication, arrival.tls
+            )
+            for a, reason in held.items()
+        ]
+
+
+def release_holds(ids: list[str]) -> None:
+    with write_transaction():
+        QuarantinedMessage.delete().where(QuarantinedMessage.id.in_(ids)).execute()
 
 
 def run_front_door(postern) -> None:
     """Service entry point (``postern service run smtp``) while wildduck receives."""
     receiver = postern.backend("receive")
-    run_listener(postern, receiver.options.listener(), functools.partial(deliver_arrival, receiver))
+    run_listener(postern, receiver.options.listener(), functools.partial(deliver_arrival, postern, receiver))

@@ -10,6 +10,9 @@
   mail, was handed to), so a retry of the same message skips them.
 - ``WildDuckSentDue``: Sent copies not yet appended (WildDuck was down at the send).
 - ``WildDuckOrphan``: WildDuck users of inboxes that rolled back, still to delete.
+- ``WildDuckVerdict``: the sender verdict the front door made for a message it handed to
+  WildDuck, named in the message's Authentication-Results, for the watcher to store with
+  it (m0019).
 """
 
 from __future__ import annotations
@@ -72,3 +75,15 @@ class WildDuckOrphan(BaseModel):
 
     class Meta:
         table_name = "wildduck_orphan"
+
+
+class WildDuckVerdict(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=40)
+    #: postern.core.mail.verdicts.Verdict as JSON, as stored on the message.
+    authentication = peewee.TextField()
+    #: The SMTP session's TLS version and cipher; None in plaintext.
+    tls = peewee.CharField(max_length=200, null=True)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "wildduck_verdict"

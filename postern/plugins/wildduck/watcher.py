@@ -21,6 +21,7 @@ back, and a crash before the commit leaves neither the key nor the message.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -32,11 +33,13 @@ import peewee
 
 from postern.core.backends import TemporaryFailure
 from postern.core.db import database, write_transaction
-from postern.core.mail.ingest import announce, limits_for, local_inbox, store
+from postern.core.ids import well_formed
+from postern.core.mail.ingest import announce, limits_for, local_inbox, readable, store
 from postern.core.mail.mime import MailRejected, parse
+from postern.core.mail.verdicts import authserv_id_for, our_note, stamp
 from postern.core.models import utcnow
 from postern.plugins.wildduck.api import MessageSummary
-from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckSeen
+from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckSeen, WildDuckVerdict
 from postern.plugins.wildduck.orphans import delete_orphans
 from postern.plugins.wildduck.sent import append_due, next_due
 
@@ -126,6 +129,7 @@ def _advance(row: WildDuckMailbox, newest: dt.datetime) -> None:
 
 def _ingest_one(postern, inbox_id: str, summary: MessageSummary, raw: bytes) -> bool:
     parsed = None
+    raw, authentication, tls = verdict_of(postern, raw)
     try:
         parsed = parse(raw, limits_for(postern))
     except MailRejected as exc:
@@ -139,13 +143,30 @@ def _ingest_one(postern, inbox_id: str, summary: MessageSummary, raw: bytes) -> 
             if parsed is not None:
                 inbox = _inbox(inbox_id)
                 if inbox is not None:
-                    messages = store(postern, parsed, raw, _return_path(raw), [inbox.address], {inbox.address: inbox})
+                    sender = _return_path(raw)
+                    reading = dataclasses.replace(readable(postern, parsed, sender), authentication=authentication)
+                    known = {inbox.address: inbox}
+                    messages = store(postern, parsed, raw, sender, [inbox.address], known, None, reading, tls)
     except peewee.IntegrityError:
         raise _AlreadyStored() from None
     if inbox is None:
         return False
     announce(postern, messages)
     return True
+
+
+def verdict_of(postern, raw: bytes) -> tuple[bytes, str, str | None]:
+    """The verdict the front door recorded for ``raw`` (named in its Authentication-Results
+    under Postern's authserv-id) as (raw, verdict JSON, TLS). Mail that reached WildDuck
+    some other way has none: any Authentication-Results claiming Postern's authserv-id
+    in it is forged, and taken out (RFC 8601 5)."""
+    authserv_id = authserv_id_for(postern)
+    note = our_note(raw, authserv_id) or ""
+    verdict_id = note.removeprefix("verdict ").strip() if note.startswith("verdict ") else ""
+    row = WildDuckVerdict.get_or_none(WildDuckVerdict.id == verdict_id) if well_formed(verdict_id, "vrd") else None
+    if row is None:
+        return stamp(raw, None, authserv_id) if note or b"uthentication-" in raw[:65536] else raw, "", None
+    return raw, row.authentication, row.tls
 
 
 def _inbox(inbox_id: str):
@@ -200,7 +221,18 @@ def sweep(postern, api, unchanged: Unchanged | None = None) -> int:
             log.warning("sweep: inbox %s not caught up: %s", row.inbox_id, exc)
     append_due(postern)
     delete_orphans(api)
+    forget_verdicts()
     return stored
+
+
+#: How long a front-door verdict waits for the watcher: far longer than any ingest takes,
+#: as long as a stopped watcher may take to come back and catch up.
+VERDICT_KEPT = dt.timedelta(days=7)
+
+
+def forget_verdicts() -> None:
+    with write_transaction():
+        WildDuckVerdict.delete().where(WildDuckVerdict.created_at < utcnow() - VERDICT_KEPT).execute()
 
 
 def run_watcher(postern) -> None:
