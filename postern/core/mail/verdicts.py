@@ -34,19 +34,33 @@ class DnsTempError(Exception):
     """A lookup timed out, failed, or the message's budget of time or lookups ran out."""
 
 
+#: Answers remembered per resolver, each for its TTL: a listener asks about the same
+#: senders' keys and policies again and again, as an MTA's resolver cache would spare it.
+#: Cached answers count against a message's lookups all the same (RFC 7208 limits).
+CACHE_ENTRIES = 10_000
+
+
+@functools.cache
+def shared_resolver(address: str = "") -> dns.resolver.Resolver:
+    """One resolver (and cache) per ``[trust] resolver`` value, for every message: the
+    cache keys answers by name and type only, so resolvers never share one."""
+    if address:
+        host, _, port = address.rpartition(":")
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [host.strip("[]")]
+        resolver.port = int(port)
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
+    return resolver
+
+
 class BoundedLookups:
     """One message's DNS: a resolver (the system's, or ``host:port``), an overall
     deadline and a count of lookups; past either, every lookup is a ``DnsTempError``."""
 
     def __init__(self, resolver: str = "", timeout: float = 5.0, max_lookups: int = MAX_LOOKUPS):
-        if resolver:
-            host, _, port = resolver.rpartition(":")
-            self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = [host.strip("[]")]
-            self.resolver.port = int(port)
-        else:
-            self.resolver = dns.resolver.Resolver()
-        self.resolver.cache = None
+        self.resolver = shared_resolver(resolver)
         self.deadline = time.monotonic() + timeout
         self.left = max_lookups
         self.temperror = False

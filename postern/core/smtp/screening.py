@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from postern.core.mail import policy, rules, verdicts
 from postern.core.smtp.session import Arrival
@@ -52,6 +54,17 @@ async def screen(postern, arrival: Arrival, *, note: str = "") -> Screened:
     return Screened(arrival, authentication, answers, refusal)
 
 
+#: Threads that check senders, apart from the database threads: a check mostly waits on
+#: DNS, and on the database threads that wait held up every other message's storing.
+CHECK_THREADS = 8
+
+
+@functools.cache
+def _checkers() -> ThreadPoolExecutor:
+    """This process's pool, made at first use (so after the listener's fork)."""
+    return ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="postern-verify")
+
+
 async def check_sender(postern, arrival: Arrival, *, note: str = ""):
     """SPF, DKIM, DMARC and ARC on the thread pool, before the message is kept, so no
     waiter sees it without its verdict. Bounded: a slow DNS gives temperror verdicts at
@@ -59,20 +72,19 @@ async def check_sender(postern, arrival: Arrival, *, note: str = ""):
     Returns the arrival stamped with Authentication-Results, the verdict and its JSON."""
     trust = postern.config.trust
     authserv_id = verdicts.authserv_id_for(postern)
+    check = functools.partial(
+        verdicts.verify,
+        arrival.raw,
+        arrival.parsed,
+        arrival.mail_from,
+        arrival.client_ip,
+        arrival.helo,
+        resolver=trust.resolver,
+        timeout=trust.dns_timeout,
+    )
     try:
-        verdict = await asyncio.wait_for(
-            arrival.runner.run(
-                verdicts.verify,
-                arrival.raw,
-                arrival.parsed,
-                arrival.mail_from,
-                arrival.client_ip,
-                arrival.helo,
-                resolver=trust.resolver,
-                timeout=trust.dns_timeout,
-            ),
-            trust.dns_timeout + 1,
-        )
+        loop = asyncio.get_running_loop()
+        verdict = await asyncio.wait_for(loop.run_in_executor(_checkers(), check), trust.dns_timeout + 1)
     except TimeoutError:
         sender = arrival.parsed.sender.address if arrival.parsed.sender else ""
         verdict = verdicts.timed_out(sender)
