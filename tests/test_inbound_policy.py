@@ -101,6 +101,8 @@ STRICT = policy.Policy(dmarc_reject="refuse", unauthenticated="quarantine")
         (Verdict(dmarc="fail", dmarc_policy="quarantine"), policy.Decision("quarantine", "unauthenticated")),
         (Verdict(spf="none"), policy.Decision("quarantine", "unauthenticated")),
         (Verdict(spf="temperror"), policy.Decision("quarantine", "unauthenticated", temporary=True)),
+        # The From domain's policy unread (DNS): answered as if it were p=reject, for now.
+        (Verdict(dmarc="temperror"), policy.Decision("refuse", "dmarc_reject", temporary=True)),
         (
             Verdict(dkim=[Signature("x.example", "s", "temperror")]),
             policy.Decision("quarantine", "unauthenticated", temporary=True),

@@ -75,17 +75,18 @@ def test_the_identity_is_what_was_proven_and_nothing_else():
 # -- receiving ------------------------------------------------------------------------
 
 
-def test_a_blocked_sender_is_refused_but_a_forged_from_cannot_get_it_blocked(client, smtp, acme):
+def test_a_blocked_sender_is_refused_whether_or_not_it_authenticates(client, smtp, acme):
     add(client, acme, direction="receive", action="block", pattern="sender.example")
     code, text = send(smtp, PROVEN, [acme.inbox.address], "from alice")
     assert code == 550 and "does not accept mail from this sender" in text
-    # Unauthenticated mail claiming sender.example matches no entry: it meets the
-    # unauthenticated policy instead (deliver, marked, by default).
-    forged = ("bob@plain.example", "alice@sender.example")
-    assert send(smtp, forged, [acme.inbox.address], "forged") == (250, "")
-    assert subjects(acme.inbox) == ["forged"]
-    [stored] = Message.select().where(Message.subject == "forged")
-    assert json.loads(stored.authentication)["aligned"] is False
+    # Claiming the blocked domain without proving it is refused too: a claim can only
+    # get mail refused, and a blocked sender cannot slip past by not authenticating.
+    for sender in (("bob@plain.example", "alice@sender.example"), ("x@sender.example", "bob@plain.example")):
+        assert send(smtp, sender, [acme.inbox.address], "claimed")[0] == 550
+    assert subjects(acme.inbox) == []
+    # Others are not touched by it.
+    assert send(smtp, ANONYMOUS, [acme.inbox.address], "other") == (250, "")
+    assert subjects(acme.inbox) == ["other"]
 
 
 def test_an_inbox_allowlist_holds_everyone_else_and_binds_that_inbox_only(client, smtp, acme):
@@ -98,15 +99,22 @@ def test_an_inbox_allowlist_holds_everyone_else_and_binds_that_inbox_only(client
     assert subjects(acme.other) == ["elsewhere"]
 
 
-def test_an_allowed_envelope_sender_passes_the_unauthenticated_policy_but_not_a_dmarc_reject(client, smtp, acme):
-    admin(client, acme, "PUT", "/v1/admin/inbound-policy", json={"unauthenticated": "refuse"})
-    assert send(smtp, RELAYED, [acme.inbox.address], "relayed")[0] == 550  # before the entry
+def test_an_allowlist_lets_through_only_proven_senders_and_never_lifts_the_policy(client, smtp, acme):
     add(client, acme, direction="receive", action="allow", pattern="alice@sender.example")
+    # An SPF-proven envelope matches the entry: not held as not_allowed, and delivered,
+    # marked, under the default unauthenticated policy.
     assert send(smtp, RELAYED, [acme.inbox.address], "relayed") == (250, "")
     assert subjects(acme.inbox) == ["relayed"]
+    # A forged From of the allowed address, unproven, is not on the list.
+    assert send(smtp, ("bob@plain.example", "alice@sender.example"), [acme.inbox.address], "forged") == (250, "")
     # Allowed by its envelope, but its From: claims a p=reject domain it failed.
     assert send(smtp, SPOOF, [acme.inbox.address], "spoof") == (250, "")
-    assert [(q.subject, q.reason) for q in QuarantinedMessage.select()] == [("spoof", "dmarc_reject")]
+    held = {(q.subject, q.reason) for q in QuarantinedMessage.select()}
+    assert held == {("forged", "not_allowed"), ("spoof", "dmarc_reject")}
+    # The list never lifts the policy: with unauthenticated=refuse the relayed mail,
+    # whose From nothing aligns with, is refused although its envelope is allowed.
+    admin(client, acme, "PUT", "/v1/admin/inbound-policy", json={"unauthenticated": "refuse"})
+    assert send(smtp, RELAYED, [acme.inbox.address], "relayed again")[0] == 550
 
 
 def test_a_block_wins_over_an_allow_and_enrollment_entries_bind_its_inboxes_only(client, postern, smtp, acme):

@@ -318,3 +318,61 @@ def test_hostile_answers_give_errors_not_crashes(keys):
     assert junk.result in ("fail", "permerror")
     assert verdict.dmarc in ("none", "permerror", "fail") and verdict.verified_sender is False
     assert took < 7
+
+
+def test_a_sender_cannot_spend_the_budget_to_hide_a_p_reject(keys):
+    """SPF is the sender's to write: four mx: terms of ten hosts each are 44 lookups, past
+    the message's 40. The From domain's DMARC record is read first, so p=reject shows."""
+    records = {
+        ("attacker.example", "TXT"): ["v=spf1 " + " ".join(f"mx:m{n}.attacker.example" for n in range(4)) + " -all"],
+        ("_dmarc.victim.example", "TXT"): ["v=DMARC1; p=reject"],
+    }
+    for n in range(4):
+        records[(f"m{n}.attacker.example", "MX")] = [f"10 h{k}.m{n}.attacker.example." for k in range(10)]
+        records.update({(f"h{k}.m{n}.attacker.example", "A"): ["198.51.100.1"] for k in range(10)})
+    server = ZoneDns(records)
+    try:
+        verdict = check(
+            server,
+            message(from_addr="ceo@victim.example"),
+            from_address="ceo@victim.example",
+            mail_from="x@attacker.example",
+        )
+    finally:
+        server.close()
+    assert verdict.spf in ("permerror", "temperror")
+    assert (verdict.dmarc, verdict.dmarc_policy, verdict.verified_sender) == ("fail", "reject", False)
+
+
+def test_more_than_one_from_is_no_from_at_all(zone, keys):
+    """RFC 7489 6.6.1: a second From on top of a signed message would borrow its signature."""
+    from postern.core.mail.mime import MailLimits, parse
+
+    signed = sign(message(), keys["rsa"][0])
+    for raw in (
+        b"From: ceo@sender.example\r\n" + signed,
+        signed.replace(b"From: Alice <alice@sender.example>", b"From: alice@sender.example, ceo@sender.example"),
+    ):
+        parsed = parse(raw, MailLimits(10_000_000, 20, 200))
+        verdict = verdicts.verify(
+            raw, parsed, "alice@sender.example", CLIENT_IP, HELO, resolver=zone.address, timeout=5
+        )
+        assert (verdict.from_domain, verdict.aligned, verdict.dmarc, verdict.verified_sender) == (
+            "",
+            False,
+            "permerror",
+            False,
+        )
+    one = sign(message(), keys["rsa"][0])
+    assert (
+        verdicts.verify(
+            one,
+            parse(one, MailLimits(10_000_000, 20, 200)),
+            "alice@sender.example",
+            CLIENT_IP,
+            HELO,
+            resolver=zone.address,
+            timeout=5,
+        ).verified_sender
+        is True
+    )

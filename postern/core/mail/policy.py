@@ -8,7 +8,7 @@ at DATA, so the sender learns of it and nothing is stored):
 - ``dmarc_reject``: the ``From:`` domain publishes DMARC ``p=reject`` and the message
   failed it, the case a domain asks receivers to refuse outright.
 - ``unauthenticated``: no passing SPF or DKIM identity aligns with the ``From:`` domain
-  (``aligned`` is false), whatever the domain publishes.
+  (``aligned`` is false), whatever the domain publishes. Allow entries never lift it.
 
 A message meeting both gets the stricter answer. Each question is set per inbox, else
 per customer, else by ``[trust]``; a level that leaves one unset inherits it.
@@ -83,10 +83,14 @@ def decide(verdict, policy: Policy, listed: rules.Listed = UNLISTED) -> Decision
     found = []
     if verdict.dmarc == "fail" and verdict.dmarc_policy == "reject":
         found.append(Decision(policy.dmarc_reject, "dmarc_reject"))
-    if not verdict.aligned and not listed.allowed:  # an allowed sender is proven by SPF
+    if not verdict.aligned:
         unfinished = verdict.skipped or "temperror" in (verdict.spf, verdict.dmarc)
         unfinished = unfinished or any(s.result == "temperror" for s in verdict.dkim)
         found.append(Decision(policy.unauthenticated, "unauthenticated", temporary=bool(unfinished)))
+        if verdict.dmarc == "temperror":
+            # The From domain's policy could not be read: it may be p=reject. Answer as
+            # if it were, for now (a refusal is a 451: the retry is judged again).
+            found.append(Decision(policy.dmarc_reject, "dmarc_reject", temporary=True))
     if listed.not_allowed:
         found.append(Decision("quarantine", "not_allowed"))
     if not found:
@@ -99,13 +103,14 @@ def needs_policy(verdict) -> bool:
     return not verdict.aligned or (verdict.dmarc == "fail" and verdict.dmarc_policy == "reject")
 
 
-def decisions(config, verdict, inboxes: dict, identity: str | None) -> dict[str, Decision]:
+def decisions(config, verdict, inboxes: dict, identity: str | None, claims=()) -> dict[str, Decision]:
     """Each recipient address's answer (``inboxes`` maps address to its ``Inbox``);
-    ``identity`` is the authenticated sender (``rules.identity_of``)."""
+    ``identity`` is the authenticated sender (``rules.identity_of``), ``claims`` the
+    addresses the message claims (From, envelope), which only block entries meet."""
     answers = {}
     for address, inbox in inboxes.items():
         entries = rules.applying(inbox.customer_id, inbox.enrollment_id, inbox.id, "receive")
-        listed = rules.judge(entries, identity)
+        listed = rules.judge(entries, identity, claims)
         if needs_policy(verdict) or listed.blocked or listed.not_allowed:
             answers[address] = decide(verdict, effective(config, inbox.customer_id, inbox.id), listed)
         else:

@@ -3,10 +3,11 @@
 An entry is an address (``a@example.org``) or a domain (``example.org``, which covers its
 subdomains too), for one direction:
 
-- ``receive``: matched on the sender's *authenticated* identity only (``identity_of``):
-  the ``From:`` address when SPF or DKIM aligned with its domain, else the envelope
-  sender when SPF passed for it. Mail with neither matches no entry, allow or block: a
-  forged ``From:`` can neither get past an allowlist nor get someone else blocked.
+- ``receive``: an allow entry is matched on the sender's *authenticated* identity only
+  (``identity_of``): the ``From:`` address when SPF or DKIM aligned with its domain,
+  else the envelope sender when SPF passed for it; a forged ``From:`` never gets past an
+  allowlist. A block entry is matched on that identity and on what the message claims
+  (its ``From:`` and envelope sender): a claim can only get mail refused.
 - ``send``: matched on each recipient of an agent's send (to, cc and bcc).
 
 Entries apply from every level above an inbox together: its customer's, its enrollment
@@ -77,13 +78,16 @@ class Listed:
         return self.allowlist and not self.allowed
 
 
-def judge(rules: list[MailRule], identity: str | None) -> Listed:
+def judge(rules: list[MailRule], identity: str | None, claims=()) -> Listed:
+    """``identity``: the proven sender, the only thing an allow entry meets. ``claims``:
+    what the message merely says it is from (From, envelope); a block entry meets those
+    too, since a claim can only get mail refused, never let in: a sender on a blocklist
+    cannot slip past it by not authenticating."""
     allows = [r for r in rules if r.action == "allow"]
-    if identity is None:
-        return Listed(allowlist=bool(allows))
+    candidates = {a.lower() for a in (identity, *claims) if a}
     return Listed(
-        blocked=any(r.action == "block" and matches(r.pattern, identity) for r in rules),
-        allowed=any(matches(r.pattern, identity) for r in allows),
+        blocked=any(r.action == "block" and matches(r.pattern, a) for r in rules for a in candidates),
+        allowed=identity is not None and any(matches(r.pattern, identity) for r in allows),
         allowlist=bool(allows),
     )
 

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from email.utils import getaddresses
 
 import dkim
 import dns.exception
@@ -263,23 +264,32 @@ def _dmarc_record(lookups: BoundedLookups, from_domain: str) -> tuple[dict, bool
     return _dmarc_tags(lookups, org), True
 
 
-def _check_dmarc(lookups, verdict: Verdict, mail_from: str) -> None:
+def _dmarc_policy(lookups, verdict: Verdict) -> dict | None:
+    """The From domain's DMARC tags ({} when it publishes none), or None when they could
+    not be fetched (``dmarc`` is then temperror)."""
     if not verdict.from_domain:
-        return
+        return {}
     try:
         tags, from_org = _dmarc_record(lookups, verdict.from_domain)
     except DnsTempError:
         verdict.dmarc = "temperror"
+        return None
+    if tags:
+        verdict.dmarc_policy = tags.get("sp", tags.get("p", "")) if from_org else tags.get("p", "")
+    return tags
+
+
+def _check_dmarc(verdict: Verdict, tags: dict | None, mail_from: str) -> None:
+    if not verdict.from_domain:
         return
+    tags = tags or {}
     dkim_ok = any(
         s.result == "pass" and _aligned(s.domain, verdict.from_domain, tags.get("adkim") == "s") for s in verdict.dkim
     )
     spf_ok = verdict.spf == "pass" and _aligned(_domain(mail_from), verdict.from_domain, tags.get("aspf") == "s")
     verdict.aligned = dkim_ok or spf_ok
-    if not tags:
-        return  # no policy: DMARC is 'none' whatever aligns
-    policy = tags.get("sp", tags.get("p", "")) if from_org else tags.get("p", "")
-    verdict.dmarc_policy = policy
+    if verdict.dmarc == "temperror" or not tags:
+        return  # unknown, or no policy: DMARC is 'none' whatever aligns
     verdict.dmarc = "pass" if verdict.aligned else "fail"
 
 
@@ -293,13 +303,18 @@ def evaluate(
     resolver: str = "",
     timeout: float = 5.0,
 ) -> Verdict:
-    """Every check for one message, all its lookups within ``timeout`` seconds."""
+    """Every check for one message, all its lookups within ``timeout`` seconds.
+
+    The From domain's DMARC record is fetched first: SPF and DKIM lookups are the
+    sender's to choose (an SPF record can spend the whole budget, a key server can stay
+    silent), and must not be able to hide a p=reject that the From domain publishes."""
     lookups = BoundedLookups(resolver, timeout)
     verdict = Verdict(from_domain=_domain(from_address) if "@" in from_address else "")
+    tags = _dmarc_policy(lookups, verdict)
     verdict.spf = _check_spf(lookups, client_ip, mail_from, helo)
     verdict.dkim = _check_dkim(lookups, raw)
     verdict.arc = _check_arc(lookups, raw)
-    _check_dmarc(lookups, verdict, mail_from)
+    _check_dmarc(verdict, tags, mail_from)
     verdict.verified_sender = verdict.dmarc == "pass" and verdict.aligned
     return verdict
 
@@ -413,10 +428,23 @@ def authserv_id_for(postern) -> str:
     return getattr(options, "hostname", "") or "postern.localhost"
 
 
+def single_from(parsed) -> str:
+    """The one From address, or '' when there are several From headers or addresses:
+    RFC 7489 6.6.1, a verifier and a reader could take different ones (a second From on
+    top of a signed message would otherwise borrow its signature)."""
+    values = [v for n, v in parsed.headers if n.lower() == "from"]
+    if len(values) != 1 or len(getaddresses(values)) != 1 or not parsed.sender:
+        return ""
+    return parsed.sender.address
+
+
 def verify(raw: bytes, parsed, mail_from: str, client_ip: str, helo: str, *, resolver: str, timeout: float) -> Verdict:
-    sender = parsed.sender.address if parsed.sender else ""
+    sender = single_from(parsed)
     try:
-        return evaluate(raw, sender, mail_from, client_ip, helo, resolver=resolver, timeout=timeout)
+        verdict = evaluate(raw, sender, mail_from, client_ip, helo, resolver=resolver, timeout=timeout)
+        if not sender and parsed.sender:
+            verdict.dmarc = "permerror"  # a From, but not one: nothing can align with it
+        return verdict
     except Exception:  # a bug here must not refuse mail
         log.exception("could not check the sender of a message from %s", mail_from[:320])
         return timed_out(sender)

@@ -41,10 +41,11 @@ async def screen(postern, arrival: Arrival, *, note: str = "") -> Screened:
     """Check the sender and judge every recipient. ``note`` goes into the stamped
     header as a comment (the front door names the verdict it recorded)."""
     arrival, verdict, authentication = await check_sender(postern, arrival, note=note)
-    sender = arrival.parsed.sender.address if arrival.parsed.sender else ""
+    sender = verdicts.single_from(arrival.parsed)
     identity = rules.identity_of(verdict, sender, arrival.mail_from)
+    claims = [a for a in (sender, arrival.mail_from) if "@" in a]
     try:
-        answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes, identity)
+        answers = await arrival.runner.run(policy.decisions, postern.config, verdict, arrival.inboxes, identity, claims)
     except Exception:  # the policy could not be read: the sender keeps the message
         log.exception("could not read the policy or lists for mail from %s; answered 451", arrival.mail_from)
         return Screened(arrival, authentication, {}, TEMPORARY)
@@ -56,7 +57,8 @@ async def screen(postern, arrival: Arrival, *, note: str = "") -> Screened:
 
 #: Threads that check senders, apart from the database threads: a check mostly waits on
 #: DNS, and on the database threads that wait held up every other message's storing.
-CHECK_THREADS = 8
+#: Many, since a sender whose DNS never answers holds one for ``[trust] dns_timeout``.
+CHECK_THREADS = 32
 
 
 @functools.cache
