@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import smtplib
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +58,24 @@ def serving(env, tmp_path, db_url, stack, extra: str = ""):
         kill_tree(server)
 
 
-@pytest.fixture
-def live(env, tmp_path, db_url, wildduck_stack):
-    with serving(env, tmp_path, db_url, wildduck_stack) as server:
-        yield server
+@pytest.fixture(params=["unchecked"])
+def live(request, env, tmp_path, db_url, wildduck_stack):
+    """The server; with ``checked`` (parametrize ``live`` indirectly) [trust] verify is on
+    against a DNS server on 127.0.0.1 that knows no name (every sender unauthenticated,
+    delivered marked), so the front door stamps a verdict into every message."""
+    if request.param == "unchecked":
+        with serving(env, tmp_path, db_url, wildduck_stack) as server:
+            yield server
+        return
+    from support.zone_dns import ZoneDns
+
+    zone = ZoneDns({})
+    trust = {"POSTERN_TRUST_VERIFY": "true", "POSTERN_TRUST_RESOLVER": zone.address, "POSTERN_TRUST_DNS_TIMEOUT": "2"}
+    try:
+        with serving({**env, **trust}, tmp_path, db_url, wildduck_stack) as server:
+            yield server
+    finally:
+        zone.close()
 
 
 def _smtp_ready(port) -> bool:
@@ -238,11 +253,16 @@ def test_agent_mail_to_another_inbox_reaches_wildduck_and_wait_for_email_once(li
     assert subjects(live, answerer) == ["agent to agent"]
 
 
+@pytest.mark.parametrize("live", ["unchecked", "checked"], indirect=True)
 def test_a_retry_after_a_partial_lmtp_delivery_reaches_only_the_rest(live):
     """WildDuck stores the message for one recipient and answers 450 for the other: the
-    sender gets a 451, and its retry of the same message reaches only the second."""
-    first, second = make_inbox(live, "first"), make_inbox(live, "second")
-    raw = mail("fay@example.org", first["address"], "two recipients")
+    sender gets a 451, and its retry of the same message reaches only the second (also
+    when each attempt is stamped with a verdict of its own)."""
+    # Names of this run's own: WildDuck (and its mailboxes) lives for the whole session.
+    tag = secrets.token_hex(3)
+    first, second = make_inbox(live, f"first-{tag}"), make_inbox(live, f"second-{tag}")
+    subject = f"two recipients {tag}"
+    raw = mail("fay@example.org", first["address"], subject)
     rcpts = [first["address"], second["address"]]
     with missing_inbox(live.stack, wd_user(live, second)):
         with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as client:
@@ -251,10 +271,10 @@ def test_a_retry_after_a_partial_lmtp_delivery_reaches_only_the_rest(live):
     assert refused.value.smtp_code == 451 and b"(1 reached)" in refused.value.smtp_error
     with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as client:
         assert client.sendmail("fay@example.org", rcpts, raw) == {}  # the sender's retry
-    assert [m["subject"] for m in wait_mail(live, second)["messages"]] == ["two recipients"]
-    assert [m["subject"] for m in wait_mail(live, first)["messages"]] == ["two recipients"]
-    assert (inbox_copies(live, first, "two recipients"), inbox_copies(live, second, "two recipients")) == (1, 1)
-    assert (subjects(live, first), subjects(live, second)) == (["two recipients"], ["two recipients"])
+    assert [m["subject"] for m in wait_mail(live, second)["messages"]] == [subject]
+    assert [m["subject"] for m in wait_mail(live, first)["messages"]] == [subject]
+    assert (inbox_copies(live, first, subject), inbox_copies(live, second, subject)) == (1, 1)
+    assert (subjects(live, first), subjects(live, second)) == ([subject], [subject])
 
 
 def test_a_send_while_wildduck_is_down_reaches_the_sent_folder_once_it_is_back(live):
@@ -371,6 +391,25 @@ def test_the_front_door_checks_senders_holds_what_policy_holds_and_drops_forged_
             bypass = api(server, "GET", f"{path}/{by_subject['bypass']['id']}").json()
             assert bypass["authentication"] is None and by_subject["bypass"]["verified_sender"] is False
             assert not [v for n, v in bypass["headers"] if n.lower() == "authentication-results"]
+            # A real verdict id copied into other mail, and a forged header in capitals,
+            # prove nothing either.
+            real_id = ours[0].split("(verdict ", 1)[1].split(")", 1)[0]
+            copied = mail("ceo@victim.example", inbox["address"], "copied").replace(
+                b"Subject:", f"Authentication-Results: {AUTHSERV_ID} (verdict {real_id}); spf=pass\r\nSubject:".encode()
+            )
+            shouted = mail("ceo@victim.example", inbox["address"], "shouted").replace(
+                b"Subject:", f"AUTHENTICATION-RESULTS: {AUTHSERV_ID}; dmarc=pass\r\nSubject:".encode()
+            )
+            with smtplib.LMTP("127.0.0.1", wildduck_stack.lmtp_port) as lmtp:
+                for raw in (copied, shouted):
+                    lmtp.sendmail("ceo@victim.example", [inbox["address"]], raw)
+            wait_for(lambda: subjects(server, inbox) == ["bypass", "copied", "proven", "shouted"], timeout=60)
+            listed = api(server, "GET", f"/v1/inboxes/{inbox['id']}/messages").json()["data"]
+            for m in listed:
+                if m["subject"] in ("copied", "shouted"):
+                    full = api(server, "GET", f"{path}/{m['id']}").json()
+                    assert full["authentication"] is None, m["subject"]
+                    assert not [v for n, v in full["headers"] if n.lower() == "authentication-results"], m["subject"]
             admin = {"Authorization": f"Bearer {server.admin_token}"}
             held = httpx.get(f"{server.url}/v1/admin/quarantine", headers=admin, timeout=30).json()["data"]
             assert [(h["subject"], h["reason"]) for h in held] == [("spoof", "dmarc_reject")]
@@ -380,6 +419,6 @@ def test_the_front_door_checks_senders_holds_what_policy_holds_and_drops_forged_
                 seen = sorted(
                     v[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().split(":", 1)[1].strip() for v in found.values()
                 )
-            assert seen == ["bypass", "proven"]
+            assert seen == ["bypass", "copied", "proven", "shouted"]
     finally:
         zone.close()

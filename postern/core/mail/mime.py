@@ -90,8 +90,8 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
     for name, value in msg.raw_items():
         raw.setdefault(name.lower(), value)
     return ParsedMessage(
-        message_id=_first_msgid(raw.get("message-id")),
-        in_reply_to=_first_msgid(raw.get("in-reply-to")),
+        message_id=first_msgid(raw.get("message-id")),
+        in_reply_to=first_msgid(raw.get("in-reply-to")),
         references=MSGID.findall(str(raw.get("references", "")))[-50:],
         subject=_header_text(msg, "Subject")[:998] if "subject" in raw else "",
         sender=_first(_mailboxes(msg, "From")) if "from" in raw else None,
@@ -231,7 +231,7 @@ def _attachments(msg: EmailMessage, body_parts: set[int]) -> list[ParsedAttachme
             continue
         disposition = part.get_content_disposition()
         filename = part.get_filename()
-        content_id = _first_msgid(part.get("Content-ID"))
+        content_id = first_msgid(part.get("Content-ID"))
         if disposition is None and filename is None and content_id is None:
             if part.get_content_maintype() == "text":
                 continue  # an alternative body we did not pick
@@ -293,7 +293,7 @@ def sanitize_filename(name: str | None, index: int, content_type: str) -> str:
     return name
 
 
-def _first_msgid(value) -> str | None:
+def first_msgid(value) -> str | None:
     if value is None:
         return None
     match = MSGID.search(clean(str(value)))

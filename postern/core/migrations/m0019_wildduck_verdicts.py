@@ -15,6 +15,8 @@ def upgrade(db: peewee.Database) -> None:
         id = peewee.CharField(primary_key=True, max_length=40)
         authentication = peewee.TextField()
         tls = peewee.CharField(max_length=200, null=True)
+        message_id = peewee.CharField(max_length=998, default="")
+        from_address = peewee.CharField(max_length=320, default="")
         created_at = peewee.DateTimeField(index=True)
 
         class Meta:

@@ -14,10 +14,12 @@ retry goes to the others only.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 
 from postern.core.db import write_transaction
 from postern.core.ids import new_id
+from postern.core.mail.verdicts import single_from
 from postern.core.models import QuarantinedMessage
 from postern.core.quarantine import hold
 from postern.core.smtp.listener import run_listener
@@ -51,7 +53,11 @@ async def deliver_arrival(postern, receiver, arrival: Arrival) -> str:
     the listener, is screened like smtp_local's (sender checks, inbound policy, allow and
     block lists: docs/trust.md), then goes to WildDuck over LMTP; the reply says how
     that went. A copy the policy holds back stays in Postern's quarantine and never
-    reaches WildDuck."""
+    reaches WildDuck; if WildDuck does not take the others, the held copies are let go
+    too, so the sender's retry (or bounce) stands for the whole message."""
+    # Retries are recognised by the bytes the sender sent: the stamped ones differ on
+    # every attempt (a new verdict id in our Authentication-Results).
+    digest = hashlib.sha256(arrival.raw).hexdigest()
     held: dict[str, str] = {}
     authentication = ""
     if postern.config.trust.verify:
@@ -62,44 +68,58 @@ async def deliver_arrival(postern, receiver, arrival: Arrival) -> str:
         arrival, held, authentication = screened.arrival, screened.held, screened.authentication
         try:
             # Recorded before WildDuck has the message: the watcher may ingest it at once.
-            await arrival.runner.run(record_verdict, verdict_id, authentication, arrival.tls)
+            await arrival.runner.run(record_verdict, verdict_id, authentication, arrival)
         except Exception:  # the sender keeps the message and retries
             log.exception("could not record the verdict of a message from %s; answered 451", arrival.mail_from)
             return TEMPORARY
     to_wildduck = [r for r in arrival.recipients if r.strip().lower() not in held]
     kept: list[str] = []
-    if held:
-        try:
+    try:
+        if held:
             kept = await arrival.runner.run(hold_copies, arrival, held, authentication)
-        except Exception:
-            log.exception("could not quarantine a message from %s; answered 451", arrival.mail_from)
-            return TEMPORARY
-    failed = {}
-    if to_wildduck:
-        failed = await arrival.runner.run(deliver_once, receiver, arrival.mail_from, to_wildduck, arrival.raw)
-    if not to_wildduck:
-        return "250 2.0.0 OK"  # every copy held: the sender is not told
+        failed = {}
+        if to_wildduck:
+            failed = await arrival.runner.run(
+                deliver_once, receiver, arrival.mail_from, to_wildduck, arrival.raw, digest=digest
+            )
+    except Exception:  # the database, most likely: the sender keeps the message and retries
+        log.exception("could not hand a message from %s to WildDuck; answered 451", arrival.mail_from)
+        await _let_go(arrival, kept)
+        return TEMPORARY
+    # The same answer whether or not copies were held: the sender is not told.
     reply = reply_for(failed, len(to_wildduck))
     if failed:
         log.warning("WildDuck did not take a message from %s for %s: %s", arrival.mail_from, sorted(failed), reply)
-        if kept and any(code < 500 for code, _ in failed.values()):
-            # The sender retries the whole message: its held copies are made again then.
-            await arrival.runner.run(release_holds, kept)
+        await _let_go(arrival, kept)
     return reply
 
 
-def record_verdict(verdict_id: str, authentication: str, tls: str | None) -> None:
+async def _let_go(arrival: Arrival, kept: list[str]) -> None:
+    if not kept:
+        return
+    try:
+        await arrival.runner.run(release_holds, kept)
+    except Exception:  # left held: a human sees one copy too many, nothing is lost
+        log.exception("could not let go of held copies %s after a failed delivery", kept)
+
+
+def record_verdict(verdict_id: str, authentication: str, arrival: Arrival) -> None:
+    parsed = arrival.parsed
     with write_transaction():
-        WildDuckVerdict.create(id=verdict_id, authentication=authentication, tls=tls)
+        WildDuckVerdict.create(
+            id=verdict_id,
+            authentication=authentication,
+            tls=arrival.tls,
+            message_id=(parsed.message_id or "")[:998],
+            from_address=single_from(parsed)[:320],
+        )
 
 
 def hold_copies(arrival: Arrival, held: dict[str, str], authentication: str) -> list[str]:
+    parsed, raw, sender, tls = arrival.parsed, arrival.raw, arrival.mail_from, arrival.tls
     with write_transaction():
         return [
-            hold(
-                arrival.inboxes[a], arrival.parsed, arrival.raw, arrival.mail_from, reason, authentication, arrival.tls
-            )
-            for a, reason in held.items()
+            hold(arrival.inboxes[a], parsed, raw, sender, reason, authentication, tls) for a, reason in held.items()
         ]
 
 

@@ -83,6 +83,10 @@ class WildDuckVerdict(BaseModel):
     authentication = peewee.TextField()
     #: The SMTP session's TLS version and cipher; None in plaintext.
     tls = peewee.CharField(max_length=200, null=True)
+    #: What the verdict was made for: a message naming this row must carry the same, so
+    #: an id copied into other mail proves nothing for it.
+    message_id = peewee.CharField(max_length=998, default="")
+    from_address = peewee.CharField(max_length=320, default="")
     created_at = peewee.DateTimeField(default=utcnow, index=True)
 
     class Meta:

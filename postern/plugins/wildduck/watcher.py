@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from email.parser import BytesHeaderParser
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 
 import peewee
 
@@ -35,7 +35,7 @@ from postern.core.backends import TemporaryFailure
 from postern.core.db import database, write_transaction
 from postern.core.ids import well_formed
 from postern.core.mail.ingest import announce, limits_for, local_inbox, readable, store
-from postern.core.mail.mime import MailRejected, parse
+from postern.core.mail.mime import MailRejected, first_msgid, parse
 from postern.core.mail.verdicts import authserv_id_for, our_note, stamp
 from postern.core.models import utcnow
 from postern.plugins.wildduck.api import MessageSummary
@@ -157,16 +157,25 @@ def _ingest_one(postern, inbox_id: str, summary: MessageSummary, raw: bytes) -> 
 
 def verdict_of(postern, raw: bytes) -> tuple[bytes, str, str | None]:
     """The verdict the front door recorded for ``raw`` (named in its Authentication-Results
-    under Postern's authserv-id) as (raw, verdict JSON, TLS). Mail that reached WildDuck
-    some other way has none: any Authentication-Results claiming Postern's authserv-id
-    in it is forged, and taken out (RFC 8601 5)."""
+    under Postern's authserv-id, and made for a message with this Message-ID and From) as
+    (raw, verdict JSON, TLS). Mail that reached WildDuck some other way has none: any
+    Authentication-Results claiming Postern's authserv-id in it is forged, and taken out
+    (RFC 8601 5)."""
     authserv_id = authserv_id_for(postern)
     note = our_note(raw, authserv_id) or ""
-    verdict_id = note.removeprefix("verdict ").strip() if note.startswith("verdict ") else ""
+    verdict_id = note.removeprefix("verdict ").strip()
     row = WildDuckVerdict.get_or_none(WildDuckVerdict.id == verdict_id) if well_formed(verdict_id, "vrd") else None
-    if row is None:
-        return stamp(raw, None, authserv_id) if note or b"uthentication-" in raw[:65536] else raw, "", None
-    return raw, row.authentication, row.tls
+    if row is not None and _made_for(row, raw):
+        return raw, row.authentication, row.tls
+    return stamp(raw, None, authserv_id), "", None
+
+
+def _made_for(row: WildDuckVerdict, raw: bytes) -> bool:
+    headers = BytesHeaderParser().parsebytes(raw[:65536])
+    froms = headers.get_all("From") or []
+    addresses = getaddresses([str(v) for v in froms])
+    sender = addresses[0][1].lower() if len(froms) == 1 and len(addresses) == 1 else ""
+    return sender == row.from_address.lower() and (first_msgid(headers.get("Message-ID")) or "") == row.message_id
 
 
 def _inbox(inbox_id: str):
