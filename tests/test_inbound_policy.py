@@ -70,6 +70,20 @@ def send(smtp, sender, rcpts, subject="Pay now") -> tuple[int, str]:
     return 250, ""
 
 
+def send_for_reply(smtp, sender, rcpts, subject="Pay now") -> str:
+    """The text of the 250 to DATA."""
+    envelope, header_from = sender
+    raw = f"From: {header_from}\r\nTo: {rcpts[0]}\r\nSubject: {subject}\r\n\r\nWire the money today.\r\n"
+    with smtplib.SMTP("127.0.0.1", smtp.port, timeout=30) as client:
+        client.ehlo()
+        client.mail(envelope)
+        for rcpt in rcpts:
+            client.rcpt(rcpt)
+        code, text = client.data(raw.encode())
+    assert code == 250, text
+    return text.decode()
+
+
 def subjects(inbox) -> list[str]:
     """What the inbox holds for its agent, the seed message aside."""
     query = Message.select().where((Message.inbox == inbox.id) & (Message.subject != "seed"))
@@ -132,7 +146,9 @@ def test_one_refusing_recipient_beside_one_that_takes_it_is_held_not_refused():
 
 def test_by_default_a_dmarc_reject_failure_is_held_and_the_agent_never_sees_it_until_released(client, smtp, acme):
     box = acme.inbox
-    assert send(smtp, SPOOF, [box.address]) == (250, "")
+    reply = send_for_reply(smtp, SPOOF, [box.address])
+    assert reply.startswith("2.0.0 OK stored as msg_")  # the same answer as a stored copy's
+    reply_id = reply.split()[-1]
     assert subjects(box) == []
     [held] = QuarantinedMessage.select()
     assert (held.inbox_id, held.reason, held.from_address) == (box.id, "dmarc_reject", "ceo@victim.example")
@@ -155,11 +171,17 @@ def test_by_default_a_dmarc_reject_failure_is_held_and_the_agent_never_sees_it_u
     globex = make_tenant("globex")
     assert admin(client, globex, "GET", "/v1/admin/quarantine").json["data"] == []
     assert admin(client, globex, "POST", f"/v1/admin/quarantine/{held.id}/release").status_code == 404
-    # Released: new mail for the agent, verdict kept, once.
+    from postern.core import quarantine
+    from postern.core.principal import CLI
+
+    [listed] = quarantine.visible_held(CLI)
+    assert listed.id == held.id and listed.raw is None  # listings never load the message
+    # Released: new mail for the agent, verdict kept, once, under the id the 250 gave.
     cursor = wait.json["cursor"]
     released = admin(client, acme, "POST", f"/v1/admin/quarantine/{held.id}/release")
     assert released.status_code == 200, released.text
     assert released.json["authentication"]["dmarc"] == "fail" and released.json["verified_sender"] is False
+    assert released.json["id"] == held.message_id == reply_id
     wait = agent(client, acme, "GET", f"/v1/inboxes/{box.id}/messages/wait", params={"timeout": 5, "after": cursor})
     assert [m["id"] for m in wait.json["messages"]] == [released.json["id"]]
     assert subjects(box) == ["Pay now"] and QuarantinedMessage.select().count() == 0

@@ -246,12 +246,15 @@ class MailRule(BaseModel):
 class QuarantinedMessage(BaseModel):
     """Inbound mail held back by its inbox's policy: kept as received (with Postern's
     Authentication-Results), seen by humans only, never by an agent's waits or lists,
-    until a human releases it into the inbox (postern.core.mail.quarantine)."""
+    until a human releases it into the inbox (postern.core.quarantine)."""
 
     id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("qua"))
     customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
     inbox = peewee.ForeignKeyField(Inbox, on_delete="CASCADE")
-    reason = peewee.CharField(max_length=40)  # dmarc_reject | unauthenticated
+    reason = peewee.CharField(max_length=40)  # dmarc_reject | unauthenticated | blocked | not_allowed
+    #: The id the copy is stored under when released, given out now (in the 250), so a
+    #: held copy's reply looks like a stored one's.
+    message_id = peewee.CharField(max_length=40, default=lambda: new_id("msg"))
     envelope_from = peewee.CharField(max_length=320, default="")
     from_address = peewee.CharField(max_length=320, default="")
     subject = peewee.CharField(max_length=998, default="")

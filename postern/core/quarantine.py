@@ -21,8 +21,8 @@ from postern.core.principal import Principal, RequestInfo
 from postern.core.visibility import get_visible, visible
 
 
-def hold(inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reason: str, authentication: str, tls) -> str:
-    """Keep one inbox's copy back (inside the receiving transaction); returns its id."""
+def hold(inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reason: str, authentication: str, tls):
+    """Keep one inbox's copy back (inside the receiving transaction); returns the row."""
     row = QuarantinedMessage.create(
         customer=inbox.customer_id,
         inbox=inbox.id,
@@ -35,11 +35,15 @@ def hold(inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reason: s
         size=len(raw),
         raw=raw,
     )
-    return row.id
+    return row
+
+
+#: What a listing shows: every column but the message itself (up to the size limit each).
+LISTED = [f for f in QuarantinedMessage._meta.sorted_fields if f is not QuarantinedMessage.raw]
 
 
 def visible_held(principal: Principal, inbox_id: str | None = None):
-    query = visible(QuarantinedMessage, principal)
+    query = visible(QuarantinedMessage, principal).select(*LISTED)
     return query.where(QuarantinedMessage.inbox == inbox_id) if inbox_id else query
 
 
@@ -66,7 +70,9 @@ def release(postern, principal: Principal, info: RequestInfo, held_id: str) -> M
         if not QuarantinedMessage.delete().where(QuarantinedMessage.id == row.id).execute():
             raise NotFound(f"no quarantined message '{held_id[:60]}'")  # a concurrent release or discard won
         known = {inbox.address: local_inbox(inbox.address)}
-        [message] = store(postern, parsed, raw, row.envelope_from, [inbox.address], known, None, reading, row.tls)
+        [message] = store(
+            postern, parsed, raw, row.envelope_from, [inbox.address], known, None, reading, row.tls, row.message_id
+        )
         audit.record(
             "quarantine.release",
             principal=principal,
@@ -129,13 +135,16 @@ def set_policy(postern, principal: Principal, info: RequestInfo, body: dict, cus
     customer_id, inbox_id = _target(principal, info, customer_ref, inbox_id)
     scope = inbox_id or ""
     with write_transaction():
-        row = InboundPolicy.get_or_none((InboundPolicy.customer == customer_id) & (InboundPolicy.scope == scope))
-        if row is None:
-            InboundPolicy.create(customer=customer_id, scope=scope, **values)
-        elif values:
-            InboundPolicy.update(updated_at=utcnow(), **values).where(
-                (InboundPolicy.customer == customer_id) & (InboundPolicy.scope == scope)
+        # One statement, so two first settings at once cannot both insert.
+        insert = InboundPolicy.insert(customer=customer_id, scope=scope, **values)
+        if values:
+            conflict = [InboundPolicy.customer, InboundPolicy.scope]
+            update = {getattr(InboundPolicy, q): v for q, v in values.items()}
+            insert.on_conflict(
+                conflict_target=conflict, update={**update, InboundPolicy.updated_at: utcnow()}
             ).execute()
+        else:
+            insert.on_conflict_ignore().execute()
         changes = " ".join(f"{q}={v or 'inherit'}" for q, v in values.items())
         audit.record(
             "inbound_policy.set",

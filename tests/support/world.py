@@ -95,7 +95,7 @@ def seed_held(postern, inbox: Inbox, subject: str = "held", reason: str = "unaut
     raw = f"From: spoof@bank.example\r\nTo: {inbox.address}\r\nSubject: {subject}\r\n\r\npay now\r\n".encode()
     parsed = parse(raw, limits_for(postern))
     with write_transaction():
-        return quarantine.hold(inbox, parsed, raw, "spoof@bank.example", reason, "", None)
+        return quarantine.hold(inbox, parsed, raw, "spoof@bank.example", reason, "", None).id
 
 
 def seed_rule(inbox: Inbox, direction: str = "receive", action: str = "block", pattern: str = "spam.example") -> str:

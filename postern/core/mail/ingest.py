@@ -97,9 +97,12 @@ def store(
     delivered_for: str | None = None,
     reading: Readable | None = None,
     tls: str | None = None,
+    message_id: str | None = None,
 ) -> list[Message]:
     """The transactional half of ``ingest``: call inside a write transaction, and
-    ``announce`` the result only once that transaction has committed."""
+    ``announce`` the result only once that transaction has committed. ``message_id``:
+    the id to store a single recipient's copy under (one given out before, as a
+    quarantined copy's is)."""
     known = known or {}
     reading = reading or readable(postern, parsed, envelope_from)
     stored = []
@@ -107,7 +110,7 @@ def store(
         inbox = known.get(address) or local_inbox(address)
         if inbox is None:
             continue  # not ours: the listener refused it at RCPT already
-        stored.append(_store(inbox, parsed, raw, envelope_from, reading, tls))
+        stored.append(_store(inbox, parsed, raw, envelope_from, reading, tls, message_id))
     if not stored:
         raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
     if delivered_for is not None:
@@ -156,7 +159,13 @@ def readable(postern, parsed: ParsedMessage, envelope_from: str) -> Readable:
 
 
 def _store(
-    inbox: Inbox, parsed: ParsedMessage, raw: bytes, envelope_from: str, reading: Readable, tls: str | None = None
+    inbox: Inbox,
+    parsed: ParsedMessage,
+    raw: bytes,
+    envelope_from: str,
+    reading: Readable,
+    tls: str | None = None,
+    message_id: str | None = None,
 ) -> Message:
     seq = next_seq(inbox.id)
     sender = parsed.sender.address if parsed.sender else ""
@@ -181,7 +190,7 @@ def _store(
             'UPDATE "thread" SET "message_count" = "message_count" + 1, "last_message_at" = ? WHERE "id" = ?',
             (Thread.last_message_at.db_value(now), thread.id),
         )
-    message_id = new_id("msg")
+    message_id = message_id or new_id("msg")
     message = fastsql.insert(
         Message,
         dict(

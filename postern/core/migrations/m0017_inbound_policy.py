@@ -37,6 +37,7 @@ def upgrade(db: peewee.Database) -> None:
         customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
         inbox = peewee.ForeignKeyField(Inbox, on_delete="CASCADE")
         reason = peewee.CharField(max_length=40)
+        message_id = peewee.CharField(max_length=40)
         envelope_from = peewee.CharField(max_length=320, default="")
         from_address = peewee.CharField(max_length=320, default="")
         subject = peewee.CharField(max_length=998, default="")

@@ -56,7 +56,7 @@ async def store_arrival(postern, arrival: Arrival) -> str:
     if authentication:
         reading = dataclasses.replace(reading, authentication=authentication)
     try:
-        stored, _ = await arrival.committer.run(
+        stored, kept = await arrival.committer.run(
             keep, postern, arrival, reading, held, after=lambda kept: announce(postern, kept[0])
         )
     except MailRejected as exc:
@@ -72,13 +72,17 @@ async def store_arrival(postern, arrival: Arrival) -> str:
         else:
             log.exception("could not store a message from %s; answered 451", arrival.mail_from)
         return "451 4.3.0 Temporary failure storing the message, try again later"
-    # Held copies are not named: the sender is not told what the policy did with them.
-    return " ".join(["250 2.0.0 OK", *(["stored as", *(m.id for m in stored)] if stored else [])])
+    # A held copy is named by the id it will have when released: the reply looks the
+    # same whatever the policy did, and the sender is not told.
+    ids = {m.inbox_id: m.id for m in stored} | {row.inbox_id: row.message_id for row in kept}
+    inboxes = [arrival.inboxes.get(r.strip().lower()) for r in arrival.recipients]
+    in_order = dict.fromkeys([ids[i.id] for i in inboxes if i is not None and i.id in ids] + list(ids.values()))
+    return f"250 2.0.0 OK stored as {' '.join(in_order)}"
 
 
-def keep(postern, arrival: Arrival, reading, held: dict[str, str]) -> tuple[list, list[str]]:
+def keep(postern, arrival: Arrival, reading, held: dict[str, str]) -> tuple[list, list]:
     """Inside the group commit: store the copies the policy delivers and hold back the
-    others (``held``: address -> reason); returns the stored messages and held ids."""
+    others (``held``: address -> reason); returns the stored messages and held rows."""
     deliver = [r for r in arrival.recipients if r.strip().lower() not in held]
     stored = []
     if deliver:

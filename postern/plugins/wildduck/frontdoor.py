@@ -119,7 +119,7 @@ def hold_copies(arrival: Arrival, held: dict[str, str], authentication: str) -> 
     parsed, raw, sender, tls = arrival.parsed, arrival.raw, arrival.mail_from, arrival.tls
     with write_transaction():
         return [
-            hold(arrival.inboxes[a], parsed, raw, sender, reason, authentication, tls) for a, reason in held.items()
+            hold(arrival.inboxes[a], parsed, raw, sender, reason, authentication, tls).id for a, reason in held.items()
         ]
 
 
