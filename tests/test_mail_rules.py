@@ -254,3 +254,29 @@ def test_the_cli_adds_lists_and_removes_entries(env, monkeypatch, acme):
     assert json.loads(run("admin", "rule", "list", "--json"))[0]["pattern"] == "spam.example"
     refused = CliRunner().invoke(cli, ["admin", "rule", "add", "send", "allow", "x.example"], obj={})
     assert refused.exit_code != 0 and "--customer" in refused.output
+
+
+def test_mail_between_postern_inboxes_meets_the_recipients_receive_lists(client, postern, acme):
+    """Agent to agent mail never crosses a listener, and its sender is certain: the
+    recipient's receive entries refuse the send outright."""
+    from support.world import seed_inbox
+
+    stranger = seed_inbox(postern, make_tenant("globex").agent_key(handle="g"), username="stranger")
+    add(client, acme, direction="receive", action="allow", pattern="partner.example", inbox_id=acme.inbox.id)
+    add(client, acme, direction="receive", action="block", pattern="agents.localhost", inbox_id=acme.other.id)
+    body = {"subject": "hello", "text": "t"}
+    headers = {"Authorization": f"Bearer {acme.enrolled.agent_key}"}
+    for target in (acme.inbox, acme.other):
+        resp = client.simulate_post(
+            f"/v1/inboxes/{acme.inbox.id if target is acme.other else acme.other.id}/messages",
+            json={**body, "to": [target.address]},
+            headers=headers,
+        )
+        assert (resp.status_code, resp.json["error"]["code"]) == (403, "recipient_refuses_sender"), resp.text
+        assert target.address in resp.json["error"]["message"]
+    # An inbox with no entries takes it, as before.
+    resp = client.simulate_post(
+        f"/v1/inboxes/{acme.inbox.id}/messages", json={**body, "to": [stranger.address]}, headers=headers
+    )
+    assert resp.status_code == 201, resp.text
+    assert Message.select().where((Message.inbox == stranger.id) & (Message.subject == "hello")).count() == 1

@@ -33,7 +33,7 @@ from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes,
 from postern.core.mail.headers import display_name, neutralise
 from postern.core.mail.ingest import announce, limits_for, local_inbox, next_seq, snippet_of, store
 from postern.core.mail.mime import Mailbox, MailRejected, ParsedMessage, parse
-from postern.core.mail.rules import check_recipients
+from postern.core.mail.rules import check_local_recipients, check_recipients
 from postern.core.mail.threads import normalize_subject
 from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, Thread, utcnow
 from postern.core.principal import Principal, RequestInfo
@@ -76,6 +76,7 @@ def send(
     if not recipients:
         raise InvalidInput("give at least one recipient in to, cc or bcc", field="to")
     check_recipients(inbox, recipients)
+    check_local_recipients(inbox.address, recipients)
     decision = check_quota(postern, principal.customer_id, "message.send", len(recipients))
     if not decision.allowed:
         raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)

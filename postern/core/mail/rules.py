@@ -116,3 +116,19 @@ def check_recipients(inbox, recipients: list[str]) -> None:
             raise PermissionDenied(
                 f"{address} is not on this inbox's recipient allowlist", code="recipient_not_allowed"
             )
+
+
+def check_local_recipients(sender: str, recipients: list[str]) -> None:
+    """Mail from one of Postern's inboxes to another is never screened by a listener, and
+    its sender is known for certain: refuse the send (403 ``recipient_refuses_sender``,
+    naming the recipient) when the recipient inbox's receive entries block the sending
+    address or allow others only."""
+    from postern.core.mail.ingest import local_inbox
+
+    for address in recipients:
+        inbox = local_inbox(address)
+        if inbox is None:
+            continue
+        listed = judge(applying(inbox.customer_id, inbox.enrollment_id, inbox.id, "receive"), sender)
+        if listed.blocked or listed.not_allowed:
+            raise PermissionDenied(f"{address} does not accept mail from {sender}", code="recipient_refuses_sender")
