@@ -19,7 +19,6 @@ with extraction to without; the target is a ratio >= 90%.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -27,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from harness import Child, count_messages, make_world, postern_cmd, record, running, wait_smtp
-from smtp_ingest import check_tools, smtp_source
+from smtp_ingest import check_tools, interleaved_arguments, smtp_source
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "codes"
 KINDS = {"html": "02-en-slack-dash.eml", "multipart": "11-en-code-and-link.eml"}
@@ -43,11 +42,7 @@ def message_file(tmp: Path, kind: str) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=1000, help="messages per measured run [1000]")
-    parser.add_argument("--warmup", type=int, default=100, help="unmeasured messages before each run [100]")
-    parser.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions [10]")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over both configurations [3]")
+    parser = interleaved_arguments(__doc__)
     args = parser.parse_args()
     check_tools()
     args.reuse, args.size = False, 0  # what smtp_ingest.smtp_source reads (no -l: -F gives the message)

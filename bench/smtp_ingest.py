@@ -95,6 +95,17 @@ def smtp_extra(args, processes: int = 0) -> str:
     return extra + (f"processes = {processes}\n" if processes else "")
 
 
+def interleaved_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of a bench that interleaves a baseline and a variant of the listener
+    under smtp-source (extraction_ingest.py, verify_ingest.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000, help="messages per measured run [1000]")
+    parser.add_argument("--warmup", type=int, default=100, help="unmeasured messages before each run [100]")
+    parser.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions [10]")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over both configurations [3]")
+    return parser
+
+
 def check_tools() -> None:
     missing = [tool for tool in ("smtp-source", "smtp-sink") if shutil.which(tool) is None]
     if missing:

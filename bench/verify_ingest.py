@@ -17,7 +17,6 @@ DNS server: p50 and p99 of one message's verification.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sqlite3
 import statistics
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from harness import Child, count_messages, make_world, postern_cmd, record, running, wait_smtp
-from smtp_ingest import check_tools, smtp_source
+from smtp_ingest import check_tools, interleaved_arguments, smtp_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 TARGET = 0.70
@@ -69,11 +68,7 @@ def zone_for(key_record: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=1000, help="messages per measured run [1000]")
-    parser.add_argument("--warmup", type=int, default=100, help="unmeasured messages before each run [100]")
-    parser.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions [10]")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over both configurations [3]")
+    parser = interleaved_arguments(__doc__)
     parser.add_argument("--samples", type=int, default=500, help="verifications timed alone [500]")
     args = parser.parse_args()
     check_tools()
