@@ -12,244 +12,33 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from postern.core.backends import ROLES
+
+# The sections are importable from here, where they always were.
+from postern.core.configsections import (  # noqa: F401
+    CHOICES,
+    DEFAULT_BACKENDS,
+    DEFAULT_CONFIG_NAME,
+    DEFAULT_DATA_DIR,
+    RESERVED_LOCAL_PARTS,
+    SECTIONS,
+    AuthConfig,
+    Config,
+    DatabaseConfig,
+    LogConfig,
+    MailConfig,
+    McpConfig,
+    PluginsConfig,
+    RoleConfig,
+    Secret,
+    ServerConfig,
+    TrustConfig,
+    WebhooksConfig,
+)
 from postern.core.errors import ConfigError
-
-# docs/security.md, "Reserved mailboxes", says why each is here and why business role
-# names (info, sales, support) are not.
-RESERVED_LOCAL_PARTS = (
-    "abuse", "admin", "administrator", "ftp", "hostmaster", "mailer-daemon", "news", "noc",
-    "postmaster", "root", "security", "usenet", "uucp", "webmaster", "www",
-)  # fmt: skip
-
-DEFAULT_CONFIG_NAME = "postern.toml"
-DEFAULT_DATA_DIR = "postern-data"
-
-
-class Secret(str):
-    """A string that never shows itself in a repr, a log line or a traceback."""
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-
-@dataclass
-class ServerConfig:
-    bind: str = "127.0.0.1:8800"
-    workers: int = 2
-    #: Seconds a worker may stay silent before gunicorn restarts it.
-    timeout: int = 120
-    #: Seconds given to in-flight requests on SIGTERM.
-    graceful_timeout: int = 20
-    #: Longest wait, in seconds, before a crashed child is restarted: the wait starts at
-    #: 1 s and doubles per crash, and resets once the child ran 30 s.
-    restart_backoff_max: int = 60
-    #: Seconds a new connection has to send its first request's headers, however they
-    #: trickle in; then it is closed (slowloris, clients that connect and say nothing).
-    header_timeout: int = 10
-    #: Seconds an idle kept-alive connection is held between requests.
-    keepalive: int = 5
-    #: Open connections per API worker, in total and per client address (IPv6: per
-    #: /64; 0 = no per-client cap, e.g. behind a reverse proxy). Over a cap: 503.
-    max_connections: int = 1000
-    max_connections_per_client: int = 256
-    #: Base URL clients reach the API at, e.g. "https://postern.example.org": download
-    #: links (and webhook links, unless webhooks.public_url is set) are built on it. Empty
-    #: gives links relative to the API root; never taken from the request's Host header.
-    public_url: str = ""
-
-
-@dataclass
-class DatabaseConfig:
-    #: Empty means ``sqlite:///<data_dir>/postern.db``.
-    url: str = ""
-    #: Apply pending migrations at start; with false, a behind schema refuses to start.
-    auto_migrate: bool = True
-    #: SQLite only: "full" keeps every commit across power loss, "normal" only across crashes.
-    sqlite_synchronous: str = "full"
-    #: Threads per API worker that run database work off the event loop; 0 picks for
-    #: the database (see ``Config.database_threads``).
-    threads: int = 0
-
-
-@dataclass
-class LogConfig:
-    level: str = "info"
-    #: "text" or "json" (one JSON object per line).
-    format: str = "text"
-
-
-@dataclass
-class MailConfig:
-    #: Base mail domain: each tenant receives at <label>.<domain>.
-    domain: str = "agents.localhost"
-    #: Largest message accepted, in bytes (SMTP answers 552 above it).
-    max_message_bytes: int = 25 * 1024 * 1024
-    #: Deepest MIME nesting and most MIME parts accepted (MIME-bomb limits).
-    max_mime_depth: int = 10
-    max_mime_parts: int = 200
-    #: Find one-time codes and verification links in inbound mail at ingest (the
-    #: ``codes`` and ``links`` of a message). false: none are found (bench baseline).
-    extract_codes: bool = True
-    #: Seals the DKIM private keys in the database (give it as { env = "NAME" }). Empty:
-    #: a random key in <data_dir>/secrets/dkim.key. Every sending host needs the same one.
-    dkim_key_secret: str = ""
-    #: Seconds one delivery attempt owns an outbound message. A message whose sending
-    #: process died is retried by the outbox once this has passed, so it bounds how
-    #: long a crash delays a send; keep it above the send backend's timeout, or a slow
-    #: attempt and its retry may both reach the relay.
-    outbound_lease_seconds: int = 300
-    #: Local parts agents may not take, on any domain: only an operator or org admin
-    #: creates them (``postern admin inbox create``, ``POST /v1/admin/agents/{id}/inboxes``).
-    #: Default: RFC 2142's operational mailboxes, the CA/Browser Forum's domain-control
-    #: addresses (admin, administrator, webmaster, hostmaster, postmaster), root and
-    #: mailer-daemon. Compared with the normalised (lower-case) local part.
-    reserved_local_parts: list[str] = field(default_factory=lambda: list(RESERVED_LOCAL_PARTS))
-
-
-@dataclass
-class AuthConfig:
-    #: Lifetime of a minted agent key, in seconds (never beyond its enrollment key's expiry).
-    agent_key_ttl_seconds: int = 86400
-    #: Lifetime of a signed download link (raw message, attachment), in seconds.
-    download_link_ttl_seconds: int = 300
-
-
-@dataclass
-class TrustConfig:
-    #: Check SPF, DKIM, DMARC and ARC of inbound mail at receive (docs/trust.md).
-    verify: bool = True
-    #: DNS server for those checks as "host:port"; empty: the system's resolvers.
-    resolver: str = ""
-    #: Seconds all of one message's checks may take (their lookups together); past
-    #: it the verdicts are temperror and the message is stored all the same.
-    dns_timeout: int = 5
-    #: The authserv-id of the Authentication-Results header Postern adds; empty: the
-    #: SMTP listener's hostname.
-    authserv_id: str = ""
-    #: Mail that fails DMARC where the From domain publishes p=reject: refuse (550 5.7.1
-    #: at DATA), quarantine (held for a human) or deliver (stored, marked). Customers and
-    #: inboxes may choose otherwise (docs/trust.md, "Policy").
-    dmarc_reject: str = "quarantine"
-    #: Mail with no aligned SPF or DKIM pass: deliver (marked), quarantine or refuse.
-    unauthenticated: str = "deliver"
-
-
-@dataclass
-class WebhooksConfig:
-    #: CIDR ranges webhook URLs may reach although they are not public (loopback, private,
-    #: link-local...), e.g. ["127.0.0.0/8"]; empty refuses every non-public destination.
-    allow_destinations: list[str] = field(default_factory=list)
-    #: Seconds to connect, and then between bytes of the response, for one delivery attempt.
-    timeout_seconds: int = 15
-    #: Seconds to wait before attempts 2, 3, ...; a delivery fails after the last one.
-    retry_schedule: list[int] = field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
-    #: A webhook is disabled after this many deliveries in a row failed every attempt.
-    disable_after_failed_deliveries: int = 3
-    #: Text and HTML bodies are included in message events up to this many characters each.
-    max_body_chars: int = 65536
-    #: Deliveries sent at once by one dispatcher process.
-    concurrency: int = 8
-    #: Base URL put in front of the API links in payloads, e.g. "https://postern.example.org";
-    #: empty gives links relative to the API root.
-    public_url: str = ""
-
-
-@dataclass
-class McpConfig:
-    #: Run the MCP server over streamable HTTP as a service of ``postern serve``.
-    enabled: bool = False
-    bind: str = "127.0.0.1:8810"
-    #: The REST API the MCP server calls; empty means this server's own ``server.bind``.
-    api_base_url: str = ""
-
-
-@dataclass
-class PluginsConfig:
-    #: Plugin names (entry-point or module) that must not load.
-    disabled: list[str] = field(default_factory=list)
-    #: Extra plugin modules, by import path.
-    modules: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RoleConfig:
-    """One backend role: the chosen backend and every backend's options table."""
-
-    backend: str
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: False when the name is the built-in default rather than chosen in config.
-    explicit: bool = False
-
-    def options_for(self, name: str) -> dict[str, Any]:
-        return self.options.get(name, {})
-
-
-DEFAULT_BACKENDS = {"send": "smtp_local", "receive": "smtp_local", "dns": "dns_builtin", "billing": "free"}
-
-_CHOICES = {
-    ("database", "sqlite_synchronous"): ("full", "normal"),
-    ("log", "level"): ("debug", "info", "warning", "error"),
-    ("log", "format"): ("text", "json"),
-    ("trust", "dmarc_reject"): ("refuse", "quarantine", "deliver"),
-    ("trust", "unauthenticated"): ("refuse", "quarantine", "deliver"),
-}
-
-
-@dataclass
-class Config:
-    """The whole configuration, resolved and validated."""
-
-    data_dir: Path = Path(DEFAULT_DATA_DIR)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    mail: MailConfig = field(default_factory=MailConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
-    trust: TrustConfig = field(default_factory=TrustConfig)
-    mcp: McpConfig = field(default_factory=McpConfig)
-    plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    roles: dict[str, RoleConfig] = field(default_factory=dict)
-    #: The file this came from, if any; child processes reload it.
-    source: Path | None = None
-    #: ``POSTERN_<ROLE>_<BACKEND>_<OPTION>`` variables, put into ``roles`` once the
-    #: installed backend names are known (``envconfig.apply_backend_options``).
-    env_backend_options: list = field(default_factory=list)
-
-    @property
-    def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{(self.data_dir / 'postern.db').resolve()}"
-
-    @property
-    def database_threads(self) -> int:
-        """``database.threads``, or when 0: 2 on SQLite, 8 on PostgreSQL. SQLite runs one
-        writer at a time and a read takes microseconds, so more threads only queue for
-        the GIL (measured: ~20% more CPU per request with 8 than with 2); PostgreSQL
-        reads wait on the network, where threads overlap."""
-        if self.database.threads > 0:
-            return self.database.threads
-        return 2 if self.database_url.startswith("sqlite") else 8
-
-    def role(self, role: str) -> RoleConfig:
-        return self.roles[role]
-
-
-_SECTIONS = {
-    "server": ServerConfig,
-    "database": DatabaseConfig,
-    "log": LogConfig,
-    "mail": MailConfig,
-    "auth": AuthConfig,
-    "webhooks": WebhooksConfig,
-    "trust": TrustConfig,
-    "mcp": McpConfig,
-    "plugins": PluginsConfig,
-}
 
 
 def find_config_file(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -277,7 +66,7 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     from postern.core.envconfig import apply_environment
 
-    fields = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
+    fields = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
     backend_options = apply_environment(raw, environ, fields)
     raw = _resolve_secrets(raw, environ, "")
     config = _build(raw)
@@ -303,12 +92,12 @@ def _build(raw: dict[str, Any]) -> Config:
     for key, value in raw.items():
         if key == "data_dir":
             config.data_dir = Path(_coerce("data_dir", value, str))
-        elif key in _SECTIONS:
-            setattr(config, key, _build_section(key, value, _SECTIONS[key]))
+        elif key in SECTIONS:
+            setattr(config, key, _build_section(key, value, SECTIONS[key]))
         elif key in ROLES:
             continue
         else:
-            raise ConfigError(f"unknown config key '{key}'; known: {', '.join(['data_dir', *_SECTIONS, *ROLES])}")
+            raise ConfigError(f"unknown config key '{key}'; known: {', '.join(['data_dir', *SECTIONS, *ROLES])}")
     for role in ROLES:
         config.roles[role] = _build_role(role, raw.get(role, {}))
     return config
@@ -324,7 +113,7 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         if key not in known:
             raise ConfigError(f"unknown config key '{name}.{key}'; known: {', '.join(sorted(known))}")
         kwargs[key] = _coerce(f"{name}.{key}", item, hints[key])
-        choices = _CHOICES.get((name, key))
+        choices = CHOICES.get((name, key))
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{name}.{key}: '{kwargs[key]}' is not one of {', '.join(choices)}")
     section = cls(**kwargs)
