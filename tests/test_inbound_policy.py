@@ -127,6 +127,16 @@ def test_each_verdict_gets_its_answer(verdict, expected):
     assert policy.decide(verdict, STRICT) == expected
 
 
+def test_an_unread_dmarc_record_defers_only_where_p_reject_is_refused():
+    unread = Verdict(dmarc="temperror", spf="temperror")
+    assert policy.decide(unread, policy.Policy("refuse", "deliver")) == policy.Decision(
+        "refuse", "dmarc_reject", temporary=True
+    )
+    # The defaults: a DNS outage does not fill the quarantine; the mail is delivered, marked.
+    assert policy.decide(unread, policy.Policy("quarantine", "deliver")).action == "deliver"
+    assert policy.refusal({"a": policy.decide(unread, policy.Policy("refuse", "deliver"))}).startswith("451 4.7.0")
+
+
 def test_the_stricter_answer_wins_when_both_questions_apply():
     failed = Verdict(dmarc="fail", dmarc_policy="reject")
     assert policy.decide(failed, policy.Policy("deliver", "refuse")) == policy.Decision("refuse", "unauthenticated")

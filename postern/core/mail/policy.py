@@ -87,10 +87,12 @@ def decide(verdict, policy: Policy, listed: rules.Listed = UNLISTED) -> Decision
         unfinished = verdict.skipped or "temperror" in (verdict.spf, verdict.dmarc)
         unfinished = unfinished or any(s.result == "temperror" for s in verdict.dkim)
         found.append(Decision(policy.unauthenticated, "unauthenticated", temporary=bool(unfinished)))
-        if verdict.dmarc == "temperror":
-            # The From domain's policy could not be read: it may be p=reject. Answer as
-            # if it were, for now (a refusal is a 451: the retry is judged again).
-            found.append(Decision(policy.dmarc_reject, "dmarc_reject", temporary=True))
+        if verdict.dmarc == "temperror" and policy.dmarc_reject == "refuse":
+            # The From domain's policy could not be read: it may be p=reject. Where that
+            # is refused, defer (451): the retry is judged again, and nothing is lost.
+            # Holding every unaligned mail for a human during a DNS outage would make
+            # people do DNS's job, so quarantine and deliver leave it to 'unauthenticated'.
+            found.append(Decision("refuse", "dmarc_reject", temporary=True))
     if listed.not_allowed:
         found.append(Decision("quarantine", "not_allowed"))
     if not found:
