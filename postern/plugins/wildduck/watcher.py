@@ -34,9 +34,10 @@ import peewee
 from postern.core.backends import TemporaryFailure
 from postern.core.db import database, write_transaction
 from postern.core.ids import well_formed
+from postern.core.mail.authresults import our_note, stamp
 from postern.core.mail.ingest import announce, limits_for, local_inbox, readable, store
 from postern.core.mail.mime import MailRejected, first_msgid, parse
-from postern.core.mail.verdicts import authserv_id_for, our_note, stamp
+from postern.core.mail.verdicts import authserv_id_for
 from postern.core.models import utcnow
 from postern.plugins.wildduck.api import MessageSummary
 from postern.plugins.wildduck.models import WildDuckMailbox, WildDuckSeen, WildDuckVerdict
