@@ -10,6 +10,7 @@ import falcon.asgi
 import orjson
 import peewee
 
+from postern import console
 from postern.api import admin, domains, downloads, mailrules, messages, quarantine, webhooks
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller, route_action
@@ -109,4 +110,7 @@ def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconne
     for route in build_routes(postern, runner, waiters, notice_disconnects=notice_disconnects):
         check_audit_actions(route)
         app.add_route(route.path, route.resource)
+    # The console's HTML pages are not part of the JSON API or its OpenAPI document.
+    for path, resource in console.routes(postern, runner, waiters):
+        app.add_route(path, resource)
     return app

@@ -7,7 +7,7 @@ import sys
 import click
 
 import postern
-from postern.cli import admin, context, dns, install, serve, trust
+from postern.cli import admin, console, context, dns, install, serve, trust
 from postern.core.config import load_config
 from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
@@ -49,6 +49,7 @@ admin.admin.add_command(dns.dns)
 admin.admin.add_command(trust.quarantine)
 admin.admin.add_command(trust.inbound_policy)
 admin.admin.add_command(trust.rule)
+admin.admin.add_command(console.console_link)
 
 
 def _add_plugin_commands() -> None:

@@ -141,6 +141,12 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         split_host_port("mcp.bind", section.bind)
         if section.api_base_url and not section.api_base_url.startswith(("http://", "https://")):
             raise ConfigError("mcp.api_base_url must start with http:// or https://")
+    if name == "console" and not (
+        1 <= section.idle_minutes <= 1440 and 1 <= section.absolute_hours <= 720 and 1 <= section.link_minutes <= 1440
+    ):
+        raise ConfigError("console: idle_minutes 1-1440, absolute_hours 1-720 and link_minutes 1-1440")
+    if name == "console" and section.max_failed_logins < 1:
+        raise ConfigError("console.max_failed_logins must be at least 1")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
         section.reserved_local_parts = _local_parts("mail.reserved_local_parts", section.reserved_local_parts)

@@ -158,6 +158,20 @@ class McpConfig:
 
 
 @dataclass
+class ConsoleConfig:
+    #: Serve the console (docs/console.md) under /console on the API.
+    enabled: bool = True
+    #: A session ends after this many minutes without a request...
+    idle_minutes: int = 30
+    #: ...and this many hours after sign-in whatever happens.
+    absolute_hours: int = 12
+    #: Minutes a link printed by ``postern admin console-link`` stays valid (used once).
+    link_minutes: int = 15
+    #: Failed sign-ins allowed per client address in 15 minutes before 429.
+    max_failed_logins: int = 10
+
+
+@dataclass
 class PluginsConfig:
     #: Plugin names (entry-point or module) that must not load.
     disabled: list[str] = field(default_factory=list)
@@ -202,6 +216,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -237,5 +252,6 @@ SECTIONS = {
     "webhooks": WebhooksConfig,
     "trust": TrustConfig,
     "mcp": McpConfig,
+    "console": ConsoleConfig,
     "plugins": PluginsConfig,
 }

@@ -93,6 +93,13 @@ class Conflict(RequestError):
     code = "conflict"
 
 
+class RateLimited(RequestError):
+    """Too many attempts from one client; ``retry_after`` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+
+
 # The setup branch: only the operator can fix it (config, plugins, database, keys).
 # The API answers 500 without the details, which go to the log.
 

@@ -420,6 +420,45 @@ class WebhookDelivery(BaseModel):
         indexes = ((("status", "next_attempt_at"), False), (("webhook", "created_at"), False))
 
 
+class ConsoleSession(BaseModel):
+    """A signed-in console user: the admin token it acts as, and its two clocks.
+    Only the hash of the cookie's secret is stored, as for keys."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("cs"))
+    secret_hash = peewee.CharField(max_length=64, unique=True)
+    admin_token = peewee.ForeignKeyField(AdminToken, backref="console_sessions", on_delete="CASCADE")
+    csrf_token = peewee.CharField(max_length=64)
+    created_at = peewee.DateTimeField(default=utcnow)
+    last_seen_at = peewee.DateTimeField(default=utcnow)
+    #: The absolute end; idle expiry is counted from ``last_seen_at``.
+    expires_at = peewee.DateTimeField()
+    ended_at = peewee.DateTimeField(null=True)
+    client_addr = peewee.CharField(max_length=64, null=True)
+
+
+class ConsoleLink(BaseModel):
+    """A one-time login link printed by ``postern admin console-link``."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("cl"))
+    code_hash = peewee.CharField(max_length=64, unique=True)
+    admin_token = peewee.ForeignKeyField(AdminToken, backref="console_links", on_delete="CASCADE")
+    created_at = peewee.DateTimeField(default=utcnow)
+    expires_at = peewee.DateTimeField()
+    used_at = peewee.DateTimeField(null=True)
+
+
+class ConsoleLoginFailure(BaseModel):
+    """Failed console sign-ins per client address and window: the throttle is exact
+    across workers and hosts because it lives in the database."""
+
+    client = peewee.CharField(max_length=64)
+    window_start = peewee.DateTimeField()
+    failures = peewee.IntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("client", "window_start")
+
+
 #: Every model, for the schema check that keeps migrations and models in step.
 ALL_MODELS = (
     Customer,
@@ -445,4 +484,7 @@ ALL_MODELS = (
     DomainCheck,
     Webhook,
     WebhookDelivery,
+    ConsoleSession,
+    ConsoleLink,
+    ConsoleLoginFailure,
 )
