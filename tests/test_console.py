@@ -4,6 +4,7 @@ tests/test_console_browser.py drives the same pages in a real Chromium."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 
@@ -271,3 +272,26 @@ def test_static_files_are_served_by_name_only(client):
     assert htmx.status_code == 200 and "immutable" in htmx.headers["cache-control"]
     assert client.simulate_get("/console/static/..%2Fweb.py").status_code == 404
     assert client.simulate_get("/console/static/web.py").status_code == 404
+
+
+def test_inline_images_show_from_the_message_itself(client, postern, world):
+    a, _, inbox, _ = world
+    png = bytes.fromhex("89504e470d0a1a0a") + b"fake-png-body"
+    raw = (
+        f"From: x@example.org\r\nTo: {inbox.address}\r\nSubject: inline\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/related; boundary="r"\r\n\r\n'
+        "--r\r\nContent-Type: text/html\r\n\r\n"
+        '<p>logo</p><img src="cid:logo@x" alt="logo"><img src="cid:missing@x" alt="gone">'
+        '<img src="cid:script@x" alt="not an image">\r\n'
+        "--r\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{base64.b64encode(png).decode()}\r\n"
+        "--r\r\nContent-Type: text/html\r\nContent-ID: <script@x>\r\n\r\n<script>alert(1)</script>\r\n"
+        "--r--\r\n"
+    ).encode()
+    ingest(postern, raw, "x@example.org", [inbox.address])
+    message = Message.get((Message.inbox == inbox.id) & (Message.subject == "inline"))
+    cookies = sign_in(client, a.admin_token)
+    frame = client.simulate_get(f"/console/inboxes/{inbox.id}/messages/{message.id}/frame", cookies=cookies).text
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in frame
+    assert "cid:" not in frame.split("<body>", 1)[1]  # unresolved and non-image parts lose their src
+    assert "data:text" not in frame

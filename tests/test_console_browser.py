@@ -5,11 +5,12 @@ One journey, as an org admin would take it: sign in with a printed link, mint an
 enrollment key and copy it, see the agent that redeems it over the API, watch mail sent
 over SMTP appear live, read hostile HTML mail with nothing run or fetched, revoke the
 agent's key and see its next call refused, find every step in the audit log.
-Set POSTERN_CONSOLE_SCREENSHOTS=DIR to keep screenshots of the main pages (docs/console.md).
+Set CONSOLE_SCREENSHOTS=DIR to keep screenshots of the main pages (docs/console.md).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import httpx
 import pytest
 from support.server import seeding
 from support.world import make_tenant
+
+from postern.core.models import ConsoleSession, utcnow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -75,8 +78,10 @@ def test_an_admin_runs_an_agent_from_the_console(serve, db_url, browser, tmp_pat
     with seeding(db_url):
         make_tenant("acme")
     server = serve()
-    shots = os.environ.get("POSTERN_CONSOLE_SCREENSHOTS")
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    shots = os.environ.get("CONSOLE_SCREENSHOTS")
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, permissions=["clipboard-read", "clipboard-write"]
+    )
     page = context.new_page()
     dialogs, errors, requests = [], [], []
     confirms = []
@@ -116,7 +121,8 @@ def test_an_admin_runs_an_agent_from_the_console(serve, db_url, browser, tmp_pat
     enrollment_key = key_field.input_value()
     assert enrollment_key.startswith("pk_enroll_")
     page.get_by_role("button", name="Copy").click()
-    assert page.locator(".copied").inner_text() in ("Copied.", "Select and copy it by hand.")
+    page.get_by_text("Copied.").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == enrollment_key
     shot("key-created")
 
     # The agent redeems it over the API and makes an inbox; the console shows it.
@@ -186,3 +192,61 @@ def test_an_admin_runs_an_agent_from_the_console(serve, db_url, browser, tmp_pat
     page.goto(f"{server.url}/console")
     assert page.url.endswith("/console/login")
     context.close()
+
+
+CORPUS = sorted((Path(__file__).parent / "data" / "hostile_html").glob("*.html"))
+
+
+def test_no_hostile_mail_runs_or_fetches_anything_in_the_browser(serve, db_url, browser):
+    """Every mail of tests/data/hostile_html, sent over SMTP and opened in the console:
+    no dialog, no console output from the mail, no request leaves the console's origin."""
+    with seeding(db_url):
+        tenant = make_tenant("acme")
+        enrolled = tenant.agent_key(handle="reader")
+    server = serve()
+    auth = {"Authorization": f"Bearer {enrolled.agent_key}"}
+    inbox = httpx.post(f"{server.url}/v1/inboxes", json={"username": "reader"}, headers=auth).json()
+    for path in CORPUS:
+        send_mail(server, inbox["address"], f"corpus {path.stem}", path.read_text())
+    messages = httpx.get(f"{server.url}/v1/inboxes/{inbox['id']}/messages?limit=100", headers=auth).json()["data"]
+    assert len(messages) == len(CORPUS)
+
+    context = browser.new_context()
+    page = context.new_page()
+    dialogs, requests = [], []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    context.on("request", lambda r: requests.append(r.url))
+    page.goto(console_link(server, "acme"))
+    page.wait_for_url(f"{server.url}/console")
+    for message in messages:
+        page.goto(f"{server.url}/console/inboxes/{inbox['id']}/messages/{message['id']}")
+        frame = page.frame_locator("iframe.mailframe")
+        frame.locator("body").wait_for(state="attached")
+        # What the mail tried to put into the frame's document is not there.
+        assert (
+            frame.locator("body :is(script, style, form, input, iframe, object, embed, svg, math, base)").count() == 0
+        )
+        assert frame.locator("body [onerror], body [onload], body [style], body [srcset]").count() == 0
+    page.wait_for_timeout(500)  # anything delayed (meta refresh, lazy images) would have gone by now
+    assert dialogs == []
+    foreign = [u for u in requests if not u.startswith(server.url)]
+    assert foreign == []
+    # The frames themselves stayed on their own URLs: no refresh or <base> moved one.
+    frames = [f.url for f in page.frames if f != page.main_frame]
+    assert frames and all("/frame" in u and u.startswith(server.url) for u in frames)
+    context.close()
+
+
+def test_an_idle_session_ends_in_the_browser(serve, db_url, browser):
+    with seeding(db_url):
+        make_tenant("acme")
+    server = serve()
+    page = browser.new_page()
+    page.goto(console_link(server, "acme"))
+    page.wait_for_url(f"{server.url}/console")
+    with seeding(db_url):
+        ConsoleSession.update(last_seen_at=utcnow() - dt.timedelta(minutes=31)).execute()
+    page.get_by_role("link", name="Inboxes", exact=True).click()
+    page.wait_for_url(f"{server.url}/console/login")
+    assert page.get_by_label("Admin token").is_visible()
+    page.close()

@@ -14,8 +14,8 @@ from postern.core.errors import InvalidInput
 from postern.core.inboxes import delete_inbox, get_inbox, visible_inboxes
 from postern.core.mail import links
 from postern.core.mail.reading import get_message, inbound_after, list_messages
-from postern.core.mail.sanitize import frame_document, sanitize_html
-from postern.core.models import Inbox
+from postern.core.mail.sanitize import frame_document, resolve_cid_images, sanitize_html
+from postern.core.models import Attachment, Inbox
 from postern.core.pagination import paginate, parse_limit
 from postern.core.views import inbox_json, message_json
 
@@ -181,10 +181,15 @@ class MessageFrameResource:
         remote = req.get_param("images") == "1"
 
         def read(principal, info):
-            return get_message(principal, info, inbox_id, message_id).message.html
+            message = get_message(principal, info, inbox_id, message_id).message
+            parts = Attachment.select(Attachment.content_id, Attachment.content_type, Attachment.data).where(
+                (Attachment.message == message.id) & Attachment.content_id.is_null(False)
+            )
+            return message.html, {a.content_id: (a.content_type, bytes(a.data)) for a in parts}
 
-        _, _, html = await self.web.act(req, read)
-        document, csp = frame_document(sanitize_html(html or "", remote_images=remote), remote_images=remote)
+        _, _, (html, images) = await self.web.act(req, read)
+        clean = resolve_cid_images(sanitize_html(html or "", remote_images=remote), images)
+        document, csp = frame_document(clean, remote_images=remote)
         security_headers(resp, csp=csp, frame="SAMEORIGIN")
         resp.content_type = falcon.MEDIA_HTML
         resp.text = document

@@ -22,6 +22,7 @@ A 100 KB, 3 400-tag newsletter takes about 3 ms per call (nh3 0.3.8; the Python
 
 from __future__ import annotations
 
+import base64
 import html as _html
 import re
 
@@ -153,6 +154,32 @@ def sanitize_html(html: str, *, remote_images: bool = False) -> str:
         html, truncated = html[:cut], True
     clean = _CLEANERS[bool(remote_images)].clean(html)
     return clean + TRUNCATED_NOTE if truncated else clean
+
+
+_CID_SRC = re.compile(r' src="cid:([^"]*)"', re.I)
+_INLINE_TYPES = {"image/png", "image/gif", "image/jpeg", "image/webp"}
+#: Inline images larger than this are left out of the frame rather than inlined.
+MAX_INLINE_IMAGE_BYTES = 2 * 1024 * 1024
+
+
+def resolve_cid_images(clean_html: str, images: dict[str, tuple[str, bytes]]) -> str:
+    """Point the ``cid:`` images of sanitised HTML at the message's own parts, as
+    ``data:`` URLs (browsers cannot fetch ``cid:``, and a sandboxed frame has no
+    session to fetch a console URL with). ``images``: Content-ID (without <>) to
+    (content type, bytes). A ``cid:`` with no matching image part loses its ``src``.
+
+    Works on ``sanitize_html`` output only: nh3 writes every attribute double-quoted
+    with ``"`` escaped, so the pattern cannot be fooled by the sender's markup, and the
+    URL put in is built here from a fixed set of image types."""
+    found = {cid.strip("<>").lower(): part for cid, part in images.items()}
+
+    def replace(match: re.Match) -> str:
+        part = found.get(_html.unescape(match.group(1)).strip("<>").lower())
+        if part is None or part[0].lower() not in _INLINE_TYPES or len(part[1]) > MAX_INLINE_IMAGE_BYTES:
+            return ""
+        return f' src="data:{part[0].lower()};base64,{base64.b64encode(part[1]).decode()}"'
+
+    return _CID_SRC.sub(replace, clean_html)
 
 
 def _tag_budget_end(html: str) -> int | None:
