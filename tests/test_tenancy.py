@@ -362,6 +362,11 @@ def test_the_sweep_finds_every_route_with_an_id():
         "POST /v1/admin/enrollment-keys/{key_id}/revoke",
         "GET /v1/admin/agents/{agent_id}",
         "POST /v1/admin/agent-keys/{key_id}/revoke",
+        "GET /v1/admin/inboxes/{inbox_id}",
+        "DELETE /v1/admin/inboxes/{inbox_id}",
+        "GET /v1/admin/inboxes/{inbox_id}/messages",
+        "GET /v1/admin/inboxes/{inbox_id}/messages/{message_id}",
+        "GET /v1/admin/inboxes/{inbox_id}/threads",
     }
     assert all(op.auth in ("agent", "admin") for op in ID_OPS), "an unauthenticated route takes an id"
 
@@ -415,8 +420,18 @@ def test_org_admin_listings_show_only_their_tenant(client, postern, acme, globex
         seen = {row[field] for row in client.simulate_get(path, headers=operator).json["data"]}
         assert {acme.customer.id, globex.customer.id} <= seen, path
 
+    # An inbox names its agent, not its customer: compare with the rows themselves.
+    owners = {i.id: i.customer_id for i in Inbox.select()}
+    seen = {owners[row["id"]] for row in client.simulate_get("/v1/admin/inboxes", headers=acme_token).json["data"]}
+    assert seen == {acme.customer.id}
+    seen = {owners[row["id"]] for row in client.simulate_get("/v1/admin/inboxes", headers=operator).json["data"]}
+    assert seen == {acme.customer.id, globex.customer.id}
+
     resp = client.simulate_get("/v1/admin/audit", params={"customer_id": globex.customer.id}, headers=acme_token)
     assert resp.status_code == 200 and resp.json["data"] == []
+    for params in ({"customer_id": globex.customer.id}, {"enrollment_id": globex.enrollment_keys[0].id}):
+        resp = client.simulate_get("/v1/admin/inboxes", params=params, headers=acme_token)
+        assert resp.status_code == 200 and resp.json["data"] == [], params
     resp = client.simulate_get(
         "/v1/admin/agents", params={"enrollment_id": globex.enrollment_keys[0].id}, headers=acme_token
     )

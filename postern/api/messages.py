@@ -21,6 +21,13 @@ WAIT_BATCH = 50
 
 
 INBOX = path_param("inbox_id")
+# Shared with the admin routes to the same core calls (api/adminmail.py).
+LIST_FILTERS = (
+    query_param("thread_id"),
+    query_param("direction", {"enum": ["inbound", "outbound"]}),
+    query_param("received_after", {"type": "string", "format": "date-time"}),
+)
+MAX_LENGTH = query_param("max_length", {"type": "integer", "minimum": 1})
 
 
 SEND_REQUEST = {
@@ -104,13 +111,7 @@ class MessagesResource:
         "get": operation(
             "List messages, newest first",
             {200: ("A page of message summaries", page_of(ref("MessageSummary")))},
-            params=(
-                INBOX,
-                *PAGING,
-                query_param("thread_id"),
-                query_param("direction", {"enum": ["inbound", "outbound"]}),
-                query_param("received_after", {"type": "string", "format": "date-time"}),
-            ),
+            params=(INBOX, *PAGING, *LIST_FILTERS),
             scope="mailbox:read",
         ),
     }
@@ -122,7 +123,7 @@ class MessagesResource:
         await _send(self.caller, req, resp, inbox_id)
 
     async def on_get(self, req, resp, inbox_id):
-        filters = {k: req.get_param(k) for k in ("thread_id", "direction", "received_after")}
+        filters = list_filters(req)
         page = await self.caller.as_agent(
             req,
             reading.list_messages,
@@ -141,7 +142,7 @@ class MessageResource:
         "get": operation(
             "Get a message: headers, text, html, attachment metadata",
             {200: ("The message", ref("Message")), 404: ("No such message in this inbox", ref("Error"))},
-            params=(INBOX, path_param("message_id"), query_param("max_length", {"type": "integer", "minimum": 1})),
+            params=(INBOX, path_param("message_id"), MAX_LENGTH),
             scope="mailbox:read",
         )
     }
@@ -150,15 +151,23 @@ class MessageResource:
         self.caller = caller
 
     async def on_get(self, req, resp, inbox_id, message_id):
-        max_length = req.get_param("max_length")
-        if max_length is not None:
-            if not max_length.isdigit() or not 1 <= int(max_length) <= 10**9:
-                raise InvalidInput("max_length must be a positive integer", field="max_length")
-            max_length = int(max_length)
+        max_length = parse_max_length(req.get_param("max_length"))
         view = await self.caller.as_agent(
             req, reading.get_message, inbox_id, message_id, scope="mailbox:read", action="message.read"
         )
         resp.media = message_json(view, full=True, max_length=max_length)
+
+
+def list_filters(req) -> dict:
+    return {p["name"]: req.get_param(p["name"]) for p in LIST_FILTERS}
+
+
+def parse_max_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 10**9:
+        raise InvalidInput("max_length must be a positive integer", field="max_length")
+    return int(value)
 
 
 class ReplyResource:

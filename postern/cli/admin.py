@@ -13,6 +13,10 @@ import click
 from postern.cli.context import INFO, emit, json_option, obtain_config, obtain_postern, run
 from postern.core import enrollment, tenancy
 from postern.core.auditlog import query_audit
+from postern.core.inboxes import search_inboxes
+from postern.core.mail import reading
+from postern.core.models import Inbox
+from postern.core.pagination import paginate, parse_limit
 from postern.core.principal import CLI
 from postern.core.views import (
     admin_token_json,
@@ -21,10 +25,14 @@ from postern.core.views import (
     customer_json,
     enrollment_key_json,
     inbox_json,
+    message_json,
 )
 
 DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: What a mail body must not send to the operator's terminal: escape sequences (ESC, CSI)
+#: can retitle it or rewrite what it shows. Line breaks and tabs stay.
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def parse_duration(value: str) -> dt.timedelta:
@@ -201,7 +209,8 @@ def agent_key_revoke(ctx, key_id, as_json):
 
 @admin.group()
 def inbox():
-    """Inboxes created by the operator, e.g. reserved role addresses (postmaster@)."""
+    """Inboxes of every tenant: list them; create one for an agent, reserved role
+    addresses (postmaster@) included."""
 
 
 @inbox.command("create")
@@ -221,6 +230,62 @@ def inbox_create(ctx, agent_id, username, domain, display_name, as_json):
         ctx, lambda: create_inbox_for_agent(postern, CLI, INFO, agent_id, {k: v for k, v in body.items() if v})
     )
     emit(as_json, inbox_json(row), f"{row.id}\t{row.address}")
+
+
+@inbox.command("list")
+@click.option("--customer", "customer_ref", help="Customer id or label.")
+@click.option("--agent", "agent_id", help="Only this agent's (agt_…).")
+@click.option("--q", "text", help="Part of the address, any case.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+@click.pass_context
+def inbox_list(ctx, customer_ref, agent_id, text, limit, as_json):
+    """List inboxes, oldest first."""
+
+    def query():
+        customer_id = tenancy.get_customer(CLI, customer_ref).id if customer_ref else None
+        found = search_inboxes(CLI, {"customer_id": customer_id, "agent_id": agent_id, "q": text})
+        return [inbox_json(i) for i in paginate(found, Inbox.created_at, Inbox.id, parse_limit(limit), None).items]
+
+    rows = run(ctx, query)
+    emit(as_json, rows, "\n".join(f"{r['id']}\t{r['address']}\t{r['created_at']}" for r in rows))
+
+
+@admin.group()
+def message():
+    """The mail of any inbox, read as its agent would (audited as the operator's reads)."""
+
+
+@message.command("list")
+@click.argument("inbox_id")
+@click.option("--direction", type=click.Choice(reading.DIRECTIONS))
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+@click.pass_context
+def message_list(ctx, inbox_id, direction, limit, as_json):
+    """List an inbox's messages, newest first."""
+    page = run(ctx, lambda: reading.list_messages(CLI, INFO, inbox_id, {"direction": direction}, limit, None))
+    rows = [message_json(v) for v in page.items]  # subjects and names are stored as one line of text
+    lines = [f"{r['id']}\t{r['received_at']}\t{r['from']['address'] or '-'}\t{r['subject']}" for r in rows]
+    emit(as_json, rows, "\n".join(lines))
+
+
+@message.command("show")
+@click.argument("inbox_id")
+@click.argument("message_id")
+@json_option
+@click.pass_context
+def message_show(ctx, inbox_id, message_id, as_json):
+    """Show one message: who, when, the subject and its text."""
+    data = message_json(run(ctx, lambda: reading.get_message(CLI, INFO, inbox_id, message_id)), full=True)
+    to = ", ".join(p["address"] for p in data["to"])
+    body = TERMINAL_CONTROLS.sub("\ufffd", data["text"])
+    text = (
+        f"{data['id']} {data['direction']} at {data['received_at']} in {data['inbox_id']}\n"
+        f"From: {data['from']['address'] or '-'}\nTo: {to}\nSubject: {data['subject']}\n"
+        f"Attachments: {data['attachment_count']}\n\n{body}"
+    )
+    emit(as_json, data, text)
 
 
 @admin.command("audit")

@@ -262,6 +262,33 @@ def visible_inboxes(principal: Principal):
     return query
 
 
+#: The admin listing's filters (``search_inboxes``).
+INBOX_FILTERS = ("customer_id", "agent_id", "enrollment_id", "q")
+MAX_ADDRESS = 320
+
+
+def search_inboxes(principal: Principal, filters: dict):
+    """``visible_inboxes(principal)`` narrowed by ``customer_id``, ``agent_id`` and
+    ``enrollment_id`` (exact: another tenant's id just finds nothing) and ``q``, part of
+    the address in any case. Addresses are stored lower-case (``postern.core.names``),
+    so lowering ``q`` makes the match case-insensitive whatever the database's LIKE
+    does; peewee escapes ``_`` and ``%`` in it (``_`` is common in a local part)."""
+    query = visible_inboxes(principal)
+    for name, column in (
+        ("customer_id", Inbox.customer),
+        ("agent_id", Inbox.agent),
+        ("enrollment_id", Inbox.enrollment),
+    ):
+        if filters.get(name):
+            query = query.where(column == filters[name])
+    text = filters.get("q")
+    if text:
+        if len(text) > MAX_ADDRESS:
+            raise InvalidInput(f"q is longer than an address ({MAX_ADDRESS} characters)", field="q")
+        query = query.where(Inbox.address.contains(text.lower()))
+    return query
+
+
 _INBOX_FIELDS = fastsql.all_fields(Inbox)
 
 
@@ -331,5 +358,6 @@ def delete_inbox(postern, principal: Principal, info: RequestInfo, inbox_id: str
                     code="deprovisioning_failed",
                     retry_after=getattr(exc, "retry_after", None) or 5,
                 ) from exc
-        audit.record("inbox.delete", principal=principal, info=info, target=inbox.id)
+        # The tenant's, not the caller's: an operator's delete shows in the org admin's log.
+        audit.record("inbox.delete", principal=principal, info=info, target=inbox.id, customer_id=inbox.customer_id)
         webhook_events.inbox_event(postern, "inbox.deleted", inbox)
