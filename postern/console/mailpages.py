@@ -11,7 +11,7 @@ from postern.console.manage import PAGE_SIZE
 from postern.console.web import page, security_headers
 from postern.core import audit
 from postern.core.errors import InvalidInput
-from postern.core.inboxes import delete_inbox, get_inbox, visible_inboxes
+from postern.core.inboxes import delete_inbox, get_inbox, search_inboxes
 from postern.core.mail import links
 from postern.core.mail.reading import get_message, inbound_after, list_messages
 from postern.core.mail.sanitize import frame_document, resolve_cid_images, sanitize_html
@@ -33,11 +33,7 @@ class InboxesResource:
         token = req.get_param("page_token")
 
         def listing(principal, info):
-            query = visible_inboxes(principal)
-            if q:
-                query = query.where(Inbox.address.contains(q.lower()))
-            if agent_id:
-                query = query.where(Inbox.agent == agent_id)
+            query = search_inboxes(principal, {"q": q, "agent_id": agent_id})
             found = paginate(query, Inbox.created_at, Inbox.id, parse_limit(PAGE_SIZE), token)
             audit.record_read("inbox.list", principal=principal, info=info)
             return found
