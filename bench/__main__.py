@@ -27,6 +27,7 @@ from bench.harness import BENCH_DIR, RESULTS_ENV
 # name -> (flags for --quick, what it needs on PATH). The order puts the quick ones first.
 BENCHMARKS = {
     "list_growth": (["--sizes", "1000,10000", "--requests", "50"], []),
+    "console_pages": (["--sizes", "1000,10000", "--requests", "30"], []),
     "list_throughput": (["--duration", "2", "--warmup", "1", "--rounds", "1"], ["wrk"]),
     "wait_latency": (["--waiters", "20", "--rounds", "5", "--baseline", "100"], []),
     "smtp_ingest": (["--messages", "300", "--warmup", "50", "--rounds", "1"], ["smtp-source", "smtp-sink"]),
