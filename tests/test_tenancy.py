@@ -176,6 +176,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "held", "qua"
     if param == "rule_id":
         return "rule", "rul"
+    if param == "customer_id":
+        return "customer", "cus"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -197,6 +199,7 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     ids["domain"] = f"{handle}.{tenant.domain}"
     ids["held"] = seed_held(postern, inbox)
     ids["rule"] = seed_rule(inbox)
+    ids["customer"] = tenant.customer.id
     return ids, enrolled
 
 

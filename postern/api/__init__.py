@@ -64,6 +64,8 @@ def build_routes(
         Route("/v1/domains/{domain}/verify", domains.DomainVerifyResource(caller)),
         Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),
+        Route("/v1/admin/customers/{customer_id}/suspend", admin.CustomerSuspensionResource(caller, True)),
+        Route("/v1/admin/customers/{customer_id}/resume", admin.CustomerSuspensionResource(caller, False)),
         Route("/v1/admin/enrollment-keys", admin.EnrollmentKeysResource(caller)),
         Route("/v1/admin/enrollment-keys/{key_id}", admin.EnrollmentKeyResource(caller)),
         Route("/v1/admin/enrollment-keys/{key_id}/revoke", admin.EnrollmentKeyRevokeResource(caller)),

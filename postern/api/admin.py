@@ -82,6 +82,28 @@ class CustomersResource:
         await _list(self.caller, req, resp, tenancy.visible_customers, Customer, "customer.list", customer_json)
 
 
+class CustomerSuspensionResource:
+    """``…/suspend`` and ``…/resume``: one resource, the state it sets fixed per route."""
+
+    def __init__(self, caller, suspended: bool):
+        self.caller = caller
+        self.suspended = suspended
+        verb = "Suspend" if suspended else "Resume"
+        self.OPENAPI = {
+            "post": operation(
+                f"{verb} a customer (operator tokens only)"
+                + (": its keys are refused, inbound mail deferred, queued mail held" if suspended else ""),
+                {200: ("The customer", ref("Customer")), 404: ("Not found", ref("Error"))},
+                params=(path_param("customer_id"),),
+                auth="admin",
+            )
+        }
+
+    async def on_post(self, req, resp, customer_id):
+        customer = await self.caller.as_admin(req, tenancy.set_suspended, customer_id, self.suspended)
+        resp.media = customer_json(customer)
+
+
 MAX_EXPIRES_IN = 366 * 86400
 
 ENROLLMENT_REQUEST = {

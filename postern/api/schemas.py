@@ -13,7 +13,7 @@ def obj(props: dict, required=None) -> dict:
     return {"type": "object", "required": list(required or props), "properties": props}
 
 
-CUSTOMER = obj({"id": S, "label": S, "name": S, "created_at": S})
+CUSTOMER = obj({"id": S, "label": S, "name": S, "created_at": S, "suspended_at": S_NULL})
 ENROLLMENT_KEY_FIELDS = {
     "id": S,
     "customer_id": S,

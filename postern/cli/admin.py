@@ -68,6 +68,26 @@ def customer_create(ctx, label, name, as_json):
     emit(as_json, data, f"{created.id}\t{created.label}\t{data['domain']}")
 
 
+@customer.command("suspend")
+@click.argument("customer_ref")
+@json_option
+@click.pass_context
+def customer_suspend(ctx, customer_ref, as_json):
+    """Suspend a customer: its keys are refused, mail to it deferred, its queued mail held."""
+    row = run(ctx, lambda: tenancy.set_suspended(CLI, INFO, customer_ref, True))
+    emit(as_json, customer_json(row), f"suspended {row.id} ({row.label})")
+
+
+@customer.command("resume")
+@click.argument("customer_ref")
+@json_option
+@click.pass_context
+def customer_resume(ctx, customer_ref, as_json):
+    """Resume a suspended customer."""
+    row = run(ctx, lambda: tenancy.set_suspended(CLI, INFO, customer_ref, False))
+    emit(as_json, customer_json(row), f"resumed {row.id} ({row.label})")
+
+
 @customer.command("list")
 @json_option
 @click.pass_context

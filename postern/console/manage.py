@@ -111,6 +111,20 @@ class CustomersResource:
         raise falcon.HTTPSeeOther("/console/customers")
 
 
+class CustomerSuspensionResource:
+    def __init__(self, web, suspended: bool):
+        self.web = web
+        self.suspended = suspended
+
+    @page
+    async def on_post(self, req, resp, customer_id):
+        form = await read_form(req)
+        await self.web.act(
+            req, tenancy.set_suspended, customer_id, self.suspended, csrf=form.get("csrf"), state_changing=True
+        )
+        raise falcon.HTTPSeeOther("/console/customers")
+
+
 class EnrollmentKeysResource:
     def __init__(self, web):
         self.web = web
@@ -170,7 +184,7 @@ class EnrollmentKeysResource:
         self.web.render(
             resp,
             "key_created.html",
-            status=falcon.HTTP_201,
+            http_status=falcon.HTTP_201,
             session=session,
             principal=principal,
             key=enrollment_key_json(key),

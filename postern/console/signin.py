@@ -27,11 +27,12 @@ class LoginResource:
             )
         except PosternError as exc:
             # One message for every wrong token: which part was wrong helps only a guesser.
-            message = exc.message if exc.status == 429 else "That is not a valid admin token (pk_admin_…)."
+            shown = exc.status == 429 or exc.code == "customer_suspended"
+            message = exc.message if shown else "That is not a valid admin token (pk_admin_…)."
             self.web.render(
                 resp,
                 "login.html",
-                status=falcon.code_to_http_status(exc.status),
+                http_status=falcon.code_to_http_status(exc.status),
                 session=None,
                 principal=None,
                 error=message,
@@ -64,7 +65,7 @@ class LinkResource:
             self.web.render(
                 resp,
                 "link.html",
-                status=falcon.code_to_http_status(exc.status),
+                http_status=falcon.code_to_http_status(exc.status),
                 session=None,
                 principal=None,
                 code="",

@@ -110,9 +110,9 @@ class Web:
 
     # --- rendering ------------------------------------------------------------------------
 
-    def render(self, resp, template: str, *, status=falcon.HTTP_200, **context) -> None:
+    def render(self, resp, template: str, *, http_status=falcon.HTTP_200, **context) -> None:
         security_headers(resp)
-        resp.status = status
+        resp.status = http_status
         resp.content_type = falcon.MEDIA_HTML
         resp.text = self.templates.get_template(template).render(
             outbound=context.pop("outbound", None), flash=context.pop("flash", None), **context
@@ -140,7 +140,7 @@ def page(handler):
             self.web.render(
                 resp,
                 "error.html",
-                status=falcon.code_to_http_status(exc.status),
+                http_status=falcon.code_to_http_status(exc.status),
                 code=exc.code,
                 message=exc.message,
                 session=None,

@@ -11,6 +11,7 @@ from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, PermissionDenied
 from postern.core.models import AdminToken, AgentKey, utcnow
 from postern.core.principal import Principal, RequestInfo
+from postern.core.tenancy import is_suspended
 
 REALM_KIND = {"agent": "agent", "admin": "admin"}
 WRONG_REALM = {
@@ -47,8 +48,20 @@ def authenticate(token: str | None, realm: str, info: RequestInfo) -> Principal:
 _AGENT_KEY_FIELDS = fastsql.all_fields(AgentKey)
 
 
+# A suspended customer's keys are found by the same one statement every request runs:
+# the suspension is a condition on it, and only a key it does not find costs a second look.
+_ACTIVE_AGENT_KEY = (
+    "WHERE key_hash = ? AND NOT EXISTS "
+    "(SELECT 1 FROM customer WHERE customer.id = agent_key.customer_id AND customer.suspended_at IS NOT NULL)"
+)
+
+
 def _agent(token: str, info: RequestInfo) -> Principal:
-    row = fastsql.select_one(AgentKey, _AGENT_KEY_FIELDS, "WHERE key_hash = ?", (keys.hash_key(token),))
+    row = fastsql.select_one(AgentKey, _AGENT_KEY_FIELDS, _ACTIVE_AGENT_KEY, (keys.hash_key(token),))
+    if row is None:
+        row = fastsql.select_one(AgentKey, _AGENT_KEY_FIELDS, "WHERE key_hash = ?", (keys.hash_key(token),))
+        if row is not None and keys.matches(token, row.key_hash):
+            _deny_suspended(info, row.customer_id, row.key_prefix)
     if row is None or not keys.matches(token, row.key_hash):
         _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
     principal = Principal(
@@ -75,7 +88,20 @@ def _admin(token: str, info: RequestInfo) -> Principal:
     principal = Principal(kind="admin", customer_id=row.customer_id, token_id=row.id, key_prefix=row.key_prefix)
     if row.revoked_at is not None:
         _deny(info, "key_revoked", AuthenticationFailed, "this token was revoked", principal=principal)
+    if is_suspended(row.customer_id):
+        _deny_suspended(info, row.customer_id, row.key_prefix)
     return principal
+
+
+def _deny_suspended(info: RequestInfo, customer_id: str, key_prefix: str) -> None:
+    with write_transaction():
+        audit.record(
+            "auth", principal=None, info=info, outcome="denied", code="customer_suspended",
+            customer_id=customer_id, key_prefix=key_prefix,
+        )  # fmt: skip
+    exc = PermissionDenied("this customer is suspended; ask the operator", code="customer_suspended")
+    exc.audited = True
+    raise exc
 
 
 def require_scope(principal: Principal, scope: str, info: RequestInfo, action: str, target: str | None = None) -> None:

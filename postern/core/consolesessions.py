@@ -175,7 +175,7 @@ def resume(secret: str | None, info: RequestInfo, lifetimes: Lifetimes) -> tuple
     if session.ended_at is not None or session.expires_at <= now or session.last_seen_at + lifetimes.idle <= now:
         return None
     token = AdminToken.get_or_none(AdminToken.id == session.admin_token_id)
-    if token is None or token.revoked_at is not None:
+    if token is None or token.revoked_at is not None or tenancy.is_suspended(token.customer_id):
         return None
     if now - session.last_seen_at >= TOUCH_EVERY:
         with write_transaction():

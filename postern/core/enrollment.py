@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from postern.core import audit, keys, zonebell
+from postern.core import audit, keys, tenancy, zonebell
 from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from postern.core.models import Agent, AgentKey, Customer, EnrollmentKey, utcnow
@@ -142,6 +142,8 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
     now = utcnow()
     if key.expires_at <= now:
         _deny(info, "key_expired", AuthenticationFailed, "this enrollment key expired", **ids)
+    if tenancy.is_suspended(key.customer_id):
+        _deny(info, "customer_suspended", PermissionDenied, "this customer is suspended; ask the operator", **ids)
     with write_transaction():
         agent = Agent.get_or_none((Agent.enrollment == key.id) & (Agent.handle == handle))
         renewed = agent is not None

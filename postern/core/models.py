@@ -27,6 +27,8 @@ class Customer(BaseModel):
     label = peewee.CharField(max_length=63, unique=True)
     name = peewee.CharField(max_length=200)
     created_at = peewee.DateTimeField(default=utcnow)
+    #: Set while an operator has suspended the tenant (docs/console.md, "Suspending").
+    suspended_at = peewee.DateTimeField(null=True)
 
 
 class ServiceState(BaseModel):

@@ -46,6 +46,38 @@ def create_customer(principal: Principal, info: RequestInfo, label: str, name: s
     return customer
 
 
+def set_suspended(principal: Principal, info: RequestInfo, customer_ref: str, suspended: bool) -> Customer:
+    """Suspend or resume a customer (operators only). While suspended its admin tokens
+    and agent keys are refused, its enrollment keys cannot be redeemed, mail to its
+    inboxes is deferred (450) and its queued mail waits; nothing is deleted."""
+    customer = get_customer(principal, customer_ref)  # another tenant's id: 404, as a missing one
+    if not principal.is_operator:
+        raise PermissionDenied("only an operator can suspend or resume customers", code="operator_only")
+    with write_transaction():
+        if suspended:
+            Customer.update(suspended_at=utcnow()).where(
+                (Customer.id == customer.id) & Customer.suspended_at.is_null()
+            ).execute()
+        else:
+            Customer.update(suspended_at=None).where(Customer.id == customer.id).execute()
+        audit.record(
+            "customer.suspend" if suspended else "customer.resume",
+            principal=principal,
+            info=info,
+            target=customer.id,
+            customer_id=customer.id,
+        )
+    return Customer.get_by_id(customer.id)
+
+
+def is_suspended(customer_id: str | None) -> bool:
+    if customer_id is None:
+        return False
+    return (
+        Customer.select(Customer.id).where((Customer.id == customer_id) & Customer.suspended_at.is_null(False)).exists()
+    )
+
+
 def visible_customers(principal: Principal):
     return visible(Customer, principal, tenant_field=Customer.id)
 

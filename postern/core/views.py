@@ -23,7 +23,13 @@ def iso(moment: dt.datetime | None) -> str | None:
 
 
 def customer_json(c) -> dict:
-    return {"id": c.id, "label": c.label, "name": c.name, "created_at": iso(c.created_at)}
+    return {
+        "id": c.id,
+        "label": c.label,
+        "name": c.name,
+        "created_at": iso(c.created_at),
+        "suspended_at": iso(c.suspended_at),
+    }
 
 
 def enrollment_key_json(k) -> dict:

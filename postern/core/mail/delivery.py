@@ -31,6 +31,7 @@ from postern.core.mail import wire
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Message, utcnow
 from postern.core.plugins import notify
+from postern.core.tenancy import is_suspended
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.outbound")
@@ -54,6 +55,8 @@ def deliver(postern, message_id: str) -> Message:
     message = Message.get_by_id(message_id)
     if message.status != "queued":
         return message  # delivered meanwhile by another attempt
+    if is_suspended(message.customer_id):
+        return _hold(message)
     recipients = json.loads(message.envelope_to)
     local = [r for r in recipients if local_inbox(r) is not None]
     remote = [r for r in recipients if r not in local]
@@ -202,6 +205,20 @@ def _headers(message: Message) -> dict[str, str]:
 
 def _visible(message: Message) -> set[str]:
     return {p["address"] for p in json.loads(message.to_addresses) + json.loads(message.cc_addresses)}
+
+
+#: How often the queued mail of a suspended customer is looked at again.
+SUSPENDED_RECHECK = dt.timedelta(minutes=5)
+
+
+def _hold(message: Message) -> Message:
+    """A suspended customer's queued mail waits, without using up its attempts, and
+    leaves once the operator resumes the customer (or can be cancelled meanwhile)."""
+    Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, error="customer suspended").where(
+        Message.id == message.id
+    ).execute()
+    log.info("message %s held: its customer is suspended", message.id)
+    return Message.get_by_id(message.id)
 
 
 def _retry_later(postern, message: Message, exc: TemporaryFailure) -> Message:

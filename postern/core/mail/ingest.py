@@ -62,6 +62,28 @@ def local_inbox(address: str) -> Inbox | None:
     return fastsql.select_one(Inbox, _INBOX_FIELDS, "WHERE address = ?", (address,))
 
 
+#: What ``receiving_inbox`` answers for an inbox of a suspended customer.
+SUSPENDED = object()
+
+_RECEIVING = (
+    "WHERE address = ? AND NOT EXISTS "
+    "(SELECT 1 FROM customer WHERE customer.id = inbox.customer_id AND customer.suspended_at IS NOT NULL)"
+)
+
+
+def receiving_inbox(address: str):
+    """``local_inbox`` for the SMTP listener's RCPT: the inbox, None when no inbox has
+    the address, or ``SUSPENDED`` when its customer is suspended. The suspension is a
+    condition on the one statement; only an address it does not find costs a second."""
+    address = address.strip().lower()
+    if not storable_address(address):
+        return None
+    found = fastsql.select_one(Inbox, _INBOX_FIELDS, _RECEIVING, (address,))
+    if found is None and local_inbox(address) is not None:
+        return SUSPENDED
+    return found
+
+
 def ingest(
     postern,
     raw: bytes,

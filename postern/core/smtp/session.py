@@ -15,7 +15,7 @@ import peewee
 
 from postern.core.connlimits import TOTAL, ConnectionLimiter
 from postern.core.db import DatabaseRunner, GroupCommitter
-from postern.core.mail.ingest import MailRejected, limits_for, local_inbox, storable_address
+from postern.core.mail.ingest import SUSPENDED, MailRejected, limits_for, receiving_inbox, storable_address
 from postern.core.mail.mime import parse
 from postern.core.smtp.options import DEFAULT_COMMAND_TIMEOUT, DEFAULT_DATA_TIMEOUT, ListenerOptions
 from postern.core.smtp.tls import tls_of
@@ -76,12 +76,16 @@ class Handler:
         if not storable_address(address.strip()):
             return "553 5.1.3 Invalid mailbox address"
         try:
-            known = await self.runner.run(local_inbox, address)
+            known = await self.runner.run(receiving_inbox, address)
         except peewee.PeeweeException as exc:
             log.warning("RCPT %s: database unavailable: %s", address, exc)
             return "451 4.3.0 Temporary failure, try again later"
         if known is None:
             return "550 5.1.1 No such mailbox here"
+        if known is SUSPENDED:
+            # Deferred, not refused: senders retry for days, so nothing is lost if the
+            # operator resumes the customer meanwhile.
+            return "450 4.2.1 Mailbox temporarily disabled"
         if not hasattr(envelope, "postern_inboxes"):
             envelope.postern_inboxes = {}
         envelope.postern_inboxes[address.strip().lower()] = known
