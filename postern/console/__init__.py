@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from postern.console import mailpages, manage, signin
+from postern.console import mailpages, manage, settings, signin
 from postern.console.static import StaticResource
 from postern.console.web import Web
 
@@ -20,6 +20,8 @@ def routes(postern, runner, waiters) -> list[tuple[str, object]]:
         ("/console/link", signin.LinkResource(web)),
         ("/console/logout", signin.LogoutResource(web)),
         ("/console/customers", manage.CustomersResource(web)),
+        ("/console/customers/{customer_id}/suspend", manage.CustomerSuspensionResource(web, True)),
+        ("/console/customers/{customer_id}/resume", manage.CustomerSuspensionResource(web, False)),
         ("/console/keys", manage.EnrollmentKeysResource(web)),
         ("/console/keys/{key_id}/revoke", manage.EnrollmentKeyRevokeResource(web)),
         ("/console/agents", manage.AgentsResource(web)),
@@ -33,5 +35,6 @@ def routes(postern, runner, waiters) -> list[tuple[str, object]]:
         (message, mailpages.MessageResource(web)),
         (f"{message}/frame", mailpages.MessageFrameResource(web)),
         (f"{message}/download", mailpages.DownloadResource(web)),
+        *settings.settings_routes(web),
         ("/console/static/{name}", StaticResource()),
     ]
