@@ -295,3 +295,37 @@ def test_inline_images_show_from_the_message_itself(client, postern, world):
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in frame
     assert "cid:" not in frame.split("<body>", 1)[1]  # unresolved and non-image parts lose their src
     assert "data:text" not in frame
+
+
+def test_the_cookie_is_secure_over_https(client, world):
+    result = client.simulate_post(
+        "/console/login", body=f"token={world[0].admin_token}", headers=FORM, protocol="https"
+    )
+    assert result.status_code == 303 and result.cookies["postern_console"].secure
+    plain = client.simulate_post("/console/login", body=f"token={world[0].admin_token}", headers=FORM)
+    assert not plain.cookies["postern_console"].secure
+
+
+def test_the_audit_page_filters_and_pages(client, world):
+    a = world[0]
+    cookies = sign_in(client, a.admin_token)
+    for _ in range(3):
+        client.simulate_get(f"/console/inboxes/{world[2].id}", cookies=cookies)
+    page = client.simulate_get("/console/audit", params={"action": "console.login"}, cookies=cookies)
+    actions = re.findall(r"<td><code>([a-z_.]+)</code></td>", page.text)
+    assert actions == ["console.login"]
+    denied = client.simulate_get("/console/audit", params={"outcome": "denied"}, cookies=cookies)
+    assert re.findall(r"<td><code>([a-z_.]+)</code></td>", denied.text) == []
+    later = client.simulate_get("/console/audit", params={"since": "2999-01-01T00:00:00Z"}, cookies=cookies)
+    assert "Nothing yet." in later.text
+    bad = client.simulate_get("/console/audit", params={"since": "yesterday"}, cookies=cookies)
+    assert bad.status_code == 422
+    # Paging: 50 a page, and the next page starts where the first ended.
+    for _ in range(50):
+        client.simulate_get("/console/agents", cookies=cookies)
+    first = client.simulate_get("/console/audit", cookies=cookies)
+    token = re.search(r'page_token=([^"&]+)', first.text).group(1)
+    second = client.simulate_get(f"/console/audit?page_token={token}", cookies=cookies)
+    assert second.status_code == 200
+    first_ids, second_ids = (re.findall(r'<tr id="([^"]+)">', r.text) for r in (first, second))
+    assert len(first_ids) == 50 and second_ids and not set(first_ids) & set(second_ids)
