@@ -17,7 +17,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The core may import none of these (nor postern.cli or anything in it).
-ABOVE_CORE = ("postern.api", "postern.server", "postern.supervisor", "postern.mcp", "postern.plugins", "postern.client")
+ABOVE_CORE = (
+    "postern.api",
+    "postern.console",
+    "postern.server",
+    "postern.supervisor",
+    "postern.mcp",
+    "postern.plugins",
+    "postern.client",
+)
 
 # No plugin imports another (the SMTP listener both receive backends serve is postern.core.smtp).
 KNOWN_PLUGIN_CROSSINGS: set[tuple[str, str]] = set()
