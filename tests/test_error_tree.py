@@ -32,6 +32,8 @@ NOT_REPORTED = {
     "postern.plugins.wildduck.watcher._AlreadyStored",
     # A spent DNS budget inside sender verification: it becomes a temperror verdict there.
     "postern.core.mail.verdicts.DnsTempError",
+    # The console's signal that a request has no live session: it becomes the sign-in page.
+    "postern.console.web.SignInNeeded",
 }
 # The client SDK ships alone (its own errors); postern.testing builds on it.
 NOT_SERVER = ("postern.client", "postern.testing")
