@@ -36,14 +36,17 @@ from postern.core.models import (
     AdminToken,
     Agent,
     AgentKey,
+    Attachment,
     AuditEvent,
     Customer,
+    DownloadLink,
     EnrollmentKey,
     InboundPolicy,
     Inbox,
     MailRule,
     Message,
     QuarantinedMessage,
+    RetentionPolicy,
     Thread,
     Webhook,
     WebhookDelivery,
@@ -68,9 +71,14 @@ VALID_BODIES = {
     "POST /v1/admin/customers": {"label": "initech"},
     "POST /v1/admin/enrollment-keys": {"scopes": ["mailbox:read"], "max_mailboxes": 1},
     "POST /v1/webhooks": {"url": "https://hooks.example.org/in", "event_types": ["message.received"]},
+    "PUT /v1/admin/retention": {"days": 30},
+    "PUT /v1/admin/inboxes/{inbox_id}/retention": {"days": 30},
 }
 # The most damaging body a caller could send with a foreign id.
-ATTACK_BODIES = {"POST /v1/admin/enrollment-keys/{key_id}/revoke": {"revoke_agent_keys": True}}
+ATTACK_BODIES = {
+    "POST /v1/admin/enrollment-keys/{key_id}/revoke": {"revoke_agent_keys": True},
+    "PUT /v1/admin/inboxes/{inbox_id}/retention": {"days": 1},
+}
 
 # -- fixtures and helpers -------------------------------------------------------------
 
@@ -128,11 +136,17 @@ def tenant_snapshot(customer_id: str) -> dict:
         WebhookDelivery,
         QuarantinedMessage,
         InboundPolicy,
+        RetentionPolicy,
         MailRule,
+        Attachment,
+        DownloadLink,
     ):
-        owner = model.id if model is Customer else model.customer
-        order = (model.customer, model.scope) if model is InboundPolicy else (model.id,)
-        found = model.select().where(owner == customer_id).order_by(*order)
+        if model is Attachment:  # no customer column: through its message
+            owner = Attachment.message.in_(Message.select(Message.id).where(Message.customer == customer_id))
+        else:
+            owner = (model.id if model is Customer else model.customer) == customer_id
+        order = (model.customer, model.scope) if model in (InboundPolicy, RetentionPolicy) else (model.id,)
+        found = model.select().where(owner).order_by(*order)
         rows[model.__name__] = [model_to_dict(row, recurse=False) for row in found]
     return rows
 
@@ -234,6 +248,13 @@ AGENT_ENDPOINTS = {
     "me": ("GET", "/v1/me", None, 200, "me.read"),
     "messages": ("GET", "/v1/inboxes/{inbox_id}/messages", "mailbox:read", 200, "message.list"),
     "message": ("GET", "/v1/inboxes/{inbox_id}/messages/{message_id}", "mailbox:read", 200, "message.read"),
+    "message-delete": (
+        "DELETE",
+        "/v1/inboxes/{inbox_id}/messages/{message_id}",
+        "mailbox:create",
+        204,
+        "message.delete",
+    ),
     "wait": ("GET", "/v1/inboxes/{inbox_id}/messages/wait?timeout=0", "mailbox:read", 200, "message.wait"),
     "code-wait": ("GET", "/v1/inboxes/{inbox_id}/codes/wait?timeout=0", "mailbox:read", 200, "code.wait"),
     "threads": ("GET", "/v1/inboxes/{inbox_id}/threads", "mailbox:read", 200, "thread.list"),
@@ -285,6 +306,8 @@ POST_BODIES = {
     "/v1/inboxes/{inbox_id}/messages/{message_id}/reply": {"text": "thanks"},
     "/v1/webhooks": {"url": "https://hooks.example.org/in", "event_types": ["message.received"]},
     "/v1/webhooks/{webhook_id}": {"description": "changed"},
+    # Not an agent route: for tests/test_isolation_openapi.py, which looks bodies up by path.
+    "/v1/admin/inboxes/{inbox_id}/retention": {"days": 30},
 }
 
 
@@ -369,7 +392,12 @@ def test_the_sweep_finds_every_route_with_an_id():
         "DELETE /v1/admin/inboxes/{inbox_id}",
         "GET /v1/admin/inboxes/{inbox_id}/messages",
         "GET /v1/admin/inboxes/{inbox_id}/messages/{message_id}",
+        "DELETE /v1/admin/inboxes/{inbox_id}/messages/{message_id}",
+        "DELETE /v1/inboxes/{inbox_id}/messages/{message_id}",
         "GET /v1/admin/inboxes/{inbox_id}/threads",
+        "GET /v1/admin/inboxes/{inbox_id}/retention",
+        "PUT /v1/admin/inboxes/{inbox_id}/retention",
+        "DELETE /v1/admin/inboxes/{inbox_id}/retention",
     }
     assert all(op.auth in ("agent", "admin") for op in ID_OPS), "an unauthenticated route takes an id"
 

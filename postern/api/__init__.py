@@ -11,7 +11,7 @@ import orjson
 import peewee
 
 from postern import console
-from postern.api import admin, adminmail, domains, downloads, mailrules, messages, quarantine, webhooks
+from postern.api import admin, adminmail, domains, downloads, mailrules, messages, quarantine, retention, webhooks
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller, route_action
 from postern.api.errors import handle_database_error, handle_domain_error, handle_unexpected, serialize_error
@@ -78,6 +78,7 @@ def build_routes(
         *(Route(path, resource) for path, resource in quarantine.routes(caller)),
         *(Route(path, resource) for path, resource in mailrules.routes(caller)),
         *(Route(path, resource) for path, resource in adminmail.routes(caller)),
+        *(Route(path, resource) for path, resource in retention.routes(caller)),
         Route("/.well-known/mta-sts.txt", MtaStsResource(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):

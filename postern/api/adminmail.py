@@ -9,7 +9,7 @@ from postern.api.admin import _list
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.messages import LIST_FILTERS, MAX_LENGTH, list_filters, parse_max_length
 from postern.core.inboxes import INBOX_FILTERS, MAX_ADDRESS, delete_inbox, get_inbox, search_inboxes
-from postern.core.mail import reading
+from postern.core.mail import deletion, reading
 from postern.core.models import Inbox
 from postern.core.views import inbox_json, message_json, page_json, thread_json
 
@@ -93,7 +93,17 @@ class MessageResource:
             {200: ("The message", ref("Message")), 404: ("No such inbox, or no such message in it", ref("Error"))},
             params=(INBOX, path_param("message_id"), MAX_LENGTH),
             auth="admin",
-        )
+        ),
+        "delete": operation(
+            "Delete a message, its attachments and its download links, for good",
+            {
+                204: ("Deleted", None),
+                404: ("No such inbox, or no such message in it", ref("Error")),
+                409: ("The message is still being sent (queued or sending)", ref("Error")),
+            },
+            params=(INBOX, path_param("message_id")),
+            auth="admin",
+        ),
     }
 
     def __init__(self, caller):
@@ -103,6 +113,11 @@ class MessageResource:
         max_length = parse_max_length(req.get_param("max_length"))
         view = await self.caller.as_admin(req, reading.get_message, inbox_id, message_id)
         resp.media = message_json(view, full=True, max_length=max_length)
+
+    async def on_delete(self, req, resp, inbox_id, message_id):
+        postern = self.caller.postern
+        await self.caller.as_admin(req, lambda p, i: deletion.delete_message(postern, p, i, inbox_id, message_id))
+        resp.status = falcon.HTTP_204
 
 
 class ThreadsResource:

@@ -1,4 +1,4 @@
-"""Reading mail over HTTP: messages, threads, and ``wait_for_email``."""
+"""Mail over HTTP: messages (read, send, delete), threads, and ``wait_for_email``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.core.db import GroupCommitter
 from postern.core.errors import InvalidInput
-from postern.core.mail import codewait, cursors, outbound, reading
+from postern.core.mail import codewait, cursors, deletion, outbound, reading
 from postern.core.mail.messageview import view_of
 from postern.core.views import message_json, page_json, thread_json
 
@@ -144,7 +144,19 @@ class MessageResource:
             {200: ("The message", ref("Message")), 404: ("No such message in this inbox", ref("Error"))},
             params=(INBOX, path_param("message_id"), MAX_LENGTH),
             scope="mailbox:read",
-        )
+        ),
+        # mailbox:create, as for deleting an inbox: the scope that makes and unmakes
+        # what an inbox holds, so a read-only key can never destroy mail (docs/retention.md).
+        "delete": operation(
+            "Delete a message, its attachments and its download links, for good",
+            {
+                204: ("Deleted", None),
+                404: ("No such message in this inbox", ref("Error")),
+                409: ("The message is still being sent (queued or sending)", ref("Error")),
+            },
+            params=(INBOX, path_param("message_id")),
+            scope="mailbox:create",
+        ),
     }
 
     def __init__(self, caller):
@@ -156,6 +168,16 @@ class MessageResource:
             req, reading.get_message, inbox_id, message_id, scope="mailbox:read", action="message.read"
         )
         resp.media = message_json(view, full=True, max_length=max_length)
+
+    async def on_delete(self, req, resp, inbox_id, message_id):
+        postern = self.caller.postern
+        await self.caller.as_agent(
+            req,
+            lambda p, i: deletion.delete_message(postern, p, i, inbox_id, message_id),
+            scope="mailbox:create",
+            action="message.delete",
+        )
+        resp.status = falcon.HTTP_204
 
 
 def list_filters(req) -> dict:

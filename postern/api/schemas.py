@@ -302,6 +302,16 @@ SCHEMAS["InboundPolicy"] = obj(
         "effective": obj({"dmarc_reject": ACTION, "unauthenticated": ACTION}),
     }
 )
+DAYS_OR_NULL = {"type": ["integer", "null"], "minimum": 1, "maximum": 36500}
+SCHEMAS["Retention"] = obj(
+    {
+        "customer_id": S,
+        "inbox_id": S_NULL,
+        "set": {"type": "boolean", "description": "whether this level has a setting of its own"},
+        "days": {**DAYS_OR_NULL, "description": "this level's own setting; null: forever, or not set"},
+        "effective_days": {**DAYS_OR_NULL, "description": "what applies after inheritance; null: kept forever"},
+    }
+)
 MAIL_RULE = obj(
     {
         "id": S,

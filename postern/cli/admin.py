@@ -273,7 +273,8 @@ def inbox_list(ctx, customer_ref, agent_id, text, limit, as_json):
 
 @admin.group()
 def message():
-    """The mail of any inbox, read as its agent would (audited as the operator's reads)."""
+    """The mail of any inbox, read as its agent would (audited as the operator's reads),
+    and deleted."""
 
 
 @message.command("list")
@@ -306,6 +307,20 @@ def message_show(ctx, inbox_id, message_id, as_json):
         f"Attachments: {data['attachment_count']}\n\n{body}"
     )
     emit(as_json, data, text)
+
+
+@message.command("delete")
+@click.argument("inbox_id")
+@click.argument("message_id")
+@json_option
+@click.pass_context
+def message_delete(ctx, inbox_id, message_id, as_json):
+    """Delete one message, its attachments and its download links, for good."""
+    from postern.core.mail.deletion import delete_message
+
+    postern = obtain_postern(ctx)
+    run(ctx, lambda: delete_message(postern, CLI, INFO, inbox_id, message_id))
+    emit(as_json, {"id": message_id, "deleted": True}, f"deleted {message_id}")
 
 
 @admin.command("audit")

@@ -324,6 +324,11 @@ class Messages:
         params = {"max_length": max_length}
         return Message.from_json(self._c.request("GET", f"/v1/inboxes/{inbox_id}/messages/{message_id}", params=params))
 
+    def delete(self, inbox_id: str, message_id: str) -> None:
+        """Delete a message for good, with its attachments and download links (needs the
+        scope ``mailbox:create``). A message still being sent raises ``Conflict``."""
+        self._c.request("DELETE", f"/v1/inboxes/{inbox_id}/messages/{message_id}")
+
     def send(
         self,
         inbox_id: str,

@@ -25,7 +25,7 @@ from postern.core.errors import (
 )
 from postern.core.ids import well_formed
 from postern.core.mail import headers
-from postern.core.models import Agent, EnrollmentKey, InboundPolicy, Inbox
+from postern.core.models import Agent, EnrollmentKey, InboundPolicy, Inbox, RetentionPolicy
 from postern.core.names import InvalidName, normalise_domain, normalise_local_part
 from postern.core.pagination import Page, paginate, parse_limit
 from postern.core.principal import Principal, RequestInfo
@@ -341,9 +341,12 @@ def delete_inbox(postern, principal: Principal, info: RequestInfo, inbox_id: str
         EnrollmentKey.update(mailboxes_used=EnrollmentKey.mailboxes_used - 1).where(
             (EnrollmentKey.id == inbox.enrollment_id) & (EnrollmentKey.mailboxes_used > 0)
         ).execute()
-        # Its held mail goes by the foreign key; its own policy row is keyed by id only.
+        # Its held mail goes by the foreign key; its own policy rows are keyed by id only.
         InboundPolicy.delete().where(
             (InboundPolicy.customer == inbox.customer_id) & (InboundPolicy.scope == inbox.id)
+        ).execute()
+        RetentionPolicy.delete().where(
+            (RetentionPolicy.customer == inbox.customer_id) & (RetentionPolicy.scope == inbox.id)
         ).execute()
         try:
             receiver = postern.backend("receive")

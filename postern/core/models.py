@@ -225,6 +225,21 @@ class InboundPolicy(BaseModel):
         primary_key = peewee.CompositeKey("customer", "scope")
 
 
+class RetentionPolicy(BaseModel):
+    """How long a customer's (``scope`` '') or one inbox's (``scope`` its id) mail is kept
+    (postern.core.mail.retention). ``days`` None keeps it forever; an inbox's own row,
+    even with None, wins over its customer's; no row inherits (docs/retention.md)."""
+
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the key's first column
+    #: '' for the customer-wide row, as in ``InboundPolicy``.
+    scope = peewee.CharField(max_length=40, default="")
+    days = peewee.IntegerField(null=True)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("customer", "scope")
+
+
 class MailRule(BaseModel):
     """An allow or block entry (postern.core.mail.rules): for ``receive``, matched on the
     sender's authenticated identity; for ``send``, on each recipient. Set for the whole
@@ -323,7 +338,7 @@ class DownloadLink(BaseModel):
     id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("dl"))
     customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
     kind = peewee.CharField(max_length=10)  # raw, attachment
-    object_id = peewee.CharField(max_length=40)
+    object_id = peewee.CharField(max_length=40, index=True)  # deleting a message finds its links
     expires_at = peewee.DateTimeField()
     used_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
@@ -475,6 +490,7 @@ ALL_MODELS = (
     Thread,
     Message,
     InboundPolicy,
+    RetentionPolicy,
     MailRule,
     QuarantinedMessage,
     CodeHandover,

@@ -366,6 +366,17 @@ def inbound_policy_json(view) -> dict:
     }
 
 
+def retention_json(view) -> dict:
+    """One level's message retention (postern.core.mail.retention.RetentionView)."""
+    return {
+        "customer_id": view.customer_id,
+        "inbox_id": view.inbox_id,
+        "set": view.set_here,
+        "days": view.days,
+        "effective_days": view.effective_days,
+    }
+
+
 def mail_rule_json(r) -> dict:
     """One allow or block entry (postern.core.mail.rules)."""
     level = "inbox" if r.inbox_id else "enrollment" if r.enrollment_id else "customer"
