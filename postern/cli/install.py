@@ -45,13 +45,17 @@ def db():
 
 
 @db.command()
+@click.option("--dry-run", is_flag=True, help="List the migrations that would run; change nothing.")
 @click.pass_context
-def upgrade(ctx):
-    """Apply pending schema migrations."""
+def upgrade(ctx, dry_run):
+    """Apply pending schema migrations (with --dry-run: list them)."""
     from postern.core import migrations
     from postern.core.db import database, open_database
 
     config = context.obtain_config(ctx)
+    if dry_run:
+        _upgrade_dry_run(config)
+        return
     tighten_data_dir(config)
     open_database(config.database_url, config.database.sqlite_synchronous)
     with database.connection_context():
@@ -60,6 +64,35 @@ def upgrade(ctx):
     for name in applied:
         click.echo(f"applied {name}")
     click.echo(f"schema at version {version}")
+
+
+def _upgrade_dry_run(config) -> None:
+    """What ``db upgrade`` would apply: nothing is created, migrated or chmodded."""
+    from postern.core import migrations
+    from postern.core.backup import pending_migrations, sqlite_path
+    from postern.core.db import database, open_database
+
+    path = sqlite_path(config.database_url)
+    if path is not None and not path.exists():
+        current = 0  # opening it would create it
+        click.echo(f"no database at {path} yet")
+    else:
+        open_database(config.database_url, config.database.sqlite_synchronous)
+        with database.connection_context():
+            current = migrations.current_version()
+    latest = migrations.latest_version()
+    if current > latest:
+        raise migrations.SchemaError(
+            f"database schema is at version {current}, newer than this Postern knows ({latest}): upgrade Postern"
+        )
+    pending = pending_migrations(current)
+    click.echo(f"schema at version {current}; this Postern is at {latest}")
+    if not pending:
+        click.echo("nothing to apply")
+        return
+    click.echo(f"{len(pending)} migration(s) would run (dry run: nothing applied):")
+    for migration in pending:
+        click.echo(f"  {migration.version:4d} {migration.name}: {migration.summary}")
 
 
 @click.command()
