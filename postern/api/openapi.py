@@ -44,6 +44,20 @@ HEALTH_SCHEMA = {
                 "detail": {"type": "string"},
             },
         },
+        "backends": {
+            "type": "array",
+            "description": "Each active backend and whether what it depends on answers (probed at most every "
+            "10 s); status is degraded while one does not",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "role": {"type": "string"},
+                    "backend": {"type": "string"},
+                    "reachable": {"type": "boolean"},
+                    "reason": {"type": ["string", "null"]},
+                },
+            },
+        },
     },
 }
 

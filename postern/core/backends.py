@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 # Re-exported: backends raise these, and plugins import them from here.
+from postern.core.doctor.report import Finding  # noqa: F401  (what ``probe`` returns)
 from postern.core.errors import BackendError, PermanentFailure, TemporaryFailure  # noqa: F401
 from postern.core.options import parse_options
 
@@ -74,6 +75,33 @@ class Backend:
         """An outbound message was sent (``result`` None when every recipient was an
         inbox of this Postern). Called after the commit; an exception is logged and
         ignored, the message stays sent."""
+
+    def listens(self) -> list[Listen]:
+        """The addresses this backend's services listen on; none by default. ``postern
+        doctor`` checks that each is free or held by this Postern, and the certificate of
+        each that offers TLS."""
+        return []
+
+    def probe(self, postern, timeout: float) -> list[Finding]:
+        """Whether what this backend depends on can be reached (its API, its relay, its
+        store), each answer a ``Finding`` (``postern.core.doctor.probes`` builds them),
+        each network wait bounded by ``timeout`` seconds; nothing by default. Never sends
+        mail or changes anything. ``postern doctor`` shows every finding; ``/healthz``
+        calls it at most every few seconds and reports the backend unreachable, and
+        itself ``degraded``, on any FAIL. An exception counts as a FAIL."""
+        return []
+
+
+@dataclass(frozen=True)
+class Listen:
+    """An address a backend's service listens on: what listens, ``host:port``, UDP as
+    well as TCP, and the PEM certificate and key it offers over TLS (empty: none)."""
+
+    name: str
+    address: str
+    udp: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)

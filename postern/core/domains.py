@@ -121,16 +121,16 @@ def _settings(postern) -> ZoneSettings:
         raise Unavailable(f"no DNS backend: {exc}", code="no_dns_backend") from exc
 
 
-def _zone(postern, domain: str) -> Zone:
+def _zone(postern, domain: str, ensure_dkim: bool = True) -> Zone:
     _settings(postern)  # a clear 503 when no dns backend is installed
-    zone = build_zone(postern, zone_apex(postern.config.mail.domain, domain), ensure_dkim=True)
+    zone = build_zone(postern, zone_apex(postern.config.mail.domain, domain), ensure_dkim=ensure_dkim)
     if zone is None:  # the tenant was deleted under us
         raise NotFound(f"no domain '{domain}'")
     return zone
 
 
-def _view(postern, domain: str) -> DomainView:
-    zone = _zone(postern, domain)
+def _view(postern, domain: str, ensure_dkim: bool = True) -> DomainView:
+    zone = _zone(postern, domain, ensure_dkim)
     settings = _settings(postern)
     base = postern.config.mail.domain
     wanted = {zone.apex, domain, f"_dmarc.{domain}"}
@@ -154,11 +154,8 @@ def verify_domain(postern, principal: Principal, info: RequestInfo, domain: str)
     store the outcome, and return the domain with it."""
     name = _visible_name(postern, principal, domain)
     view = _view(postern, name)
-    settings = _settings(postern)
-    expected = [r for r in view.records if r.rtype in ("NS", "MX", "TXT", "CNAME") and not r.name.startswith("*.")]
-    expected = [r for r in expected if r.rtype != "NS" or r.name == view.zone]
     try:
-        checks = _run_checks(settings, expected)
+        checks = _run_checks(_settings(postern), _expected(view))
     except ResolverUnreachable as exc:
         # Says nothing about the domain: keep its last status rather than turn a verified
         # domain into a failed one because our resolver was down.
@@ -185,6 +182,26 @@ def verify_domain(postern, principal: Principal, info: RequestInfo, domain: str)
             DomainCheck.create(domain=name, customer=customer_id, status=status, checks=payload)
         audit.record("domain.verify", principal=principal, info=info, target=name, code=status)
     return _view(postern, name)
+
+
+def lookup(postern, domain: str) -> list[Check]:
+    """The checks ``verify_domain`` makes of ``domain`` (a mail domain Postern serves),
+    without storing them or making a DKIM key: for ``postern doctor``. Raises
+    ``ResolverUnreachable`` when no resolver answered, ``NotFound`` for no such domain."""
+    return _run_checks(_settings(postern), _expected(_view(postern, domain, ensure_dkim=False)))
+
+
+def check_records(postern, records: list[DnsRecord]) -> list[Check]:
+    """Look ``records`` up through the configured resolvers, one ``Check`` each (the
+    delegation of the base mail domain, say). Raises ``ResolverUnreachable``."""
+    return _run_checks(_settings(postern), list(records))
+
+
+def _expected(view: DomainView) -> list[DnsRecord]:
+    """What a check looks up: the records the parent and the zone must serve for the
+    domain (its zone's NS, not the wildcards)."""
+    expected = [r for r in view.records if r.rtype in ("NS", "MX", "TXT", "CNAME") and not r.name.startswith("*.")]
+    return [r for r in expected if r.rtype != "NS" or r.name == view.zone]
 
 
 def _run_checks(settings: ZoneSettings, expected: list[DnsRecord]) -> list[Check]:

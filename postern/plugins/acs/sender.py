@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from postern.core.backends import (
     DnsRecord,
+    Finding,
     OutboundMessage,
     PendingSend,
     PermanentFailure,
@@ -85,6 +86,24 @@ class AcsSender(Sender):
 
     def spf_mechanisms(self, postern, domain: str) -> list[str]:
         return list(self.options.spf)
+
+    def probe(self, postern, timeout: float) -> list[Finding]:
+        """The endpoint's host resolves and answers HTTPS with a certificate we trust
+        (any HTTP status: without a signed request ACS answers 401 or 404). Nothing is
+        sent, no credential is used."""
+        from postern.core.doctor import probes
+
+        return [
+            probes.http(
+                "send.acs.endpoint",
+                "ACS endpoint",
+                f"{self.options.endpoint}/",
+                fix="check [send.acs] endpoint (or connection_string), this host's DNS and its outbound HTTPS",
+                timeout=min(timeout, self.options.request_timeout),
+                verify=self.options.ca_file or True,
+                any_answer=True,
+            )
+        ]
 
     def dkim_records(self, postern, domain: str) -> list[DnsRecord]:
         """ACS signs with its own keys: CNAMEs to them at every mail domain of the zone,

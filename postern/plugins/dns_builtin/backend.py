@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from postern.core import zonebell
-from postern.core.backends import DnsProvider
+from postern.core.backends import DnsProvider, Listen
 from postern.core.mtasts import MODES
 from postern.core.names import InvalidName, normalise_domain
 from postern.core.options import at_least, between, host_port, option
@@ -120,6 +120,9 @@ class DnsBuiltin(DnsProvider):
 
     def services(self, postern) -> list[Service]:
         return [Service("dns", run_dns_server, "authoritative DNS for the mail domains (UDP and TCP)")]
+
+    def listens(self) -> list[Listen]:
+        return [Listen("DNS server", self.options.bind, udp=True)]
 
     def zone_changed(self, zone: str) -> None:
         """Tell every dns_builtin server sharing the database to reload ``zone``."""

@@ -8,7 +8,7 @@ import functools
 import logging
 
 from postern.core import quarantine
-from postern.core.backends import InboxRef, Receiver
+from postern.core.backends import InboxRef, Listen, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
 from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.services import Service
@@ -39,6 +39,10 @@ class SmtpLocalReceiver(Receiver):
 
     def services(self, postern) -> list[Service]:
         return [Service("smtp", run_smtp, "SMTP listener for inbound mail (aiosmtpd)", notifies_ready=True)]
+
+    def listens(self) -> list[Listen]:
+        o = self.options
+        return [Listen("SMTP listener", o.bind, tls_cert=o.tls_cert, tls_key=o.tls_key)]
 
 
 async def store_arrival(postern, arrival: Arrival) -> str:

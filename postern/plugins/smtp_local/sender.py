@@ -15,7 +15,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 
-from postern.core.backends import OutboundMessage, PermanentFailure, Sender, SendResult, TemporaryFailure
+from postern.core.backends import Finding, OutboundMessage, PermanentFailure, Sender, SendResult, TemporaryFailure
 from postern.core.options import host_port_or_empty, option
 
 
@@ -85,6 +85,38 @@ class SmtpLocalSender(Sender):
 
     def spf_mechanisms(self, postern, domain: str) -> list[str]:
         return list(self.options.spf)
+
+    def probe(self, postern, timeout: float) -> list[Finding]:
+        """The smarthost greets and takes EHLO (and STARTTLS, its certificate checked as
+        a relay would check it); no login, no mail. Without one: a warning that mail to
+        outside addresses is kept, never sent."""
+        from postern.core.doctor import probes
+        from postern.core.doctor.report import warn
+
+        o = self.options
+        if not o.smarthost:
+            return [
+                warn(
+                    "send.smtp_local.outbound",
+                    "no smarthost: mail to outside addresses is captured (kept with status captured), never sent",
+                    "set [send.smtp_local] smarthost to relay it, or choose another [send] backend (acs)",
+                    "capture-only",
+                )
+            ]
+        host, _, port = o.smarthost.rpartition(":")
+        return [
+            probes.smtp(
+                "send.smtp_local.smarthost",
+                "smarthost",
+                host,
+                int(port),
+                fix="check [send.smtp_local] smarthost, that the relay runs and that this host may reach it",
+                timeout=min(timeout, o.timeout),
+                starttls=o.starttls,
+                ca_file=o.ca_file or None,
+                helo=o.helo or None,
+            )
+        ]
 
     def dkim_sign(self, postern, sender: str, raw: bytes) -> bytes:
         """Mail it relays leaves DKIM-signed with the tenant's key."""

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from postern.core.backends import BackendError, DnsRecord, InboxRef, PermanentFailure, Receiver
+from postern.core.backends import BackendError, DnsRecord, Finding, InboxRef, Listen, PermanentFailure, Receiver
 from postern.core.db import database, write_transaction
 from postern.core.options import host_port_or_empty, option, positive
 from postern.core.services import Service
@@ -172,6 +172,38 @@ class WildDuckReceiver(Receiver):
                 Service("smtp", run_front_door, "SMTP listener handing mail to WildDuck over LMTP", notifies_ready=True)
             )
         return services
+
+    def listens(self) -> list[Listen]:
+        o = self.options
+        return [Listen("SMTP front door", o.smtp_bind, tls_cert=o.tls_cert, tls_key=o.tls_key)] if o.smtp_bind else []
+
+    def probe(self, postern, timeout: float) -> list[Finding]:
+        """WildDuck's API answers a listing of one user with our access token, and its
+        LMTP port greets and takes LHLO; nothing is delivered or changed."""
+        from postern.core.doctor import probes
+
+        o = self.options
+        timeout = min(timeout, o.timeout_seconds)
+        headers = {"X-Access-Token": o.access_token} if o.access_token else {}
+        return [
+            probes.http(
+                "receive.wildduck.api",
+                "WildDuck API",
+                f"{o.api_url.rstrip('/')}/users?limit=1",
+                fix="start WildDuck, or fix [receive.wildduck] api_url and access_token",
+                timeout=timeout,
+                headers=headers,
+            ),
+            probes.smtp(
+                "receive.wildduck.lmtp",
+                "WildDuck LMTP",
+                o.lmtp_host,
+                o.lmtp_port,
+                fix="start WildDuck's LMTP server, or fix [receive.wildduck] lmtp_host and lmtp_port",
+                timeout=timeout,
+                lmtp=True,
+            ),
+        ]
 
     def dns_records(self, postern, domain: str) -> list[DnsRecord]:
         """With ``mx_host`` set, an operator's MX sits in front of WildDuck: publish it
