@@ -7,7 +7,7 @@ import sys
 import click
 
 import postern
-from postern.cli import admin, console, context, dns, install, serve, trust
+from postern.cli import admin, backup, console, context, dns, doctor, install, retention, serve, trust
 from postern.core.config import load_config
 from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
@@ -45,10 +45,13 @@ def version():
 
 for command in (serve.serve, serve.mcp, serve.service, install.init, install.db, install.plugins, admin.admin):
     cli.add_command(command)
+backup.register(cli)  # backup, restore
+cli.add_command(doctor.doctor)
 admin.admin.add_command(dns.dns)
 admin.admin.add_command(trust.quarantine)
 admin.admin.add_command(trust.inbound_policy)
 admin.admin.add_command(trust.rule)
+admin.admin.add_command(retention.retention)
 admin.admin.add_command(console.console_link)
 
 
