@@ -61,7 +61,7 @@ def test_rcpt_answers(handler, monkeypatch):
     def down(*args, **kwargs):
         raise peewee.OperationalError("unable to open database file")
 
-    monkeypatch.setattr(session, "local_inbox", down)
+    monkeypatch.setattr(session, "receiving_inbox", down)
     assert asyncio.run(h.handle_RCPT(None, None, envelope([]), inbox.address, [])).startswith("451")
 
 
