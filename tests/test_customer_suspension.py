@@ -120,3 +120,70 @@ def test_the_console_suspends_and_a_suspended_org_admin_is_signed_out(client, ac
     org = sign_in(client, acme.admin_token)
     refused = post(client, f"/console/customers/{acme.customer.id}/suspend", org, csrf_of(client, org))
     assert refused.status_code == 403 and Customer.get_by_id(acme.customer.id).suspended_at is None
+
+
+# -- deletion ------------------------------------------------------------------------
+
+
+def rows_of(customer_id: str) -> dict:
+    from test_tenancy import tenant_snapshot
+
+    return {name: rows for name, rows in tenant_snapshot(customer_id).items() if rows}
+
+
+def test_a_suspended_customer_is_deleted_with_everything_it_owns(client, postern, acme):
+    from support.world import seed_webhook
+
+    from postern.core.zones import build_zone
+
+    seed_webhook(postern, acme.enrolled)
+    other = make_tenant("bolt")
+    other_inbox = seed_inbox(postern, other.agent_key(handle="ops"), "ops")
+    theirs = rows_of(other.customer.id)
+    assert build_zone(postern, acme.domain) is not None
+    operator = bearer(operator_token())
+    early = client.simulate_delete(f"/v1/admin/customers/{acme.customer.id}", headers=operator)
+    assert early.status_code == 409 and early.json["error"]["code"] == "customer_not_suspended"
+    assert rows_of(acme.customer.id)["Inbox"]
+    client.simulate_post(f"/v1/admin/customers/{acme.customer.id}/suspend", headers=operator)
+    gone = client.simulate_delete(f"/v1/admin/customers/{acme.customer.id}", headers=operator)
+    assert gone.status_code == 204
+    assert rows_of(acme.customer.id) == {}
+    assert Message.select().where(Message.inbox == acme.inbox.id).count() == 0
+    assert build_zone(postern, acme.domain) is None  # its DNS zone no longer answers
+    assert rows_of(other.customer.id) == theirs and other_inbox.address
+    deleted = AuditEvent.get(AuditEvent.action == "customer.delete")
+    assert deleted.target == acme.customer.id
+    # The log outlives the rows: the customer's audit history is still there.
+    assert AuditEvent.select().where(AuditEvent.customer_id == acme.customer.id).count() > 3
+    again = client.simulate_delete(f"/v1/admin/customers/{acme.customer.id}", headers=operator)
+    assert again.status_code == 404
+
+
+def test_org_admins_cannot_delete_customers(client, acme):
+    tenancy.set_suspended(CLI, INFO, "acme", True)
+    other = make_tenant("bolt")
+    own = client.simulate_delete(f"/v1/admin/customers/{other.customer.id}", headers=bearer(other.admin_token))
+    assert own.status_code == 403 and own.json["error"]["code"] == "operator_only"
+    foreign = client.simulate_delete(f"/v1/admin/customers/{acme.customer.id}", headers=bearer(other.admin_token))
+    assert foreign.status_code == 404
+    assert Customer.get_or_none(Customer.id == acme.customer.id) is not None
+
+
+def test_the_cli_and_console_delete_customers(env, db, client, acme, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tenancy.set_suspended(CLI, INFO, "acme", True)
+    refused = CliRunner().invoke(cli, ["admin", "customer", "delete", "acme"], input="n\n")
+    assert refused.exit_code != 0 and Customer.get_or_none(Customer.label == "acme") is not None
+    out = CliRunner().invoke(cli, ["admin", "customer", "delete", "acme", "--yes"])
+    assert out.exit_code == 0, out.output
+    assert Customer.get_or_none(Customer.label == "acme") is None
+    bolt = make_tenant("bolt")
+    tenancy.set_suspended(CLI, INFO, "bolt", True)
+    operator = sign_in(client, operator_token())
+    page = client.simulate_get("/console/customers", cookies=operator).text
+    assert "Delete bolt" in page
+    assert post(client, f"/console/customers/{bolt.customer.id}/delete", operator).status_code == 403  # no CSRF
+    done = post(client, f"/console/customers/{bolt.customer.id}/delete", operator, csrf_of(client, operator))
+    assert done.status_code == 303 and Customer.get_or_none(Customer.id == bolt.customer.id) is None

@@ -9,7 +9,7 @@ import falcon
 from postern.api.bodies import read_json, reject_unknown
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.api.inboxes import CREATE_REQUEST
-from postern.core import audit, enrollment, tenancy
+from postern.core import audit, enrollment, tenancy, tenantdeletion
 from postern.core.auditlog import FILTERS, query_audit
 from postern.core.errors import InvalidInput
 from postern.core.inboxes import create_inbox_for_agent
@@ -80,6 +80,33 @@ class CustomersResource:
 
     async def on_get(self, req, resp):
         await _list(self.caller, req, resp, tenancy.visible_customers, Customer, "customer.list", customer_json)
+
+
+class CustomerResource:
+    OPENAPI = {
+        "delete": operation(
+            "Delete a suspended customer and everything it owns (operator tokens only)",
+            {
+                204: ("Deleted", None),
+                404: ("Not found", ref("Error")),
+                409: ("Not suspended first", ref("Error")),
+            },
+            params=(path_param("customer_id"),),
+            auth="admin",
+        )
+    }
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    async def on_delete(self, req, resp, customer_id):
+        postern = self.caller.postern
+
+        def delete(principal, info):
+            tenantdeletion.delete_customer(postern, principal, info, customer_id)
+
+        await self.caller.as_admin(req, delete)
+        resp.status = falcon.HTTP_204
 
 
 class CustomerSuspensionResource:

@@ -11,7 +11,7 @@ import re
 import click
 
 from postern.cli.context import INFO, emit, json_option, obtain_config, obtain_postern, run
-from postern.core import enrollment, tenancy
+from postern.core import enrollment, tenancy, tenantdeletion
 from postern.core.auditlog import query_audit
 from postern.core.inboxes import search_inboxes
 from postern.core.mail import reading
@@ -76,6 +76,21 @@ def customer_suspend(ctx, customer_ref, as_json):
     """Suspend a customer: its keys are refused, mail to it deferred, its queued mail held."""
     row = run(ctx, lambda: tenancy.set_suspended(CLI, INFO, customer_ref, True))
     emit(as_json, customer_json(row), f"suspended {row.id} ({row.label})")
+
+
+@customer.command("delete")
+@click.argument("customer_ref")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+def customer_delete(ctx, customer_ref, yes, as_json):
+    """Delete a suspended customer with its inboxes, mail, keys, webhooks and DNS zone.
+    Cannot be undone; the audit log keeps its rows."""
+    if not yes:
+        click.confirm(f"Delete customer '{customer_ref}' and everything it owns? This cannot be undone", abort=True)
+    postern = obtain_postern(ctx)  # the receive backend forgets each inbox, as for the API
+    row = run(ctx, lambda: tenantdeletion.delete_customer(postern, CLI, INFO, customer_ref))
+    emit(as_json, customer_json(row), f"deleted {row.id} ({row.label})")
 
 
 @customer.command("resume")

@@ -22,6 +22,7 @@ def routes(postern, runner, waiters) -> list[tuple[str, object]]:
         ("/console/customers", manage.CustomersResource(web)),
         ("/console/customers/{customer_id}/suspend", manage.CustomerSuspensionResource(web, True)),
         ("/console/customers/{customer_id}/resume", manage.CustomerSuspensionResource(web, False)),
+        ("/console/customers/{customer_id}/delete", manage.CustomerDeleteResource(web)),
         ("/console/keys", manage.EnrollmentKeysResource(web)),
         ("/console/keys/{key_id}/revoke", manage.EnrollmentKeyRevokeResource(web)),
         ("/console/agents", manage.AgentsResource(web)),

@@ -12,7 +12,7 @@ import falcon
 from postern.api.health import health_snapshot, not_serving
 from postern.console.forms import many, read_form
 from postern.console.web import page
-from postern.core import audit, enrollment, tenancy
+from postern.core import audit, enrollment, tenancy, tenantdeletion
 from postern.core.auditlog import query_audit
 from postern.core.errors import InvalidInput
 from postern.core.inboxes import visible_inboxes
@@ -122,6 +122,22 @@ class CustomerSuspensionResource:
         await self.web.act(
             req, tenancy.set_suspended, customer_id, self.suspended, csrf=form.get("csrf"), state_changing=True
         )
+        raise falcon.HTTPSeeOther("/console/customers")
+
+
+class CustomerDeleteResource:
+    def __init__(self, web):
+        self.web = web
+
+    @page
+    async def on_post(self, req, resp, customer_id):
+        form = await read_form(req)
+        postern = self.web.postern
+
+        def delete(principal, info):
+            tenantdeletion.delete_customer(postern, principal, info, customer_id)
+
+        await self.web.act(req, delete, csrf=form.get("csrf"), state_changing=True)
         raise falcon.HTTPSeeOther("/console/customers")
 
 
