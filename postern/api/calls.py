@@ -19,7 +19,10 @@ DELIVERY_THREADS = 4
 
 
 def request_info(req) -> RequestInfo:
-    return RequestInfo(request_id=getattr(req.context, "request_id", None), client_addr=req.remote_addr)
+    """The request id and the client's address (behind a trusted proxy, the forwarded
+    client's: ``RequestContext`` and postern/api/forwarded.py)."""
+    client_addr = getattr(req.context, "client_addr", None) or req.remote_addr
+    return RequestInfo(request_id=getattr(req.context, "request_id", None), client_addr=client_addr)
 
 
 PATH_PARAM = re.compile(r"\{[^}]*\}")

@@ -6,16 +6,25 @@ import secrets
 import urllib.parse
 
 from postern.api.errors import ApiError
+from postern.api.forwarded import client_address, client_scheme, trusted_networks
 from postern.core.errors import InvalidInput
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
 
 class RequestContext:
-    """Gives each request an id (``req_…``) that errors, logs and audit rows quote."""
+    """Gives each request an id (``req_…``) that errors, logs and audit rows quote, and
+    the client's address and scheme as seen through ``trusted_proxies``
+    (``req.context.client_addr``, ``req.context.scheme``: postern/api/forwarded.py)."""
+
+    def __init__(self, trusted_proxies=()):
+        self.trusted = trusted_networks(trusted_proxies)
 
     async def process_request(self, req, resp) -> None:
         req.context.request_id = "req_" + secrets.token_hex(12)
+        peer = req.remote_addr
+        req.context.client_addr = client_address(peer, req.get_header("X-Forwarded-For"), self.trusted)
+        req.context.scheme = client_scheme(peer, req.scheme, req.get_header("X-Forwarded-Proto"), self.trusted)
         # NUL can reach no id or filter legitimately, and PostgreSQL refuses it in text.
         if "\x00" in req.path or "%00" in req.query_string or "\x00" in req.query_string:
             raise ApiError(400, "invalid_request", "NUL characters are not allowed in the path or query")

@@ -76,7 +76,8 @@ def obtain_config(ctx: click.Context):
     obj = ctx.find_root().ensure_object(dict)
     if "config" not in obj:
         obj["config"] = load_config(obj.get("config_path"))
-        configure_logging(obj["config"].log.level, obj["config"].log.format)
+        config = obj["config"]
+        configure_logging(config.log.level, config.log.format, log_config=config.log, data_dir=config.data_dir)
     return obj["config"]
 
 

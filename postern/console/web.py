@@ -63,7 +63,10 @@ class Web:
     # --- sessions -------------------------------------------------------------------------
 
     def secure_cookie(self, req) -> bool:
-        return req.scheme == "https" or self.postern.config.server.public_url.startswith("https://")
+        """``https`` as the client used it: the connection's, or ``X-Forwarded-Proto``
+        from a trusted proxy (``RequestContext``), or an https ``public_url``."""
+        scheme = getattr(req.context, "scheme", None) or req.scheme
+        return scheme == "https" or self.postern.config.server.public_url.startswith("https://")
 
     def set_session_cookie(self, req, resp, secret: str) -> None:
         resp.set_cookie(

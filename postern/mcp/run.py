@@ -57,12 +57,22 @@ class RefuseAdminKeys:
         await self.app(scope, receive, send)
 
 
-def run_http(*, host: str, port: int, base_url: str | None = None) -> None:
+def run_http(*, host: str, port: int, base_url: str | None = None, trusted_proxies=()) -> None:
+    """``trusted_proxies``: the only peers whose X-Forwarded-For/-Proto uvicorn believes
+    (``server.trusted_proxies``, as for the API; uvicorn's own default trusts 127.0.0.1)."""
     import uvicorn
 
     app, server = http_app(base_url=base_url, host=host)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
+        )
     finally:
         server.postern_clients.close()
         server.postern_keys.close()

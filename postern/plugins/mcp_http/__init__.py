@@ -15,7 +15,12 @@ def run_mcp(postern) -> None:
     except ImportError as exc:
         raise SystemExit(f"{MISSING_EXTRA} ({exc})") from None
     host, port = split_host_port("mcp.bind", postern.config.mcp.bind)
-    run_http(host=host, port=port, base_url=api_base_url(postern.config))
+    run_http(
+        host=host,
+        port=port,
+        base_url=api_base_url(postern.config),
+        trusted_proxies=postern.config.server.trusted_proxies,
+    )
 
 
 @hookimpl
