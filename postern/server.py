@@ -9,6 +9,8 @@ coroutine where a WSGI worker would hold a thread or a whole process.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 from gunicorn.app.base import BaseApplication
 
@@ -16,6 +18,8 @@ from postern.core.config import Config
 from postern.core.logs import gunicorn_logconfig
 
 log = logging.getLogger("postern.server")
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # postern.core.metrics.MULTIPROC_ENV, without importing it
 
 
 class ApiApplication(BaseApplication):
@@ -46,10 +50,19 @@ class ApiApplication(BaseApplication):
             # gunicorn 27's control socket sits at one path per user: two instances
             # on a host would fight over it, and Postern does not use it.
             "control_socket_disable": True,
-            "logconfig_dict": gunicorn_logconfig(self.config.log.level, self.config.log.format),
+            # Postern alone decides what a proxy's headers mean (server.trusted_proxies,
+            # postern/api/forwarded.py): gunicorn trusts no peer's scheme headers (its
+            # default trusts 127.0.0.1, and every peer of a unix socket), so req.scheme
+            # is the connection's own and X-Forwarded-* reach the app untouched.
+            "forwarded_allow_ips": "",
+            "secure_scheme_headers": {},
+            "logconfig_dict": gunicorn_logconfig(self.config.log, self.config.data_dir),
             "accesslog": "-",
             # Only the method and path: query strings may one day carry signed tokens.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+            # A worker's metrics files stay (its counters still count); its live gauges
+            # (parked waiters) must not: postern/core/metrics.py.
+            "child_exit": _worker_exited,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -61,6 +74,12 @@ class ApiApplication(BaseApplication):
         return create_app(build_postern(self.config), notice_disconnects=True)
 
 
+def _worker_exited(server, worker) -> None:
+    from postern.core import metrics
+
+    metrics.mark_dead(worker.pid)
+
+
 def run_api(config: Config) -> None:
     """Run gunicorn in this process until it is told to stop."""
     from postern.core.runtime import prepare_database
@@ -70,3 +89,18 @@ def run_api(config: Config) -> None:
         "schema at version %s; starting API on %s with %s workers", version, config.server.bind, config.server.workers
     )
     ApiApplication(config).run()
+
+
+def share_metrics(config: Config) -> None:
+    """Give this process and every process it starts one empty metrics directory
+    (``<data_dir>/metrics``, emptied: a previous run's counts would be summed in), unless
+    a parent already did; /metrics in any API worker then sums them all
+    (postern/core/metrics.py). Call it before anything imports prometheus_client, which
+    reads the variable once, at import; gunicorn's workers inherit it at fork."""
+    if not config.metrics.enabled or os.environ.get(METRICS_ENV):
+        return
+    path = config.data_dir / "metrics"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700, parents=True)
+    os.environ[METRICS_ENV] = str(path)

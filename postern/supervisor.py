@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import peewee
 
+from postern.core import metrics
 from postern.core.config import Config
 from postern.core.db import database
 from postern.core.models import ServiceState, utcnow
@@ -229,6 +230,8 @@ class Supervisor:
         # Forked listener processes left in its group stop listening now (they finish
         # their sessions); whatever still lives at the next start is killed then.
         _signal_group(child.proc, signal.SIGTERM)
+        metrics.mark_dead(child.proc.pid)  # its live gauges stop counting; its counters stay
+        metrics.sweep_dead()  # and those of processes that died with it (gunicorn's workers)
         child.leftover_group = child.proc.pid
         self._close_notes(child)
         child.next_start = now + delay

@@ -95,8 +95,8 @@ def test_openapi_documents_every_served_route_and_method(client):
     assert doc["openapi"].startswith("3.1")
     served = {}
     for route in falcon.inspect.inspect_routes(app):
-        if route.path.startswith("/console"):
-            continue  # the console's HTML pages (docs/console.md), not the JSON API
+        if route.path.startswith("/console") or route.path == "/metrics":
+            continue  # the console's HTML pages and the Prometheus scrape: not the JSON API
         methods = {m.method.lower() for m in route.methods if m.internal is False and m.method != "OPTIONS"}
         served[route.path] = methods
     documented = {path: set(item) for path, item in doc["paths"].items()}

@@ -12,6 +12,7 @@ import peewee
 
 from postern import console
 from postern.api import admin, adminmail, domains, downloads, mailrules, messages, quarantine, retention, webhooks
+from postern.api import metrics as metrics_api
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller, route_action
 from postern.api.errors import handle_database_error, handle_domain_error, handle_unexpected, serialize_error
@@ -64,6 +65,7 @@ def build_routes(
         Route("/v1/domains/{domain}/verify", domains.DomainVerifyResource(caller)),
         Route(f"{inbox}/threads/{{thread_id}}", messages.ThreadResource(caller)),
         Route("/v1/admin/customers", admin.CustomersResource(caller)),
+        Route("/v1/admin/customers/{customer_id}", admin.CustomerResource(caller)),
         Route("/v1/admin/customers/{customer_id}/suspend", admin.CustomerSuspensionResource(caller, True)),
         Route("/v1/admin/customers/{customer_id}/resume", admin.CustomerSuspensionResource(caller, False)),
         Route("/v1/admin/enrollment-keys", admin.EnrollmentKeysResource(caller)),
@@ -102,7 +104,13 @@ def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconne
     leaves (for a real ASGI server; see ``WaitResource``)."""
     runner = runner or DatabaseRunner(postern.config.database_threads)
     waiters = Waiters(postern.config.database_url)
-    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(runner, waiters)])
+    app = falcon.asgi.App(
+        middleware=[
+            metrics_api.MetricsMiddleware(),
+            RequestContext(postern.config.server.trusted_proxies),
+            Lifespan(runner, waiters),
+        ]
+    )
     # orjson encodes a page of 50 message summaries (~35 KB) several times faster than the
     # standard library, which was a fifth of a listing's CPU. Request bodies keep their own
     # parser (api/bodies.py).
@@ -116,5 +124,8 @@ def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconne
         app.add_route(route.path, route.resource)
     # The console's HTML pages are not part of the JSON API or its OpenAPI document.
     for path, resource in console.routes(postern, runner, waiters):
+        app.add_route(path, resource)
+    # Prometheus metrics (docs/operations.md, "Metrics"): not the JSON API's either.
+    for path, resource in metrics_api.routes(postern.config):
         app.add_route(path, resource)
     return app

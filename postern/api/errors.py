@@ -12,6 +12,7 @@ import logging
 
 import falcon
 
+from postern.core import metrics
 from postern.core.db import FAULT_FULL, FAULT_UNAVAILABLE, database_fault
 from postern.core.errors import RequestError, SetupError
 
@@ -127,6 +128,7 @@ async def handle_database_error(req, resp, exc, params) -> None:
         await handle_unexpected(req, resp, exc, params)
         return
     kind, request_id = fault.kind, getattr(req.context, "request_id", None)
+    metrics.DATABASE_ERRORS.labels(kind).inc()
     log.warning("%s %s (request %s): %s: %s", req.method, req.path, request_id, kind, fault.error)
     resp.status = falcon.HTTP_503
     resp.content_type = falcon.MEDIA_JSON

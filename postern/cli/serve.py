@@ -26,6 +26,9 @@ def serve(ctx, only, bind, workers):
     if workers:
         os.environ["POSTERN_SERVER_WORKERS"] = str(workers)
     config = context.obtain_config(ctx)
+    from postern.server import share_metrics
+
+    share_metrics(config)  # before the plugins load: children and workers inherit it
     p = context.obtain_postern(ctx)
     if only == "api":
         from postern.server import run_api
@@ -69,7 +72,12 @@ def mcp(ctx, over_http, bind, api_url):
         return
     config = context.obtain_config(ctx)
     host, port = split_host_port("--bind" if bind else "mcp.bind", bind or config.mcp.bind)
-    run.run_http(host=host, port=port, base_url=base_url or api_base_url(config))
+    run.run_http(
+        host=host,
+        port=port,
+        base_url=base_url or api_base_url(config),
+        trusted_proxies=config.server.trusted_proxies,
+    )
 
 
 @click.group()

@@ -127,6 +127,9 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("server.max_connections must be at least 1, max_connections_per_client at least 0")
     if name == "server":
         section.public_url = _public_url("server.public_url", section.public_url)
+        section.trusted_proxies = _networks("server.trusted_proxies", section.trusted_proxies)
+    if name == "log" and (section.max_bytes < 1024 or not 0 <= section.backup_count <= 1000):
+        raise ConfigError("log.max_bytes must be at least 1024 and log.backup_count from 0 to 1000")
     if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
         raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
     if name == "database" and not 0 <= section.threads <= 256:
@@ -147,6 +150,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("console: idle_minutes 1-1440, absolute_hours 1-720 and link_minutes 1-1440")
     if name == "console" and section.max_failed_logins < 1:
         raise ConfigError("console.max_failed_logins must be at least 1")
+    if name == "metrics" and section.token and (len(section.token) < 16 or any(c.isspace() for c in section.token)):
+        raise ConfigError("metrics.token must be at least 16 characters, without spaces (or empty: loopback only)")
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
         section.reserved_local_parts = _local_parts("mail.reserved_local_parts", section.reserved_local_parts)
@@ -187,6 +192,20 @@ def _check_webhooks(section: WebhooksConfig) -> None:
     if section.disable_after_failed_deliveries < 1 or section.concurrency < 1 or section.max_body_chars < 0:
         raise ConfigError("webhooks: disable_after_failed_deliveries and concurrency must be positive")
     section.public_url = _public_url("webhooks.public_url", section.public_url)
+
+
+def _networks(key: str, values: list[str]) -> list[str]:
+    """CIDR ranges (a bare address is its /32 or /128), normalised: ``10.0.0.1/8`` is
+    refused rather than silently read as ``10.0.0.0/8``."""
+    import ipaddress
+
+    networks = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(value.strip())))
+        except ValueError:
+            raise ConfigError(f"{key}: '{value}' is not an IP network (e.g. 127.0.0.1/32 or 10.0.0.0/8)") from None
+    return networks
 
 
 def _local_parts(key: str, values: list[str]) -> list[str]:

@@ -50,6 +50,11 @@ class ServerConfig:
     #: links (and webhook links, unless webhooks.public_url is set) are built on it. Empty
     #: gives links relative to the API root; never taken from the request's Host header.
     public_url: str = ""
+    #: CIDR ranges of the reverse proxies in front of the API, e.g. ["127.0.0.1/32"]:
+    #: only a peer in one of them is believed about X-Forwarded-For (the client's
+    #: address, for audit rows and the console's sign-in throttle) and X-Forwarded-Proto
+    #: (https: the console's cookie is Secure). Empty: no peer is (docs/deployment.md).
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +75,13 @@ class LogConfig:
     level: str = "info"
     #: "text" or "json" (one JSON object per line).
     format: str = "text"
+    #: Also write the log to this file (relative: to data_dir), rotated by size; empty:
+    #: standard error only (under systemd, the journal).
+    file: str = ""
+    #: Rotate the file when it would grow past this many bytes...
+    max_bytes: int = 10 * 1024 * 1024
+    #: ...keeping this many old files (FILE.1 ... FILE.N).
+    backup_count: int = 5
 
 
 @dataclass
@@ -172,6 +184,15 @@ class ConsoleConfig:
 
 
 @dataclass
+class MetricsConfig:
+    #: Serve Prometheus metrics at GET /metrics on the API (docs/operations.md, "Metrics").
+    enabled: bool = True
+    #: When set (give it as { env = "NAME" }), a scrape must send "Authorization: Bearer
+    #: <token>". Empty: /metrics answers only requests from loopback addresses (else 404).
+    token: str = ""
+
+
+@dataclass
 class PluginsConfig:
     #: Plugin names (entry-point or module) that must not load.
     disabled: list[str] = field(default_factory=list)
@@ -217,6 +238,7 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -253,5 +275,6 @@ SECTIONS = {
     "trust": TrustConfig,
     "mcp": McpConfig,
     "console": ConsoleConfig,
+    "metrics": MetricsConfig,
     "plugins": PluginsConfig,
 }

@@ -15,7 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from postern.core import bell
+from postern.core import bell, metrics
 from postern.core.db import is_postgres
 
 log = logging.getLogger("postern.doorbell")
@@ -107,6 +107,8 @@ class Waiters:
         # a ring for a commit the read might miss arrives after the clear and sets it.
         event = self.subscribe(inbox_id)
         relay = asyncio.ensure_future(_set_when(gone, event)) if gone is not None else None
+        metrics.WAITERS.inc()
+        woken = None  # when a ring last woke this wait
         try:
             while True:
                 event.clear()
@@ -126,6 +128,8 @@ class Waiters:
                     if not won:
                         continue  # another wait of this agent took it: read on from there
                 if body is not None:
+                    if woken is not None:
+                        metrics.WAKE_LATENCY.observe(loop.time() - woken)
                     return body, cursor
                 if loop.time() >= deadline:
                     return None, cursor
@@ -133,9 +137,11 @@ class Waiters:
                     continue  # a batch of our own sent mail: read on at once
                 try:
                     await asyncio.wait_for(event.wait(), min(deadline - loop.time(), SAFETY_RECHECK))
+                    woken = loop.time()
                 except TimeoutError:
-                    pass  # re-read the store: covers a lost ring
+                    woken = None  # re-read the store: covers a lost ring
         finally:
+            metrics.WAITERS.dec()
             if relay is not None:
                 relay.cancel()
             self.unsubscribe(inbox_id, event)

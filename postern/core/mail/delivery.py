@@ -16,7 +16,7 @@ import logging
 
 import peewee
 
-from postern.core import dkim
+from postern.core import dkim, metrics
 from postern.core.backends import (
     BackendError,
     OutboundAttachment,
@@ -114,6 +114,7 @@ def mark_sent(postern, message: Message, result, *, attempt: bool) -> Message:
     ``attempt`` counts a delivery attempt (not for a confirmation that completed)."""
     with write_transaction():
         message = record_sent(postern, message.id, result, attempt=attempt)
+    metrics.OUTBOUND.labels(message.status).inc()  # sent, or captured
     tell_sent(postern, message, result)
     return message
 
@@ -232,7 +233,8 @@ def _retry_later(postern, message: Message, exc: TemporaryFailure) -> Message:
         error=str(exc)[:2000],
         next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
     ).where(Message.id == message.id).execute()
-    log.info("message %s: temporary failure (%s); attempt %s, retry in %ss", message.id, exc, attempts, delay)
+    metrics.OUTBOUND.labels("retried").inc()
+    log.warning("message %s: temporary failure (%s); attempt %s, retry in %ss", message.id, exc, attempts, delay)
     return Message.get_by_id(message.id)
 
 
@@ -247,6 +249,7 @@ def mark_failed(postern, message: Message, exc: BackendError) -> Message:
         ).where(Message.id == message.id).execute()
         message = Message.get_by_id(message.id)
         webhook_events.message_event(postern, "message.failed", [message])
+    metrics.OUTBOUND.labels("failed").inc()
     notify(postern, "postern_message_failed", message=message, error=exc)
     return message
 

@@ -17,7 +17,7 @@ from email.utils import make_msgid
 
 import peewee
 
-from postern.core import audit, doorbell
+from postern.core import audit, doorbell, metrics
 from postern.core.db import database_fault, write_transaction
 from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from postern.core.ids import new_id, well_formed
@@ -109,6 +109,7 @@ def send(
         raise
     doorbell.ring_after_commit([inbox.id])
     if local is not None:
+        metrics.OUTBOUND.labels(message.status).inc()  # delivered here, at once: sent
         announce(postern, delivered)
         tell_sent(postern, message, None)
         return message, False

@@ -7,12 +7,14 @@ from __future__ import annotations
 import functools
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
 
+from postern.core import metrics
 from postern.core.connlimits import TOTAL, ConnectionLimiter
 from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.mail.ingest import SUSPENDED, MailRejected, limits_for, receiving_inbox, storable_address
@@ -24,6 +26,7 @@ log = logging.getLogger("postern.smtp")
 
 TOO_MANY_TOTAL = b"421 4.7.0 Too many connections, try again later\r\n"
 TOO_MANY_FROM_CLIENT = b"421 4.7.0 Too many connections from your address, try again later\r\n"
+UNPARSEABLE = "554 5.6.0 Message could not be parsed"
 
 
 @dataclass(frozen=True)
@@ -72,20 +75,20 @@ class Handler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.options.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return _refused("rcpt", "too_many_recipients", "452 4.5.3 Too many recipients")
         if not storable_address(address.strip()):
-            return "553 5.1.3 Invalid mailbox address"
+            return _refused("rcpt", "invalid_address", "553 5.1.3 Invalid mailbox address")
         try:
             known = await self.runner.run(receiving_inbox, address)
         except peewee.PeeweeException as exc:
             log.warning("RCPT %s: database unavailable: %s", address, exc)
-            return "451 4.3.0 Temporary failure, try again later"
+            return _refused("rcpt", "database_unavailable", "451 4.3.0 Temporary failure, try again later")
         if known is None:
-            return "550 5.1.1 No such mailbox here"
+            return _refused("rcpt", "no_such_mailbox", "550 5.1.1 No such mailbox here")
         if known is SUSPENDED:
             # Deferred, not refused: senders retry for days, so nothing is lost if the
             # operator resumes the customer meanwhile.
-            return "450 4.2.1 Mailbox temporarily disabled"
+            return _refused("rcpt", "mailbox_disabled", "450 4.2.1 Mailbox temporarily disabled")
         if not hasattr(envelope, "postern_inboxes"):
             envelope.postern_inboxes = {}
         envelope.postern_inboxes[address.strip().lower()] = known
@@ -93,17 +96,29 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        """The reply to DATA, counted: 250 (with the time since the message's last byte
+        arrived) or a refusal (postern/core/metrics.py)."""
+        started = time.perf_counter()
+        reply = await self._data(session, envelope)
+        if reply.startswith("250"):
+            metrics.SMTP_ACCEPTED.inc()
+            metrics.SMTP_INGEST_LATENCY.observe(time.perf_counter() - started)
+        elif not isinstance(reply, _Counted):
+            _refused("data", "refused_by_backend", reply)  # on_message's own: a policy, a fault
+        return reply
+
+    async def _data(self, session, envelope) -> str:
         raw = envelope.original_content or envelope.content
         try:
             parsed = await self.runner.run(parse, raw, self.limits)
         except MailRejected as exc:
             log.info("refused a message from %s: %s", envelope.mail_from, exc.message)
-            return f"{exc.smtp_code} {exc.message}"
+            return _refused("data", "message_rejected", f"{exc.smtp_code} {exc.message}")
         except Exception:
             # Parsing depends on the bytes alone: a retry would fail the same way, so a
             # 4xx here would have the sender resend a poison message forever.
             log.exception("could not parse a message from %s; refused it for good", envelope.mail_from)
-            return "554 5.6.0 Message could not be parsed"
+            return _refused("data", "unparseable", UNPARSEABLE)
         arrival = Arrival(
             raw=raw,
             parsed=parsed,
@@ -117,6 +132,16 @@ class Handler:
             helo=getattr(session, "host_name", None) or "",
         )
         return await self.on_message(arrival)
+
+
+class _Counted(str):
+    """A reply already counted as a refusal (``_refused``)."""
+
+
+def _refused(stage: str, reason: str, reply: str) -> str:
+    """Count a refusal by stage, code class and a short reason, and return the reply."""
+    metrics.SMTP_REFUSED.labels(stage, f"{reply[:1]}xx", reason).inc()
+    return _Counted(reply)
 
 
 def _client_ip(peer) -> str:
@@ -173,10 +198,13 @@ def _smtp_class():
                     # RFC 5321 3.8: a server that cannot take the session answers 421 and
                     # closes; the sender keeps the message and retries later.
                     self.postern_refused = True
+                    _refused("connect", "too_many_connections", "421")
                     transport.write(TOO_MANY_TOTAL if refused == TOTAL else TOO_MANY_FROM_CLIENT)
                     transport.close()
                     return
                 self.postern_client = key
+            if self.transport is None:
+                metrics.SMTP_SESSIONS.inc()
             super().connection_made(transport)
 
         def connection_lost(self, error):
@@ -209,7 +237,7 @@ def _smtp_class():
         @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
         async def smtp_MAIL(self, arg):
             if self.postern_require_tls and self._tls_protocol is None:
-                await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                await self.push(_refused("mail", "tls_required", "530 5.7.0 Must issue a STARTTLS command first"))
                 return
             await super().smtp_MAIL(arg)
 

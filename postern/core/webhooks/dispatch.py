@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import postern
+from postern.core import metrics
 from postern.core.audit import relaxed_durability
 from postern.core.db import is_postgres, write_transaction
 from postern.core.errors import InvalidInput
@@ -185,6 +186,10 @@ def _connection(target, addresses, timeout):
     return cls(target, addresses, timeout)
 
 
+#: A recorded attempt's new status -> its ``postern_webhook_deliveries`` outcome.
+WEBHOOK_OUTCOMES = {"succeeded": "succeeded", "pending": "retried", "failed": "failed"}
+
+
 def record(postern, attempt: Claimed, outcome: Outcome) -> str | None:
     """Store one attempt's result under its lease; returns the delivery's new status,
     or None when the lease was lost (the row was retried or reclaimed meanwhile)."""
@@ -196,6 +201,8 @@ def record_all(postern, results: list[tuple[Claimed, Outcome]]) -> list[str | No
     with relaxed_durability(), write_transaction():
         statuses = [_record(postern.config.webhooks, attempt, outcome) for attempt, outcome in results]
     for (attempt, outcome), status in zip(results, statuses, strict=True):
+        if status is not None:
+            metrics.WEBHOOK_DELIVERIES.labels(WEBHOOK_OUTCOMES.get(status, status)).inc()
         if status is None:
             log.warning("delivery %s: lease lost before its result was recorded", attempt.delivery_id)
         else:

@@ -15,6 +15,7 @@ import logging
 
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
+from postern.core import metrics
 from postern.plugins.dns_builtin.store import ZoneStore, ZoneUnavailable
 from postern.plugins.dns_builtin.wire import parse_query
 
@@ -35,7 +36,13 @@ class Answerer:
         store.on_change = self.cache.clear
 
     def answer(self, data: bytes, tcp: bool = False) -> bytes | None:
-        """The reply to ``data``, or None to send nothing. Never raises."""
+        """The reply to ``data``, or None to send nothing. Never raises. Counted by
+        transport and rcode (``postern_dns_queries``)."""
+        reply = self._answer(data, tcp)
+        metrics.DNS_QUERIES.labels("tcp" if tcp else "udp", metrics.dns_rcode(reply)).inc()
+        return reply
+
+    def _answer(self, data: bytes, tcp: bool) -> bytes | None:
         if len(data) > (TCP_LIMIT if tcp else MAX_QUERY):
             return None
         key = self._key(data, tcp)
