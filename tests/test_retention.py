@@ -314,3 +314,47 @@ def test_the_cli_refuses_bad_input(run, acme, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert RetentionPolicy.select().count() == 0
+
+
+# -- the audit log's own period ------------------------------------------------------------
+
+
+def test_audit_rows_have_their_own_period(postern, acme):
+    old = utcnow() - dt.timedelta(days=400)
+    AuditEvent.update(at=old).where(AuditEvent.action == "customer.create").execute()
+    kept = AuditEvent.select().where(AuditEvent.action != "customer.create").count()
+    assert AuditEvent.select().where(AuditEvent.at == old).count() == 1
+
+    postern.config.audit.keep_days = 0  # the default: forever
+    assert retention.purge_expired(postern) == 0
+    assert AuditEvent.select().where(AuditEvent.at == old).count() == 1
+
+    postern.config.audit.keep_days = 365
+    assert retention.purge_expired(postern) == 1
+    assert AuditEvent.select().where(AuditEvent.at == old).count() == 0
+    purge = AuditEvent.get(AuditEvent.action == "audit.purge")
+    assert purge.code == "count=1 days=365" and purge.actor == "system"
+    assert AuditEvent.select().where(AuditEvent.action != "audit.purge").count() == kept
+    assert retention.purge_expired(postern) == 0  # nothing older left; no second purge row
+    assert AuditEvent.select().where(AuditEvent.action == "audit.purge").count() == 1
+
+
+def test_audit_purges_are_batched(postern, acme):
+    rows = [
+        {"at": utcnow() - dt.timedelta(days=40), "actor": "cli", "action": "old.thing", "outcome": "ok"}
+        for _ in range(7)
+    ]
+    with write_transaction():
+        AuditEvent.insert_many(rows).execute()
+    assert retention.purge_audit(30, batch=5) == 5
+    assert retention.purge_audit(30, batch=5) == 2
+    assert AuditEvent.select().where(AuditEvent.action == "old.thing").count() == 0
+    assert AuditEvent.select().where(AuditEvent.action == "audit.purge").count() == 2
+
+
+def test_the_audit_period_is_validated(env):
+    from postern.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="audit.keep_days"):
+        load_config(environ={**env, "POSTERN_AUDIT_KEEP_DAYS": "-1"})
+    assert load_config(environ={**env, "POSTERN_AUDIT_KEEP_DAYS": "90"}).audit.keep_days == 90

@@ -148,6 +148,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         1 <= section.idle_minutes <= 1440 and 1 <= section.absolute_hours <= 720 and 1 <= section.link_minutes <= 1440
     ):
         raise ConfigError("console: idle_minutes 1-1440, absolute_hours 1-720 and link_minutes 1-1440")
+    if name == "audit" and not 0 <= section.keep_days <= 36500:
+        raise ConfigError("audit.keep_days must be from 0 (keep forever) to 36500")
     if name == "console" and section.max_failed_logins < 1:
         raise ConfigError("console.max_failed_logins must be at least 1")
     if name == "metrics" and section.token and (len(section.token) < 16 or any(c.isspace() for c in section.token)):

@@ -170,6 +170,13 @@ class McpConfig:
 
 
 @dataclass
+class AuditConfig:
+    #: Audit rows older than this many days are deleted by the outbox's sweep, in
+    #: batches, each batch leaving one ``audit.purge`` row; 0 keeps them forever.
+    keep_days: int = 0
+
+
+@dataclass
 class ConsoleConfig:
     #: Serve the console (docs/console.md) under /console on the API.
     enabled: bool = True
@@ -238,6 +245,7 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
@@ -275,6 +283,7 @@ SECTIONS = {
     "trust": TrustConfig,
     "mcp": McpConfig,
     "console": ConsoleConfig,
+    "audit": AuditConfig,
     "metrics": MetricsConfig,
     "plugins": PluginsConfig,
 }

@@ -22,7 +22,7 @@ from postern.core.db import write_transaction
 from postern.core.errors import InvalidInput
 from postern.core.inboxes import get_inbox
 from postern.core.mail import deletion
-from postern.core.models import Inbox, Message, RetentionPolicy, utcnow
+from postern.core.models import AuditEvent, Inbox, Message, RetentionPolicy, utcnow
 from postern.core.principal import Principal, RequestInfo
 
 MIN_DAYS, MAX_DAYS = 1, 36500
@@ -199,10 +199,33 @@ def purge_inbox(inbox_id: str, customer_id: str, days: int, *, batch: int = BATC
     return removed
 
 
+def purge_audit(keep_days: int, *, batch: int = BATCH, now: dt.datetime | None = None) -> int:
+    """Delete one batch of audit rows older than ``keep_days`` (``[audit] keep_days``; 0
+    keeps them forever), oldest first by the ``at`` index, with one ``audit.purge`` row
+    saying how many went. The audit log keeps its own period, apart from the mail's:
+    purging a message never removes the rows that tell who read or deleted it."""
+    if keep_days <= 0:
+        return 0
+    cutoff = (now or utcnow()) - dt.timedelta(days=keep_days)
+    ids = [
+        row.id
+        for row in AuditEvent.select(AuditEvent.id).where(AuditEvent.at < cutoff).order_by(AuditEvent.at).limit(batch)
+    ]
+    if not ids:
+        return 0
+    with write_transaction():
+        removed = AuditEvent.delete().where(AuditEvent.id.in_(ids)).execute()
+        audit.record("audit.purge", principal=SWEEPER, info=SWEEP_INFO, code=f"count={removed} days={keep_days}")
+    return removed
+
+
 def purge_expired(postern=None, *, batch: int = BATCH, now: dt.datetime | None = None) -> int:
-    """One round of the sweep: at most one batch per inbox with a retention. Returns how
-    many messages went; the outbox calls it again while it returns any."""
+    """One round of the sweep: at most one batch per inbox with a retention, and one of
+    audit rows past ``[audit] keep_days``. Returns how many rows went; the outbox calls
+    it again while it returns any."""
     total = 0
     for inbox_id, (customer_id, days) in retained_inboxes().items():
         total += purge_inbox(inbox_id, customer_id, days, batch=batch, now=now)
+    if postern is not None:
+        total += purge_audit(postern.config.audit.keep_days, batch=batch, now=now)
     return total
