@@ -8,9 +8,12 @@ coroutine where a WSGI worker would hold a thread or a whole process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
@@ -91,16 +94,49 @@ def run_api(config: Config) -> None:
     ApiApplication(config).run()
 
 
+def metrics_dir(config: Config) -> Path:
+    """Where this installation's processes keep their metric files: in RAM (/dev/shm)
+    where the system has it, else the system's temporary directory; never the data
+    directory. prometheus-client maps these files into memory and grows them as metrics
+    appear: on a full disk that growth is a SIGBUS that kills the process (seen in
+    tests/test_faults.py), and the data disk is the one that fills. One name per user and
+    data directory, so a restart finds and empties its own."""
+    digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:16]
+    shm = Path("/dev/shm")  # noqa: S108 (a private, checked directory is made inside)
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"postern-metrics-{os.getuid()}-{digest}"
+
+
+def _private_dir(path: Path) -> Path | None:
+    """``path`` emptied and made 0700 for this user, or None if someone else holds the
+    name (a shared /tmp or /dev/shm): then metrics stay per process rather than share a
+    directory another user controls."""
+    if path.is_symlink() or (path.exists() and path.stat().st_uid != os.getuid()):
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return None
+    return path
+
+
 def share_metrics(config: Config) -> None:
     """Give this process and every process it starts one empty metrics directory
-    (``<data_dir>/metrics``, emptied: a previous run's counts would be summed in), unless
-    a parent already did; /metrics in any API worker then sums them all
-    (postern/core/metrics.py). Call it before anything imports prometheus_client, which
-    reads the variable once, at import; gunicorn's workers inherit it at fork."""
-    if not config.metrics.enabled or os.environ.get(METRICS_ENV):
+    (``metrics_dir``, emptied: a previous run's counts would be summed in), unless a
+    ``postern serve`` of the same installation above it already did (the supervisor
+    starts the API as ``serve --only api``); /metrics in any API worker then sums them
+    all (postern/core/metrics.py). An inherited directory of another installation (a
+    test process, a wrapper) is not ours and is replaced. Call it before the first
+    metric is made; gunicorn's workers inherit the variable at fork."""
+    if not config.metrics.enabled:
         return
-    path = config.data_dir / "metrics"
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(mode=0o700, parents=True)
+    wanted = metrics_dir(config)
+    if os.environ.get(METRICS_ENV) == str(wanted):
+        return
+    path = _private_dir(wanted)
+    if path is None:
+        log.warning("metrics directory %s belongs to another user: metrics are per process", wanted)
+        os.environ.pop(METRICS_ENV, None)
+        return
     os.environ[METRICS_ENV] = str(path)

@@ -31,6 +31,18 @@ if os.environ.get("CI") and not any(os.environ.get(v) for v in ("POSTERN_FUZZ_CA
 
 
 @pytest.fixture(autouse=True)
+def _metrics_directory_does_not_leak():
+    """``postern serve`` run in this process (CliRunner) sets PROMETHEUS_MULTIPROC_DIR for
+    the children it would start; no later test, nor the servers it starts, inherits it."""
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    yield
+    if before is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
+
+
+@pytest.fixture(autouse=True)
 def _apps_release_their_connections(monkeypatch):
     """Close what every API app a test built holds, as a worker's ASGI shutdown would:
     each database thread of its runner keeps a connection, and its doorbell a LISTEN

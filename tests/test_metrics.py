@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import threading
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from support.world import make_tenant
 
 from postern.core.config import ConfigError, config_from_mapping
 from postern.core.metrics import UNMATCHED
+from postern.server import metrics_dir
 
 TOKEN = "metrics-token-0123456789"
 
@@ -78,7 +80,11 @@ def test_metrics_are_summed_over_api_workers_and_services(serve, db_url, tmp_pat
     assert value(found, "postern_waiters_parked") == 0
 
     # Every process writes its own file; the scrape summed over them.
-    pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "data" / "metrics").glob("*.db")}
+    # In RAM (/dev/shm), never on the data disk (postern.server.metrics_dir).
+    directory = metrics_dir(SimpleNamespace(data_dir=tmp_path / "data"))
+    assert not (tmp_path / "data" / "metrics").exists()
+    files = directory.glob("*.db")
+    pids = {p.stem.rsplit("_", 1)[1] for p in files}
     assert len(pids) >= 3  # two API workers and the SMTP listener, at least
 
     # A wait parked in one worker shows in the scrape another worker answers (livesum).

@@ -8,9 +8,12 @@ A service's ``state`` is ``starting`` (started, not serving yet), ``running`` (s
 supervisor starts it again), ``stopped`` or ``failed``. ``status`` is ``degraded`` while
 any service is not serving after having been started once.
 
-``backends``: each active backend and whether what it depends on answers (its
-``probe``: WildDuck's API and LMTP, the ACS endpoint, the smarthost), with the reason
-when not, in words that name no host. Probed at most every ``PROBE_CACHE_SECONDS`` per
+``backends``: the receiving and DNS backends and whether what they depend on answers
+(their ``probe``: WildDuck's API and LMTP), with the reason when not, in words that name
+no host. The sending side (a smarthost, ACS) is not probed here: this endpoint answers
+anyone, and it must not make Postern open connections to a third party on request;
+an outbound outage queues mail, shows in the messages' status and in /metrics, and
+``postern doctor`` checks it. Probed at most every ``PROBE_CACHE_SECONDS`` per
 API worker, so frequent health checks do not hammer a backend; ``status`` is
 ``degraded`` while one is unreachable. Only a database that does not answer is a 503."""
 
@@ -32,6 +35,9 @@ from postern.core.mail.outcome import outbound_mode
 from postern.core.models import ServiceState, utcnow
 
 log = logging.getLogger("postern.api")
+
+#: The roles /healthz probes: what Postern needs to take mail in (see the docstring).
+HEALTH_ROLES = tuple(role for role in ROLES if role != "send")
 
 #: Seconds a probe of the backends is reused by this worker.
 PROBE_CACHE_SECONDS = 10.0
@@ -101,7 +107,7 @@ class BackendProbes:
 
     def _probe(self) -> list[dict]:
         rows = []
-        for role in ROLES:
+        for role in HEALTH_ROLES:
             try:
                 backend = self.postern.active(role)
             except Exception as exc:  # noqa: BLE001  (a backend that does not build: start-up says so)

@@ -4,10 +4,11 @@ Hot paths do one ``.inc()`` or ``.observe()`` on these. This module imports only
 ``prometheus_client`` (and the standard library), so anything in the core may use it.
 
 Across processes: ``postern serve`` gives every child ``PROMETHEUS_MULTIPROC_DIR``
-(``<data_dir>/metrics``, emptied at each start), which puts the client in its multiprocess
-mode: each process writes its values to files there, and ``GET /metrics`` in any API
-worker sums them (``collect``). Without that variable (tests in one process, a
-``postern`` command) the values live in this process's default registry.
+(``postern.server.metrics_dir``: in /dev/shm, never on the data disk; emptied at each
+start), which puts the client in its multiprocess mode: each process writes its values
+to files there, and ``GET /metrics`` in any API worker sums them (``collect``). Without
+that variable (tests in one process, a ``postern`` command) the values live in this
+process's default registry.
 """
 
 from __future__ import annotations
