@@ -7,7 +7,7 @@ import falcon
 
 from postern.api.calls import request_info
 from postern.console.forms import read_form
-from postern.console.manage import PAGE_SIZE
+from postern.console.manage import PAGE_SIZE, audited_page
 from postern.console.web import page, security_headers
 from postern.core import audit
 from postern.core.errors import InvalidInput
@@ -16,7 +16,6 @@ from postern.core.mail import links
 from postern.core.mail.reading import get_message, inbound_after, list_messages
 from postern.core.mail.sanitize import frame_document, resolve_cid_images, sanitize_html
 from postern.core.models import Attachment, Inbox
-from postern.core.pagination import paginate, parse_limit
 from postern.core.views import inbox_json, message_json
 
 #: How long one live request waits for mail before the page asks again.
@@ -34,9 +33,7 @@ class InboxesResource:
 
         def listing(principal, info):
             query = search_inboxes(principal, {"q": q, "agent_id": agent_id})
-            found = paginate(query, Inbox.created_at, Inbox.id, parse_limit(PAGE_SIZE), token)
-            audit.record_read("inbox.list", principal=principal, info=info)
-            return found
+            return audited_page(query, Inbox, token, "inbox.list", principal, info)
 
         session, principal, found = await self.web.act(req, listing)
         self.web.render(

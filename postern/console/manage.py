@@ -25,8 +25,12 @@ from postern.core.views import agent_json, audit_json, customer_json, enrollment
 PAGE_SIZE = 50
 
 
-def _page(query, model, token):
-    return paginate(query, model.created_at, model.id, parse_limit(PAGE_SIZE), token)
+def audited_page(query, model, token, action: str, principal, info):
+    """A page of ``query`` (oldest first, as the admin API lists), its read audited as
+    ``action`` the way the API's listing is."""
+    found = paginate(query, model.created_at, model.id, parse_limit(PAGE_SIZE), token)
+    audit.record_read(action, principal=principal, info=info)
+    return found
 
 
 def _int(form: dict, name: str, default: int | None = None) -> int | None:
@@ -82,9 +86,7 @@ class CustomersResource:
         token = req.get_param("page_token")
 
         def listing(principal, info):
-            found = _page(tenancy.visible_customers(principal), Customer, token)
-            audit.record_read("customer.list", principal=principal, info=info)
-            return found
+            return audited_page(tenancy.visible_customers(principal), Customer, token, "customer.list", principal, info)
 
         session, principal, found = await self.web.act(req, listing)
         self.web.render(
@@ -150,10 +152,9 @@ class EnrollmentKeysResource:
         token = req.get_param("page_token")
 
         def listing(principal, info):
-            found = _page(enrollment.visible_enrollment_keys(principal), EnrollmentKey, token)
-            customers = list(tenancy.visible_customers(principal).limit(500))
-            audit.record_read("enrollment_key.list", principal=principal, info=info)
-            return found, customers
+            keys = enrollment.visible_enrollment_keys(principal)
+            found = audited_page(keys, EnrollmentKey, token, "enrollment_key.list", principal, info)
+            return found, list(tenancy.visible_customers(principal).limit(500))
 
         session, principal, (found, customers) = await self.web.act(req, listing)
         self.web.render(
@@ -236,9 +237,7 @@ class AgentsResource:
             query = enrollment.visible_agents(principal)
             if enrollment_id:
                 query = query.where(Agent.enrollment == enrollment_id)
-            found = _page(query, Agent, token)
-            audit.record_read("agent.list", principal=principal, info=info)
-            return found
+            return audited_page(query, Agent, token, "agent.list", principal, info)
 
         session, principal, found = await self.web.act(req, listing)
         self.web.render(
