@@ -94,11 +94,16 @@ def env(tmp_path, db_url):
 
     Sender verification is off here: it would ask the machine's resolver about every
     test sender's domain, so the suite's speed and results would depend on the network.
-    tests/test_verdicts.py turns it on against a DNS server of its own."""
+    tests/test_verdicts.py turns it on against a DNS server of its own.
+
+    Request rate limits are off too: the suite makes hundreds of requests a minute from
+    one address with one key, as no client of a small server should. tests/test_limits.py
+    turns them on with small limits and tests them, in process and in ``postern serve``."""
     return {
         "POSTERN_DATA_DIR": str(tmp_path / "data"),
         "POSTERN_DATABASE_URL": db_url,
         "POSTERN_TRUST_VERIFY": "false",
+        "POSTERN_LIMITS_ENABLED": "false",
     }
 
 

@@ -34,6 +34,10 @@ NOT_REPORTED = {
     "postern.core.mail.verdicts.DnsTempError",
     # The console's signal that a request has no live session: it becomes the sign-in page.
     "postern.console.web.SignInNeeded",
+    # A failed authentication held back for the rate limiter: deny() raises the real error.
+    "postern.core.auth.PendingDenial",
+    # A refused rate-limit charge inside the counters' transaction: it becomes a verdict.
+    "postern.core.ratelimits.counters._Refused",
 }
 # The client SDK ships alone (its own errors); postern.testing builds on it.
 NOT_SERVER = ("postern.client", "postern.testing")

@@ -43,9 +43,15 @@ class EnrollResource:
     async def on_post(self, req, resp):
         body = await read_json(req, max_bytes=4096)
         reject_unknown(body, set(ENROLL_REQUEST["properties"]))
-        result = await self.caller.anonymous(
-            req, redeem, body.get("enrollment_token"), body.get("agent_handle"), agent_key_ttl=self.ttl
-        )
+        caller = self.caller
+
+        def enroll(info, token, handle):
+            return redeem(
+                info, token, handle, agent_key_ttl=self.ttl,
+                on_failure=caller.on_failure, before_mint=caller.enrollment_charge(req, info),
+            )  # fmt: skip
+
+        result = await caller.anonymous(req, enroll, body.get("enrollment_token"), body.get("agent_handle"))
         resp.status = falcon.HTTP_201
         resp.media = enrolled_json(result)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 
-from postern.core import audit
+from postern.core import audit, metrics
 from postern.core.auth import authenticate, bearer_token, require_scope
 from postern.core.db import DatabaseRunner, GroupCommitter, write_transaction
-from postern.core.errors import PosternError
+from postern.core.errors import PosternError, RateLimited
 from postern.core.principal import RequestInfo
+from postern.core.ratelimits import audit_in_aggregate, build_limiter, failure_throttle
 
 #: Concurrent first delivery attempts per API worker; more sends wait for a free one.
 DELIVERY_THREADS = 4
@@ -41,6 +42,13 @@ def _action(req) -> str:
     return route_action(req.method, getattr(req, "uri_template", None) or req.path)
 
 
+def rate_class(req) -> str:
+    """The route class a request counts under: what its resource says for the method
+    (``RATE_CLASSES = {"POST": "send"}``), else read for GET/HEAD and write otherwise."""
+    declared = getattr(req.context, "rate_classes", None) or {}
+    return declared.get(req.method) or ("read" if req.method in ("GET", "HEAD") else "write")
+
+
 def _target(req) -> str | None:
     params = getattr(req.context, "path_params", None) or {}
     return next(iter(params.values()), None)
@@ -64,6 +72,9 @@ class CoreCaller:
         # threads (and database connections) of their own (see api/messages.py).
         self.deliveries = DatabaseRunner(DELIVERY_THREADS)
         runner.on_shutdown(self.deliveries.shutdown)
+        # Request rate limits (docs/limits.md); None when [limits] enabled = false.
+        self.limiter = build_limiter(postern.config.limits, postern.config.database_url)
+        self.on_failure = failure_throttle(self.limiter)
 
     async def as_agent(self, req, fn, *args, scope: str | None, action: str | None = None, **kwargs):
         """Authenticate an agent key, refuse it (403 ``insufficient_scope``) unless it holds
@@ -86,8 +97,53 @@ class CoreCaller:
         return await self._call(req, "admin", fn, *args, **kwargs)
 
     async def anonymous(self, req, fn, *args, **kwargs):
+        """Run ``fn(info, *args)`` for a request that presents no key (an enrollment, a
+        download link): counted against the client's address (``ip_anonymous``)."""
         info = request_info(req)
-        return await self.runner.run(lambda: fn(info, *args, **kwargs))
+
+        def work():
+            self._charge(req, info, {"ip": info.client_addr}, "anonymous")
+            return fn(info, *args, **kwargs)
+
+        return await self.runner.run(work)
+
+    def _charge(self, req, info: RequestInfo, subjects: dict, route_class: str) -> None:
+        """Count this request against the rate limits; refuse it with 429 past one.
+        Refusals are audited in aggregate (the 1st, 10th, 100th… of a window)."""
+        if self.limiter is None:
+            return
+        try:
+            req.context.rate_verdict = self.limiter.require(subjects, route_class, client=info.client_addr)
+        except RateLimited as exc:
+            metrics.RATE_LIMITED.labels(exc.limit).inc()
+            refused = self.limiter.count_refusal(exc)
+            if audit_in_aggregate(refused):
+                with write_transaction():
+                    audit.record(
+                        _action(req), principal=getattr(req.context, "principal", None), info=info, outcome="denied",
+                        code="rate_limited", target=f"refused:{refused}",
+                    )  # fmt: skip
+            exc.audited = True
+            raise
+
+    def charge_agent(self, req, info: RequestInfo, principal, route_class: str | None = None) -> None:
+        """Count an agent's request against its key's, enrollment's and customer's limits
+        (admin tokens are the operator's and are not limited)."""
+        if principal.kind != "agent":
+            return
+        subjects = {
+            "agent": principal.token_id,
+            "enrollment": principal.enrollment_id,
+            "customer": principal.customer_id,
+        }
+        self._charge(req, info, subjects, route_class or rate_class(req))
+
+    def enrollment_charge(self, req, info: RequestInfo):
+        """``redeem``'s ``before_mint``: one redemption against the enrollment key's and
+        its customer's ``enroll`` limits."""
+        if self.limiter is None:
+            return None
+        return lambda key: self._charge(req, info, {"enrollment": key.id, "customer": key.customer_id}, "enroll")
 
     async def check(self, req, realm: str, scope: str | None = None, action: str | None = None) -> None:
         """Authenticate (and check ``scope``) before a body is read, so a caller without
@@ -97,7 +153,7 @@ class CoreCaller:
         info, token = request_info(req), bearer_token(req.get_header("Authorization"))
 
         def work():
-            principal = authenticate(token, realm, info)
+            principal = authenticate(token, realm, info, self.on_failure)
             if scope:
                 require_scope(principal, scope, info, action or _action(req), _target(req))
 
@@ -109,7 +165,9 @@ class CoreCaller:
 
         def work():
             with audit.deferring_reads() as reads:
-                principal = authenticate(token, realm, info)
+                principal = authenticate(token, realm, info, self.on_failure)
+                req.context.principal = principal
+                self.charge_agent(req, info, principal)
                 try:
                     return fn(principal, info, *args, **kwargs), reads
                 except PosternError as exc:

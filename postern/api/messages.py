@@ -100,6 +100,7 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
 
 
 class MessagesResource:
+    RATE_CLASSES = {"POST": "send"}  # docs/limits.md
     OPENAPI = {
         "post": operation(
             "Send a message (Idempotency-Key makes retries safe)",
@@ -193,6 +194,7 @@ def parse_max_length(value: str | None) -> int | None:
 
 
 class ReplyResource:
+    RATE_CLASSES = {"POST": "send"}  # docs/limits.md
     OPENAPI = {
         "post": operation(
             "Reply in the same thread (reply_all adds the other recipients)",
@@ -230,6 +232,7 @@ class WaitResource:
     over what it returns (docs/mail.md, "Delivery cursors"). The response always
     carries the ``cursor`` after what it returned."""
 
+    RATE_CLASSES = {"GET": "wait"}  # docs/limits.md
     OPENAPI = {
         "get": operation(
             "Wait for mail this agent has not been given yet, or newer than a cursor (long poll)",
@@ -303,6 +306,7 @@ class CodeWaitResource:
     parking on the inbox's doorbell like ``wait_for_email`` until one arrives. Moves no
     delivery cursor (docs/mail.md, "Waiting for a code")."""
 
+    RATE_CLASSES = {"GET": "wait"}  # docs/limits.md
     OPENAPI = {
         "get": operation(
             "Wait for a verification code or link this agent has not been given yet (long poll)",

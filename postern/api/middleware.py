@@ -33,6 +33,7 @@ class RequestContext:
 
     async def process_resource(self, req, resp, resource, params) -> None:
         req.context.path_params = dict(params)  # audit rows name the object a refusal was about
+        req.context.rate_classes = getattr(resource, "RATE_CLASSES", None)  # docs/limits.md
         if resource is not None and req.query_string:
             check_query(req.query_string, documented_query(resource, req.method))
 
@@ -40,6 +41,10 @@ class RequestContext:
         request_id = getattr(req.context, "request_id", None)
         if request_id:
             resp.set_header(REQUEST_ID_HEADER, request_id)
+        verdict = getattr(req.context, "rate_verdict", None)
+        if verdict is not None and not resp.get_header("RateLimit"):
+            for name, value in verdict.headers().items():
+                resp.set_header(name, value)
 
 
 class Lifespan:

@@ -30,19 +30,48 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate(token: str | None, realm: str, info: RequestInfo) -> Principal:
-    """Resolve ``token`` for ``realm`` (``agent`` or ``admin``); refusals are audited."""
+def authenticate(token: str | None, realm: str, info: RequestInfo, on_failure=None) -> Principal:
+    """Resolve ``token`` for ``realm`` (``agent`` or ``admin``); refusals are audited.
+
+    ``on_failure(info)``, when given, is called before a failed attempt (no key, a
+    malformed, unknown, revoked or expired one) is audited, and may refuse it instead
+    (the rate limiter's failed-authentication throttle: postern/core/ratelimits)."""
+    try:
+        return _authenticate(token, realm, info)
+    except PendingDenial as failed:
+        if on_failure is not None:
+            on_failure(info)
+        failed.deny()
+        raise AssertionError("deny raises") from None
+
+
+def _authenticate(token, realm, info) -> Principal:
     if token is None:
-        _deny(info, "missing_key", AuthenticationFailed, "send Authorization: Bearer <key>")
+        _fail(info, "missing_key", AuthenticationFailed, "send Authorization: Bearer <key>")
     try:
         kind = keys.parse_kind(token)
     except keys.MalformedKey as exc:
-        _deny(info, "invalid_key", AuthenticationFailed, f"invalid key: {exc}")
+        _fail(info, "invalid_key", AuthenticationFailed, f"invalid key: {exc}")
     if kind != REALM_KIND[realm]:
-        _deny(info, "wrong_key_type", PermissionDenied, WRONG_REALM[realm], key_prefix=keys.display_prefix(token))
+        _fail(info, "wrong_key_type", PermissionDenied, WRONG_REALM[realm], key_prefix=keys.display_prefix(token))
     if realm == "agent":
         return _agent(token, info)
     return _admin(token, info)
+
+
+class PendingDenial(Exception):
+    """A failed authentication not yet audited, so a throttle can decide first:
+    ``deny()`` audits it (through ``denier``) and raises the refusal."""
+
+    def __init__(self, denier, *args, **kwargs):
+        self.denier, self.args_, self.kwargs = denier, args, kwargs
+
+    def deny(self):
+        self.denier(*self.args_, **self.kwargs)
+
+
+def _fail(*args, **kwargs):
+    raise PendingDenial(_deny, *args, **kwargs)
 
 
 _AGENT_KEY_FIELDS = fastsql.all_fields(AgentKey)
@@ -63,7 +92,7 @@ def _agent(token: str, info: RequestInfo) -> Principal:
         if row is not None and keys.matches(token, row.key_hash):
             _deny_suspended(info, row.customer_id, row.key_prefix)
     if row is None or not keys.matches(token, row.key_hash):
-        _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
+        _fail(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
     principal = Principal(
         kind="agent",
         customer_id=row.customer_id,
@@ -75,19 +104,19 @@ def _agent(token: str, info: RequestInfo) -> Principal:
         expires_at=row.expires_at,
     )
     if row.revoked_at is not None:
-        _deny(info, "key_revoked", AuthenticationFailed, "this key was revoked", principal=principal)
+        _fail(info, "key_revoked", AuthenticationFailed, "this key was revoked", principal=principal)
     if row.expires_at <= utcnow():
-        _deny(info, "key_expired", AuthenticationFailed, "this key expired; enroll again", principal=principal)
+        _fail(info, "key_expired", AuthenticationFailed, "this key expired; enroll again", principal=principal)
     return principal
 
 
 def _admin(token: str, info: RequestInfo) -> Principal:
     row = AdminToken.get_or_none(AdminToken.key_hash == keys.hash_key(token))
     if row is None or not keys.matches(token, row.key_hash):
-        _deny(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
+        _fail(info, "invalid_key", AuthenticationFailed, "unknown key", key_prefix=keys.display_prefix(token))
     principal = Principal(kind="admin", customer_id=row.customer_id, token_id=row.id, key_prefix=row.key_prefix)
     if row.revoked_at is not None:
-        _deny(info, "key_revoked", AuthenticationFailed, "this token was revoked", principal=principal)
+        _fail(info, "key_revoked", AuthenticationFailed, "this token was revoked", principal=principal)
     if is_suspended(row.customer_id):
         _deny_suspended(info, row.customer_id, row.key_prefix)
     return principal

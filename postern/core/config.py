@@ -154,6 +154,10 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("console.max_failed_logins must be at least 1")
     if name == "metrics" and section.token and (len(section.token) < 16 or any(c.isspace() for c in section.token)):
         raise ConfigError("metrics.token must be at least 16 characters, without spaces (or empty: loopback only)")
+    if name == "limits":
+        from postern.core.ratelimits.policy import check_rates
+
+        check_rates(section)
     if name == "mail":
         section.domain = _validate_domain("mail.domain", section.domain)
         section.reserved_local_parts = _local_parts("mail.reserved_local_parts", section.reserved_local_parts)

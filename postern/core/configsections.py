@@ -200,6 +200,42 @@ class MetricsConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Request rate limits (docs/limits.md). A rate is "<count>/<period>" with period
+    second, minute, hour or day (e.g. "60/minute"); "" turns that one limit off.
+    Every request counts against its route class (read, write, send, wait, enroll)
+    for its agent key, that key's enrollment and its customer at once; requests
+    without a valid key count against the client's address."""
+
+    #: Off: no request is counted or refused (mailbox quotas and billing still apply).
+    enabled: bool = True
+    #: Where the counters live: "database" (exact across workers and, on PostgreSQL,
+    #: across hosts; SQLite keeps them in a file of their own beside the database) or
+    #: "memory" (one process only: exact only with server.workers = 1).
+    storage: str = "database"
+    agent_read: str = "600/minute"
+    agent_write: str = "120/minute"
+    agent_send: str = "30/minute"
+    agent_wait: str = "120/minute"
+    enrollment_read: str = "3000/minute"
+    enrollment_write: str = "600/minute"
+    enrollment_send: str = "120/minute"
+    enrollment_wait: str = "600/minute"
+    #: Redemptions of one enrollment key (each mints or renews an agent key).
+    enrollment_enroll: str = "60/hour"
+    customer_read: str = "6000/minute"
+    customer_write: str = "1200/minute"
+    customer_send: str = "300/minute"
+    customer_wait: str = "1200/minute"
+    customer_enroll: str = "600/hour"
+    #: Requests that present no key (enrollment, download links), per client address.
+    ip_anonymous: str = "300/minute"
+    #: Failed authentications per client address; past it, every request from that
+    #: address is refused until the window ends, and refusals are audited in aggregate.
+    ip_failed_auth: str = "30/minute"
+
+
+@dataclass
 class PluginsConfig:
     #: Plugin names (entry-point or module) that must not load.
     disabled: list[str] = field(default_factory=list)
@@ -226,6 +262,7 @@ CHOICES = {
     ("database", "sqlite_synchronous"): ("full", "normal"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("text", "json"),
+    ("limits", "storage"): ("database", "memory"),
     ("trust", "dmarc_reject"): ("refuse", "quarantine", "deliver"),
     ("trust", "unauthenticated"): ("refuse", "quarantine", "deliver"),
 }
@@ -247,6 +284,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     #: The file this came from, if any; child processes reload it.
@@ -285,5 +323,6 @@ SECTIONS = {
     "console": ConsoleConfig,
     "audit": AuditConfig,
     "metrics": MetricsConfig,
+    "limits": LimitsConfig,
     "plugins": PluginsConfig,
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import peewee
 
 from postern.core import audit, keys, tenancy, zonebell
+from postern.core.auth import PendingDenial
 from postern.core.db import write_transaction
 from postern.core.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from postern.core.models import Agent, AgentKey, Customer, EnrollmentKey, utcnow
@@ -103,7 +104,9 @@ def create_enrollment_key(
     return key, minted.plaintext
 
 
-def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> Enrollment:
+def redeem(
+    info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta, on_failure=None, before_mint=None
+) -> Enrollment:
     """``POST /v1/enroll``: the same handle under one enrollment is always the same agent;
     every redemption mints a fresh agent key, never outliving the enrollment key.
 
@@ -111,7 +114,11 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
     (audited ``enroll.renew``): agent keys are short-lived, and an SDK or MCP server
     holding the enrollment key renews before its agent key expires. It is not counted
     against ``max_redemptions``, which limits how many agents a key makes; the
-    enrollment key's own expiry and revocation still end it."""
+    enrollment key's own expiry and revocation still end it.
+
+    ``on_failure(info)`` is told of a token that fails (as ``authenticate``'s is) and may
+    refuse it instead; ``before_mint(key)`` runs once the key is known good, before
+    anything is written, and may refuse the redemption (the rate limiter's hooks)."""
     if not isinstance(token, str) or not token:
         raise InvalidInput("enrollment_token is required", field="enrollment_token")
     if not isinstance(handle, str) or not handle:
@@ -121,29 +128,16 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
     except InvalidName as exc:
         raise InvalidInput(str(exc), field="agent_handle") from None
     try:
-        kind = keys.parse_kind(token)
-    except keys.MalformedKey as exc:
-        _deny(info, "invalid_key", AuthenticationFailed, f"invalid enrollment token: {exc}")
-    if kind != "enroll":
-        _deny(
-            info,
-            "wrong_key_type",
-            PermissionDenied,
-            "enrollment_token must be a pk_enroll_… key",
-            key_prefix=keys.display_prefix(token),
-        )
-    prefix = keys.display_prefix(token)
-    key = EnrollmentKey.get_or_none(EnrollmentKey.key_hash == keys.hash_key(token))
-    if key is None or not keys.matches(token, key.key_hash):
-        _deny(info, "invalid_key", AuthenticationFailed, "unknown enrollment token", key_prefix=prefix)
-    ids = {"customer_id": key.customer_id, "enrollment_id": key.id, "key_prefix": key.key_prefix}
-    if key.revoked_at is not None:
-        _deny(info, "key_revoked", AuthenticationFailed, "this enrollment key was revoked", **ids)
-    now = utcnow()
-    if key.expires_at <= now:
-        _deny(info, "key_expired", AuthenticationFailed, "this enrollment key expired", **ids)
+        key, ids = _valid_key(info, token)
+    except PendingDenial as failed:
+        if on_failure is not None:
+            on_failure(info)
+        failed.deny()
     if tenancy.is_suspended(key.customer_id):
         _deny(info, "customer_suspended", PermissionDenied, "this customer is suspended; ask the operator", **ids)
+    if before_mint is not None:
+        before_mint(key)
+    now = utcnow()
     with write_transaction():
         agent = Agent.get_or_none((Agent.enrollment == key.id) & (Agent.handle == handle))
         renewed = agent is not None
@@ -202,6 +196,36 @@ def redeem(info: RequestInfo, token, handle, *, agent_key_ttl: dt.timedelta) -> 
         )
     key = EnrollmentKey.get_by_id(key.id)
     return Enrollment(agent=agent, agent_key=minted.plaintext, key=agent_key, enrollment=key, renewed=renewed)
+
+
+def _fail(*args, **kwargs):
+    raise PendingDenial(_deny, *args, **kwargs)
+
+
+def _valid_key(info: RequestInfo, token: str) -> tuple[EnrollmentKey, dict]:
+    """The enrollment key ``token`` names, if it is one and still stands."""
+    try:
+        kind = keys.parse_kind(token)
+    except keys.MalformedKey as exc:
+        _fail(info, "invalid_key", AuthenticationFailed, f"invalid enrollment token: {exc}")
+    if kind != "enroll":
+        _fail(
+            info,
+            "wrong_key_type",
+            PermissionDenied,
+            "enrollment_token must be a pk_enroll_… key",
+            key_prefix=keys.display_prefix(token),
+        )
+    prefix = keys.display_prefix(token)
+    key = EnrollmentKey.get_or_none(EnrollmentKey.key_hash == keys.hash_key(token))
+    if key is None or not keys.matches(token, key.key_hash):
+        _fail(info, "invalid_key", AuthenticationFailed, "unknown enrollment token", key_prefix=prefix)
+    ids = {"customer_id": key.customer_id, "enrollment_id": key.id, "key_prefix": key.key_prefix}
+    if key.revoked_at is not None:
+        _fail(info, "key_revoked", AuthenticationFailed, "this enrollment key was revoked", **ids)
+    if key.expires_at <= utcnow():
+        _fail(info, "key_expired", AuthenticationFailed, "this enrollment key expired", **ids)
+    return key, ids
 
 
 def _agent_for(key: EnrollmentKey, handle: str) -> Agent:

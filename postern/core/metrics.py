@@ -60,6 +60,13 @@ _SPECS = {
         ["route"],
         {"buckets": LATENCY_BUCKETS},
     ),
+    "RATE_LIMITED": (
+        Counter,
+        "postern_rate_limited",
+        "Requests refused with 429 by a rate limit, by the limit's name (docs/limits.md).",
+        ["limit"],
+        {},
+    ),
     "DATABASE_ERRORS": (
         Counter,
         "postern_database_errors",
@@ -134,6 +141,7 @@ _value_class_checked = False
 if TYPE_CHECKING:  # what __getattr__ makes, for readers and type checkers
     API_REQUESTS: Counter
     API_LATENCY: Histogram
+    RATE_LIMITED: Counter
     DATABASE_ERRORS: Counter
     SMTP_SESSIONS: Counter
     SMTP_ACCEPTED: Counter

@@ -1,0 +1,205 @@
+"""Request rate limits (docs/limits.md): refusals, headers, aggregation of the audit
+trail, failed-authentication lockout, and exactness across the workers of a real
+``postern serve``, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import pytest
+from support.server import seeding
+from support.world import make_tenant
+
+from postern.core.configsections import LimitsConfig
+from postern.core.errors import ConfigError
+from postern.core.models import Agent, AuditEvent, Message
+from postern.core.ratelimits import audit_in_aggregate
+from postern.core.ratelimits.counters import MemoryCounters
+from postern.core.ratelimits.limiter import Limiter
+from postern.core.ratelimits.policy import parse_rate
+
+NO_LIMITS = {f.name: "" for f in LimitsConfig.__dataclass_fields__.values() if f.name not in ("enabled", "storage")}
+
+
+def limits(**rates) -> LimitsConfig:
+    """A [limits] section with only ``rates`` set (every other limit off)."""
+    return LimitsConfig(enabled=True, storage="database", **{**NO_LIMITS, **rates})
+
+
+@pytest.fixture
+def rates():
+    return {"agent_read": "5/minute", "agent_send": "2/minute", "ip_failed_auth": "4/minute"}
+
+
+@pytest.fixture
+def config(config, rates):
+    config.limits = limits(**rates)
+    return config
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_reads_past_the_limit_get_429_with_headers_and_the_limit_named(client):
+    enrolled = make_tenant("acme").agent_key()
+    for i in range(5):
+        ok = client.simulate_get("/v1/me", headers=auth(enrolled.agent_key))
+        assert ok.status_code == 200
+        assert ok.headers["RateLimit-Policy"] == '"agent_read";q=5;w=60'
+        assert ok.headers["RateLimit"].startswith(f'"agent_read";r={4 - i};t=')
+    refused = client.simulate_get("/v1/me", headers=auth(enrolled.agent_key))
+    assert refused.status_code == 429
+    error = refused.json["error"]
+    assert (error["type"], error["code"], error["limit"]) == ("rate_limit_error", "rate_limited", "agent_read")
+    assert "'agent_read' (5 per minute)" in error["message"]
+    reset = int(refused.headers["Retry-After"])
+    assert 1 <= reset <= 60
+    assert refused.headers["RateLimit"] == f'"agent_read";r=0;t={reset}'
+    # Writes are another class: still allowed.
+    made = client.simulate_post("/v1/inboxes", json={"username": "scout"}, headers=auth(enrolled.agent_key))
+    assert made.status_code == 201
+
+
+def test_refusals_are_audited_in_aggregate(client):
+    enrolled = make_tenant("acme").agent_key()
+    for _ in range(5 + 120):
+        client.simulate_get("/v1/me", headers=auth(enrolled.agent_key))
+    rows = AuditEvent.select().where(AuditEvent.code == "rate_limited").order_by(AuditEvent.id)
+    assert [r.target for r in rows] == ["refused:1", "refused:10", "refused:100"]
+    assert all(r.agent_id == enrolled.agent.id and r.outcome == "denied" for r in rows)
+    assert [audit_in_aggregate(n) for n in (1, 2, 9, 10, 11, 100, 1000, 1001)] == [1, 0, 0, 1, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("rates", [{"agent_read": "3/minute", "enrollment_read": "5/minute"}])
+def test_a_refused_request_costs_its_enrollment_nothing(client, rates):
+    tenant = make_tenant("acme")
+    _, enroll_key = tenant.enrollment_key()
+    keys = [client.simulate_post("/v1/enroll", json={"enrollment_token": enroll_key, "agent_handle": h}) for h in "ab"]
+    first, second = (k.json["agent_key"] for k in keys)
+    statuses = [client.simulate_get("/v1/me", headers=auth(first)).status_code for _ in range(10)]
+    assert statuses == [200] * 3 + [429] * 7
+    # The 7 refusals did not count: the sibling still has the enrollment's last 2.
+    statuses = [client.simulate_get("/v1/me", headers=auth(second)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    refused = client.simulate_get("/v1/me", headers=auth(second))
+    assert refused.json["error"]["limit"] == "enrollment_read"
+
+
+def test_sends_past_the_limit_are_refused_and_nothing_is_stored(client):
+    enrolled = make_tenant("acme").agent_key()
+    inbox = client.simulate_post("/v1/inboxes", json={"username": "scout"}, headers=auth(enrolled.agent_key)).json
+    mail = {"to": ["someone@example.com"], "subject": "hi", "text": "hello"}
+    url = f"/v1/inboxes/{inbox['id']}/messages"
+    statuses = [client.simulate_post(url, json=mail, headers=auth(enrolled.agent_key)).status_code for _ in range(4)]
+    assert statuses == [201, 201, 429, 429]
+    assert Message.select().where(Message.inbox == inbox["id"]).count() == 2
+
+
+def test_failed_authentication_locks_the_address_out_and_audits_in_aggregate(client):
+    enrolled = make_tenant("acme").agent_key()
+    bad = "pk_agent_" + "x" * 43
+    statuses = [client.simulate_get("/v1/me", headers=auth(bad)).status_code for _ in range(4 + 200)]
+    assert statuses == [401] * 4 + [429] * 200
+    denied = AuditEvent.select().where(AuditEvent.action == "auth", AuditEvent.code == "invalid_key").count()
+    assert denied == 4  # one row per failure within the limit, none past it...
+    throttled = AuditEvent.select().where(AuditEvent.action == "auth.throttled").order_by(AuditEvent.id)
+    assert [r.target for r in throttled] == ["refused:1", "refused:10", "refused:100"]  # ...then in aggregate
+    # Past the limit, even a good key from that address waits for the window to end.
+    locked = client.simulate_get("/v1/me", headers=auth(enrolled.agent_key))
+    assert locked.status_code == 429 and locked.json["error"]["limit"] == "ip_failed_auth"
+    # Another address is not affected.
+    other = client.simulate_get("/v1/me", headers=auth(enrolled.agent_key), remote_addr="127.0.0.9")
+    assert other.status_code == 200
+
+
+@pytest.mark.parametrize("rates", [{"enrollment_enroll": "3/hour", "ip_anonymous": "100/minute"}])
+def test_an_enrollment_key_mints_no_more_agents_than_its_limit(client, rates):
+    _, enroll_key = make_tenant("acme").enrollment_key(max_redemptions=None)
+    answers = [
+        client.simulate_post("/v1/enroll", json={"enrollment_token": enroll_key, "agent_handle": f"bot{i}"})
+        for i in range(6)
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429, 429, 429]
+    assert answers[3].json["error"]["limit"] == "enrollment_enroll"
+    assert 3000 <= int(answers[3].headers["Retry-After"]) <= 3600 or int(answers[3].headers["Retry-After"]) >= 1
+    assert Agent.select().count() == 3  # nothing minted past the limit
+
+
+@pytest.mark.parametrize("rates", [{"ip_anonymous": "2/minute"}])
+def test_anonymous_requests_count_against_the_address(client, rates):
+    body = {"enrollment_token": "pk_enroll_" + "y" * 43, "agent_handle": "bot"}
+    statuses = [client.simulate_post("/v1/enroll", json=body).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize("rates", [{}])
+def test_with_limits_off_nothing_is_counted(client, postern, rates):
+    postern.config.limits.enabled = False
+    enrolled = make_tenant("acme").agent_key()
+    answers = [client.simulate_get("/v1/me", headers=auth(enrolled.agent_key)) for _ in range(30)]
+    assert {a.status_code for a in answers} == {200}
+    assert "RateLimit" not in answers[-1].headers
+
+
+def test_windows_reset_on_schedule():
+    now = [1_200_000.0]  # a window boundary (a multiple of 60)
+    limiter = Limiter(limits(agent_read="2/minute"), MemoryCounters(), clock=lambda: now[0])
+    subjects = {"agent": "key_1"}
+    assert [limiter.charge(subjects, "read").allowed for _ in range(3)] == [True, True, False]
+    now[0] += 59.5
+    refused = limiter.charge(subjects, "read")
+    assert not refused.allowed and refused.usages[0].reset == 1
+    now[0] += 0.5  # the next minute
+    assert [limiter.charge(subjects, "read").allowed for _ in range(3)] == [True, True, False]
+
+
+def test_rates_parse_and_bad_ones_are_refused_at_load(tmp_path):
+    assert (parse_rate("60/minute").count, parse_rate("60/minute").seconds) == (60, 60)
+    assert parse_rate("1000 per day").seconds == 86400
+    assert parse_rate("") is None
+    from postern.core.config import load_config
+
+    for bad in ("ten/minute", "5/fortnight", "0/minute", "-1/second"):
+        with pytest.raises(ConfigError, match="limits.agent_send"):
+            load_config(environ={"POSTERN_DATA_DIR": str(tmp_path), "POSTERN_LIMITS_AGENT_SEND": bad})
+    with pytest.raises(ConfigError, match="limits.storage"):
+        load_config(environ={"POSTERN_DATA_DIR": str(tmp_path), "POSTERN_LIMITS_STORAGE": "etcd"})
+
+
+def _wait_for_room_in_the_window(seconds: int = 60, margin: float = 8.0) -> None:
+    """Start a race well inside one fixed window, so its edge cannot split it."""
+    left = seconds - time.time() % seconds
+    if left < margin:
+        time.sleep(left + 0.1)
+
+
+def test_fifty_concurrent_requests_across_both_workers_allow_exactly_the_limit(serve, db_url):
+    with seeding(db_url):
+        enrolled = make_tenant("acme").agent_key()
+    server = serve(services=(), env={"POSTERN_LIMITS_ENABLED": "true", "POSTERN_LIMITS_AGENT_READ": "20/minute"})
+    headers = auth(enrolled.agent_key)
+    with httpx.Client(timeout=30) as warm:  # both workers up and connected before the race
+        assert warm.get(f"{server.url}/healthz").status_code == 200
+    _wait_for_room_in_the_window()
+
+    def one(_):
+        with httpx.Client(timeout=30) as http:  # a connection each: spread over the workers
+            return http.get(f"{server.url}/v1/me", headers=headers).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(one, range(50)))
+    assert statuses.count(200) == 20
+    assert statuses.count(429) == 30
+
+
+def test_a_damaged_counters_file_is_started_afresh(tmp_path, caplog):
+    from postern.core.ratelimits.counters import SqliteCounters
+
+    path = tmp_path / "postern.db-ratelimits"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)  # a header, then garbage
+    limiter = Limiter(limits(agent_read="2/minute"), SqliteCounters(path))
+    assert [limiter.charge({"agent": "key_1"}, "read").allowed for _ in range(3)] == [True, True, False]
+    assert "starting them afresh" in caplog.text
