@@ -44,6 +44,8 @@ BENCHMARKS = {
     "crash_consistency": (["--kills", "3"], []),
     "isolation_timing": (["--pairs", "40", "--warmup", "5"], []),
     "slow_clients": (["--requests", "30", "--slow", "300"], []),
+    "limits_storage": (["--seconds", "1"], []),
+    "limits_overhead": (["--duration", "2", "--rounds", "1"], ["wrk"]),
 }
 INSTALL_HINT = "apt-get install -y wrk postfix dnsperf nsd (then: postfix stop)"
 

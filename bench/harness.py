@@ -7,6 +7,10 @@
   group, then every descendant that outlived it (the supervisor puts its children in
   sessions of their own) is killed by pid, so nothing is left behind.
 - ``wait_http`` / ``wait_smtp``: readiness by a real request or a real 220 banner.
+
+Request rate limits (``[limits]``, docs/limits.md) are off in every bench's config
+unless it asks for them (``limits=``): the benches measure features under a load no
+well-behaved agent makes, not the throttle; bench/limits_overhead.py measures that.
 """
 
 from __future__ import annotations
@@ -69,7 +73,10 @@ class World:
         env["POSTERN_CONFIG"] = str(self.config_file)
         return env
 
-    def write_config(self, extra: str = "", smtp_extra: str = "") -> None:
+    def write_config(self, extra: str = "", smtp_extra: str = "", limits: str = "off") -> None:
+        """``limits``: ``"off"``, ``"high"`` or the body of a ``[limits]`` table (``limits_table``)."""
+        if "[limits]" in extra:
+            raise ValueError("give the [limits] table as limits=, not in extra")
         self.config_file.write_text(
             f'data_dir = "{self.data_dir}"\n'
             f"{extra}"
@@ -80,11 +87,49 @@ class World:
             "[receive.smtp_local]\n"
             f'bind = "127.0.0.1:{self.smtp_port}"\n'
             f"{smtp_extra}"
+            f"{limits_table(limits)}"
         )
 
 
-def make_world(tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str = "", smtp_extra: str = "") -> World:
-    """Config file + migrated SQLite database + tenant ``bench`` + one agent key + inboxes."""
+#: The rate of every limit under ``limits="high"``: each request is counted, none refused.
+HIGH_RATE = "1000000/minute"
+
+
+def limits_table(limits: str = "off") -> str:
+    """The ``[limits]`` table of a bench's config file (docs/limits.md).
+
+    - ``"off"`` (every bench's default): ``enabled = false``. The benches hammer one agent
+      key from one address to measure a feature (listing, sending, waiting, MCP, ingest);
+      with Postern's default limits they would measure 429s instead.
+    - ``"high"``: limits on, every rate ``HIGH_RATE``: each request is counted in the
+      shared counters and none is refused, so the figure is what the limiter costs.
+    - anything else: the table's body as TOML, e.g. ``'agent_read = "10/minute"\\n'``
+      (limits on, the defaults for every rate it does not name).
+    """
+    if limits == "off":
+        body = "enabled = false\n"
+    elif limits == "high":
+        from dataclasses import fields
+
+        from postern.core.configsections import LimitsConfig
+
+        rates = [f.name for f in fields(LimitsConfig) if f.name not in ("enabled", "storage")]
+        body = "enabled = true\n" + "".join(f'{name} = "{HIGH_RATE}"\n' for name in rates)
+    else:
+        body = limits if limits.endswith("\n") else limits + "\n"
+    return "[limits]\n" + body
+
+
+def make_world(
+    tmp: Path,
+    inboxes: int = 1,
+    workers: int = 2,
+    config_extra: str = "",
+    smtp_extra: str = "",
+    limits: str = "off",
+) -> World:
+    """Config file + migrated SQLite database + tenant ``bench`` + one agent key + inboxes.
+    ``limits``: see ``limits_table`` (off unless asked for)."""
     from support.world import INFO, make_tenant
 
     from postern.core import migrations
@@ -95,7 +140,7 @@ def make_world(tmp: Path, inboxes: int = 1, workers: int = 2, config_extra: str 
     from postern.core.runtime import build_postern
 
     world = World(tmp, free_port(), free_port(), workers)
-    world.write_config(config_extra, smtp_extra)
+    world.write_config(config_extra, smtp_extra, limits)
     postern = build_postern(load_config(world.config_file, environ={}))
     with database.connection_context():
         migrations.upgrade()

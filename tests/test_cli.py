@@ -46,13 +46,15 @@ def test_plugins_json(run):
         "available": True,
         "plugin": "billing_free",
         "description": "no metering: every action is allowed",
-        "choices": ["free"],
+        "choices": ["free", "metered", "x402"],
         "error": None,
     }
     assert roles["dns"]["available"] is True and roles["dns"]["choices"] == ["dns_builtin"]
     assert [p["name"] for p in data["plugins"]] == [
         "acs",
         "billing_free",
+        "billing_metered",
+        "billing_x402",
         "core",
         "dns_builtin",
         "mcp_http",

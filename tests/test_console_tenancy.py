@@ -9,13 +9,15 @@ import re
 import string
 
 import pytest
-from support.world import make_tenant
+from support.world import INFO, make_tenant
 from test_console import csrf_of, post, sign_in
 from test_tenancy import objects_of, tenant_snapshot
 
 from postern import console
+from postern.core import sendingstops
 from postern.core.db import DatabaseRunner
 from postern.core.ids import new_id
+from postern.core.principal import CLI
 
 POSTS = {"suspend", "resume", "revoke", "delete", "download", "verify", "rotate-secret", "redeliver"}
 
@@ -32,6 +34,7 @@ def kind_of(path: str, param: str) -> tuple[str, str]:
         "domain": ("domain", "dom"),
         "webhook_id": ("webhook", "whk"),
         "delivery_id": ("delivery", "dlv"),
+        "stop_id": ("stop", "stp"),
     }
     if param not in kinds:
         pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in kind_of()")
@@ -55,6 +58,7 @@ def test_every_console_id_route_hides_other_tenants(client, postern):
     a, b = make_tenant("acme"), make_tenant("bolt")
     objects_of(postern, a, "mine")
     theirs, _ = objects_of(postern, b, "theirs")
+    theirs["stop"] = sendingstops.stop_sending(CLI, INFO, "customer", b.customer.id, "theirs").id
     cookies = sign_in(client, a.admin_token)
     csrf = csrf_of(client, cookies)
     before = tenant_snapshot(b.customer.id)

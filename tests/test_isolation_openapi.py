@@ -106,7 +106,9 @@ def test_foreign_ids_answer_like_missing_ones(client, postern, op, foreign):
     acme = make_tenant("acme")
     owner = make_tenant("globex") if foreign == "other tenant" else acme
     theirs_by_kind, victim = objects_of(postern, owner, "victim")
-    credential = acme.admin_token if auth == "admin" else acme.agent_key(handle="attacker").agent_key
+    attacker = None if auth == "admin" else acme.agent_key(handle="attacker")
+    credential = acme.admin_token if attacker is None else attacker.agent_key
+    caller = attacker.agent.id if attacker is not None else None
     params = PATH_PARAM.findall(path)
     theirs = {name: theirs_by_kind[id_kind(path, name)[0]] for name in params}
     headers = {"Authorization": f"Bearer {credential}"}
@@ -118,7 +120,7 @@ def test_foreign_ids_answer_like_missing_ones(client, postern, op, foreign):
     @given(case=SCHEMA[path][method].as_strategy())
     def attack(case):
         missing = {name: new_id(id_kind(path, name)[1]) for name in params}
-        before = tenant_snapshot(owner.customer.id)
+        before = tenant_snapshot(owner.customer.id, caller)
         sent = dict(headers=headers, params=case.query or {})
         if case.body is not NOT_SET:
             sent["json"] = case.body
@@ -128,7 +130,7 @@ def test_foreign_ids_answer_like_missing_ones(client, postern, op, foreign):
         # both answer the same 4xx, which is just as silent about the foreign object.
         assert resp_missing.status_code in (404, *BODY_REFUSALS), resp_missing.text
         assert comparable(resp_theirs, theirs) == comparable(resp_missing, missing)
-        assert tenant_snapshot(owner.customer.id) == before
+        assert tenant_snapshot(owner.customer.id, caller) == before
 
     attack()
     # And once with a body the operation accepts, so the lookup itself is reached.

@@ -5,22 +5,25 @@ trail, failed-authentication lockout, and exactness across the workers of a real
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
+import smtplib
 import time
 
 import httpx
 import pytest
+from support.fuzz import RunningSmtp
 from support.server import seeding
-from support.world import make_tenant
+from support.world import make_tenant, seed_inbox
 
 from postern.core.configsections import LimitsConfig
 from postern.core.errors import ConfigError
-from postern.core.models import Agent, AuditEvent, Message
+from postern.core.models import Agent, AuditEvent, Inbox, Message
 from postern.core.ratelimits import audit_in_aggregate
 from postern.core.ratelimits.counters import MemoryCounters
 from postern.core.ratelimits.limiter import Limiter
 from postern.core.ratelimits.policy import parse_rate
 
-NO_LIMITS = {f.name: "" for f in LimitsConfig.__dataclass_fields__.values() if f.name not in ("enabled", "storage")}
+NO_LIMITS = {f.name: "" for f in LimitsConfig.__dataclass_fields__.values() if f.type == "str" and f.name != "storage"}
 
 
 def limits(**rates) -> LimitsConfig:
@@ -37,6 +40,16 @@ def rates():
 def config(config, rates):
     config.limits = limits(**rates)
     return config
+
+
+@pytest.fixture
+def client(client, postern):
+    """The API app, its limiter's clock stopped at one instant: a window's edge cannot
+    fall in the middle of a test and reset its counts."""
+    if postern.limiter is not None:
+        now = time.time()
+        postern.limiter.clock = lambda: now
+    return client
 
 
 def auth(key: str) -> dict:
@@ -135,9 +148,14 @@ def test_anonymous_requests_count_against_the_address(client, rates):
     assert statuses == [401, 401, 429]
 
 
-@pytest.mark.parametrize("rates", [{}])
-def test_with_limits_off_nothing_is_counted(client, postern, rates):
-    postern.config.limits.enabled = False
+@pytest.fixture
+def unlimited(config):
+    config.limits.enabled = False
+    return config
+
+
+def test_with_limits_off_nothing_is_counted(unlimited, client, postern):
+    assert unlimited.limits.agent_read == "5/minute" and postern.limiter is None
     enrolled = make_tenant("acme").agent_key()
     answers = [client.simulate_get("/v1/me", headers=auth(enrolled.agent_key)) for _ in range(30)]
     assert {a.status_code for a in answers} == {200}
@@ -203,3 +221,87 @@ def test_a_damaged_counters_file_is_started_afresh(tmp_path, caplog):
     limiter = Limiter(limits(agent_read="2/minute"), SqliteCounters(path))
     assert [limiter.charge({"agent": "key_1"}, "read").allowed for _ in range(3)] == [True, True, False]
     assert "starting them afresh" in caplog.text
+
+
+def _send(client, enrolled, inbox, recipients: int):
+    mail = {"to": [f"r{i}@example.com" for i in range(recipients)], "subject": "hi", "text": "hello"}
+    return client.simulate_post(f"/v1/inboxes/{inbox.id}/messages", json=mail, headers=auth(enrolled.agent_key))
+
+
+@pytest.mark.parametrize("rates", [{"inbox_send_messages": "2/hour"}])
+def test_an_inbox_sends_no_more_messages_an_hour_than_its_limit(client, postern, rates):
+    enrolled = make_tenant("acme").agent_key()
+    inbox = seed_inbox(postern, enrolled, "scout")
+    assert [_send(client, enrolled, inbox, 1).status_code for _ in range(3)] == [201, 201, 429]
+    refused = _send(client, enrolled, inbox, 1)
+    assert refused.json["error"]["limit"] == "inbox_send_messages"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    other = seed_inbox(postern, enrolled, "other")  # another inbox of the same agent has its own
+    assert _send(client, enrolled, other, 1).status_code == 201
+
+
+@pytest.mark.parametrize("rates", [{"customer_send_recipients": "5/day"}])
+def test_recipients_a_day_count_every_recipient_and_a_refused_send_costs_none(client, postern, rates):
+    enrolled = make_tenant("acme").agent_key()
+    inbox = seed_inbox(postern, enrolled, "scout")
+    assert _send(client, enrolled, inbox, 3).status_code == 201
+    before = Message.select().count()
+    refused = _send(client, enrolled, inbox, 3)  # 6 > 5
+    assert refused.status_code == 429 and refused.json["error"]["limit"] == "customer_send_recipients"
+    assert Message.select().count() == before
+    assert _send(client, enrolled, inbox, 2).status_code == 201  # exactly 5
+
+
+def test_a_message_has_at_most_recipients_per_message(client, postern, config):
+    config.limits.recipients_per_message = 2
+    enrolled = make_tenant("acme").agent_key()
+    inbox = seed_inbox(postern, enrolled, "scout")
+    refused = _send(client, enrolled, inbox, 3)
+    assert refused.status_code == 422 and refused.json["error"]["code"] == "too_many_recipients"
+    assert _send(client, enrolled, inbox, 2).status_code == 201
+
+
+@pytest.mark.parametrize("rates", [{"ip_smtp_mail": "2/minute"}])
+def test_smtp_clients_past_their_message_rate_get_451(postern, rates):
+    enrolled = make_tenant("acme").agent_key()
+    inbox = seed_inbox(postern, enrolled, "scout")
+    now = time.time()
+    postern.limiter.clock = lambda: now
+    server = RunningSmtp(postern)
+    try:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+            for _ in range(2):
+                smtp.sendmail("someone@example.org", [inbox.address], b"Subject: hi\r\n\r\nhello\r\n")
+            code, text = smtp.mail("someone@example.org")
+            assert code == 451 and b"4.7.1" in text
+    finally:
+        server.stop()
+    assert Message.select().where(Message.inbox == inbox.id, Message.direction == "inbound").count() == 3
+
+
+@pytest.mark.parametrize("rates", [{"fresh_domain_new_recipients": "3/day"}])
+def test_a_fresh_domain_ramps_up_its_new_recipients(client, postern, rates):
+    enrolled = make_tenant("acme").agent_key()
+    inbox = seed_inbox(postern, enrolled, "scout")
+
+    def to(*names):
+        mail = {"to": [f"{n}@example.com" for n in names], "subject": "hi", "text": "hello"}
+        return client.simulate_post(f"/v1/inboxes/{inbox.id}/messages", json=mail, headers=auth(enrolled.agent_key))
+
+    assert to("a", "b").status_code == 201
+    assert to("a", "B").status_code == 201  # known already (any case): nothing new
+    refused = to("c", "d")  # 2 + 2 new > 3 on the domain's first day
+    assert refused.status_code == 429 and refused.json["error"]["limit"] == "fresh_domain_new_recipients"
+    assert to("c", "a").status_code == 201  # 3 new: exactly the first day's
+
+    # A day older, the domain may reach twice as many new recipients a day.
+    def age(days):
+        for row in Inbox.select().where(Inbox.domain == inbox.domain):
+            Inbox.update(created_at=row.created_at - dt.timedelta(days=days)).where(Inbox.id == row.id).execute()
+
+    age(1)
+    assert to("d", "e").status_code == 201  # 5 of 6 (the counter is the day's)
+    assert to("f", "g").status_code == 429
+    # Past the ramp's days it no longer applies.
+    age(30)
+    assert to("h", "i", "j", "k").status_code == 201

@@ -108,7 +108,7 @@ def test_tiny_plugin_registered_then_unregistered():
 
 
 def test_disabled_plugin_is_not_called(config):
-    pm = get_plugin_manager(disabled=["billing_free"])
+    pm = get_plugin_manager(disabled=["billing_free", "billing_metered", "billing_x402"])
     assert pm.get_plugin("billing_free") is None
     registry = BackendRegistry.from_plugin_manager(pm)
     assert registry.names("billing") == []

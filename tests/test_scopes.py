@@ -23,7 +23,10 @@ from postern.core.principal import SCOPES
 AGENT_OPS = [op for op in served_operations() if op.auth == "agent"]
 SCOPED_OPS = [op for op in AGENT_OPS if op.scope is not None]
 # Routes any agent key may call whatever its scopes: say why when adding one.
-UNSCOPED = {"GET /v1/me"}  # a key may always ask what it is, to learn which scopes it lacks
+UNSCOPED = {
+    "GET /v1/me",  # a key may always ask what it is, to learn which scopes it lacks
+    "GET /v1/usage",  # and what its enrollment used, as /v1/me tells its quota: counts, no mail
+}
 
 # A valid body for each agent operation that reads one, so the scope is all that differs.
 BODIES = {

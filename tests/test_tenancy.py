@@ -47,7 +47,10 @@ from postern.core.models import (
     Message,
     QuarantinedMessage,
     RetentionPolicy,
+    SendingStop,
     Thread,
+    UsageCalls,
+    UsageEvent,
     Webhook,
     WebhookDelivery,
     utcnow,
@@ -120,7 +123,7 @@ def denials(code: str | None = None) -> list[AuditEvent]:
     return list(query.order_by(AuditEvent.id))
 
 
-def tenant_snapshot(customer_id: str) -> dict:
+def tenant_snapshot(customer_id: str, caller_agent: str | None = None) -> dict:
     """Every row a tenant owns (audit aside), to prove a foreign caller changed nothing."""
     rows = {}
     for model in (
@@ -140,12 +143,22 @@ def tenant_snapshot(customer_id: str) -> dict:
         MailRule,
         Attachment,
         DownloadLink,
+        UsageEvent,
+        UsageCalls,
+        SendingStop,
     ):
         if model is Attachment:  # no customer column: through its message
             owner = Attachment.message.in_(Message.select(Message.id).where(Message.customer == customer_id))
         else:
             owner = (model.id if model is Customer else model.customer) == customer_id
-        order = (model.customer, model.scope) if model in (InboundPolicy, RetentionPolicy) else (model.id,)
+        if model in (InboundPolicy, RetentionPolicy):
+            order = (model.customer, model.scope)
+        elif model is UsageCalls:
+            order = (model.hour, model.enrollment_id, model.agent_id, model.route_class)
+        else:
+            order = (model.id,)
+        if model is UsageCalls and caller_agent:  # the caller's own calls are its usage, not a change to theirs
+            owner &= model.agent_id != caller_agent
         found = model.select().where(owner).order_by(*order)
         rows[model.__name__] = [model_to_dict(row, recurse=False) for row in found]
     return rows
@@ -192,6 +205,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "rule", "rul"
     if param == "customer_id":
         return "customer", "cus"
+    if param == "stop_id":
+        return "sending_stop", "stp"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -214,6 +229,10 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     ids["held"] = seed_held(postern, inbox)
     ids["rule"] = seed_rule(inbox)
     ids["customer"] = tenant.customer.id
+    # A stop of the tenant's that covers no one here: the objects above must keep sending.
+    ids["sending_stop"] = SendingStop.create(
+        customer=tenant.customer.id, kind="agent", subject_id=new_id("agt"), created_by="cli"
+    ).id
     return ids, enrolled
 
 
@@ -246,6 +265,7 @@ AGENT_ENDPOINTS = {
     "read": ("GET", "/v1/inboxes/{inbox_id}", "mailbox:read", 200, "inbox.read"),
     "delete": ("DELETE", "/v1/inboxes/{inbox_id}", "mailbox:create", 204, "inbox.delete"),
     "me": ("GET", "/v1/me", None, 200, "me.read"),
+    "usage": ("GET", "/v1/usage", None, 200, "usage.read"),
     "messages": ("GET", "/v1/inboxes/{inbox_id}/messages", "mailbox:read", 200, "message.list"),
     "message": ("GET", "/v1/inboxes/{inbox_id}/messages/{message_id}", "mailbox:read", 200, "message.read"),
     "message-delete": (
@@ -426,13 +446,13 @@ def test_agent_keys_see_only_their_own_enrollments_objects(client, postern, acme
     mine = acme.agent_key(handle="me")
     theirs = {name: theirs_by_kind[id_kind(op.path, name)[0]] for name in op.params}
     missing = fake_ids(op)
-    before = tenant_snapshot(acme.customer.id)
+    before = tenant_snapshot(acme.customer.id, mine.agent.id)
 
     resp_theirs = call(client, op, theirs, bearer(mine.agent_key))
     resp_missing = call(client, op, missing, bearer(mine.agent_key))
 
     assert_indistinguishable(resp_theirs, theirs, resp_missing, missing)
-    assert tenant_snapshot(acme.customer.id) == before
+    assert tenant_snapshot(acme.customer.id, mine.agent.id) == before
     listing = client.simulate_get("/v1/inboxes", headers=bearer(mine.agent_key))
     assert listing.status_code == 200 and listing.json["data"] == []
     listing = client.simulate_get("/v1/inboxes", headers=bearer(neighbour.agent_key))

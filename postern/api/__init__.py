@@ -11,8 +11,20 @@ import orjson
 import peewee
 
 from postern import console
-from postern.api import admin, adminmail, domains, downloads, mailrules, messages, quarantine, retention, webhooks
+from postern.api import (
+    admin,
+    adminmail,
+    domains,
+    downloads,
+    mailrules,
+    messages,
+    quarantine,
+    retention,
+    sendingstops,
+    webhooks,
+)
 from postern.api import metrics as metrics_api
+from postern.api import usage as usage_api
 from postern.api.agents import EnrollResource, MeResource
 from postern.api.calls import CoreCaller, route_action
 from postern.api.errors import handle_database_error, handle_domain_error, handle_unexpected, serialize_error
@@ -20,6 +32,7 @@ from postern.api.health import HealthResource
 from postern.api.inboxes import InboxesResource, InboxResource
 from postern.api.middleware import Lifespan, RequestContext
 from postern.api.openapi import OpenApiResource
+from postern.api.payments import PaymentMiddleware
 from postern.api.wellknown import MtaStsResource
 from postern.core.db import DatabaseRunner
 from postern.core.doorbell import Waiters
@@ -81,6 +94,8 @@ def build_routes(
         *(Route(path, resource) for path, resource in mailrules.routes(caller)),
         *(Route(path, resource) for path, resource in adminmail.routes(caller)),
         *(Route(path, resource) for path, resource in retention.routes(caller)),
+        *(Route(path, resource) for path, resource in usage_api.routes(caller)),
+        *(Route(path, resource) for path, resource in sendingstops.routes(caller)),
         Route("/.well-known/mta-sts.txt", MtaStsResource(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):
@@ -109,6 +124,7 @@ def create_app(postern, runner: DatabaseRunner | None = None, *, notice_disconne
             metrics_api.MetricsMiddleware(),
             RequestContext(postern.config.server.trusted_proxies),
             Lifespan(runner, waiters),
+            PaymentMiddleware(postern, runner),
         ]
     )
     # orjson encodes a page of 50 message summaries (~35 KB) several times faster than the

@@ -7,13 +7,14 @@ admin poking at another tenant's ids leaves a trail even when the answer is a 40
 from __future__ import annotations
 
 import re
+from functools import partial
 
-from postern.core import audit, metrics
+from postern.core import audit, metrics, usage
 from postern.core.auth import authenticate, bearer_token, require_scope
-from postern.core.db import DatabaseRunner, GroupCommitter, write_transaction
+from postern.core.db import DatabaseRunner, GroupCommitter, on_next_write, take_write_hooks, write_transaction
 from postern.core.errors import PosternError, RateLimited
 from postern.core.principal import RequestInfo
-from postern.core.ratelimits import audit_in_aggregate, build_limiter, failure_throttle
+from postern.core.ratelimits import audit_in_aggregate, failure_throttle
 
 #: Concurrent first delivery attempts per API worker; more sends wait for a free one.
 DELIVERY_THREADS = 4
@@ -21,9 +22,19 @@ DELIVERY_THREADS = 4
 
 def request_info(req) -> RequestInfo:
     """The request id and the client's address (behind a trusted proxy, the forwarded
-    client's: ``RequestContext`` and postern/api/forwarded.py)."""
-    client_addr = getattr(req.context, "client_addr", None) or req.remote_addr
-    return RequestInfo(request_id=getattr(req.context, "request_id", None), client_addr=client_addr)
+    client's: ``RequestContext`` and postern/api/forwarded.py), and its x402 payment.
+    One per request, kept on ``req.context``: the billing backend writes its outcome
+    into it and ``PaymentMiddleware`` reads it after the response (postern/api/payments.py)."""
+    info = getattr(req.context, "request_info", None)
+    if info is None:
+        client_addr = getattr(req.context, "client_addr", None) or req.remote_addr
+        info = RequestInfo(
+            request_id=getattr(req.context, "request_id", None),
+            client_addr=client_addr,
+            payment=req.get_header("PAYMENT-SIGNATURE"),
+        )
+        req.context.request_info = info
+    return info
 
 
 PATH_PARAM = re.compile(r"\{[^}]*\}")
@@ -40,6 +51,20 @@ def route_action(method: str, template: str) -> str:
 
 def _action(req) -> str:
     return route_action(req.method, getattr(req, "uri_template", None) or req.path)
+
+
+def _account(reads: list, hooks: list) -> None:
+    """A request's read audit rows and the writes its action left (its API call in the
+    usage ledger, when it made no transaction of its own), in the read audits' shared
+    group commit: no commit of its own."""
+    if reads:
+        audit.write_rows(reads)
+    for fn in hooks:
+        fn()
+
+
+def _call_subject(principal) -> tuple:
+    return principal.customer_id, principal.enrollment_id, principal.agent_id
 
 
 def rate_class(req) -> str:
@@ -73,7 +98,7 @@ class CoreCaller:
         self.deliveries = DatabaseRunner(DELIVERY_THREADS)
         runner.on_shutdown(self.deliveries.shutdown)
         # Request rate limits (docs/limits.md); None when [limits] enabled = false.
-        self.limiter = build_limiter(postern.config.limits, postern.config.database_url)
+        self.limiter = postern.limiter
         self.on_failure = failure_throttle(self.limiter)
 
     async def as_agent(self, req, fn, *args, scope: str | None, action: str | None = None, **kwargs):
@@ -168,9 +193,12 @@ class CoreCaller:
                 principal = authenticate(token, realm, info, self.on_failure)
                 req.context.principal = principal
                 self.charge_agent(req, info, principal)
+                if principal.kind == "agent":  # counted with the action's own writes (docs/usage.md)
+                    on_next_write(partial(usage.count_calls, *_call_subject(principal), rate_class(req)))
                 try:
-                    return fn(principal, info, *args, **kwargs), reads
+                    return fn(principal, info, *args, **kwargs), reads, take_write_hooks()
                 except PosternError as exc:
+                    exc.write_hooks = take_write_hooks()  # a refused call counts too, once
                     if not exc.audited:
                         with write_transaction():
                             audit.record(
@@ -178,8 +206,16 @@ class CoreCaller:
                             )
                         exc.audited = True
                     raise
+                except BaseException:
+                    take_write_hooks()  # never left behind for this thread's next request
+                    raise
 
-        result, reads = await self.runner.run(work)
-        if reads:  # answered only once its audit rows are committed
-            await self.read_audits.run(audit.write_rows, reads)
+        try:
+            result, reads, hooks = await self.runner.run(work)
+        except PosternError as exc:
+            if getattr(exc, "write_hooks", None):
+                await self.read_audits.run(_account, [], exc.write_hooks)
+            raise
+        if reads or hooks:  # answered only once its audit rows are committed
+            await self.read_audits.run(_account, reads, hooks)
         return result

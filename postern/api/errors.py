@@ -103,8 +103,9 @@ async def handle_domain_error(req, resp, exc, params) -> None:
         body["error"]["field"] = exc.field
     if getattr(exc, "limit", None):  # a 429 names the limit it hit (docs/limits.md)
         body["error"]["limit"] = exc.limit
-        for name, value in exc.headers.items():
-            resp.set_header(name, value)
+    # A 429's RateLimit headers, a 402's x402 PAYMENT-REQUIRED offer (docs/billing.md).
+    for name, value in (getattr(exc, "headers", None) or {}).items():
+        resp.set_header(name, value)
     resp.status = falcon.code_to_http_status(exc.status)
     resp.content_type = falcon.MEDIA_JSON
     if exc.retry_after is not None:

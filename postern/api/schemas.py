@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from postern.core.ratelimits.policy import ROUTE_CLASSES
+
 S = {"type": "string"}
 S_NULL = {"type": ["string", "null"]}
 INT = {"type": "integer"}
@@ -328,3 +330,33 @@ MAIL_RULE = obj(
 )
 SCHEMAS["MailRule"] = MAIL_RULE
 SCHEMAS["MailRules"] = obj({"data": {"type": "array", "items": MAIL_RULE}})
+SENDING_STOP = obj(
+    {
+        "id": S,
+        "customer_id": S,
+        "kind": {"enum": ["customer", "enrollment", "agent"]},
+        "subject_id": S,
+        "reason": S,
+        "created_at": {"type": "string", "format": "date-time"},
+        "created_by": S,
+    }
+)
+SCHEMAS["SendingStop"] = SENDING_STOP
+SCHEMAS["SendingStopList"] = obj({"data": {"type": "array", "items": SENDING_STOP}})
+COUNT = {"type": "integer", "minimum": 0}
+SCHEMAS["Usage"] = obj(
+    {
+        "customer_id": S,
+        "enrollment_id": {**S_NULL, "description": "the enrollment counted (an agent key's own); null: the customer"},
+        "since": {**S, "description": "start of the period (inclusive), UTC"},
+        "until": {**S, "description": "end of the period (exclusive), UTC"},
+        "inboxes_created": COUNT,
+        "messages_sent": {**COUNT, "description": "sends accepted, however their delivery ended"},
+        "recipients": {**COUNT, "description": "recipients of those sends (to, cc and bcc)"},
+        "bytes_sent": COUNT,
+        "messages_received": {**COUNT, "description": "copies stored into inboxes (one per inbox)"},
+        "bytes_received": COUNT,
+        "bytes_stored": {**COUNT, "description": "the size of all mail kept now, whatever the period"},
+        "api_calls": obj({name: COUNT for name in ROUTE_CLASSES}),
+    }
+)

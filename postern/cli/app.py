@@ -7,7 +7,7 @@ import sys
 import click
 
 import postern
-from postern.cli import admin, backup, console, context, dns, doctor, install, retention, serve, trust
+from postern.cli import admin, backup, console, context, dns, doctor, install, retention, sending, serve, trust, usage
 from postern.core.config import load_config
 from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
@@ -52,6 +52,8 @@ admin.admin.add_command(trust.quarantine)
 admin.admin.add_command(trust.inbound_policy)
 admin.admin.add_command(trust.rule)
 admin.admin.add_command(retention.retention)
+admin.admin.add_command(usage.usage_cmd)
+admin.admin.add_command(sending.sending)
 admin.admin.add_command(console.console_link)
 
 

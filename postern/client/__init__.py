@@ -34,6 +34,7 @@ from postern.client.models import (
     Person,
     Signature,
     Thread,
+    Usage,
     WaitResult,
 )
 from postern.client.webhooks import WebhookVerificationError, verify_webhook
@@ -54,6 +55,7 @@ __all__ = [
     "Postern",
     "Signature",
     "Thread",
+    "Usage",
     "CodeResult",
     "WaitResult",
     "WebhookVerificationError",

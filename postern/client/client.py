@@ -34,6 +34,7 @@ from postern.client.models import (
     WaitResult,
 )
 from postern.client.renewal import Renewal
+from postern.client.usage import UsageReports
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
 RETRY_STATUSES = (429, 503)
@@ -52,13 +53,16 @@ class Postern:
         timeout: float = 30.0,
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        x402_payer=None,
     ):
         """With ``enrollment_key`` and ``agent_handle`` the client redeems them for its
         agent key on its first call (or ``enroll()``), renews that key when
         ``renew_before`` of its lifetime is left and whenever the server answers
         ``key_expired``; never on ``key_revoked``. Both come from the environment
         (``POSTERN_ENROLLMENT_KEY``, ``POSTERN_AGENT_HANDLE``) unless an ``api_key`` or
-        ``enrollment_key`` is passed. An ``api_key`` given too is used until it expires."""
+        ``enrollment_key`` is passed. An ``api_key`` given too is used until it expires.
+        ``x402_payer`` (``postern.client.payments.X402Payer``, a test wallet) pays an x402
+        offer in a 402 and makes the call once more (docs/billing.md)."""
         #: The mock world when ``postern.testing.mock_client()`` made this client, for
         #: injecting mail; ``None`` against a real server.
         self.mock = None
@@ -73,10 +77,14 @@ class Postern:
         self._api_key = key
         self.base_url = (base_url or os.environ.get("POSTERN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
+        self.x402_payer = x402_payer
+        #: The ``PAYMENT-RESPONSE`` header of the last call that paid (base64 JSON).
+        self.last_payment_response: str | None = None
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self.inboxes = Inboxes(self)
         self.messages = Messages(self)
         self.threads = Threads(self)
+        self.usage = UsageReports(self)
 
     def __repr__(self) -> str:  # never the key
         return f"Postern(base_url={self.base_url!r})"
@@ -156,6 +164,14 @@ class Postern:
                 raise
             renewal.renew(key, self._redeem, force=True)
             resp = self._exchange(method, path, key=renewal.key, **call)
+        except errors.PaymentRequired as exc:
+            # Refused before anything was done: pay the offer once and make the call again.
+            if self.x402_payer is None or not exc.payment_required:
+                raise
+            signature = self.x402_payer.signature(exc.payment_required, f"{self.base_url}{path}")
+            call["headers"] = {**(headers or {}), "PAYMENT-SIGNATURE": signature}
+            resp = self._exchange(method, path, key=key if authenticated else None, **call)
+            self.last_payment_response = resp.headers.get("PAYMENT-RESPONSE")
         if raw:
             return resp.content
         return resp.json() if resp.content else None
@@ -197,7 +213,10 @@ class Postern:
                     body = resp.json()
                 except ValueError:
                     body = None
-                raise errors.from_response(resp.status_code, body, retry_after)
+                error = errors.from_response(resp.status_code, body, retry_after)
+                if resp.status_code == 402:
+                    error.payment_required = resp.headers.get("PAYMENT-REQUIRED")
+                raise error
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
 

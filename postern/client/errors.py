@@ -40,7 +40,11 @@ class AuthenticationFailed(PosternError):
 
 
 class PaymentRequired(PosternError):
-    """402: the tenant's plan or quota does not allow this."""
+    """402: the tenant's plan or quota does not allow this (``code`` ``plan_limit_reached``),
+    or the action must be paid for: ``payment_required`` holds the server's x402 offer (the
+    ``PAYMENT-REQUIRED`` header), which a client made with ``x402_payer`` pays by itself."""
+
+    payment_required: str | None = None
 
 
 class PermissionDenied(PosternError):

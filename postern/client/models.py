@@ -297,6 +297,32 @@ class Me:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What an enrollment (or, for admins, a customer) used over [since, until)."""
+
+    customer_id: str
+    enrollment_id: str | None
+    since: dt.datetime | None
+    until: dt.datetime | None
+    inboxes_created: int = 0
+    messages_sent: int = 0
+    #: Recipients of those sends (to, cc and bcc).
+    recipients: int = 0
+    bytes_sent: int = 0
+    #: Copies stored into inboxes (mail to two inboxes is two).
+    messages_received: int = 0
+    bytes_received: int = 0
+    #: What the mail kept takes now, whatever the period.
+    bytes_stored: int = 0
+    #: API calls by route class: read, write, send, wait, enroll.
+    api_calls: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Usage:
+        return cls(**_known_timed(cls, data, "since", "until"))
+
+
+@dataclass(frozen=True)
 class Enrollment:
     """The result of redeeming an enrollment key. The agent key itself is kept by the
     client it authenticates, not repeated here."""

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from postern.console import mailpages, manage, settings, signin
+from postern.console import mailpages, manage, settings, signin, usagepage
 from postern.console.static import StaticResource
 from postern.console.web import Web
 
@@ -37,5 +37,6 @@ def routes(postern, runner, waiters) -> list[tuple[str, object]]:
         (f"{message}/frame", mailpages.MessageFrameResource(web)),
         (f"{message}/download", mailpages.DownloadResource(web)),
         *settings.settings_routes(web),
+        *usagepage.usage_routes(web),
         ("/console/static/{name}", StaticResource()),
     ]

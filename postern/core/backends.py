@@ -265,11 +265,15 @@ class DnsProvider(Backend):
 
 @dataclass(frozen=True)
 class QuotaDecision:
-    """Answer of a billing backend or quota hook."""
+    """Answer of a billing backend or quota hook. A refusal becomes a 402 whose error
+    ``code`` is ``code`` (default ``payment_required``) and which carries ``headers``
+    (x402's ``PAYMENT-REQUIRED`` offer): ``postern.core.quota.refusal``."""
 
     allowed: bool
     reason: str = ""
     retry_after: float | None = None
+    code: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class BillingBackend(Backend):
@@ -277,13 +281,21 @@ class BillingBackend(Backend):
 
     role = "billing"
 
-    def check(self, customer_id: str, action: str, quantity: int = 1) -> QuotaDecision:
-        """Return whether ``customer_id`` may perform ``action`` ``quantity`` times."""
+    def check(self, customer_id: str, action: str, quantity: int = 1, info=None) -> QuotaDecision:
+        """Return whether ``customer_id`` may perform ``action`` ``quantity`` times.
+        ``info`` is the request's ``RequestInfo`` (None outside a request): a backend
+        that takes payments reads ``info.payment`` and may set ``info.payment_response``.
+        Backends written before ``info`` existed may leave it out of their signature."""
         raise NotImplementedError
 
     def record(self, customer_id: str, action: str, quantity: int = 1) -> None:
         """Record usage after the action succeeded."""
         raise NotImplementedError
+
+    def action_failed(self, info) -> None:
+        """The action ``check`` allowed for the request of ``info`` failed: release what
+        the check took (a settled payment, so a retry reuses it). Called by the API only
+        for a request whose ``info.billing`` names a ``payment_key``."""
 
 
 BASE_CLASSES: dict[str, type[Backend]] = {

@@ -233,6 +233,23 @@ class LimitsConfig:
     #: Failed authentications per client address; past it, every request from that
     #: address is refused until the window ends, and refusals are audited in aggregate.
     ip_failed_auth: str = "30/minute"
+    #: Sending limits: messages one inbox / one customer sends per period, and the
+    #: recipients those messages have in all (a message to 5 people counts 5).
+    inbox_send_messages: str = "100/hour"
+    customer_send_messages: str = "1000/hour"
+    inbox_send_recipients: str = "500/day"
+    customer_send_recipients: str = "5000/day"
+    #: Recipients (to + cc + bcc) one message may have; 0 = only the API's own cap
+    #: (100 per field). Over it: 422 too_many_recipients.
+    recipients_per_message: int = 50
+    #: A fresh domain's ramp: in the first ``fresh_domain_days`` days after its first inbox,
+    #: a domain may send to this many recipients it never sent to before on its first
+    #: day, twice as many the next day, and so on ("" or 0 days: no ramp).
+    fresh_domain_new_recipients: str = "50/day"
+    fresh_domain_days: int = 14
+    #: Messages (MAIL FROM) per client address on the SMTP listener; past it 451 4.7.1.
+    #: Recipients per message are [receive.smtp_local] max_recipients (452 4.5.3).
+    ip_smtp_mail: str = "120/minute"
 
 
 @dataclass

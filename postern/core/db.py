@@ -290,12 +290,43 @@ def write_transaction():
     transaction.
     """
     db = database.obj
+    outermost = not db.in_transaction()
     if isinstance(db, peewee.SqliteDatabase):
         with _sqlite_writer.held(db.database), db.atomic("IMMEDIATE"):
             yield
+            if outermost:
+                _run_write_hooks()
     else:
         with db.atomic():
             yield
+            if outermost:
+                _run_write_hooks()
+
+
+_write_hooks = threading.local()
+
+
+def on_next_write(fn) -> None:
+    """Run ``fn()`` at the end of this thread's next write transaction, inside it, if
+    that transaction commits: an API call is counted in the usage ledger with the action
+    it made (postern/api/calls.py), at the end so a row lock on PostgreSQL is held only
+    for the commit. ``take_write_hooks`` collects what no transaction ran."""
+    hooks = getattr(_write_hooks, "pending", None)
+    if hooks is None:
+        hooks = _write_hooks.pending = []
+    hooks.append(fn)
+
+
+def take_write_hooks() -> list:
+    """Remove and return the hooks no write transaction has run yet."""
+    hooks = getattr(_write_hooks, "pending", None) or []
+    _write_hooks.pending = None
+    return hooks
+
+
+def _run_write_hooks() -> None:
+    for fn in take_write_hooks():
+        fn()
 
 
 class GroupCommitter:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import peewee
 from email_validator import EmailNotValidError, validate_email
 
-from postern.core import audit, fastsql
+from postern.core import audit, fastsql, usage
 from postern.core.backends import InboxRef, PermanentFailure, TemporaryFailure
 from postern.core.db import write_transaction
 from postern.core.enrollment import allowed_domains, get_agent
@@ -18,7 +18,6 @@ from postern.core.errors import (
     Conflict,
     InvalidInput,
     NotFound,
-    PaymentRequired,
     PermissionDenied,
     QuotaExceeded,
     Unavailable,
@@ -29,7 +28,7 @@ from postern.core.models import Agent, EnrollmentKey, InboundPolicy, Inbox, Rete
 from postern.core.names import InvalidName, normalise_domain, normalise_local_part
 from postern.core.pagination import Page, paginate, parse_limit
 from postern.core.principal import Principal, RequestInfo
-from postern.core.quota import check_quota
+from postern.core.quota import check_quota, payment_refusal
 from postern.core.webhooks import events as webhook_events
 
 log = logging.getLogger("postern.inboxes")
@@ -138,9 +137,9 @@ def _create(postern, principal: Principal, info: RequestInfo, body: dict, owner:
         raise InvalidInput(f"'{username}' is not a valid mailbox name: {exc}", field="username") from None
     address = f"{username}@{domain}"
 
-    decision = check_quota(postern, owner.customer_id, "inbox.create", 1)
+    decision = check_quota(postern, owner.customer_id, "inbox.create", 1, info)
     if not decision.allowed:
-        raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
+        raise payment_refusal(decision)
 
     provisioned = []  # the inbox, once the receive backend has made it
     try:
@@ -171,6 +170,7 @@ def _create(postern, principal: Principal, info: RequestInfo, body: dict, owner:
                 audit.record(
                     "inbox.create", principal=principal, info=info, target=inbox.id, customer_id=owner.customer_id
                 )
+                usage.inbox_created(inbox)
                 webhook_events.inbox_event(postern, "inbox.created", inbox)
         except BaseException:
             if provisioned:  # rolled back once the backend was asked: unmake it there too

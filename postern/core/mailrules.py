@@ -28,7 +28,7 @@ def _choice(body: dict, name: str, choices: tuple[str, ...]) -> str:
 
 def _level(principal: Principal, info: RequestInfo, body: dict) -> dict:
     """Which customer, enrollment key or inbox the entry is for, as ``principal`` may see it."""
-    from postern.core.tenancy import get_customer
+    from postern.core.tenancy import named_customer
 
     inbox_id, enrollment_id = body.get("inbox_id"), body.get("enrollment_id")
     for name in ("inbox_id", "enrollment_id", "customer_id"):
@@ -42,10 +42,7 @@ def _level(principal: Principal, info: RequestInfo, body: dict) -> dict:
     if enrollment_id:
         key = get_enrollment_key(principal, enrollment_id)
         return {"customer": key.customer_id, "enrollment": key.id}
-    ref = body.get("customer_id") or principal.customer_id
-    if not ref:
-        raise InvalidInput("customer_id is required with an operator token", field="customer_id")
-    return {"customer": get_customer(principal, ref).id}
+    return {"customer": named_customer(principal, body.get("customer_id")).id}
 
 
 def create_rule(principal: Principal, info: RequestInfo, body: dict) -> MailRule:

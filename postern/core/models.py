@@ -476,6 +476,69 @@ class ConsoleLoginFailure(BaseModel):
         primary_key = peewee.CompositeKey("client", "window_start")
 
 
+class UsageEvent(BaseModel):
+    """One metered action (docs/usage.md), written in the action's own transaction.
+    ``ref`` names the action ("message.send:msg_…") and is unique, so an action that is
+    retried or replayed is counted once. Enrollment and agent are ids, not foreign keys:
+    the ledger outlives what it counted, except its customer."""
+
+    id = peewee.BigAutoField()
+    ref = peewee.CharField(max_length=100, unique=True)
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the index's first column
+    enrollment_id = peewee.CharField(max_length=40)
+    agent_id = peewee.CharField(max_length=40)
+    kind = peewee.CharField(max_length=20)  # inbox.create, message.send, message.received
+    at = peewee.DateTimeField(default=utcnow)
+    quantity = peewee.IntegerField(default=1)  # a send's recipients; 1 otherwise
+    bytes = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("customer", "at"), False),)
+
+
+class UsageCalls(BaseModel):
+    """API calls per hour, customer, enrollment, agent and route class: one row per
+    bucket, added to with an UPSERT. An absent enrollment or agent is ''."""
+
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the key's first column
+    hour = peewee.DateTimeField()
+    enrollment_id = peewee.CharField(max_length=40, default="")
+    agent_id = peewee.CharField(max_length=40, default="")
+    route_class = peewee.CharField(max_length=10)  # read, write, send, wait, enroll
+    calls = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("customer", "hour", "enrollment_id", "agent_id", "route_class")
+
+
+class SendingStop(BaseModel):
+    """The operator's kill switch: while this row stands, the customer, enrollment key or
+    agent it names sends nothing and its queued mail is held (core/sendingstops.py)."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("stp"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    kind = peewee.CharField(max_length=20)  # customer, enrollment, agent
+    subject_id = peewee.CharField(max_length=40)
+    reason = peewee.CharField(max_length=500, default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+    created_by = peewee.CharField(max_length=40)  # the admin token's id, or "cli"
+
+    class Meta:
+        indexes = ((("subject_id", "kind"), True),)
+
+
+class KnownRecipient(BaseModel):
+    """An address (by SHA-256) a customer has sent to: a fresh domain's ramp limits only
+    recipients it never sent to before (postern/core/ratelimits/sending.py)."""
+
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the key's first column
+    address_hash = peewee.CharField(max_length=64)
+    first_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("customer", "address_hash")
+
+
 #: Every model, for the schema check that keeps migrations and models in step.
 ALL_MODELS = (
     Customer,
@@ -505,4 +568,8 @@ ALL_MODELS = (
     ConsoleSession,
     ConsoleLink,
     ConsoleLoginFailure,
+    UsageEvent,
+    UsageCalls,
+    SendingStop,
+    KnownRecipient,
 )

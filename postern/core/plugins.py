@@ -26,6 +26,8 @@ log = logging.getLogger("postern.plugins")
 #: (entry-point name, module) of the plugins that ship with Postern.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("billing_free", "postern.plugins.billing_free"),
+    ("billing_metered", "postern.plugins.billing_metered"),
+    ("billing_x402", "postern.plugins.billing_x402"),
     ("smtp_local", "postern.plugins.smtp_local"),
     ("dns_builtin", "postern.plugins.dns_builtin"),
     ("acs", "postern.plugins.acs"),

@@ -10,10 +10,16 @@ SCOPES = ("mailbox:create", "mailbox:read", "mailbox:send")
 
 @dataclass(frozen=True)
 class RequestInfo:
-    """Request id and client address, quoted by audit rows."""
+    """Request id and client address, quoted by audit rows; the x402 ``PAYMENT-SIGNATURE``
+    header for a billing backend that takes payments (docs/billing.md)."""
 
     request_id: str | None = None
     client_addr: str | None = None
+    payment: str | None = None
+    #: Written by the billing backend during the request, read by the API after it:
+    #: ``payment_response`` (the PAYMENT-RESPONSE header) and ``payment_key`` (the payment
+    #: to release if the action fails). Mutable on purpose; not part of equality.
+    billing: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

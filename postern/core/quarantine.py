@@ -109,15 +109,12 @@ class PolicyView:
 
 def _target(principal: Principal, info: RequestInfo, customer_ref: str | None, inbox_id: str | None):
     """(customer id, inbox id or None) of the level named, as ``principal`` may see it."""
-    from postern.core.tenancy import get_customer
+    from postern.core.tenancy import named_customer
 
     if inbox_id:
         inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="inbound_policy")
         return inbox.customer_id, inbox.id
-    ref = customer_ref or principal.customer_id
-    if not ref:
-        raise InvalidInput("customer_id is required with an operator token", field="customer_id")
-    return get_customer(principal, ref).id, None
+    return named_customer(principal, customer_ref).id, None
 
 
 def read_policy(postern, principal: Principal, info: RequestInfo, customer_ref=None, inbox_id=None) -> PolicyView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,14 @@ class Postern:
         self._disabled: dict[tuple[str, str], str] | None = None
         #: POSTERN_<ROLE>_<BACKEND>_<OPTION> variables naming no backend, by role.
         self._env_problems = apply_backend_options(config, registry)
+
+    @functools.cached_property
+    def limiter(self):
+        """The rate limiter of ``[limits]`` (docs/limits.md), or None when limits are off:
+        one per process, shared by the API's requests, sends and the SMTP listener."""
+        from postern.core.ratelimits import build_limiter
+
+        return build_limiter(self.config.limits, self.config.database_url)
 
     def role_status(self) -> list[RoleStatus]:
         rows = []

@@ -96,6 +96,16 @@ def get_customer(principal: Principal, customer_id_or_label: str) -> Customer:
     return customer
 
 
+def named_customer(principal: Principal, customer_ref: str | None) -> Customer:
+    """The customer an admin call is about: ``customer_ref`` (id or label) as
+    ``get_customer`` finds it, or the caller's own tenant when it names none. An
+    operator belongs to no tenant, so it must name one."""
+    ref = customer_ref or principal.customer_id
+    if not ref:
+        raise InvalidInput("customer_id is required with an operator token", field="customer_id")
+    return get_customer(principal, ref)
+
+
 def create_admin_token(
     principal: Principal, info: RequestInfo, customer: Customer | None, description: str = ""
 ) -> tuple[AdminToken, str]:

@@ -377,6 +377,37 @@ def retention_json(view) -> dict:
     }
 
 
+def sending_stop_json(stop) -> dict:
+    """One sending stop (postern.core.models.SendingStop)."""
+    return {
+        "id": stop.id,
+        "customer_id": stop.customer_id,
+        "kind": stop.kind,
+        "subject_id": stop.subject_id,
+        "reason": stop.reason,
+        "created_at": iso(stop.created_at),
+        "created_by": stop.created_by,
+    }
+
+
+def usage_json(u) -> dict:
+    """A customer's or an enrollment's usage over a period (postern.core.usage.Usage)."""
+    return {
+        "customer_id": u.customer_id,
+        "enrollment_id": u.enrollment_id,
+        "since": iso(u.since),
+        "until": iso(u.until),
+        "inboxes_created": u.inboxes_created,
+        "messages_sent": u.messages_sent,
+        "recipients": u.recipients,
+        "bytes_sent": u.bytes_sent,
+        "messages_received": u.messages_received,
+        "bytes_received": u.bytes_received,
+        "bytes_stored": u.bytes_stored,
+        "api_calls": dict(u.api_calls),
+    }
+
+
 def mail_rule_json(r) -> dict:
     """One allow or block entry (postern.core.mail.rules)."""
     level = "inbox" if r.inbox_id else "enrollment" if r.enrollment_id else "customer"

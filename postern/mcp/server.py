@@ -68,6 +68,18 @@ HINTS = {
     "unavailable": "Postern is briefly unavailable: call again shortly",
     "gone": "the link was used or expired: ask for a new one",
     "address_taken": "choose another username, or omit it for a random one",
+    "plan_limit_reached": "the tenant's plan allows no more this month: wait for retry_after, or ask the human "
+    "to move the tenant to a larger plan",
+    # x402 (docs/billing.md): this MCP server does not pay; an agent with a test wallet pays
+    # through the Python SDK (Postern(x402_payer=X402Payer(account))).
+    "payment_required": "this action is paid per use with x402: ask the human to pay for it or to give this agent "
+    "a funded test wallet (the Python SDK's x402_payer), then call again",
+    "payment_malformed": "the PAYMENT-SIGNATURE was not an x402 v2 payment: sign a new one for the offer",
+    "payment_mismatch": "the payment does not match the offer (amount, asset, network or action): sign a new one",
+    "payment_invalid": "the payment was refused (signature or balance): sign a new one from a funded test wallet",
+    "payment_expired": "the payment's authorisation expired: sign a new one and send it at once",
+    "payment_replayed": "that payment was already used: sign a new one",
+    "payment_settle_failed": "the payment could not be settled and nothing was charged: call again shortly",
     # By error class, for codes without a hint of their own: every error names a fix.
     "invalidrequest": "correct the request as the message says and call again",
     "authenticationfailed": "ask the human for a new enrollment key",

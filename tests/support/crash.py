@@ -130,6 +130,9 @@ class Deployment:
                 # scenarios kill it more often than the default backoff would allow.
                 "POSTERN_SERVER_RESTART_BACKOFF_MAX": "1",
                 "POSTERN_SERVER_GRACEFUL_TIMEOUT": "3",
+                # Clients here send as fast as they can on purpose (durability under load),
+                # far past any sending limit a real agent is held to.
+                "POSTERN_LIMITS_ENABLED": "false",
                 **(env or {}),
             },
             tmp_path,

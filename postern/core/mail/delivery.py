@@ -29,8 +29,9 @@ from postern.core.db import write_transaction
 from postern.core.errors import BackendUnavailable
 from postern.core.mail import wire
 from postern.core.mail.ingest import ingest, local_inbox
-from postern.core.models import Message, utcnow
+from postern.core.models import Inbox, Message, utcnow
 from postern.core.plugins import notify
+from postern.core.sendingstops import stopped_for_inbox
 from postern.core.tenancy import is_suspended
 from postern.core.webhooks import events as webhook_events
 
@@ -56,7 +57,10 @@ def deliver(postern, message_id: str) -> Message:
     if message.status != "queued":
         return message  # delivered meanwhile by another attempt
     if is_suspended(message.customer_id):
-        return _hold(message)
+        return _hold(message, "customer suspended")
+    stop = stopped_for_inbox(Inbox.get_by_id(message.inbox_id))
+    if stop is not None:
+        return _hold(message, f"sending stopped for this {stop.kind}")
     recipients = json.loads(message.envelope_to)
     local = [r for r in recipients if local_inbox(r) is not None]
     remote = [r for r in recipients if r not in local]
@@ -212,13 +216,11 @@ def _visible(message: Message) -> set[str]:
 SUSPENDED_RECHECK = dt.timedelta(minutes=5)
 
 
-def _hold(message: Message) -> Message:
-    """A suspended customer's queued mail waits, without using up its attempts, and
-    leaves once the operator resumes the customer (or can be cancelled meanwhile)."""
-    Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, error="customer suspended").where(
-        Message.id == message.id
-    ).execute()
-    log.info("message %s held: its customer is suspended", message.id)
+def _hold(message: Message, why: str) -> Message:
+    """Queued mail of a suspended customer, or under a sending stop, waits without using
+    up its attempts, and leaves once the operator resumes it (or can be cancelled)."""
+    Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, error=why).where(Message.id == message.id).execute()
+    log.info("message %s held: %s", message.id, why)
     return Message.get_by_id(message.id)
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from postern.core import doorbell, fastsql
+from postern.core import doorbell, fastsql, usage
 from postern.core.db import write_transaction
 from postern.core.ids import new_id
 from postern.core.mail.extract import extract
@@ -132,7 +132,9 @@ def store(
         inbox = known.get(address) or local_inbox(address)
         if inbox is None:
             continue  # not ours: the listener refused it at RCPT already
-        stored.append(_store(inbox, parsed, raw, envelope_from, reading, tls, message_id))
+        message = _store(inbox, parsed, raw, envelope_from, reading, tls, message_id)
+        usage.message_received(inbox, message)
+        stored.append(message)
     if not stored:
         raise MailRejected("no local recipient", smtp_code="550 5.1.1", code="no_recipient")
     if delivered_for is not None:

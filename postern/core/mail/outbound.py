@@ -17,9 +17,9 @@ from email.utils import make_msgid
 
 import peewee
 
-from postern.core import audit, doorbell, metrics
+from postern.core import audit, doorbell, metrics, usage
 from postern.core.db import database_fault, write_transaction
-from postern.core.errors import Conflict, InvalidInput, NotFound, PaymentRequired
+from postern.core.errors import Conflict, InvalidInput, NotFound
 from postern.core.ids import new_id, well_formed
 from postern.core.inboxes import get_inbox
 from postern.core.mail.compose import (
@@ -37,7 +37,9 @@ from postern.core.mail.rules import check_local_recipients, check_recipients
 from postern.core.mail.threads import normalize_subject
 from postern.core.models import Attachment, IdempotencyRecord, Inbox, Message, Thread, utcnow
 from postern.core.principal import Principal, RequestInfo
-from postern.core.quota import check_quota
+from postern.core.quota import check_quota, payment_refusal
+from postern.core.ratelimits.sending import charge_send, remember_recipients
+from postern.core.sendingstops import refuse_if_stopped
 
 log = logging.getLogger("postern.outbound")
 
@@ -77,9 +79,11 @@ def send(
         raise InvalidInput("give at least one recipient in to, cc or bcc", field="to")
     check_recipients(inbox, recipients)
     check_local_recipients(inbox.address, recipients)
-    decision = check_quota(postern, principal.customer_id, "message.send", len(recipients))
+    refuse_if_stopped(inbox)
+    fresh = charge_send(postern, inbox, recipients)  # before billing: a refused send costs no payment
+    decision = check_quota(postern, principal.customer_id, "message.send", len(recipients), info)
     if not decision.allowed:
-        raise PaymentRequired(decision.reason or "billing refused", retry_after=decision.retry_after)
+        raise payment_refusal(decision)
 
     sender = Mailbox(inbox.address, display_name(neutralise(inbox.display_name)))
     message_id_header = make_msgid(domain=inbox.domain)
@@ -98,6 +102,8 @@ def send(
                     inbox=inbox.id, key=idempotency_key, request_hash=request_hash, message=message.id
                 )
             audit.record("message.send", principal=principal, info=info, target=message.id)
+            usage.message_sent(inbox, message, len(recipients))
+            remember_recipients(inbox.customer_id, fresh)
             if local is not None:
                 parsed, known = local
                 delivered = store(postern, parsed, raw, sender.address, list(known), known, delivered_for=message.id)

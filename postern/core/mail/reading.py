@@ -3,12 +3,11 @@ the store side of ``wait_for_email``."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 from postern.core import audit, fastsql
 from postern.core.errors import InvalidInput, NotFound
 from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
+from postern.core.isotime import parse_time
 from postern.core.mail import cursors
 from postern.core.mail.messageview import MessageView, with_attachments
 from postern.core.models import Inbox, Message, Thread
@@ -49,7 +48,7 @@ def list_messages(principal: Principal, info: RequestInfo, inbox_id: str, filter
     after = filters.get("received_after")
     if after:
         clauses.append("received_at > ?")
-        params.append(Message.received_at.db_value(_parse_time(after, "received_after")))
+        params.append(Message.received_at.db_value(parse_time(after, "received_after")))
     before = newest_first_bound(page_token)
     if before is not None:
         clauses.append("seq < ?")
@@ -78,7 +77,7 @@ def list_threads(principal: Principal, info: RequestInfo, inbox_id: str, limit, 
     query = Thread.select().where(Thread.inbox == inbox.id)
     key = decode_token(page_token, 2)
     if key is not None:
-        at = _parse_time(key[0], "page_token")
+        at = parse_time(key[0], "page_token")
         query = query.where((Thread.last_message_at < at) | ((Thread.last_message_at == at) & (Thread.id < key[1])))
     limit = parse_limit(limit)
     rows = list(query.order_by(Thread.last_message_at.desc(), Thread.id.desc()).limit(limit + 1))
@@ -140,13 +139,3 @@ def parse_cursor(value: str) -> int:
     if not 0 <= cursor < 2**63:
         raise InvalidInput("after must be a cursor returned by this API", field="after")
     return cursor
-
-
-def _parse_time(value, name: str) -> dt.datetime:
-    try:
-        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
-    except (ValueError, OverflowError):
-        raise InvalidInput(f"{name} must be an ISO 8601 time", field=name) from None
-    return moment

@@ -1,10 +1,10 @@
 """Fixed-window counters shared by every worker: where the rate limiter counts.
 
-``charge`` adds one to several counters at once, all or none: when any would pass
-its limit, nothing is added (a refused request costs no quota, so an agent refused
-by its own limit cannot drain its customer's). Each charge is one short write
-transaction, and the database's lock makes it exact across processes: 50 requests
-racing for the last 20 places get exactly 20 (tests/test_limits.py). Counters are
+``charge`` adds to several counters at once, all or none: when any would pass its
+limit, nothing stays added (a refused request costs no quota, so an agent refused by
+its own limit cannot drain its customer's). Each charge is one upsert, and the
+database makes it exact across processes: 50 requests racing for the last 20 places
+get exactly 20 (tests/test_limits.py). Counters are
 not mail: losing them in a crash only gives clients a fresh window, so SQLite keeps
 them in a file of their own without fsync (and out of the main database's write
 lock), and PostgreSQL in an UNLOGGED table; bench/limits_storage.py measured the
@@ -29,7 +29,7 @@ SWEEP_EVERY = 5000
 
 _UPSERT = (
     "INSERT INTO rate_counter (key, window_start, hits) VALUES {values} "
-    "ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_counter.hits + 1 "
+    "ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_counter.hits + excluded.hits "
     "RETURNING key, hits"
 )
 _CREATE = (
@@ -40,10 +40,11 @@ _CREATE = (
 
 
 class Counters:
-    """One store of counters. ``entries`` are ``(key, window_start, limit)``."""
+    """One store of counters. ``entries`` are ``(key, window_start, limit, amount)``:
+    a request adds 1, a send adds its recipients to a recipients counter."""
 
     def charge(self, entries: list[tuple[str, int, int]], gate=None) -> tuple[bool, dict[str, int]]:
-        """Add one to every counter unless one would pass its limit, or the ``gate``
+        """Add each amount to its counter unless one would pass its limit, or the ``gate``
         counter ``(key, window_start, limit)`` already reached its limit (a client
         address locked out by failed sign-ins); return whether it was added and each
         counter's count (as it now is, or would have become)."""
@@ -58,7 +59,13 @@ class Counters:
 
 
 class _SqlCounters(Counters):
-    """The statements, over a DB-API connection ``_connection()`` with ``param`` style."""
+    """The statements, over an autocommit DB-API connection ``_connection()`` with
+    ``param`` style. A charge is one statement (the write lock is held only inside
+    it); a refused one is undone by a second, so only refusals pay twice. Between the
+    two, a concurrent request may see the refused amount and be refused too: at a
+    limit's edge the counters err towards refusing, never towards letting more
+    through. bench/limits_overhead.py measured a transaction around the check
+    instead: both workers' threads queued on SQLite's lock for its whole length."""
 
     param = "?"
 
@@ -68,26 +75,28 @@ class _SqlCounters(Counters):
 
     def charge(self, entries, gate=None):
         entries = sorted(entries)  # one lock order for every statement: no deadlock on PostgreSQL
-        values = ", ".join(f"({self.param}, {self.param}, 1)" for _ in entries)
-        params = [p for key, window, _ in entries for p in (key, window)]
-        limits = {key: limit for key, _, limit in entries}
-        with self._transaction() as cursor:
-            if gate is not None and (hits := self._count(cursor, gate[0], gate[1])) >= gate[2]:
-                raise _Refused({gate[0]: hits})
-            if not entries:
-                return True, {}
-            cursor.execute(_UPSERT.format(values=values), params)
-            counts = dict(cursor.fetchall())
-            allowed = all(counts[key] <= limits[key] for key in limits)
-            if not allowed:
-                raise _Refused(counts)
-        self._maybe_sweep(min(window for _, window, _ in entries))
+        cursor = self._connection().cursor()
+        if gate is not None and (hits := self._count(cursor, gate[0], gate[1])) >= gate[2]:
+            raise _Refused({gate[0]: hits})
+        if not entries:
+            return True, {}
+        values = ", ".join(f"({self.param}, {self.param}, {self.param})" for _ in entries)
+        cursor.execute(_UPSERT.format(values=values), [p for key, window, _, n in entries for p in (key, window, n)])
+        counts = dict(cursor.fetchall())
+        if any(counts[key] > limit for key, _, limit, _ in entries):
+            cursor.executemany(
+                f"UPDATE rate_counter SET hits = hits - {self.param} "
+                f"WHERE key = {self.param} AND window_start = {self.param}",
+                [(n, key, window) for key, window, _, n in entries],
+            )
+            raise _Refused(counts)
+        self._maybe_sweep(min(window for _, window, _, _ in entries))
         return True, counts
 
     def add(self, key, window_start):
-        with self._transaction() as cursor:
-            cursor.execute(_UPSERT.format(values=f"({self.param}, {self.param}, 1)"), (key, window_start))
-            return cursor.fetchone()[1]
+        cursor = self._connection().cursor()
+        cursor.execute(_UPSERT.format(values=f"({self.param}, {self.param}, 1)"), (key, window_start))
+        return cursor.fetchone()[1]
 
     def count(self, key, window_start):
         return self._count(self._connection().cursor(), key, window_start)
@@ -105,18 +114,12 @@ class _SqlCounters(Counters):
             self._charges += 1
             due = self._charges % SWEEP_EVERY == 0
         if due:
-            with self._transaction() as cursor:
-                cursor.execute(
-                    f"DELETE FROM rate_counter WHERE window_start < {self.param}", (now_window - KEEP_SECONDS,)
-                )
+            self._connection().cursor().execute(
+                f"DELETE FROM rate_counter WHERE window_start < {self.param}", (now_window - KEEP_SECONDS,)
+            )
 
     def _connection(self):
         raise NotImplementedError
-
-    def _transaction(self):
-        return _Transaction(self._connection(), self._begin)
-
-    _begin = "BEGIN"
 
 
 class _Refused(Exception):
@@ -124,28 +127,9 @@ class _Refused(Exception):
         self.counts = counts
 
 
-class _Transaction:
-    """Commit on success; roll back on ``_Refused`` (nothing added) or any error."""
-
-    def __init__(self, connection, begin: str):
-        self.connection, self.begin = connection, begin
-
-    def __enter__(self):
-        self.cursor = self.connection.cursor()
-        self.cursor.execute(self.begin)
-        return self.cursor
-
-    def __exit__(self, kind, exc, tb):
-        self.cursor.execute("COMMIT" if kind is None else "ROLLBACK")
-        return False
-
-
 class SqliteCounters(_SqlCounters):
     """Counters in their own SQLite file (made on first use): WAL, ``synchronous=OFF``,
-    one connection per thread, ``BEGIN IMMEDIATE`` so concurrent charges queue on the lock instead of
-    failing on a read-to-write upgrade."""
-
-    _begin = "BEGIN IMMEDIATE"
+    one autocommit connection per thread."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -214,10 +198,10 @@ class MemoryCounters(Counters):
         with self._lock:
             if gate is not None and (hits := self._hits.get((gate[0], gate[1]), 0)) >= gate[2]:
                 raise _Refused({gate[0]: hits})
-            counts = {key: self._hits.get((key, window), 0) + 1 for key, window, _ in entries}
-            if any(counts[key] > limit for key, _, limit in entries):
+            counts = {key: self._hits.get((key, window), 0) + amount for key, window, _, amount in entries}
+            if any(counts[key] > limit for key, _, limit, _ in entries):
                 raise _Refused(counts)
-            for key, window, _ in entries:
+            for key, window, _, _ in entries:
                 self._hits[(key, window)] = counts[key]
             if len(self._hits) > 100_000:  # drop windows long over
                 newest = max(window for _, window in self._hits)

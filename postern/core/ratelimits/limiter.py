@@ -86,20 +86,35 @@ class Limiter:
         start = int(now // length * length)
         return start, max(1, math.ceil(start + length - now))
 
-    def charge(self, subjects: dict[str, str | None], route_class: str, client: str | None = None) -> Verdict:
-        """Count one request of ``route_class`` against each subject's policy
-        (``{"agent": id, "enrollment": id, "customer": id}`` or ``{"ip": address}``),
-        all or none. A client address locked out by failed sign-ins is refused too."""
-        now = self.clock()
+    def charge(
+        self, subjects: dict[str, str | None], route_class: str, client: str | None = None, amount: int = 1
+    ) -> Verdict:
+        """Count one request of ``route_class`` (or ``amount``: a send's recipients)
+        against each subject's policy (``{"agent": id, "enrollment": id, "customer": id}``
+        or ``{"ip": address}``), all or none. A client address locked out by failed
+        sign-ins is refused too."""
+        return self.charge_all(
+            [(kind, subject_id, route_class, amount) for kind, subject_id in subjects.items()], client
+        )
+
+    def charge_all(self, items, client: str | None = None) -> Verdict:
+        """``charge`` over ``(kind, subject_id, class, amount)`` items, in one step: a
+        send counts its message and its recipients together, or neither."""
         chosen = [
-            (self.policies[f"{kind}_{route_class}"], subject_id)
-            for kind, subject_id in subjects.items()
+            (self.policies[f"{kind}_{route_class}"], subject_id, amount)
+            for kind, subject_id, route_class, amount in items
             if subject_id and f"{kind}_{route_class}" in self.policies
         ]
+        return self.charge_policies(chosen, client)
+
+    def charge_policies(self, chosen: list[tuple[Policy, str, int]], client: str | None = None) -> Verdict:
+        """Charge ``(policy, subject_id, amount)`` items, all or none: for a policy whose
+        rate is decided per request (a fresh domain's ramp) rather than configured."""
+        now = self.clock()
         entries, resets = [], {}
-        for policy, subject_id in chosen:
+        for policy, subject_id, amount in chosen:
             start, resets[policy.name] = self._window(policy, now)
-            entries.append((f"{policy.name}:{subject_id}", start, policy.rate.count))
+            entries.append((f"{policy.name}:{subject_id}", start, policy.rate.count, amount))
         gate = self._gate(client, now)
         if not entries and gate is None:
             return ALLOWED
@@ -108,13 +123,13 @@ class Limiter:
             return Verdict(False, (Usage(gate[3], counts[gate[0]] + 1, gate[4], gate[0], gate[1]),))
         usages = tuple(
             Usage(policy, counts[key], resets[policy.name], key, start)
-            for (policy, _), (key, start, _) in zip(chosen, entries, strict=True)
+            for (policy, _, _), (key, start, _, _) in zip(chosen, entries, strict=True)
         )
         return Verdict(allowed, usages)
 
-    def require(self, subjects, route_class, client=None) -> Verdict:
+    def require(self, subjects, route_class, client=None, amount: int = 1) -> Verdict:
         """``charge``, raising the 429 when refused."""
-        verdict = self.charge(subjects, route_class, client)
+        verdict = self.charge(subjects, route_class, client, amount)
         if not verdict.allowed:
             raise verdict.refusal()
         return verdict

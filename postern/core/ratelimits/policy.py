@@ -49,21 +49,31 @@ def parse_rate(text: str) -> Rate | None:
 
 def check_rates(section) -> None:
     """Refuse a ``[limits]`` section with a rate that does not parse, at load time."""
-    for f in fields(section):
-        if f.type in ("str", str) and f.name != "storage":
-            try:
-                parse_rate(getattr(section, f.name))
-            except ValueError as exc:
-                raise ConfigError(f"limits.{f.name}: {exc}") from None
+    if section.recipients_per_message < 0:
+        raise ConfigError("limits.recipients_per_message must be 0 (no cap of its own) or more")
+    if not 0 <= section.fresh_domain_days <= 365:
+        raise ConfigError("limits.fresh_domain_days must be from 0 (no ramp) to 365")
+    for f in _rate_fields(section):
+        try:
+            parse_rate(getattr(section, f.name))
+        except ValueError as exc:
+            raise ConfigError(f"limits.{f.name}: {exc}") from None
 
 
 def policies(section) -> dict[str, Policy]:
     """Every configured limit by name; a name missing here is not limited."""
     found = {}
-    for f in fields(section):
-        if f.name in ("enabled", "storage"):
-            continue
+    for f in _rate_fields(section):
         rate = parse_rate(getattr(section, f.name))
-        if rate is not None:
+        if rate is not None and f.name != RAMP:
             found[f.name] = Policy(f.name, rate)
     return found
+
+
+def _rate_fields(section):
+    """The fields of ``[limits]`` that hold a rate (strings other than ``storage``)."""
+    return [f for f in fields(section) if f.type in ("str", str) and f.name != "storage"]
+
+
+#: Rates that ``policies`` leaves out: charged with a rate decided per request.
+RAMP = "fresh_domain_new_recipients"

@@ -73,6 +73,26 @@ class Handler:
         self.committer = committer
         self.limits = limits_for(postern)
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        """Each message (MAIL FROM) counts against the client address's ``ip_smtp_mail``
+        limit (docs/limits.md); past it, 451 4.7.1: a sending server retries later."""
+        limiter = self.postern.limiter
+        if limiter is not None:
+            client = _client_ip(getattr(session, "peer", None))
+            try:
+                verdict = await self.runner.run(limiter.charge, {"ip": client}, "smtp_mail")
+            except Exception as exc:  # noqa: BLE001 (a counter store down must not stop mail)
+                log.warning("MAIL from %s: rate-limit counters unavailable, not counted: %s", client, exc)
+            else:
+                if not verdict.allowed:
+                    metrics.RATE_LIMITED.labels("ip_smtp_mail").inc()
+                    return _refused(
+                        "mail", "rate_limited", "451 4.7.1 Too many messages from your address, try again later"
+                    )
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.options.max_recipients:
             return _refused("rcpt", "too_many_recipients", "452 4.5.3 Too many recipients")
