@@ -3,6 +3,7 @@ actions, a retried action is counted once, and no tenant sees another's usage.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import smtplib
@@ -303,3 +304,45 @@ def test_the_cli_reports_one_customer_or_every_one(env, client, monkeypatch):
     assert acme.customer.id in text and globex.customer.id in text and "inboxes_created" in text
     refused = CliRunner().invoke(cli, ["admin", "usage", "--since", "soon"], obj={})
     assert refused.exit_code == 1 and "since must be an ISO 8601 time" in refused.stderr
+
+
+def test_figures_equal_the_actions_of_a_concurrent_load_run(serve, db_url):
+    """4 agents at once through both workers of a real server: sends (some retried with
+    their Idempotency-Key), reads and waits; the ledger holds exactly what was done."""
+    with seeding(db_url):
+        acme = make_tenant("acme")
+        agents = [acme.agent_key(handle=f"agent{i}", max_mailboxes=2) for i in range(4)]
+    server = serve(services=())
+    sends_each, reads_each = 6, 5
+
+    def run(i):
+        key = bearer(agents[i].agent_key)
+        with httpx.Client(base_url=server.url, headers=key, timeout=60) as http:
+            inbox = http.post("/v1/inboxes", json={"username": f"load{i}"}).json()
+            for j in range(sends_each):
+                body = {"to": [f"r{j}@example.org", f"s{j}@example.org"], "subject": f"{i}.{j}", "text": "hi"}
+                first = http.post(f"/v1/inboxes/{inbox['id']}/messages", json=body, headers={"Idempotency-Key": f"{j}"})
+                assert first.status_code == 201, first.text
+                if j % 3 == 0:  # a client retrying: replayed, not sent or charged again
+                    again = http.post(
+                        f"/v1/inboxes/{inbox['id']}/messages", json=body, headers={"Idempotency-Key": f"{j}"}
+                    )
+                    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+            for _ in range(reads_each):
+                assert http.get(f"/v1/inboxes/{inbox['id']}/messages").status_code == 200
+            assert http.get(f"/v1/inboxes/{inbox['id']}/messages/wait", params={"timeout": 0}).status_code == 200
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(run, range(4)))
+
+    with seeding(db_url):
+        got = usage.summary(acme.customer.id, since=usage.period(None, None)[0], until=usage.period(None, None)[1])
+    replays = len(range(0, sends_each, 3))
+    assert (got.inboxes_created, got.messages_sent, got.recipients) == (4, 4 * sends_each, 4 * sends_each * 2)
+    assert got.api_calls == {
+        "read": 4 * reads_each,
+        "write": 4,
+        "send": 4 * (sends_each + replays),
+        "wait": 4,
+        "enroll": 0,
+    }
