@@ -20,18 +20,27 @@ same ledger for the async ``x402ResourceServer`` that Postern's ASGI API would u
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any
 
 from postern.core.errors import ConfigError, SetupError
+from postern.plugins.billing_x402.nonces import CallbackNonces, MemoryNonces, NonceKey, SpentNonces, SqliteNonces
+
+__all__ = [  # the nonce stores stay importable from here, where tests and callers look
+    "CallbackNonces",
+    "MemoryNonces",
+    "NonceKey",
+    "OfflineFacilitator",
+    "OfflineFacilitatorSync",
+    "Settlement",
+    "SpentNonces",
+    "SqliteNonces",
+    "network_refusal",
+]
 
 # The x402[evm] extra is optional: Postern imports every module (tests, `postern plugins`),
 # so a missing package only stops a facilitator from being built.
@@ -135,92 +144,6 @@ def network_refusal(network: str) -> str | None:
     else:
         what = f"{network} is not a known EVM test network"
     return f"{what}: the offline facilitator moves no money, so it settles on test networks only"
-
-
-class NonceKey(NamedTuple):
-    """One authorisation as the token contract tracks it (``authorizationState(payer,
-    nonce)`` per chain and token), all lowercase."""
-
-    network: str
-    asset: str
-    payer: str
-    nonce: str
-
-    @property
-    def transaction(self) -> str:
-        """The fake transaction hash its settlement reports: always the same for one
-        authorisation, never shared by two."""
-        return "0x" + hashlib.sha256("|".join(self).encode()).hexdigest()
-
-
-class SpentNonces(Protocol):
-    """Where spent nonces are kept; Postern will keep them in its database."""
-
-    def is_spent(self, key: NonceKey) -> bool: ...
-
-    def spend(self, key: NonceKey) -> bool:
-        """Record ``key`` as spent; False when it already was. Atomic: of two settlers of
-        one authorisation (threads or processes), only one may see True."""
-        ...
-
-
-class MemoryNonces:
-    """Spent nonces in this process only."""
-
-    def __init__(self) -> None:
-        self._spent: set[NonceKey] = set()
-        self._lock = threading.Lock()
-
-    def is_spent(self, key: NonceKey) -> bool:
-        return key in self._spent
-
-    def spend(self, key: NonceKey) -> bool:
-        with self._lock:
-            if key in self._spent:
-                return False
-            self._spent.add(key)
-            return True
-
-
-class SqliteNonces:
-    """Spent nonces in an SQLite file, shared by every process that opens it, so two workers
-    cannot both settle one authorisation. One connection per call: the facilitator runs on
-    whichever thread the server hands it."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        with self._connection() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS x402_spent_nonces (network TEXT NOT NULL, asset TEXT NOT NULL,"
-                " payer TEXT NOT NULL, nonce TEXT NOT NULL, PRIMARY KEY (network, asset, payer, nonce))"
-            )
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:  # one transaction: committed, or rolled back on error
-                yield db
-        finally:
-            db.close()
-
-    def is_spent(self, key: NonceKey) -> bool:
-        with self._connection() as db:
-            query = "SELECT 1 FROM x402_spent_nonces WHERE network = ? AND asset = ? AND payer = ? AND nonce = ?"
-            return db.execute(query, key).fetchone() is not None
-
-    def spend(self, key: NonceKey) -> bool:
-        with self._connection() as db:
-            # The primary key makes the insert the test-and-set: of two racing ones, one inserts nothing.
-            return db.execute("INSERT OR IGNORE INTO x402_spent_nonces VALUES (?, ?, ?, ?)", key).rowcount == 1
-
-
-@dataclass(frozen=True)
-class CallbackNonces:
-    """Spent nonces kept by the caller, e.g. in Postern's database through two functions."""
-
-    is_spent: Callable[[NonceKey], bool]
-    spend: Callable[[NonceKey], bool]
 
 
 @dataclass(frozen=True)
