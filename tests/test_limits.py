@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import math
 import smtplib
 import time
 
@@ -52,11 +53,18 @@ def client(client, postern):
     return client
 
 
+def seconds_left(postern, period: int) -> int:
+    """What Retry-After must say at the frozen instant: the whole seconds to the end of
+    the clock-aligned window of ``period`` seconds (at least 1)."""
+    now = postern.limiter.clock()
+    return max(1, math.ceil((now // period + 1) * period - now))
+
+
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_reads_past_the_limit_get_429_with_headers_and_the_limit_named(client):
+def test_reads_past_the_limit_get_429_with_headers_and_the_limit_named(client, postern):
     enrolled = make_tenant("acme").agent_key()
     for i in range(5):
         ok = client.simulate_get("/v1/me", headers=auth(enrolled.agent_key))
@@ -69,7 +77,7 @@ def test_reads_past_the_limit_get_429_with_headers_and_the_limit_named(client):
     assert (error["type"], error["code"], error["limit"]) == ("rate_limit_error", "rate_limited", "agent_read")
     assert "'agent_read' (5 per minute)" in error["message"]
     reset = int(refused.headers["Retry-After"])
-    assert 1 <= reset <= 60
+    assert reset == seconds_left(postern, 60)
     assert refused.headers["RateLimit"] == f'"agent_read";r=0;t={reset}'
     # Writes are another class: still allowed.
     made = client.simulate_post("/v1/inboxes", json={"username": "scout"}, headers=auth(enrolled.agent_key))
@@ -129,7 +137,7 @@ def test_failed_authentication_locks_the_address_out_and_audits_in_aggregate(cli
 
 
 @pytest.mark.parametrize("rates", [{"enrollment_enroll": "3/hour", "ip_anonymous": "100/minute"}])
-def test_an_enrollment_key_mints_no_more_agents_than_its_limit(client, rates):
+def test_an_enrollment_key_mints_no_more_agents_than_its_limit(client, postern, rates):
     _, enroll_key = make_tenant("acme").enrollment_key(max_redemptions=None)
     answers = [
         client.simulate_post("/v1/enroll", json={"enrollment_token": enroll_key, "agent_handle": f"bot{i}"})
@@ -137,7 +145,7 @@ def test_an_enrollment_key_mints_no_more_agents_than_its_limit(client, rates):
     ]
     assert [a.status_code for a in answers] == [201, 201, 201, 429, 429, 429]
     assert answers[3].json["error"]["limit"] == "enrollment_enroll"
-    assert 3000 <= int(answers[3].headers["Retry-After"]) <= 3600 or int(answers[3].headers["Retry-After"]) >= 1
+    assert int(answers[3].headers["Retry-After"]) == seconds_left(postern, 3600)
     assert Agent.select().count() == 3  # nothing minted past the limit
 
 
@@ -235,7 +243,7 @@ def test_an_inbox_sends_no_more_messages_an_hour_than_its_limit(client, postern,
     assert [_send(client, enrolled, inbox, 1).status_code for _ in range(3)] == [201, 201, 429]
     refused = _send(client, enrolled, inbox, 1)
     assert refused.json["error"]["limit"] == "inbox_send_messages"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert int(refused.headers["Retry-After"]) == seconds_left(postern, 3600)
     other = seed_inbox(postern, enrolled, "other")  # another inbox of the same agent has its own
     assert _send(client, enrolled, other, 1).status_code == 201
 
