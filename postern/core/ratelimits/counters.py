@@ -18,9 +18,24 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import peewee
+
 from postern.core.db import database
 
 log = logging.getLogger("postern.limits")
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, peewee.PeeweeException, OSError)
+    try:
+        import psycopg2
+    except ImportError:
+        return errors
+    return (*errors, psycopg2.Error)
+
+
+#: What a counter store raises when it cannot be reached or written (SQLite, PostgreSQL).
+STORE_ERRORS = _store_errors()
 
 #: Rows of windows that ended this long ago are deleted (a day's window plus margin).
 KEEP_SECONDS = 2 * 86400

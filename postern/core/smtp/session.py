@@ -19,6 +19,7 @@ from postern.core.connlimits import TOTAL, ConnectionLimiter
 from postern.core.db import DatabaseRunner, GroupCommitter
 from postern.core.mail.ingest import SUSPENDED, MailRejected, limits_for, receiving_inbox, storable_address
 from postern.core.mail.mime import parse
+from postern.core.ratelimits.counters import STORE_ERRORS
 from postern.core.smtp.options import DEFAULT_COMMAND_TIMEOUT, DEFAULT_DATA_TIMEOUT, ListenerOptions
 from postern.core.smtp.tls import tls_of
 
@@ -81,7 +82,7 @@ class Handler:
             client = _client_ip(getattr(session, "peer", None))
             try:
                 verdict = await self.runner.run(limiter.charge, {"ip": client}, "smtp_mail")
-            except Exception as exc:  # noqa: BLE001 (a counter store down must not stop mail)
+            except STORE_ERRORS as exc:  # a counter store down must not stop mail
                 log.warning("MAIL from %s: rate-limit counters unavailable, not counted: %s", client, exc)
             else:
                 if not verdict.allowed:
