@@ -97,15 +97,16 @@ class Limiter:
             [(kind, subject_id, route_class, amount) for kind, subject_id in subjects.items()], client
         )
 
-    def charge_all(self, items, client: str | None = None) -> Verdict:
+    def charge_all(self, items, client: str | None = None, extra=()) -> Verdict:
         """``charge`` over ``(kind, subject_id, class, amount)`` items, in one step: a
-        send counts its message and its recipients together, or neither."""
+        send counts its message and its recipients together, or neither. ``extra``:
+        ``(policy, subject_id, amount)`` items whose rate is decided per request."""
         chosen = [
             (self.policies[f"{kind}_{route_class}"], subject_id, amount)
             for kind, subject_id, route_class, amount in items
             if subject_id and f"{kind}_{route_class}" in self.policies
         ]
-        return self.charge_policies(chosen, client)
+        return self.charge_policies([*chosen, *extra], client)
 
     def charge_policies(self, chosen: list[tuple[Policy, str, int]], client: str | None = None) -> Verdict:
         """Charge ``(policy, subject_id, amount)`` items, all or none: for a policy whose

@@ -34,25 +34,20 @@ def charge_send(postern, inbox, recipients: list[str]) -> list[str]:
             field="to",
             code="too_many_recipients",
         )
-    limiter = postern.limiter
-    chosen = [
-        (limiter.policies[f"{kind}_{what}"], subject, amount)
-        for kind, subject, what, amount in (
-            ("inbox", inbox.id, "send_messages", 1),
-            ("customer", inbox.customer_id, "send_messages", 1),
-            ("inbox", inbox.id, "send_recipients", count),
-            ("customer", inbox.customer_id, "send_recipients", count),
-        )
-        if f"{kind}_{what}" in limiter.policies
+    items = [
+        ("inbox", inbox.id, "send_messages", 1),
+        ("customer", inbox.customer_id, "send_messages", 1),
+        ("inbox", inbox.id, "send_recipients", count),
+        ("customer", inbox.customer_id, "send_recipients", count),
     ]
     fresh = _fresh_domain(section, inbox)
-    hashes = []
+    hashes, ramp = [], []
     if fresh is not None:
         hashes = sorted({_hash(r) for r in recipients})
         new = len(set(hashes) - _known(inbox.customer_id, hashes))
         if new:
-            chosen.append((fresh, inbox.domain, new))
-    verdict = limiter.charge_policies(chosen)
+            ramp.append((fresh, inbox.domain, new))
+    verdict = postern.limiter.charge_all(items, extra=ramp)
     if not verdict.allowed:
         raise verdict.refusal()
     return hashes
@@ -63,8 +58,11 @@ def _fresh_domain(section, inbox) -> Policy | None:
     start = parse_rate(section.fresh_domain_new_recipients)
     if start is None or not section.fresh_domain_days:
         return None
+    now = utcnow()
+    if (now - inbox.created_at).days >= section.fresh_domain_days:
+        return None  # its domain's first inbox is older still: no look at the others needed
     born = Inbox.select(peewee.fn.MIN(Inbox.created_at)).where(Inbox.domain == inbox.domain).scalar()
-    age = (utcnow() - born).days if born is not None else 0
+    age = (now - born).days if born is not None else 0
     if age >= section.fresh_domain_days:
         return None
     return Policy(RAMP, Rate(start.count * 2 ** min(age, MAX_DOUBLINGS), start.seconds))
