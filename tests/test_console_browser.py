@@ -192,7 +192,8 @@ def test_an_admin_runs_an_agent_from_the_console(serve, db_url, browser, tmp_pat
     assert page.get_by_role("link", name=inbox["address"]).is_visible()
 
     # Every control on every page has an accessible name, and no page broke the CSP.
-    pages = ["", "/keys", "/agents", "/inboxes", f"/inboxes/{inbox['id']}", "/domains", "/webhooks", "/usage", "/audit"]
+    pages = ["", "/keys", "/agents", "/inboxes", f"/inboxes/{inbox['id']}", "/domains", "/webhooks", "/usage"]
+    pages += ["/approvals", "/audit"]
     for path in pages:
         page.goto(f"{server.url}/console{path}")
         unnamed = page.evaluate(

@@ -19,6 +19,7 @@ import pytest
 from playhouse.shortcuts import model_to_dict
 from support.routes import PATH_PARAM, Operation, served_operations  # noqa: F401 (PATH_PARAM: for the fuzz sweeps)
 from support.world import (
+    INFO,
     first_delivery,
     first_message,
     make_tenant,
@@ -30,8 +31,10 @@ from support.world import (
 )
 
 from postern.core import keys
+from postern.core.auth import authenticate
 from postern.core.errors import InvalidInput
 from postern.core.ids import new_id
+from postern.core.mail import outbound
 from postern.core.models import (
     AdminToken,
     Agent,
@@ -48,6 +51,7 @@ from postern.core.models import (
     QuarantinedMessage,
     RetentionPolicy,
     SendingStop,
+    Suppression,
     Thread,
     UsageCalls,
     UsageEvent,
@@ -63,8 +67,9 @@ OPERATIONS = served_operations()
 AUTHED = [op for op in OPERATIONS if op.auth in ("agent", "admin")]
 AGENT_OPS = [op for op in AUTHED if op.auth == "agent"]
 ADMIN_OPS = [op for op in AUTHED if op.auth == "admin"]
-# /v1/downloads/{token} takes a signed capability, not an id: tests/test_links.py covers it.
-CAPABILITY_PATHS = {"/v1/downloads/{token}"}
+# /v1/downloads/{token} takes a signed capability, not an id: tests/test_links.py covers it;
+# /v1/unsubscribe/{token} a random one: tests/test_suppression.py.
+CAPABILITY_PATHS = {"/v1/downloads/{token}", "/v1/unsubscribe/{token}"}
 ID_OPS = [op for op in OPERATIONS if op.params and op.path not in CAPABILITY_PATHS]
 AGENT_ID_OPS = [op for op in ID_OPS if op.auth == "agent"]
 
@@ -76,11 +81,16 @@ VALID_BODIES = {
     "POST /v1/webhooks": {"url": "https://hooks.example.org/in", "event_types": ["message.received"]},
     "PUT /v1/admin/retention": {"days": 30},
     "PUT /v1/admin/inboxes/{inbox_id}/retention": {"days": 30},
+    "POST /v1/admin/enrollment-keys/{key_id}/approval": {"require_approval": True},
+    "POST /v1/admin/inboxes/{inbox_id}/approval": {"require_approval": True},
 }
 # The most damaging body a caller could send with a foreign id.
 ATTACK_BODIES = {
     "POST /v1/admin/enrollment-keys/{key_id}/revoke": {"revoke_agent_keys": True},
     "PUT /v1/admin/inboxes/{inbox_id}/retention": {"days": 1},
+    "POST /v1/admin/approvals/{message_id}/reject": {"note": "no"},
+    "POST /v1/admin/enrollment-keys/{key_id}/approval": {"require_approval": True},
+    "POST /v1/admin/inboxes/{inbox_id}/approval": {"require_approval": True},
 }
 
 # -- fixtures and helpers -------------------------------------------------------------
@@ -146,6 +156,7 @@ def tenant_snapshot(customer_id: str, caller_agent: str | None = None) -> dict:
         UsageEvent,
         UsageCalls,
         SendingStop,
+        Suppression,
     ):
         if model is Attachment:  # no customer column: through its message
             owner = Attachment.message.in_(Message.select(Message.id).where(Message.customer == customer_id))
@@ -183,6 +194,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "inbox", "inb"
     if param == "agent_id":
         return "agent", "agt"
+    if param == "message_id" and path.startswith("/v1/admin/approvals/"):
+        return "pending_message", "msg"  # held for approval: what a foreign reviewer would send
     if param == "message_id":
         return "message", "msg"
     if param == "thread_id":
@@ -207,6 +220,8 @@ def id_kind(path: str, param: str) -> tuple[str, str]:
         return "customer", "cus"
     if param == "stop_id":
         return "sending_stop", "stp"
+    if param == "suppression_id":
+        return "suppression", "sup"
     pytest.fail(f"{path}: no object kind known for {{{param}}}; map it in id_kind()")
 
 
@@ -232,6 +247,15 @@ def objects_of(postern, tenant, handle: str) -> tuple[dict[str, str], object]:
     # A stop of the tenant's that covers no one here: the objects above must keep sending.
     ids["sending_stop"] = SendingStop.create(
         customer=tenant.customer.id, kind="agent", subject_id=new_id("agt"), created_by="cli"
+    ).id
+    # A message held for human approval (the inbox requires it only for this send).
+    Inbox.update(require_approval=True).where(Inbox.id == inbox.id).execute()
+    mail = {"to": ["x@example.org"], "subject": "held", "text": "t"}
+    held, _ = outbound.send(postern, authenticate(enrolled.agent_key, "agent", INFO), INFO, inbox.id, mail)
+    Inbox.update(require_approval=False).where(Inbox.id == inbox.id).execute()
+    ids["pending_message"] = held.id
+    ids["suppression"] = Suppression.create(
+        customer=tenant.customer.id, address=f"gone@{handle}.example.org", reason="manual", created_by="cli"
     ).id
     return ids, enrolled
 
@@ -418,6 +442,10 @@ def test_the_sweep_finds_every_route_with_an_id():
         "GET /v1/admin/inboxes/{inbox_id}/retention",
         "PUT /v1/admin/inboxes/{inbox_id}/retention",
         "DELETE /v1/admin/inboxes/{inbox_id}/retention",
+        "POST /v1/admin/approvals/{message_id}/approve",
+        "POST /v1/admin/approvals/{message_id}/reject",
+        "POST /v1/admin/enrollment-keys/{key_id}/approval",
+        "POST /v1/admin/inboxes/{inbox_id}/approval",
     }
     assert all(op.auth in ("agent", "admin") for op in ID_OPS), "an unauthenticated route takes an id"
 

@@ -14,6 +14,7 @@ from postern import console
 from postern.api import (
     admin,
     adminmail,
+    approvals,
     domains,
     downloads,
     mailrules,
@@ -21,6 +22,7 @@ from postern.api import (
     quarantine,
     retention,
     sendingstops,
+    suppressions,
     webhooks,
 )
 from postern.api import metrics as metrics_api
@@ -96,6 +98,8 @@ def build_routes(
         *(Route(path, resource) for path, resource in retention.routes(caller)),
         *(Route(path, resource) for path, resource in usage_api.routes(caller)),
         *(Route(path, resource) for path, resource in sendingstops.routes(caller)),
+        *(Route(path, resource) for path, resource in approvals.routes(caller)),
+        *(Route(path, resource) for path, resource in suppressions.routes(caller)),
         Route("/.well-known/mta-sts.txt", MtaStsResource(caller)),
     ]
     for batch in postern.hook.postern_routes(postern=postern):

@@ -144,6 +144,10 @@ ENROLLMENT_REQUEST = {
         "allowed_domains": {"type": "array", "items": {"type": "string"}},
         "max_redemptions": {"type": ["integer", "null"], "minimum": 1},
         "description": {"type": "string", "maxLength": 200},
+        "require_approval": {
+            "type": "boolean",
+            "description": "outbound mail of its inboxes waits for an operator or org admin (docs/mail.md)",
+        },
     },
 }
 
@@ -200,6 +204,7 @@ class EnrollmentKeysResource:
                 domains=domains,
                 max_redemptions=body.get("max_redemptions"),
                 description=description,
+                require_approval=body.get("require_approval", False),
             )
 
         key, plaintext = await self.caller.as_admin(req, mint)

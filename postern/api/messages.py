@@ -50,6 +50,11 @@ SEND_REQUEST = {
             "description": "X-… headers only; values are text, as subject",
         },
         "attachments": {"type": "array", "items": ref("OutboundAttachment")},
+        "bulk": {
+            "type": "boolean",
+            "description": "Bulk mail (a newsletter, a notice to many): each outside recipient gets a copy "
+            "with its own one-click unsubscribe link; implied above [mail] bulk_recipients recipients",
+        },
     },
     "additionalProperties": False,
 }
@@ -66,6 +71,11 @@ SEND_RESPONSES = {
     201: (
         "Stored and handed on; status is sent, captured (kept, not sent: no outbound route), sending "
         "(confirming), queued (retrying) or failed; left_server says whether it left this server",
+        ref("Message"),
+    ),
+    202: (
+        "Held for human approval (status pending_approval): nothing is sent until an operator or org admin "
+        'approves it; review_note and status tell the outcome (docs/mail.md, "Human approval")',
         ref("Message"),
     ),
     200: ("A retry with the same Idempotency-Key: the first result", ref("Message")),
@@ -95,7 +105,8 @@ async def _send(caller, req, resp, inbox_id, reply_to=None):
         # timeout to answer): on a pool of its own, so a stuck relay holds only sends,
         # never the database threads every other request needs.
         view = await caller.deliveries.run(lambda: view_of(outbound.first_attempt(postern, view)))
-    resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_201
+    held = view.message.status == "pending_approval"  # accepted, waiting for a human: nothing sent yet
+    resp.status = falcon.HTTP_200 if replayed else falcon.HTTP_202 if held else falcon.HTTP_201
     resp.media = message_json(view, full=True)
 
 

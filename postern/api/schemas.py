@@ -30,6 +30,7 @@ ENROLLMENT_KEY_FIELDS = {
     "created_at": S,
     "expires_at": S,
     "revoked_at": S_NULL,
+    "require_approval": {"type": "boolean", "description": "outbound mail of its inboxes waits for a human"},
 }
 AGENT_KEY = obj(
     {
@@ -91,6 +92,10 @@ INBOX = obj(
         "client_id": S_NULL,
         "agent_id": S,
         "created_at": S,
+        "require_approval": {
+            "type": "boolean",
+            "description": "its outbound mail waits for a human (its enrollment key may ask this too)",
+        },
         "cursor": {
             "type": "string",
             "description": "only when creating: this agent's delivery cursor on the inbox (docs/mail.md)",
@@ -190,6 +195,9 @@ MESSAGE_SUMMARY_FIELDS = {
     "sent_at": S_NULL,
     "size": INT,
     "attachment_count": INT,
+    "review_note": {**S_NULL, "description": "the reviewer's note, for a message held for approval and decided"},
+    "reviewed_at": S_NULL,
+    "approval_expires_at": {**S_NULL, "description": "while status is pending_approval: when it expires unsent"},
 }
 MESSAGE_SUMMARY = obj(MESSAGE_SUMMARY_FIELDS)
 MESSAGE = obj(
@@ -342,6 +350,17 @@ SENDING_STOP = obj(
     }
 )
 SCHEMAS["SendingStop"] = SENDING_STOP
+PENDING_MESSAGE = {
+    **MESSAGE,
+    "required": [*MESSAGE["required"], "customer_id", "envelope_to"],
+    "properties": {
+        **MESSAGE["properties"],
+        "customer_id": S,
+        "envelope_to": {**STRS, "description": "every recipient the mail goes to, Bcc included"},
+    },
+}
+SCHEMAS["PendingMessage"] = PENDING_MESSAGE
+SCHEMAS["PendingMessageList"] = obj({"data": {"type": "array", "items": PENDING_MESSAGE}})
 SCHEMAS["SendingStopList"] = obj({"data": {"type": "array", "items": SENDING_STOP}})
 COUNT = {"type": "integer", "minimum": 0}
 SCHEMAS["Usage"] = obj(

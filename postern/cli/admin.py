@@ -169,10 +169,20 @@ def enroll_key():
 @click.option("--domain", "domains", multiple=True, help="Allowed domain (repeatable); default the tenant's.")
 @click.option("--max-redemptions", type=int)
 @click.option("--description", default="")
+@click.option("--require-approval", is_flag=True, help="Outbound mail of its inboxes waits for a human.")
 @json_option
 @click.pass_context
 def enroll_key_create(
-    ctx, customer_ref, scopes, max_mailboxes, expires_in, domains, max_redemptions, description, as_json
+    ctx,
+    customer_ref,
+    scopes,
+    max_mailboxes,
+    expires_in,
+    domains,
+    max_redemptions,
+    description,
+    require_approval,
+    as_json,
 ):
     """Mint an enrollment key. Shown once."""
     base = obtain_config(ctx).mail.domain
@@ -191,6 +201,7 @@ def enroll_key_create(
             domains=list(domains) or None,
             max_redemptions=max_redemptions,
             description=description,
+            require_approval=require_approval,
         )
 
     row, plaintext = run(ctx, mint)

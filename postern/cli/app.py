@@ -7,7 +7,23 @@ import sys
 import click
 
 import postern
-from postern.cli import admin, backup, console, context, dns, doctor, install, retention, sending, serve, trust, usage
+from postern.cli import (
+    admin,
+    approvals,
+    backup,
+    console,
+    context,
+    dns,
+    doctor,
+    install,
+    queue,
+    retention,
+    sending,
+    serve,
+    trust,
+    usage,
+)
+from postern.cli.suppression import suppression_cmd
 from postern.core.config import load_config
 from postern.core.errors import PosternError
 from postern.core.filemodes import restrict_new_files
@@ -54,6 +70,9 @@ admin.admin.add_command(trust.rule)
 admin.admin.add_command(retention.retention)
 admin.admin.add_command(usage.usage_cmd)
 admin.admin.add_command(sending.sending)
+admin.admin.add_command(approvals.approvals)
+admin.admin.add_command(queue.queue)
+admin.admin.add_command(suppression_cmd)
 admin.admin.add_command(console.console_link)
 
 

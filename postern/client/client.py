@@ -362,12 +362,14 @@ class Messages:
         headers: dict | None = None,
         attachments: list[dict] | None = None,
         idempotency_key: str | None = None,
+        bulk: bool | None = None,
     ) -> Message:
         """Send; retried sends with the same ``idempotency_key`` (one is made for you)
-        are sent once and return the first result."""
+        are sent once and return the first result. ``bulk``: a newsletter or notice to
+        many, sent with a one-click unsubscribe link per recipient."""
         body = _drop_none(
             to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
-            reply_to=reply_to, headers=headers, attachments=attachments,
+            reply_to=reply_to, headers=headers, attachments=attachments, bulk=bulk,
         )  # fmt: skip
         return self._post_send(f"/v1/inboxes/{inbox_id}/messages", body, idempotency_key)
 

@@ -98,6 +98,19 @@ class Authentication:
         return cls(**values, dkim=[Signature(**_known(Signature, s)) for s in data.get("dkim") or []])
 
 
+_TIMES = ("received_at", "sent_at", "reviewed_at", "approval_expires_at")
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """One recipient of an outbound message and its outcome (docs/mail.md, "Recipients")."""
+
+    address: str
+    status: str
+    code: str | None = None
+    detail: str | None = None
+
+
 @dataclass(frozen=True)
 class Message:
     """A message. Listings fill the summary fields; ``get`` fills bodies, headers and
@@ -145,24 +158,33 @@ class Message:
     tls: str | None = None
     #: SPF, DKIM, DMARC and ARC verdicts (``get`` only); None for outbound or unchecked mail.
     authentication: Authentication | None = None
+    #: Mail held for human approval (status ``pending_approval``, then ``queued`` once
+    #: approved, ``rejected`` or ``expired``): the reviewer's note and when it was decided,
+    #: and, while pending, when it expires unsent.
+    review_note: str | None = None
+    reviewed_at: dt.datetime | None = None
+    approval_expires_at: dt.datetime | None = None
+    #: Outbound mail, ``get`` and the send's answer: where each recipient stands
+    #: (``sent``, ``deferred``, ``bounced``, ``complained``, ``suppressed``…).
+    recipients: list[RecipientStatus] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict) -> Message:
         people = ("to", "cc", "reply_to")
-        nested = (*people, "attachments", "headers", "codes", "links", "authentication")
+        nested = (*people, "attachments", "headers", "codes", "links", "authentication", "recipients")
         values = _known(cls, {k: v for k, v in data.items() if k not in nested})
         sender = data.get("from")
         return cls(
-            **{k: v for k, v in values.items() if k not in ("received_at", "sent_at")},
+            **{k: v for k, v in values.items() if k not in _TIMES},
             sender=Person(**sender) if sender else None,
-            received_at=_time(data.get("received_at")),
-            sent_at=_time(data.get("sent_at")),
+            **{k: _time(data.get(k)) for k in _TIMES},
             **{k: [Person(**p) for p in data.get(k) or []] for k in people},
             headers=[tuple(h) for h in data.get("headers") or []],
             attachments=[Attachment(**_known(Attachment, a)) for a in data.get("attachments") or []],
             codes=[Code(**_known(Code, c)) for c in data.get("codes") or []],
             links=[Link(**_known(Link, x)) for x in data.get("links") or []],
             authentication=Authentication.from_json(data["authentication"]) if data.get("authentication") else None,
+            recipients=[RecipientStatus(**_known(RecipientStatus, r)) for r in data.get("recipients") or []],
         )
 
 

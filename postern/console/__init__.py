@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from postern.console import mailpages, manage, settings, signin, usagepage
+from postern.console import approvalspage, mailpages, manage, settings, signin, usagepage
 from postern.console.static import StaticResource
 from postern.console.web import Web
 
@@ -38,5 +38,6 @@ def routes(postern, runner, waiters) -> list[tuple[str, object]]:
         (f"{message}/download", mailpages.DownloadResource(web)),
         *settings.settings_routes(web),
         *usagepage.usage_routes(web),
+        *approvalspage.approval_routes(web),
         ("/console/static/{name}", StaticResource()),
     ]

@@ -126,6 +126,10 @@ class OutboundMessage:
     attachments: tuple = ()  # of OutboundAttachment
     #: Display names of the To, Cc and Reply-To addresses that have one.
     names: Mapping[str, str] = field(default_factory=dict)
+    #: The envelope sender a backend that controls the envelope should use: a VERP
+    #: address (``bounce-<message id>@<domain>``) so a bounce finds its message. Empty:
+    #: use ``sender``. Backends whose service sets its own envelope (ACS) ignore it.
+    return_path: str = ""
     #: 1 for the first hand-over. A later attempt may follow one whose outcome is unknown
     #: (a timeout after the request left), so a backend with its own idempotency should
     #: look the earlier attempt up before sending again.
@@ -142,6 +146,17 @@ class OutboundAttachment:
 
 
 @dataclass(frozen=True)
+class RecipientOutcome:
+    """What became of one recipient: ``sent``, ``deferred`` (temporary: the core retries
+    it on the backend's schedule) or ``bounced`` (refused for good). ``code`` is the reply
+    or status that decided it ("550 5.1.1", "null_mx"), ``detail`` the words with it."""
+
+    status: str
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class SendResult:
     """What a send backend did with a message."""
 
@@ -150,6 +165,10 @@ class SendResult:
     status: str  # "sent" (handed over for good), "accepted" (backend still working) or "captured" (kept locally)
     #: With "accepted" from a backend that ``confirms``: seconds before the core calls ``check``.
     check_after: float | None = None
+    #: Per recipient, for a backend that can tell them apart (direct delivery, a relay
+    #: refusing some): any recipient missing from it shares ``status``. A message with
+    #: deferred recipients stays queued for them only.
+    recipients: Mapping[str, RecipientOutcome] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,12 @@ class Sender(Backend):
     #: it: the outbox may start a new attempt once the lease lapses, so an attempt that
     #: outlived its lease could hand the same message over twice.
     attempt_deadline: float | None = None
+    #: Seconds between retries of deferred mail (the last repeats), and how long a
+    #: message may stay queued before its deferred recipients fail; None: the core's
+    #: short schedule (``postern.core.mail.delivery.RETRY_SCHEDULE``, 8 attempts), meant
+    #: for a relay or service that does its own long retries.
+    retry_delays: tuple[int, ...] | None = None
+    queue_lifetime: float | None = None
 
     def outbound_route(self) -> str | None:
         """Where mail to outside addresses goes, in words for an operator (a host, an

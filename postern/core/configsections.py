@@ -104,6 +104,13 @@ class MailConfig:
     #: long a crash delays a send; keep it above the send backend's timeout, or a slow
     #: attempt and its retry may both reach the relay.
     outbound_lease_seconds: int = 300
+    #: Hours a message held for human approval waits (an enrollment key's or inbox's
+    #: ``require_approval``); unreviewed by then, it becomes ``expired`` and is never sent.
+    approval_expiry_hours: int = 72
+    #: A send to more recipients than this counts as bulk (as does one marked ``"bulk":
+    #: true``): each outside recipient gets a copy of its own carrying a one-click
+    #: ``List-Unsubscribe`` (RFC 8058) handled by Postern (docs/deliverability.md).
+    bulk_recipients: int = 10
     #: Local parts agents may not take, on any domain: only an operator or org admin
     #: creates them (``postern admin inbox create``, ``POST /v1/admin/agents/{id}/inboxes``).
     #: Default: RFC 2142's operational mailboxes, the CA/Browser Forum's domain-control

@@ -28,9 +28,11 @@ RETENTION_INTERVAL = 300.0
 def run_outbox(postern) -> None:
     """Retry queued outbound mail, recover messages whose sending process died before
     delivering them, and follow messages a send backend accepted to their outcome; every
-    ``RETENTION_INTERVAL``, delete mail older than its inbox's retention (docs/retention.md)."""
+    ``RETENTION_INTERVAL``, delete mail older than its inbox's retention (docs/retention.md).
+    Mail held for human approval past ``[mail] approval_expiry_hours`` expires here too."""
     import peewee
 
+    from postern.core.approval import expire_due
     from postern.core.db import database, database_fault
     from postern.core.mail.confirm import confirm_due
     from postern.core.mail.delivery import deliver_due
@@ -45,6 +47,8 @@ def run_outbox(postern) -> None:
             with database.connection_context():
                 while (deliver_due(postern) + confirm_due(postern)) and not stop.is_set():
                     pass  # work was due: there may be more
+                while expire_due(postern) and not stop.is_set():
+                    pass  # mail held for approval past its time (postern.core.approval)
                 if time.monotonic() >= purge_at:
                     # Batches of their own, between the sends: a big backlog of expired
                     # mail never holds the write lock for long, nor delays a retry.

@@ -33,6 +33,8 @@ SEAL_VERSION = "v1"
 #: Headers signed: those a forwarder must not change, and those that would mislead if added.
 SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references")
 SIGNED_HEADERS += (b"reply-to", b"mime-version", b"content-type", b"content-transfer-encoding")
+#: RFC 8058 section 4: a one-click unsubscribe is honoured only when the signature covers it.
+SIGNED_HEADERS += (b"list-unsubscribe", b"list-unsubscribe-post")
 
 
 class DkimKeyUnavailable(SetupError):

@@ -61,8 +61,12 @@ def create_enrollment_key(
     domains: list[str] | None = None,
     max_redemptions: int | None = None,
     description: str = "",
+    require_approval: bool = False,
 ) -> tuple[EnrollmentKey, str]:
-    """Mint an enrollment key for ``customer``; the plaintext is returned once."""
+    """Mint an enrollment key for ``customer``; the plaintext is returned once. With
+    ``require_approval``, its inboxes' outbound mail waits for a human (postern.core.approval)."""
+    if not isinstance(require_approval, bool):
+        raise InvalidInput("require_approval must be true or false", field="require_approval")
     scopes = parse_scopes(scopes)
     if not isinstance(max_mailboxes, int) or isinstance(max_mailboxes, bool) or not 0 <= max_mailboxes <= 100_000:
         raise InvalidInput("max_mailboxes must be an integer from 0 to 100000", field="max_mailboxes")
@@ -96,6 +100,7 @@ def create_enrollment_key(
             max_mailboxes=max_mailboxes,
             max_redemptions=max_redemptions,
             description=description,
+            require_approval=require_approval,
             created_by=principal.token_id or principal.kind,
             expires_at=utcnow() + expires_in,
         )

@@ -78,6 +78,8 @@ class EnrollmentKey(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     expires_at = peewee.DateTimeField()
     revoked_at = peewee.DateTimeField(null=True)
+    #: Outbound mail of every inbox made under this key waits for a human (postern.core.approval).
+    require_approval = peewee.BooleanField(default=False)
 
 
 class Agent(BaseModel):
@@ -124,6 +126,8 @@ class Inbox(BaseModel):
     #: Sequence number of the newest message; a message's ``seq`` is this plus one,
     #: taken under the inbox row's lock, so seq order is commit order (the wait cursor).
     last_seq = peewee.BigIntegerField(default=0)
+    #: Its outbound mail waits for a human (so does its enrollment key's, if that asks).
+    require_approval = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("enrollment", "client_id"), True), (("enrollment", "created_at"), False))
@@ -164,8 +168,16 @@ class Message(BaseModel):
     thread = peewee.ForeignKeyField(Thread, backref="messages", on_delete="CASCADE")
     seq = peewee.BigIntegerField()
     direction = peewee.CharField(max_length=10)  # inbound, outbound
-    status = peewee.CharField(max_length=10)  # received, queued, sending, sent, captured, failed
+    # received, queued, sending, sent, captured, failed; pending_approval, rejected, expired
+    status = peewee.CharField(max_length=20)
     message_id_header = peewee.CharField(max_length=998, index=True)
+    #: Outbound only, under human approval (postern.core.approval): the reviewer's note,
+    #: who decided (token id) and when, and when a message still pending expires (set
+    #: only while pending, so its index holds just the mail waiting for a reviewer).
+    review_note = peewee.TextField(null=True)
+    reviewed_by = peewee.CharField(max_length=40, null=True)
+    reviewed_at = peewee.DateTimeField(null=True)
+    approval_expires_at = peewee.DateTimeField(null=True, index=True)
     in_reply_to = peewee.CharField(max_length=998, null=True)
     references = peewee.TextField(default="")
     subject = peewee.CharField(max_length=998, default="")
@@ -204,9 +216,35 @@ class Message(BaseModel):
     #: Inbound only: SPF, DKIM, DMARC and ARC verdicts at receive, as JSON
     #: (``postern.core.mail.verdicts.Verdict``); '' when not checked.
     authentication = peewee.TextField(default="")
+    #: Outbound only: while a delivery attempt owns the message (its lease); None between
+    #: attempts, so queue tooling never retries or cancels a message under way.
+    claimed_until = peewee.DateTimeField(null=True)
+    #: Outbound only: bulk mail (marked so, or to many recipients): one copy per outside
+    #: recipient, each with its own one-click List-Unsubscribe link.
+    bulk = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("inbox", "seq"), True), (("thread", "seq"), False))
+
+
+class MessageRecipient(BaseModel):
+    """One envelope recipient of an outbound message and where it stands: ``queued``,
+    ``deferred`` (a temporary failure; retried), ``sent``, ``captured``, ``bounced``
+    (refused for good, or a bounce report came back), ``complained`` (a feedback report),
+    ``suppressed`` (on the customer's suppression list: never sent), ``failed`` (given up
+    without an answer from the recipient's side), ``cancelled``."""
+
+    message = peewee.ForeignKeyField(Message, backref="recipient_rows", on_delete="CASCADE", index=False)
+    address = peewee.CharField(max_length=320)
+    status = peewee.CharField(max_length=20)
+    #: The reply or status that decided it ("550 5.1.1", "null_mx", "recipient_suppressed").
+    code = peewee.CharField(max_length=60, default="")
+    detail = peewee.CharField(max_length=1000, default="")
+    attempts = peewee.IntegerField(default=0)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("message", "address")
 
 
 class InboundPolicy(BaseModel):
@@ -539,6 +577,33 @@ class KnownRecipient(BaseModel):
         primary_key = peewee.CompositeKey("customer", "address_hash")
 
 
+class Suppression(BaseModel):
+    """An address a customer must not mail again: a hard bounce, a complaint, an
+    unsubscribe or an admin's entry (postern/core/suppression.py)."""
+
+    id = peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id("sup"))
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE", index=False)  # the unique key's first column
+    address = peewee.CharField(max_length=320)  # lower-cased
+    reason = peewee.CharField(max_length=20)  # bounce, complaint, unsubscribe, manual
+    detail = peewee.CharField(max_length=500, default="")
+    message_id = peewee.CharField(max_length=40, null=True)  # the message that caused it
+    created_at = peewee.DateTimeField(default=utcnow)
+    created_by = peewee.CharField(max_length=40)  # a principal's id, or "system"
+
+    class Meta:
+        indexes = ((("customer", "address"), True),)
+
+
+class UnsubscribeToken(BaseModel):
+    """An RFC 8058 one-click unsubscribe link, by the SHA-256 of its token only."""
+
+    token_hash = peewee.CharField(primary_key=True, max_length=64)
+    customer = peewee.ForeignKeyField(Customer, on_delete="CASCADE")
+    address = peewee.CharField(max_length=320)
+    message_id = peewee.CharField(max_length=40, null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
 #: Every model, for the schema check that keeps migrations and models in step.
 ALL_MODELS = (
     Customer,
@@ -552,6 +617,7 @@ ALL_MODELS = (
     AuditEvent,
     Thread,
     Message,
+    MessageRecipient,
     InboundPolicy,
     RetentionPolicy,
     MailRule,
@@ -572,4 +638,6 @@ ALL_MODELS = (
     UsageCalls,
     SendingStop,
     KnownRecipient,
+    Suppression,
+    UnsubscribeToken,
 )

@@ -47,6 +47,7 @@ def enrollment_key_json(k) -> dict:
         "created_at": iso(k.created_at),
         "expires_at": iso(k.expires_at),
         "revoked_at": iso(k.revoked_at),
+        "require_approval": k.require_approval,
     }
 
 
@@ -128,6 +129,8 @@ def inbox_json(i) -> dict:
         "client_id": i.client_id,
         "agent_id": i.agent_id,
         "created_at": iso(i.created_at),
+        # The inbox's own setting; its enrollment key may require approval too.
+        "require_approval": i.require_approval,
     }
 
 
@@ -219,6 +222,11 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "sent_at": iso(m.sent_at),
         "size": m.size,
         "attachment_count": len(view.attachments),
+        # Human approval (postern.core.approval): the reviewer's note to the agent, and
+        # until when a held message waits.
+        "review_note": getattr(m, "review_note", None),
+        "reviewed_at": iso(getattr(m, "reviewed_at", None)),
+        "approval_expires_at": iso(m.approval_expires_at) if m.status == "pending_approval" else None,
     }
     if full:
         text, html = m.text, m.html
@@ -243,7 +251,23 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
                 "attachments": [attachment_json(a) for a in view.attachments],
             }
         )
+        if view.recipients is not None:
+            body["recipients"] = recipients_json(view.recipients)
     return body
+
+
+def recipients_json(rows) -> list[dict]:
+    """Where each recipient of an outbound message stands (docs/mail.md, "Recipients")."""
+    return [
+        {"address": r.address, "status": r.status, "code": r.code or None, "detail": r.detail or None} for r in rows
+    ]
+
+
+def pending_json(view) -> dict:
+    """A message held for human approval as its reviewer sees it (postern.core.approval):
+    the whole message, its customer, and every envelope recipient, Bcc included."""
+    m = view.message
+    return {**message_json(view, full=True), "customer_id": m.customer_id, "envelope_to": json.loads(m.envelope_to)}
 
 
 def thread_json(t) -> dict:

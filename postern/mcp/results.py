@@ -161,7 +161,9 @@ class Sent(TypedDict):
     status: str
     left_server: bool
     status_reason: str | None
-    warning: NotRequired[str]  # only when the mail did not leave: captured, no outbound route
+    warning: NotRequired[str]  # only when the mail did not leave: captured, or held for approval
+    #: Recipients that did not get it (yet): deferred, bounced, suppressed, captured…
+    recipients_not_sent: NotRequired[list[dict]]
     to: list[str]
     cc: list[str]
     subject: str | None

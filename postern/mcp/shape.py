@@ -134,6 +134,18 @@ def sent(m: Message) -> dict:
     if m.status == "captured":
         reason = m.status_reason or "the mail was kept on the server"  # an older server sends no reason
         result["warning"] = f"NOT SENT: {reason}. Do not tell anyone this mail was sent."
+    elif m.status == "pending_approval":
+        result["warning"] = (
+            "NOT SENT YET: held for a human's approval; it leaves only if approved (see status and review_note "
+            "with get_message). Do not tell anyone this mail was sent."
+        )
+    missed = [r for r in m.recipients if r.status not in ("sent", "queued")]
+    if missed:
+        # Only the recipients that did not simply get it: a model must not report
+        # "sent to all" when one bounced, was deferred or is suppressed.
+        result["recipients_not_sent"] = [
+            {"address": r.address, "status": r.status, "code": r.code, "detail": r.detail} for r in missed
+        ]
     return result
 
 

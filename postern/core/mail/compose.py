@@ -29,7 +29,7 @@ from postern.core.mail.mime import CONTENT_TYPE, Mailbox, sanitize_filename
 from postern.core.models import utcnow
 from postern.core.names import InvalidName, normalise_domain
 
-FIELDS = {"to", "cc", "bcc", "subject", "text", "html", "reply_to", "headers", "attachments"}
+FIELDS = {"to", "cc", "bcc", "subject", "text", "html", "reply_to", "headers", "attachments", "bulk"}
 REPLY_FIELDS = {"cc", "bcc", "text", "html", "headers", "attachments", "reply_all"}
 MAX_RECIPIENTS = 100
 MAX_HEADERS = 20
@@ -59,6 +59,9 @@ class SendRequest:
     reply_to: tuple[Mailbox, ...]
     headers: tuple[tuple[str, str], ...]
     attachments: tuple[OutboundAttachment, ...]
+    #: The sender says this is bulk mail (a newsletter, a notice to many): it leaves with
+    #: a one-click unsubscribe link per recipient.
+    bulk: bool = False
 
     @property
     def recipients(self) -> list[str]:
@@ -177,6 +180,13 @@ def _attachments(body: dict, max_bytes: int) -> tuple[OutboundAttachment, ...]:
     return tuple(found)
 
 
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false", field=name)
+    return value
+
+
 def parse_send_request(body: dict, *, max_bytes: int, reply: bool = False) -> SendRequest:
     allowed = REPLY_FIELDS if reply else FIELDS
     unknown = sorted(set(body) - allowed)
@@ -192,6 +202,7 @@ def parse_send_request(body: dict, *, max_bytes: int, reply: bool = False) -> Se
         reply_to=() if reply else _mailboxes(body, "reply_to"),
         headers=_headers(body),
         attachments=_attachments(body, max_bytes),
+        bulk=_flag(body, "bulk"),
     )
     text.check_text(request.subject, "subject", "subject")
     if not request.text and not request.html:

@@ -16,18 +16,17 @@ import logging
 
 import peewee
 
-from postern.core import dkim, metrics
+from postern.core import metrics
 from postern.core.backends import (
     BackendError,
-    OutboundAttachment,
-    OutboundMessage,
     PermanentFailure,
     Receiver,
+    RecipientOutcome,
     TemporaryFailure,
 )
 from postern.core.db import write_transaction
-from postern.core.errors import BackendUnavailable
-from postern.core.mail import wire
+from postern.core.mail import bounces, recipients, wire
+from postern.core.mail.handover import hand_over
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Inbox, Message, utcnow
 from postern.core.plugins import notify
@@ -61,24 +60,85 @@ def deliver(postern, message_id: str) -> Message:
     stop = stopped_for_inbox(Inbox.get_by_id(message.inbox_id))
     if stop is not None:
         return _hold(message, f"sending stopped for this {stop.kind}")
-    recipients = json.loads(message.envelope_to)
-    local = [r for r in recipients if local_inbox(r) is not None]
-    remote = [r for r in recipients if r not in local]
+    everyone = json.loads(message.envelope_to)
+    local = [r for r in everyone if local_inbox(r) is not None]
+    remote = [r for r in everyone if r not in local]
+    todo: list[str] = []
     try:
         check_wire(message)
         if local and not message.local_done:
             _deliver_local(postern, message, local)
-        result = _hand_over(postern, message, remote) if remote else None
+        todo = _not_suppressed(message, recipients.pending(message, remote))
+        result = hand_over(postern, message, todo) if todo else None
     except TemporaryFailure as exc:
-        return _retry_later(postern, message, exc)
+        return _retry_later(postern, message, exc, todo)
     except PermanentFailure as exc:
         return mark_failed(postern, message, exc)
     except (peewee.PeeweeException, OSError) as exc:
         log.warning("delivery of %s failed for now: %s", message.id, exc)
-        return _retry_later(postern, message, TemporaryFailure(str(exc)))
+        return _retry_later(postern, message, TemporaryFailure(str(exc)), todo)
     if result is not None and result.status == "accepted" and postern.backend("send").confirms:
         return _confirm_later(message, result)
-    return mark_sent(postern, message, result, attempt=True)
+    return _settle(postern, message, todo, result, bool(local))
+
+
+def _not_suppressed(message: Message, todo: list[str]) -> list[str]:
+    """Recipients put on the suppression list since the message was accepted are
+    dropped here, before the mail leaves (``suppressed``, never sent)."""
+    if not todo:
+        return todo
+    from postern.core import suppression
+
+    dropped = suppression.suppressed_among(message.customer_id, todo)
+    if dropped:
+        outcome = RecipientOutcome("suppressed", "recipient_suppressed", "on the suppression list")
+        with write_transaction():
+            recipients.set_all(message.id, [a for a in todo if a.lower() in dropped], outcome, attempt=False)
+    return [a for a in todo if a.lower() not in dropped]
+
+
+def _settle(postern, message: Message, todo: list[str], result, had_local: bool) -> Message:
+    """Record what the attempt did for each recipient; then the message is sent (some
+    recipient got it), failed (none did) or stays queued for its deferred recipients."""
+    if result is None:
+        if not had_local and not todo and _nobody_got_it(message):
+            return mark_failed(postern, message, PermanentFailure("no recipient may be sent to", code="no_recipients"))
+        return mark_sent(postern, message, result, attempt=True)
+    default = RecipientOutcome("captured" if result.status == "captured" else "sent")
+    outcomes = {a: result.recipients.get(a, default) for a in todo}
+    refused = {a: o for a, o in outcomes.items() if o.status == "bounced"}
+    deferred = [a for a, o in outcomes.items() if o.status == "deferred"]
+    failure = None
+    with write_transaction():
+        recipients.record(message.id, {a: o for a, o in outcomes.items() if o.status != "bounced"})
+        bounces.bounced(postern, message, refused, "delivery")
+        if not deferred and not had_local and _nobody_got_it(message):
+            first = next(iter(refused.values()))
+            failure = PermanentFailure(f"every recipient was refused: {_words(first)}", code=first.code)
+            message = _fail(postern, message, failure)
+        elif not deferred:
+            message = record_sent(postern, message.id, result, attempt=True)
+    if failure is not None:
+        notify(postern, "postern_message_failed", message=message, error=failure)
+        return message
+    if deferred:
+        exc = TemporaryFailure(f"deferred for {', '.join(deferred)}: {_words(outcomes[deferred[0]])}")
+        return _retry_later(postern, message, exc, [], backend=result.backend)
+    metrics.OUTBOUND.labels(message.status).inc()
+    tell_sent(postern, message, result)
+    return message
+
+
+def _words(outcome: RecipientOutcome) -> str:
+    """An outcome in one phrase: its detail, led by its code when the detail lacks it."""
+    if outcome.detail.startswith(outcome.code):
+        return outcome.detail
+    return f"{outcome.code} {outcome.detail}".strip()
+
+
+def _nobody_got_it(message: Message) -> bool:
+    got = recipients.of(message.id)
+    return bool(got) and not any(r.status in ("sent", "captured") for r in got)
 
 
 def check_wire(message: Message) -> None:
@@ -126,12 +186,17 @@ def mark_sent(postern, message: Message, result, *, attempt: bool) -> Message:
 def record_sent(postern, message_id: str, result, *, attempt: bool) -> Message:
     """``mark_sent``'s writes, inside the caller's transaction."""
     status = result.status if result is not None else "sent"
+    status = "sent" if status == "accepted" else status
+    _close_pending(message_id, RecipientOutcome(status))
     Message.update(
-        status="sent" if status == "accepted" else status,
-        backend=result.backend if result else "local",
-        backend_message_id=result.backend_message_id if result else None,
+        status=status,
+        # None: nothing left by a backend in this attempt; an earlier one may have
+        # (recipients deferred then given up), else every recipient was local.
+        backend=result.backend if result else peewee.fn.COALESCE(Message.backend, "local"),
+        backend_message_id=result.backend_message_id if result else Message.backend_message_id,
         attempts=Message.attempts + (1 if attempt else 0),
         next_attempt_at=None,
+        claimed_until=None,
         error=None,
     ).where(Message.id == message_id).execute()
     message = Message.get_by_id(message_id)
@@ -150,66 +215,10 @@ def _confirm_later(message: Message, result) -> Message:
         attempts=Message.attempts + 1,
         accepted_at=now,
         next_attempt_at=now + dt.timedelta(seconds=result.check_after or CHECK_AFTER),
+        claimed_until=None,
         error=None,
     ).where(Message.id == message.id).execute()
     return Message.get_by_id(message.id)
-
-
-def _hand_over(postern, message: Message, remote: list[str]):
-    try:
-        backend = postern.backend("send")
-    except BackendUnavailable as exc:
-        raise PermanentFailure(str(exc), code="no_send_backend") from exc
-    try:
-        raw = backend.dkim_sign(postern, message.envelope_from, bytes(message.raw))
-    except dkim.DkimKeyUnavailable as exc:
-        log.error("cannot DKIM-sign %s: %s", message.id, exc)
-        raise TemporaryFailure(str(exc), code="dkim_key_unavailable") from exc
-    attachments = tuple(
-        OutboundAttachment(a.filename, a.content_type, bytes(a.data), a.content_id, a.inline)
-        for a in message.attachments
-    )
-    people = [p for field in (message.to_addresses, message.cc_addresses, message.reply_to) for p in json.loads(field)]
-    outbound = OutboundMessage(
-        message_id=message.message_id_header,
-        sender=message.envelope_from,
-        recipients=tuple(remote),
-        raw=raw,
-        postern_id=message.id,
-        subject=message.subject,
-        text=message.text,
-        html=message.html,
-        from_name=message.from_name,
-        to=tuple(p["address"] for p in json.loads(message.to_addresses)),
-        cc=tuple(p["address"] for p in json.loads(message.cc_addresses)),
-        bcc=tuple(r for r in remote if r not in _visible(message)),
-        reply_to=tuple(p["address"] for p in json.loads(message.reply_to)),
-        attachments=attachments,
-        headers=_headers(message),
-        names={p["address"]: p["name"] for p in people if p.get("name")},
-        attempt=message.attempts + 1,
-    )
-    try:
-        return backend.send(outbound)
-    except BackendError:
-        raise
-    except Exception as exc:  # a backend bug must not lose the message: retry, and log it
-        log.exception("send backend %s raised unexpectedly for %s", backend.name, message.id)
-        raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _headers(message: Message) -> dict[str, str]:
-    """The headers a field-based backend must carry over: threading and the sender's X-… ones."""
-    found = {name: value for name, value in json.loads(message.headers)}
-    if message.in_reply_to:
-        found["In-Reply-To"] = message.in_reply_to
-    if message.references:
-        found["References"] = message.references
-    return found
-
-
-def _visible(message: Message) -> set[str]:
-    return {p["address"] for p in json.loads(message.to_addresses) + json.loads(message.cc_addresses)}
 
 
 #: How often the queued mail of a suspended customer is looked at again.
@@ -219,40 +228,99 @@ SUSPENDED_RECHECK = dt.timedelta(minutes=5)
 def _hold(message: Message, why: str) -> Message:
     """Queued mail of a suspended customer, or under a sending stop, waits without using
     up its attempts, and leaves once the operator resumes it (or can be cancelled)."""
-    Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, error=why).where(Message.id == message.id).execute()
+    Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, claimed_until=None, error=why).where(
+        Message.id == message.id
+    ).execute()
     log.info("message %s held: %s", message.id, why)
     return Message.get_by_id(message.id)
 
 
-def _retry_later(postern, message: Message, exc: TemporaryFailure) -> Message:
+def _retry_later(postern, message: Message, exc: TemporaryFailure, todo: list[str], backend: str | None = None):
+    """A temporary failure for ``todo`` (deferred), or for the recipients a per-recipient
+    result deferred: retry on the send backend's schedule, or give up past it."""
     attempts = message.attempts + 1
-    if attempts >= MAX_ATTEMPTS:
-        return mark_failed(postern, message, exc)
-    delay = max(exc.retry_after or 0, RETRY_SCHEDULE[min(attempts - 1, len(RETRY_SCHEDULE) - 1)])
-    Message.update(
-        status="queued",
-        attempts=attempts,
-        error=str(exc)[:2000],
-        next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
-    ).where(Message.id == message.id).execute()
+    sender = postern.active("send")
+    delays = getattr(sender, "retry_delays", None) or RETRY_SCHEDULE
+    lifetime = getattr(sender, "queue_lifetime", None)
+    if lifetime is not None:
+        expired = utcnow() - message.received_at >= dt.timedelta(seconds=lifetime)
+    else:
+        expired = attempts >= MAX_ATTEMPTS
+    if expired:
+        return _give_up(postern, message, exc, todo)
+    delay = max(exc.retry_after or 0, delays[min(attempts - 1, len(delays) - 1)])
+    with write_transaction():
+        if todo:
+            recipients.set_all(message.id, todo, RecipientOutcome("deferred", exc.code or "", str(exc)))
+        Message.update(
+            status="queued",
+            attempts=attempts,
+            error=str(exc)[:2000],
+            next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
+            claimed_until=None,
+            **({"backend": backend} if backend else {}),
+        ).where(Message.id == message.id).execute()
     metrics.OUTBOUND.labels("retried").inc()
     log.warning("message %s: temporary failure (%s); attempt %s, retry in %ss", message.id, exc, attempts, delay)
     return Message.get_by_id(message.id)
 
 
-def mark_failed(postern, message: Message, exc: BackendError) -> Message:
-    log.warning("message %s failed for good: %s", message.id, exc)
+def _give_up(postern, message: Message, exc: TemporaryFailure, todo: list[str]) -> Message:
+    """Deferred too long: the recipients still pending fail (RFC 3463 4.4.7, expired);
+    the message counts as sent if any recipient got it."""
+    expired = PermanentFailure(f"gave up after {message.attempts + 1} attempts: {exc}", code="expired")
+    got_it = [r for r in recipients.of(message.id) if r.status in ("sent", "captured")]
+    if not got_it and not message.local_done:
+        return mark_failed(postern, message, expired)
     with write_transaction():
+        _close_pending(message.id, RecipientOutcome("failed", "expired", str(exc)))
         Message.update(
-            status="failed",
+            status="sent",
             attempts=Message.attempts + 1,
-            error=f"{getattr(exc, 'code', 'error')}: {exc}"[:2000],
+            error=f"expired: {exc}"[:2000],
             next_attempt_at=None,
+            claimed_until=None,
         ).where(Message.id == message.id).execute()
         message = Message.get_by_id(message.id)
-        webhook_events.message_event(postern, "message.failed", [message])
+        webhook_events.message_event(postern, "message.sent", [message])
+    log.warning("message %s: gave up on its deferred recipients: %s", message.id, exc)
     metrics.OUTBOUND.labels("failed").inc()
+    tell_sent(postern, message, None)
+    return message
+
+
+def _close_pending(message_id: str, outcome: RecipientOutcome) -> None:
+    """Every recipient still queued or deferred takes ``outcome`` (the message is final)."""
+    from postern.core.models import MessageRecipient
+
+    MessageRecipient.update(
+        status=outcome.status, code=outcome.code[:60], detail=outcome.detail[:1000], updated_at=utcnow()
+    ).where((MessageRecipient.message == message_id) & (MessageRecipient.status.in_(recipients.PENDING))).execute()
+
+
+def mark_failed(postern, message: Message, exc: BackendError) -> Message:
+    with write_transaction():
+        message = _fail(postern, message, exc)
     notify(postern, "postern_message_failed", message=message, error=exc)
+    return message
+
+
+def _fail(postern, message: Message, exc: BackendError) -> Message:
+    """``mark_failed``'s writes, inside the caller's transaction (the caller notifies
+    plugins after the commit)."""
+    log.warning("message %s failed for good: %s", message.id, exc)
+    code = getattr(exc, "code", None) or "error"
+    _close_pending(message.id, RecipientOutcome("failed", code, str(exc)))
+    Message.update(
+        status="failed",
+        attempts=Message.attempts + 1,
+        error=f"{code}: {exc}"[:2000],
+        next_attempt_at=None,
+        claimed_until=None,
+    ).where(Message.id == message.id).execute()
+    message = Message.get_by_id(message.id)
+    webhook_events.message_event(postern, "message.failed", [message])
+    metrics.OUTBOUND.labels("failed").inc()
     return message
 
 
@@ -287,7 +355,7 @@ def run_due(postern, status: str, attempt, limit: int = 50) -> int:
     done = 0
     for row in due:
         claimed = (
-            Message.update(next_attempt_at=utcnow() + lease(postern))
+            Message.update(next_attempt_at=utcnow() + lease(postern), claimed_until=utcnow() + lease(postern))
             .where(
                 (Message.id == row.id) & (Message.status == status) & (Message.next_attempt_at == row.next_attempt_at)
             )

@@ -81,6 +81,11 @@ def receiving_inbox(address: str):
     found = fastsql.select_one(Inbox, _INBOX_FIELDS, _RECEIVING, (address,))
     if found is None and local_inbox(address) is not None:
         return SUSPENDED
+    if found is None and address.startswith("bounce-"):
+        from postern.core.mail import reportintake  # rare: only for bounce addresses
+
+        if reportintake.verp_target(address) is not None:
+            return reportintake.REPORTS
     return found
 
 

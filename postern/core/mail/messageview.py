@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from postern.core import fastsql
-from postern.core.models import Attachment, Message
+from postern.core.models import Attachment, Message, MessageRecipient
 
 _ATTACHMENT_META_FIELDS = fastsql.all_fields(Attachment, without=("data",))
 
@@ -19,6 +19,8 @@ _ATTACHMENT_META_FIELDS = fastsql.all_fields(Attachment, without=("data",))
 class MessageView:
     message: Message
     attachments: list[Attachment]
+    #: Outbound only, in full views: where each recipient stands (``message_recipient``).
+    recipients: list[MessageRecipient] | None = None
 
 
 def with_attachments(messages: list[Message]) -> list[MessageView]:
@@ -34,4 +36,11 @@ def with_attachments(messages: list[Message]) -> list[MessageView]:
 
 
 def view_of(message: Message) -> MessageView:
-    return with_attachments([message])[0]
+    """One message's full view: its attachments and, when outbound, its recipients."""
+    view = with_attachments([message])[0]
+    if message.direction != "outbound":
+        return view
+    rows = list(
+        MessageRecipient.select().where(MessageRecipient.message == message.id).order_by(MessageRecipient.address)
+    )
+    return MessageView(message, view.attachments, rows)

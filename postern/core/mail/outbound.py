@@ -9,6 +9,7 @@ lapses: an accepted message is sent or failed, never forgotten.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from postern.core.db import database_fault, write_transaction
 from postern.core.errors import Conflict, InvalidInput, NotFound
 from postern.core.ids import new_id, well_formed
 from postern.core.inboxes import get_inbox
+from postern.core.mail import recipients as recipient_rows
 from postern.core.mail.compose import (
     SendRequest,
     build_mime,
@@ -31,6 +33,7 @@ from postern.core.mail.compose import (
 )
 from postern.core.mail.delivery import deliver, lease, receiver_keeps_mailboxes, record_sent, tell_sent
 from postern.core.mail.headers import display_name, neutralise
+from postern.core.mail.held import hold, requires_approval
 from postern.core.mail.ingest import announce, limits_for, local_inbox, next_seq, snippet_of, store
 from postern.core.mail.mime import Mailbox, MailRejected, ParsedMessage, parse
 from postern.core.mail.rules import check_local_recipients, check_recipients
@@ -40,6 +43,7 @@ from postern.core.principal import Principal, RequestInfo
 from postern.core.quota import check_quota, payment_refusal
 from postern.core.ratelimits.sending import charge_send, remember_recipients
 from postern.core.sendingstops import refuse_if_stopped
+from postern.core.suppression import suppressed_among
 
 log = logging.getLogger("postern.outbound")
 
@@ -74,12 +78,15 @@ def send(
     in_reply_to, references = None, ()
     if original is not None:
         request, in_reply_to, references = _as_reply(inbox, original, request, bool(body.get("reply_all")))
+    if len(request.recipients) > postern.config.mail.bulk_recipients:
+        request = dataclasses.replace(request, bulk=True)  # mail to many looks like bulk to receivers
     recipients = request.recipients
     if not recipients:
         raise InvalidInput("give at least one recipient in to, cc or bcc", field="to")
     check_recipients(inbox, recipients)
     check_local_recipients(inbox.address, recipients)
     refuse_if_stopped(inbox)
+    suppressed = refuse_if_all_suppressed(inbox, recipients)
     fresh = charge_send(postern, inbox, recipients)  # before billing: a refused send costs no payment
     decision = check_quota(postern, principal.customer_id, "message.send", len(recipients), info)
     if not decision.allowed:
@@ -90,13 +97,15 @@ def send(
     raw = build_mime(sender, request, message_id=message_id_header, in_reply_to=in_reply_to, references=references)
     if len(raw) > max_bytes:
         raise InvalidInput(f"the message would be {len(raw)} bytes; the limit is {max_bytes}", field="attachments")
-    local = _all_local(postern, request.recipients, raw)
+    held = requires_approval(inbox)  # waits for a human: never the all-local shortcut
+    local = None if held else _all_local(postern, request.recipients, raw)
     delivered: list[Message] = []
     try:
         with write_transaction():
             message = _store(
                 inbox, request, raw, sender, message_id_header, in_reply_to, references, original, lease(postern)
             )
+            _recipient_rows(message.id, recipients, suppressed)
             if idempotency_key is not None:
                 IdempotencyRecord.create(
                     inbox=inbox.id, key=idempotency_key, request_hash=request_hash, message=message.id
@@ -108,6 +117,8 @@ def send(
                 parsed, known = local
                 delivered = store(postern, parsed, raw, sender.address, list(known), known, delivered_for=message.id)
                 message = record_sent(postern, message.id, None, attempt=True)
+            if held:
+                message = hold(postern, message)
             doorbell.ring_in_transaction([inbox.id])
     except peewee.IntegrityError:
         if idempotency_key is not None and (replay := _replay(inbox, idempotency_key, request_hash)) is not None:
@@ -119,9 +130,30 @@ def send(
         announce(postern, delivered)
         tell_sent(postern, message, None)
         return message, False
-    if not attempt_now:
+    if held or not attempt_now:
         return message, False
     return first_attempt(postern, message), False
+
+
+def refuse_if_all_suppressed(inbox: Inbox, addresses: list[str]) -> set[str]:
+    """Recipients on the customer's suppression list (bounced, complained, unsubscribed
+    or added by an admin) are never sent to: each gets status ``suppressed``. When that
+    is every recipient the send is refused (422 ``recipients_suppressed``), nothing stored."""
+    found = suppressed_among(inbox.customer_id, addresses)
+    if found and all(a.lower() in found for a in addresses):
+        raise InvalidInput(
+            f"every recipient is on the suppression list ({', '.join(sorted(found))}); nothing was sent",
+            field="to",
+            code="recipients_suppressed",
+        )
+    return found
+
+
+def _recipient_rows(message_id: str, addresses: list[str], suppressed: set[str]) -> None:
+    recipient_rows.create(message_id, [a for a in addresses if a.lower() not in suppressed])
+    if suppressed:
+        kept_out = [a for a in addresses if a.lower() in suppressed]
+        recipient_rows.create(message_id, kept_out, "suppressed", "recipient_suppressed")
 
 
 def first_attempt(postern, message: Message) -> Message:
@@ -276,6 +308,8 @@ def _store(
         size=len(raw),
         raw=raw,
         next_attempt_at=now + claim,  # the sender's claim; the outbox takes over only if it lapses
+        claimed_until=now + claim,
+        bulk=request.bulk,
     )
     for att in request.attachments:
         Attachment.create(

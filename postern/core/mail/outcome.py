@@ -45,6 +45,15 @@ def outcome(message) -> Outcome:
         return Outcome(False, f"not sent yet: Postern will try again{last}")
     if status == "failed":
         return Outcome(False, f"not sent: {error}" if error else "not sent")
+    if status == "cancelled":
+        return Outcome(False, "not sent: the operator cancelled it in the outbound queue")
+    if status == "pending_approval":
+        return Outcome(False, "held for human approval: nothing is sent until an operator or org admin approves it")
+    if status == "rejected":
+        note = getattr(message, "review_note", None)
+        return Outcome(False, "not sent: rejected by a reviewer" + (f": {note}" if note else ""))
+    if status == "expired":
+        return Outcome(False, "not sent: nobody approved it before its approval time ran out")
     return Outcome(False, None)
 
 

@@ -9,7 +9,7 @@ from postern.core.ids import well_formed
 from postern.core.inboxes import get_inbox
 from postern.core.isotime import parse_time
 from postern.core.mail import cursors
-from postern.core.mail.messageview import MessageView, with_attachments
+from postern.core.mail.messageview import MessageView, view_of, with_attachments
 from postern.core.models import Inbox, Message, Thread
 from postern.core.pagination import (
     Page,
@@ -68,7 +68,7 @@ def get_message(principal: Principal, info: RequestInfo, inbox_id: str, message_
     if message is None:
         raise NotFound(f"no message '{message_id[:60]}' in this inbox")
     _audit(principal, info, "message.read", message.id)
-    return with_attachments([message])[0]
+    return view_of(message)
 
 
 def list_threads(principal: Principal, info: RequestInfo, inbox_id: str, limit, page_token) -> Page:

@@ -77,8 +77,9 @@ def _hooks_of_inboxes(inbox_ids: list[str]) -> list[dict]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def message_event(postern, event_type: str, messages: Iterable[Message]) -> int:
-    """Queue ``event_type`` for each message; call inside the event's transaction."""
+def message_event(postern, event_type: str, messages: Iterable[Message], extra: dict | None = None) -> int:
+    """Queue ``event_type`` for each message; call inside the event's transaction.
+    ``extra`` joins the data of every one (``recipients`` of a bounce or complaint)."""
     messages = list(messages)
     if not messages:
         return 0
@@ -91,7 +92,8 @@ def message_event(postern, event_type: str, messages: Iterable[Message]) -> int:
     for message in messages:
         wanting = by_inbox.get(message.inbox_id)
         if wanting:
-            queued += len(queue(wanting, event_type, message_data(postern, message)))
+            data = message_data(postern, message)
+            queued += len(queue(wanting, event_type, {**data, **extra} if extra else data))
     if queued:
         wake.ring_in_transaction()
     return queued

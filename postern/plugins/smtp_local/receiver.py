@@ -10,6 +10,7 @@ import logging
 from postern.core import quarantine
 from postern.core.backends import InboxRef, Listen, Receiver
 from postern.core.db import FAULT_FULL, DatabaseRunner, GroupCommitter, database_fault
+from postern.core.mail import reportintake
 from postern.core.mail.ingest import MailRejected, announce, readable, store
 from postern.core.services import Service
 from postern.core.smtp.listener import run_listener
@@ -48,6 +49,14 @@ class SmtpLocalReceiver(Receiver):
 async def store_arrival(postern, arrival: Arrival) -> str:
     """``on_message`` of smtp_local: store the message for its inboxes, the 250 after
     the commit; anything unforeseen is a 4xx, so the sender keeps the message."""
+    if reportintake.REPORTS in arrival.inboxes.values() or reportintake.looks_like_report(arrival.parsed.headers):
+        try:
+            reply, arrival = await arrival.runner.run(reportintake.take, postern, arrival)
+        except Exception:  # the sender keeps the report and retries
+            log.exception("could not record a bounce or complaint report from %s; answered 451", arrival.mail_from)
+            return "451 4.3.0 Temporary failure, try again later"
+        if arrival is None:
+            return reply
     # Outside the group commit: checking the sender, deriving text and finding codes is
     # network and CPU work that must not hold the write lock.
     authentication, held = "", {}
