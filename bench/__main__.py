@@ -46,6 +46,7 @@ BENCHMARKS = {
     "slow_clients": (["--requests", "30", "--slow", "300"], []),
     "limits_storage": (["--seconds", "1"], []),
     "limits_overhead": (["--duration", "2", "--rounds", "1"], ["wrk"]),
+    "outbound_delivery": (["--messages", "300", "--rounds", "1"], ["smtp-source", "smtp-sink"]),
 }
 INSTALL_HINT = "apt-get install -y wrk postfix dnsperf nsd (then: postfix stop)"
 

@@ -6,6 +6,9 @@ through real DNS (tests/support/mxlab.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import threading
+import time
 
 import falcon.testing
 import pytest
@@ -15,6 +18,7 @@ from support.world import make_tenant
 from postern.api import create_app
 from postern.core.config import ConfigError
 from postern.core.mail.delivery import deliver_due
+from postern.core.mail.outcome import outbound_mode
 from postern.core.models import Message, Suppression, utcnow
 from postern.core.runtime import build_postern
 
@@ -86,6 +90,7 @@ def test_mail_to_two_domains_is_delivered_to_each_mx_and_greylisting_clears_on_r
     [(to_ok)] = ok.messages
     assert to_ok.sender == f"bounce-{first['id']}@acme.agents.localhost" and to_ok.rcpts == ["bob@ok.test"]
     assert b"Subject: direct" in to_ok.content
+    assert to_ok.content.startswith(b"DKIM-Signature:") and b"d=acme.agents.localhost;" in to_ok.content
 
     due_now(first["id"])
     assert deliver_due(postern) == 1
@@ -174,3 +179,49 @@ def test_doctor_checks_the_reverse_dns_of_the_sending_address(config, db, zone):
     zone.add("out.postern.test", "A", "192.0.2.7")
     [good] = findings(source_address="192.0.2.7")
     assert good.status == "OK" and "forward-confirmed" in good.detail
+
+
+def test_health_and_plugins_say_mail_leaves_directly(direct):
+    postern, client, headers, inbox, _ = direct()
+    outbound = client.simulate_get("/healthz").json["outbound"]
+    assert outbound["mode"] == "direct" and outbound["backend"] == "smtp_local"
+    assert outbound_mode(postern).route == "direct delivery to each recipient domain's MX"
+
+
+def test_a_hanging_mx_holds_one_outbox_thread_not_the_queue(direct, zone, smtp, port):
+    mx(zone, "slow.test", (10, "mx.slow.test", "127.0.0.8"))
+    mx(zone, "ok.test", (10, "mx.ok.test", "127.0.0.2"))
+    silent = socket.create_server(("127.0.0.8", port))  # takes connections, never says a word
+    ok = smtp("127.0.0.2")
+    postern, client, headers, inbox, _ = direct(timeout=2, deadline=4)
+    try:
+        slow_id = send(client, headers, inbox, "x@slow.test")["id"]  # its first attempt: deferred
+        ok_id = Message.get_by_id(send(client, headers, inbox, "y@ok.test")["id"]).id
+        assert len(ok.messages) == 1
+        Message.update(status="queued", next_attempt_at=utcnow() - dt.timedelta(seconds=10)).where(
+            Message.id == slow_id
+        ).execute()  # the hanging one is due first
+        Message.update(status="queued", next_attempt_at=utcnow()).where(Message.id == ok_id).execute()
+        from postern.core.models import MessageRecipient
+
+        MessageRecipient.update(status="queued").where(MessageRecipient.message == ok_id).execute()
+        sweep = threading.Thread(target=deliver_due, args=(postern,))
+        sweep.start()
+        deadline = time.monotonic() + 10
+        while len(ok.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        still_held = Message.get_by_id(slow_id).claimed_until is not None
+        sweep.join(15)
+        assert len(ok.messages) == 2 and still_held  # delivered while the hanging attempt was under way
+        assert Message.get_by_id(slow_id).status == "queued" and Message.get_by_id(ok_id).status == "sent"
+    finally:
+        silent.close()
+
+
+def test_outbox_threads_is_checked(tmp_path):
+    from postern.core.config import load_config
+
+    path = tmp_path / "postern.toml"
+    path.write_text("[mail]\noutbox_threads = 0\n")
+    with pytest.raises(ConfigError, match="outbox_threads must be from 1 to 64"):
+        load_config(path, environ={"POSTERN_DATA_DIR": str(tmp_path)})

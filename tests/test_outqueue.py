@@ -147,3 +147,12 @@ def test_the_cli_lists_retries_and_cancels(app, env, monkeypatch):
     assert cancelled.exit_code == 0 and Message.get_by_id(one["id"]).status == "cancelled"
     missing = CliRunner().invoke(cli, ["admin", "queue", "cancel", "msg_nosuchmessage"])
     assert missing.exit_code == 1 and "no outbound message" in missing.output
+
+
+def test_relay_failures_are_logged_at_warning_with_the_message_id(app, caplog):
+    _, client, headers, inbox, _ = app
+    with caplog.at_level("WARNING", logger="postern.outbound"):
+        first = queued(client, headers, inbox)
+    [record] = [r for r in caplog.records if first["id"] in r.getMessage()]
+    assert record.levelname == "WARNING" and "temporary failure" in record.getMessage()
+    assert "Connection refused" in record.getMessage()

@@ -1,6 +1,6 @@
 """``GET /healthz``: database reachability, schema version and each service's state.
 
-``outbound`` says how mail to outside addresses leaves: ``relay``, ``capture-only``
+``outbound`` says how mail to outside addresses leaves: ``relay``, ``direct``, ``capture-only``
 (kept, never sent) or ``unavailable``.
 
 A service's ``state`` is ``starting`` (started, not serving yet), ``running`` (serving),

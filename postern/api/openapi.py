@@ -36,10 +36,10 @@ HEALTH_SCHEMA = {
         "services": {"type": "array", "items": {"type": "object"}},
         "outbound": {
             "type": ["object", "null"],
-            "description": "How mail to outside addresses leaves: relay, capture-only (kept, never sent) "
-            "or unavailable",
+            "description": "How mail to outside addresses leaves: relay, direct (to each MX), "
+            "capture-only (kept, never sent) or unavailable",
             "properties": {
-                "mode": {"type": "string", "enum": ["relay", "capture-only", "unavailable"]},
+                "mode": {"type": "string", "enum": ["relay", "direct", "capture-only", "unavailable"]},
                 "backend": {"type": "string"},
                 "detail": {"type": "string"},
             },

@@ -132,6 +132,8 @@ def _build_section(name: str, value: Any, cls: type) -> Any:
         raise ConfigError("log.max_bytes must be at least 1024 and log.backup_count from 0 to 1000")
     if name == "mail" and not 5 <= section.outbound_lease_seconds <= 86400:
         raise ConfigError("mail.outbound_lease_seconds must be from 5 to 86400")
+    if name == "mail" and not 1 <= section.outbox_threads <= 64:
+        raise ConfigError("mail.outbox_threads must be from 1 to 64")
     if name == "mail" and not 1 <= section.approval_expiry_hours <= 8760:
         raise ConfigError("mail.approval_expiry_hours must be from 1 to 8760 (a year)")
     if name == "database" and not 0 <= section.threads <= 256:

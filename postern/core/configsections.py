@@ -104,6 +104,9 @@ class MailConfig:
     #: long a crash delays a send; keep it above the send backend's timeout, or a slow
     #: attempt and its retry may both reach the relay.
     outbound_lease_seconds: int = 300
+    #: Delivery attempts the outbox runs at once: a relay or MX that hangs until its
+    #: deadline holds one of them, never the whole queue (direct mode talks to many).
+    outbox_threads: int = 8
     #: Hours a message held for human approval waits (an enrollment key's or inbox's
     #: ``require_approval``); unreviewed by then, it becomes ``expired`` and is never sent.
     approval_expiry_hours: int = 72

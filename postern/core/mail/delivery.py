@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import peewee
 
@@ -24,7 +26,7 @@ from postern.core.backends import (
     RecipientOutcome,
     TemporaryFailure,
 )
-from postern.core.db import write_transaction
+from postern.core.db import database, write_transaction
 from postern.core.mail import bounces, recipients, wire
 from postern.core.mail.handover import hand_over
 from postern.core.mail.ingest import ingest, local_inbox
@@ -345,27 +347,49 @@ def deliver_due(postern, limit: int = 50) -> int:
 def run_due(postern, status: str, attempt, limit: int = 50) -> int:
     """Claim messages in ``status`` whose ``next_attempt_at`` has come and run
     ``attempt(postern, message_id)`` on each. Safe in several processes: a message is
-    claimed by moving its time forward by the lease only if nobody else has."""
+    claimed by moving its time forward by the lease only if nobody else has.
+
+    Up to ``[mail] outbox_threads`` attempts run at once, each message claimed just
+    before its attempt (so no claim waits long enough for its lease to lapse): a relay
+    or an MX that hangs until its deadline holds one thread, never the whole queue."""
     due = list(
         Message.select(Message.id, Message.next_attempt_at)
         .where((Message.status == status) & (Message.next_attempt_at <= utcnow()))
         .order_by(Message.next_attempt_at)
         .limit(limit)
     )
-    done = 0
-    for row in due:
-        claimed = (
-            Message.update(next_attempt_at=utcnow() + lease(postern), claimed_until=utcnow() + lease(postern))
-            .where(
-                (Message.id == row.id) & (Message.status == status) & (Message.next_attempt_at == row.next_attempt_at)
-            )
-            .execute()
-        )
-        if not claimed:
-            continue  # another outbox took it
-        try:
-            attempt(postern, row.id)
-        except Exception:  # one bad message must not stop the sweep; its lease expires and it is retried
-            log.exception("outbox: %s %s failed unexpectedly", status, row.id)
-        done += 1
-    return done
+    threads = min(postern.config.mail.outbox_threads, len(due))
+    if threads <= 1:
+        return sum(_claim_and_run(postern, status, attempt, row) for row in due)
+    rows = iter(due)
+    take = threading.Lock()
+
+    def work(_) -> int:
+        done = 0
+        with database.connection_context():  # a connection of its own, closed with the thread's work
+            while True:
+                with take:
+                    row = next(rows, None)
+                if row is None:
+                    return done
+                done += _claim_and_run(postern, status, attempt, row)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="postern-outbox") as pool:
+        return sum(pool.map(work, range(threads)))
+
+
+def _claim_and_run(postern, status: str, attempt, row) -> int:
+    """1 when this process claimed ``row`` and ran its attempt, 0 when another had it."""
+    now = utcnow()
+    claimed = (
+        Message.update(next_attempt_at=now + lease(postern), claimed_until=now + lease(postern))
+        .where((Message.id == row.id) & (Message.status == status) & (Message.next_attempt_at == row.next_attempt_at))
+        .execute()
+    )
+    if not claimed:
+        return 0  # another outbox took it
+    try:
+        attempt(postern, row.id)
+    except Exception:  # one bad message must not stop the sweep; its lease expires and it is retried
+        log.exception("outbox: %s %s failed unexpectedly", status, row.id)
+    return 1

@@ -60,7 +60,8 @@ def outcome(message) -> Outcome:
 @dataclass(frozen=True)
 class OutboundMode:
     """How this server sends mail to outside addresses. ``mode`` is ``relay`` (it leaves
-    through ``route``), ``capture-only`` (kept, never sent) or ``unavailable`` (the send
+    through ``route``), ``direct`` (this server delivers to each domain's MX itself),
+    ``capture-only`` (kept, never sent) or ``unavailable`` (the send
     backend cannot be built; ``detail`` says why)."""
 
     mode: str
@@ -84,4 +85,5 @@ def outbound_mode(postern) -> OutboundMode:
     route = sender.outbound_route()
     if route is None:
         return OutboundMode("capture-only", name, None, CAPTURE_ONLY)
-    return OutboundMode("relay", name, route, f"mail to outside addresses leaves through {route}")
+    mode = "direct" if getattr(sender, "delivers_directly", False) else "relay"
+    return OutboundMode(mode, name, route, f"mail to outside addresses leaves through {route}")

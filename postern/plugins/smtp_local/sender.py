@@ -138,6 +138,11 @@ class SmtpLocalSender(Sender):
             return self.options.deadline + 30
         return self.options.deadline
 
+    @property
+    def delivers_directly(self) -> bool:
+        """``/healthz`` and ``postern plugins`` show the outbound mode ``direct``."""
+        return self.options.mode == "direct"
+
     def outbound_route(self) -> str | None:
         if self.options.mode == "direct":
             return "direct delivery to each recipient domain's MX"
