@@ -10,6 +10,7 @@ The receiving server is Postfix's ``smtp-sink`` (C, accepts and discards) on a f
   lookup, an MX and an A lookup (answered by a small DNS server in this process, as a
   local caching resolver would), then the transaction over a pooled connection.
 - ``direct, no reuse``: the same with ``reuse_seconds = 0`` (a connection per message).
+- ``direct, no DNS cache``: with ``dns_cache = false`` (four lookups per message).
 - ``smarthost``: ``SmtpLocalSender`` relaying to the sink, a connection per message (as
   it relays today).
 
@@ -132,6 +133,9 @@ def main() -> int:
         ),
         "direct, no reuse": SmtpLocalSender(
             SmtpLocalSendOptions(mode="direct", resolver=dns.address, mx_port=port, reuse_seconds=0, **common)
+        ),
+        "direct, no DNS cache": SmtpLocalSender(
+            SmtpLocalSendOptions(mode="direct", resolver=dns.address, mx_port=port, dns_cache=False, **common)
         ),
         "smarthost": SmtpLocalSender(SmtpLocalSendOptions(smarthost=f"127.0.0.1:{port}", starttls=False, **common)),
     }
