@@ -347,3 +347,12 @@ def test_alarms_fire_in_order_once_and_never_when_cancelled():
     assert done.wait(5)
     time.sleep(0.05)
     assert fired == ["early", "late"]
+
+
+def test_mail_leaves_from_the_source_address_with_the_helo_name(zone, smtp, make):
+    mx(zone, "one.test", (10, "mx1.one.test", "127.0.0.2"))
+    server = smtp("127.0.0.2")
+    results = make(source_address="127.0.0.5", helo="mail.sender.test").deliver("a@sender.test", ["b@one.test"], RAW)
+    assert results["b@one.test"].status == "sent"
+    assert {peer[0] for peer in server.peers} == {"127.0.0.5"}  # bound to the configured address
+    assert server.ehlo_names == ["mail.sender.test"]

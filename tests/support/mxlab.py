@@ -62,6 +62,12 @@ class Handler:
         self.mails: list[str] = []
         self.messages: list[Received] = []
         self.peers: set = set()
+        self.ehlo_names: list[str] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.ehlo_names.append(hostname)
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.mails.append(address)
