@@ -256,7 +256,8 @@ def test_a_complaint_sent_to_the_inbox_is_matched_by_message_id(app, listener):
     )
     assert code == 250, text
     assert MessageRecipient.get().status == "complained"
-    assert suppressed(acme.customer.id) == {"x@example.org": "complaint"}
+    # Anyone who saw the Message-ID can send this: it marks and tells, but suppresses no one.
+    assert suppressed(acme.customer.id) == {}
     [event] = events("message.complained")
     assert event["data"]["recipients"] == [{"address": "x@example.org", "code": "arf:abuse", "detail": None}]
     assert inbound_count() == 0
@@ -284,3 +285,47 @@ def test_bounce_addresses_are_accepted_only_for_real_messages(app, listener, rel
     code, _ = smtp(listener, "x@example.org", verp, b"Subject: Out of office\r\n\r\nI am away.\r\n")
     assert code == 250 and inbound_count() == 0
     assert MessageRecipient.get().status == "sent"
+
+
+def test_a_replayed_bounce_report_fires_once(app, listener, relay):
+    _, client, headers, inbox, _ = app
+    sent = send(client, headers, inbox, "x@example.org").json
+    verp = relay[0].received[0].mail_from
+    report = dsn(Message.get_by_id(sent["id"]), "x@example.org", "5.1.1")
+    assert smtp(listener, "", verp, report)[0] == 250
+    assert smtp(listener, "", verp, report)[0] == 250
+    assert len(events("message.bounced")) == 1
+
+
+def test_a_suppressed_inbox_here_gets_no_copy(app):
+    postern, client, headers, inbox, acme = app
+    bob = client.simulate_post("/v1/inboxes", headers=headers, json={"username": "bob"}).json
+    carol = client.simulate_post("/v1/inboxes", headers=headers, json={"username": "carol"}).json
+    from postern.core import suppression
+
+    suppression.suppress(acme.customer.id, bob["address"], "manual")
+    for to in ([bob["address"], carol["address"]], [bob["address"], carol["address"], "ok@example.org"]):
+        resp = send(client, headers, inbox, *to)
+        assert resp.status_code == 201 and statuses(resp.json)[bob["address"]] == "suppressed", resp.text
+    got = lambda box: Message.select().where((Message.inbox == box["id"]) & (Message.direction == "inbound")).count()  # noqa: E731
+    assert got(bob) == 0 and got(carol) == 2
+
+
+def test_a_complaint_to_the_verp_address_suppresses(app, listener, relay):
+    _, client, headers, inbox, acme = app
+    sent = send(client, headers, inbox, "x@example.org").json
+    verp = relay[0].received[0].mail_from
+    code, _ = smtp(listener, "fbl@provider.example", verp, arf(Message.get_by_id(sent["id"]), "x@example.org"))
+    assert code == 250
+    assert MessageRecipient.get().status == "complained"
+    assert suppressed(acme.customer.id) == {"x@example.org": "complaint"}
+
+
+def test_a_bounce_sent_to_the_inbox_marks_but_does_not_suppress(app, listener):
+    _, client, headers, inbox, acme = app
+    sent = send(client, headers, inbox, "x@example.org").json
+    code, _ = smtp(listener, "", inbox["address"], dsn(Message.get_by_id(sent["id"]), "x@example.org", "5.1.1"))
+    assert code == 250 and inbound_count() == 0
+    assert MessageRecipient.get().status == "bounced" and suppressed(acme.customer.id) == {}
+    [event] = events("message.bounced")
+    assert event["data"]["source"] == "report"

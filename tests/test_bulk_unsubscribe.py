@@ -15,7 +15,7 @@ from support.world import make_tenant
 from test_dkim import txt_from
 
 from postern.api import create_app
-from postern.core.models import Suppression, UnsubscribeToken
+from postern.core.models import Message, Suppression, UnsubscribeToken
 
 PUBLIC = "https://postern.example.org"
 
@@ -108,3 +108,32 @@ def test_without_a_public_https_url_no_link_is_made(config, agent, sink):
     assert send(agent, ["ann@example.org", "ben@example.org"], bulk=True).status_code == 201
     [copy] = sink[0].received  # one transaction, as for any mail
     assert b"List-Unsubscribe" not in copy.data and UnsubscribeToken.select().count() == 0
+
+
+def test_bulk_mail_the_relay_refuses_whole_fails_and_the_request_returns(agent, sink):
+    sink[0].reply = "554 5.7.1 message refused as spam"
+    resp = send(agent, ["ann@example.org", "ben@example.org"], bulk=True)
+    assert resp.status_code == 201, resp.text
+    assert resp.json["status"] == "failed" and resp.json["error"].startswith("554")
+    assert {r["status"] for r in resp.json["recipients"]} == {"failed"}
+    assert Suppression.select().count() == 0  # a refused message says nothing about the addresses
+
+
+def test_each_bulk_copy_extends_the_attempts_claim(agent, sink):
+    seen = []
+    real = sink[0].handle_DATA
+
+    async def recording(server, session, envelope):
+        from postern.core.db import database
+
+        with database.connection_context():
+            seen.append(
+                Message.select(Message.claimed_until).order_by(Message.received_at.desc()).first().claimed_until
+            )
+        return await real(server, session, envelope)
+
+    sink[0].handle_DATA = recording
+    resp = send(agent, ["ann@example.org", "ben@example.org", "cy@example.org"], bulk=True)
+    assert resp.json["status"] == "sent"
+    assert len(seen) == 3 and seen[0] < seen[1] < seen[2]  # a new lease before each copy
+    assert Message.get_by_id(resp.json["id"]).claimed_until is None  # released at the end

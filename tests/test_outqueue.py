@@ -156,3 +156,41 @@ def test_relay_failures_are_logged_at_warning_with_the_message_id(app, caplog):
     [record] = [r for r in caplog.records if first["id"] in r.getMessage()]
     assert record.levelname == "WARNING" and "temporary failure" in record.getMessage()
     assert "Connection refused" in record.getMessage()
+
+
+def test_a_late_attempt_never_undoes_a_cancel(app, caplog):
+    """The lease of a slow attempt lapsed, the operator cancelled the message, then the
+    attempt ended: its outcome is not recorded over the cancel."""
+    postern, client, headers, inbox, _ = app
+    first = queued(client, headers, inbox)
+    from postern.core.mail import delivery
+
+    Message.update(next_attempt_at=utcnow()).where(Message.id == first["id"]).execute()
+    real_hand_over = delivery.hand_over
+
+    def slow_hand_over(postern, message, todo):
+        # While "sending", the lease lapses and the operator cancels.
+        Message.update(claimed_until=utcnow() - dt.timedelta(seconds=1)).where(Message.id == message.id).execute()
+        outqueue.cancel(postern, CLI, INFO, message.id)
+        return real_hand_over(postern, message, todo)
+
+    delivery.hand_over = slow_hand_over
+    try:
+        with caplog.at_level("WARNING", logger="postern.outbound"):
+            assert deliver_due(postern) == 1
+    finally:
+        delivery.hand_over = real_hand_over
+    row = Message.get_by_id(first["id"])
+    assert row.status == "cancelled" and row.attempts == 1  # the late temporary failure changed nothing
+    assert any("no longer holds it" in r.getMessage() for r in caplog.records)
+
+
+def test_cancelling_mail_some_recipients_already_have_leaves_it_sent(app):
+    postern, client, headers, inbox, _ = app
+    first = queued(client, headers, inbox, "x@example.org")
+    MessageRecipient.update(status="sent").where(MessageRecipient.message == first["id"]).execute()
+    MessageRecipient.insert(message=first["id"], address="y@example.org", status="deferred").execute()
+    cancelled = outqueue.cancel(postern, CLI, INFO, first["id"])
+    assert cancelled.status == "sent" and "still pending" in cancelled.error
+    rows = {r.address: r.status for r in MessageRecipient.select()}
+    assert rows == {"x@example.org": "sent", "y@example.org": "cancelled"}

@@ -97,13 +97,23 @@ def retry(principal: Principal, info: RequestInfo, message_id: str | None = None
 
 
 def cancel(postern, principal: Principal, info: RequestInfo, message_id: str) -> Message:
-    """Cancel one queued message: it never leaves (recipients still pending become
-    ``cancelled``); the agent sees status ``cancelled`` and a ``message.cancelled`` event."""
+    """Cancel one queued message: it leaves for no one else (recipients still pending
+    become ``cancelled``); the agent sees status ``cancelled`` (``sent`` when some
+    recipients already had it) and a ``message.cancelled`` event."""
     message = _get(principal, message_id)
     now = utcnow()
+    got_it = message.local_done or (
+        MessageRecipient.select()
+        .where((MessageRecipient.message == message.id) & MessageRecipient.status.in_(("sent", "captured")))
+        .exists()
+    )
+    # Some recipients already have it: the message was sent, to fewer than asked.
+    status, error = ("sent", "cancelled by the operator for the recipients still pending")
+    if not got_it:
+        status, error = "cancelled", "cancelled by the operator"
     with write_transaction():
         done = (
-            Message.update(status="cancelled", next_attempt_at=None, error="cancelled by the operator")
+            Message.update(status=status, next_attempt_at=None, error=error)
             .where(_free(now) & (Message.id == message.id))
             .execute()
         )

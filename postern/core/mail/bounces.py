@@ -47,16 +47,19 @@ def suppressible(code: str) -> bool:
     return bool(re.match(r"55[013]\b", code or ""))  # no such mailbox, not local, bad name
 
 
-def bounced(postern, message: Message, refused: Mapping[str, RecipientOutcome], source: str) -> None:
+def bounced(
+    postern, message: Message, refused: Mapping[str, RecipientOutcome], source: str, *, suppress: bool = True
+) -> None:
     """Record recipients refused for good; ``source`` says how we know ("delivery",
-    "report")."""
+    "report"). ``suppress`` False: mark and tell, but leave the suppression list alone
+    (a report whose origin proves nothing)."""
     refused = {
         a: o for a, o in refused.items() if recipients.mark_report(message.id, a.lower(), "bounced", o.code, o.detail)
     }
     if not refused:
         return
     for address, outcome in refused.items():
-        if suppressible(outcome.code):
+        if suppress and suppressible(outcome.code):
             suppression.suppress(
                 message.customer_id, address, "bounce", f"{outcome.code} {outcome.detail}".strip(), message.id
             )
@@ -64,7 +67,9 @@ def bounced(postern, message: Message, refused: Mapping[str, RecipientOutcome], 
     _event(postern, "message.bounced", message, refused, source)
 
 
-def complained(postern, message: Message, addresses: Mapping[str, str], source: str = "report") -> None:
+def complained(
+    postern, message: Message, addresses: Mapping[str, str], source: str = "report", *, suppress: bool = True
+) -> None:
     """Recipients who reported the message as abuse (``addresses``: address → feedback type)."""
     if not addresses:
         return
@@ -75,7 +80,8 @@ def complained(postern, message: Message, addresses: Mapping[str, str], source: 
     if not outcomes:
         return
     for address, outcome in outcomes.items():
-        suppression.suppress(message.customer_id, address, "complaint", outcome.code, message.id)
+        if suppress:
+            suppression.suppress(message.customer_id, address, "complaint", outcome.code, message.id)
         log.warning("message %s: complaint from %s (%s)", message.id, address, outcome.code)
     _event(postern, "message.complained", message, outcomes, source)
 

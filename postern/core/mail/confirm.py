@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 
 from postern.core.backends import PendingSend, PermanentFailure, TemporaryFailure
+from postern.core.mail.claims import mine
 from postern.core.mail.delivery import CHECK_AFTER, mark_failed, mark_sent, run_due
 from postern.core.models import Message, utcnow
 
@@ -64,7 +65,7 @@ def confirm(postern, message_id: str) -> Message:
 
 
 def _check_later(message: Message, seconds: float, error: str | None) -> Message:
-    Message.update(next_attempt_at=utcnow() + dt.timedelta(seconds=seconds), error=error and error[:2000]).where(
-        (Message.id == message.id) & (Message.status == "sending")
-    ).execute()
+    Message.update(
+        next_attempt_at=utcnow() + dt.timedelta(seconds=seconds), claimed_until=None, error=error and error[:2000]
+    ).where(mine(message)).execute()
     return Message.get_by_id(message.id)

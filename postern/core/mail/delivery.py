@@ -28,6 +28,7 @@ from postern.core.backends import (
 )
 from postern.core.db import database, write_transaction
 from postern.core.mail import bounces, recipients, wire
+from postern.core.mail.claims import lease, lost, mine
 from postern.core.mail.handover import hand_over
 from postern.core.mail.ingest import ingest, local_inbox
 from postern.core.models import Inbox, Message, utcnow
@@ -39,12 +40,6 @@ from postern.core.webhooks import events as webhook_events
 log = logging.getLogger("postern.outbound")
 
 MAX_ATTEMPTS = 8
-
-
-def lease(postern) -> dt.timedelta:
-    """How long a delivery attempt owns a message (``mail.outbound_lease_seconds``);
-    longer than any backend's timeouts."""
-    return dt.timedelta(seconds=postern.config.mail.outbound_lease_seconds)
 
 
 RETRY_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200)  # seconds before attempts 2..8
@@ -69,7 +64,9 @@ def deliver(postern, message_id: str) -> Message:
     try:
         check_wire(message)
         if local and not message.local_done:
-            _deliver_local(postern, message, local)
+            local = _not_suppressed(message, local)  # inboxes here can be on the list too (an admin put them)
+            if local:
+                _deliver_local(postern, message, local)
         todo = _not_suppressed(message, recipients.pending(message, remote))
         result = hand_over(postern, message, todo) if todo else None
     except TemporaryFailure as exc:
@@ -110,16 +107,20 @@ def _settle(postern, message: Message, todo: list[str], result, had_local: bool)
     outcomes = {a: result.recipients.get(a, default) for a in todo}
     refused = {a: o for a, o in outcomes.items() if o.status == "bounced"}
     deferred = [a for a, o in outcomes.items() if o.status == "deferred"]
-    failure = None
+    failure, recorded = None, message
     with write_transaction():
         recipients.record(message.id, {a: o for a, o in outcomes.items() if o.status != "bounced"})
         bounces.bounced(postern, message, refused, "delivery")
         if not deferred and not had_local and _nobody_got_it(message):
-            first = next(iter(refused.values()))
+            # Refused at RCPT (bounced), or the whole copy refused (failed: bulk mail).
+            first = next(o for o in outcomes.values() if o.status in ("bounced", "failed"))
             failure = PermanentFailure(f"every recipient was refused: {_words(first)}", code=first.code)
-            message = _fail(postern, message, failure)
+            recorded = _fail(postern, message, failure)
         elif not deferred:
-            message = record_sent(postern, message.id, result, attempt=True)
+            recorded = record_sent(postern, message, result, attempt=True)
+    if recorded is None:
+        return lost(message)
+    message = recorded
     if failure is not None:
         notify(postern, "postern_message_failed", message=message, error=failure)
         return message
@@ -179,28 +180,39 @@ def mark_sent(postern, message: Message, result, *, attempt: bool) -> Message:
     """Record the final, successful outcome and announce it (``message.sent`` and the hook).
     ``attempt`` counts a delivery attempt (not for a confirmation that completed)."""
     with write_transaction():
-        message = record_sent(postern, message.id, result, attempt=attempt)
+        recorded = record_sent(postern, message, result, attempt=attempt)
+    if recorded is None:
+        return lost(message)
+    message = recorded
     metrics.OUTBOUND.labels(message.status).inc()  # sent, or captured
     tell_sent(postern, message, result)
     return message
 
 
-def record_sent(postern, message_id: str, result, *, attempt: bool) -> Message:
-    """``mark_sent``'s writes, inside the caller's transaction."""
+def record_sent(postern, message: Message, result, *, attempt: bool) -> Message | None:
+    """``mark_sent``'s writes, inside the caller's transaction; None (nothing written)
+    when the attempt no longer holds the message (``claims.mine``)."""
     status = result.status if result is not None else "sent"
     status = "sent" if status == "accepted" else status
+    message_id = message.id
+    done = (
+        Message.update(
+            status=status,
+            # None: nothing left by a backend in this attempt; an earlier one may have
+            # (recipients deferred then given up), else every recipient was local.
+            backend=result.backend if result else peewee.fn.COALESCE(Message.backend, "local"),
+            backend_message_id=result.backend_message_id if result else Message.backend_message_id,
+            attempts=Message.attempts + (1 if attempt else 0),
+            next_attempt_at=None,
+            claimed_until=None,
+            error=None,
+        )
+        .where(mine(message))
+        .execute()
+    )
+    if not done:
+        return None
     _close_pending(message_id, RecipientOutcome(status))
-    Message.update(
-        status=status,
-        # None: nothing left by a backend in this attempt; an earlier one may have
-        # (recipients deferred then given up), else every recipient was local.
-        backend=result.backend if result else peewee.fn.COALESCE(Message.backend, "local"),
-        backend_message_id=result.backend_message_id if result else Message.backend_message_id,
-        attempts=Message.attempts + (1 if attempt else 0),
-        next_attempt_at=None,
-        claimed_until=None,
-        error=None,
-    ).where(Message.id == message_id).execute()
     message = Message.get_by_id(message_id)
     webhook_events.message_event(postern, "message.sent", [message])
     return message
@@ -219,7 +231,7 @@ def _confirm_later(message: Message, result) -> Message:
         next_attempt_at=now + dt.timedelta(seconds=result.check_after or CHECK_AFTER),
         claimed_until=None,
         error=None,
-    ).where(Message.id == message.id).execute()
+    ).where(mine(message)).execute()
     return Message.get_by_id(message.id)
 
 
@@ -231,7 +243,7 @@ def _hold(message: Message, why: str) -> Message:
     """Queued mail of a suspended customer, or under a sending stop, waits without using
     up its attempts, and leaves once the operator resumes it (or can be cancelled)."""
     Message.update(next_attempt_at=utcnow() + SUSPENDED_RECHECK, claimed_until=None, error=why).where(
-        Message.id == message.id
+        mine(message)
     ).execute()
     log.info("message %s held: %s", message.id, why)
     return Message.get_by_id(message.id)
@@ -254,14 +266,20 @@ def _retry_later(postern, message: Message, exc: TemporaryFailure, todo: list[st
     with write_transaction():
         if todo:
             recipients.set_all(message.id, todo, RecipientOutcome("deferred", exc.code or "", str(exc)))
-        Message.update(
-            status="queued",
-            attempts=attempts,
-            error=str(exc)[:2000],
-            next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
-            claimed_until=None,
-            **({"backend": backend} if backend else {}),
-        ).where(Message.id == message.id).execute()
+        done = (
+            Message.update(
+                status="queued",
+                attempts=attempts,
+                error=str(exc)[:2000],
+                next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
+                claimed_until=None,
+                **({"backend": backend} if backend else {}),
+            )
+            .where(mine(message))
+            .execute()
+        )
+    if not done:
+        return lost(message)
     metrics.OUTBOUND.labels("retried").inc()
     log.warning("message %s: temporary failure (%s); attempt %s, retry in %ss", message.id, exc, attempts, delay)
     return Message.get_by_id(message.id)
@@ -275,16 +293,23 @@ def _give_up(postern, message: Message, exc: TemporaryFailure, todo: list[str]) 
     if not got_it and not message.local_done:
         return mark_failed(postern, message, expired)
     with write_transaction():
-        _close_pending(message.id, RecipientOutcome("failed", "expired", str(exc)))
-        Message.update(
-            status="sent",
-            attempts=Message.attempts + 1,
-            error=f"expired: {exc}"[:2000],
-            next_attempt_at=None,
-            claimed_until=None,
-        ).where(Message.id == message.id).execute()
-        message = Message.get_by_id(message.id)
-        webhook_events.message_event(postern, "message.sent", [message])
+        done = (
+            Message.update(
+                status="sent",
+                attempts=Message.attempts + 1,
+                error=f"expired: {exc}"[:2000],
+                next_attempt_at=None,
+                claimed_until=None,
+            )
+            .where(mine(message))
+            .execute()
+        )
+        if done:
+            _close_pending(message.id, RecipientOutcome("failed", "expired", str(exc)))
+            webhook_events.message_event(postern, "message.sent", [Message.get_by_id(message.id)])
+    if not done:
+        return lost(message)
+    message = Message.get_by_id(message.id)
     log.warning("message %s: gave up on its deferred recipients: %s", message.id, exc)
     metrics.OUTBOUND.labels("failed").inc()
     tell_sent(postern, message, None)
@@ -302,24 +327,34 @@ def _close_pending(message_id: str, outcome: RecipientOutcome) -> None:
 
 def mark_failed(postern, message: Message, exc: BackendError) -> Message:
     with write_transaction():
-        message = _fail(postern, message, exc)
+        failed = _fail(postern, message, exc)
+    if failed is None:
+        return lost(message)
+    message = failed
     notify(postern, "postern_message_failed", message=message, error=exc)
     return message
 
 
-def _fail(postern, message: Message, exc: BackendError) -> Message:
+def _fail(postern, message: Message, exc: BackendError) -> Message | None:
     """``mark_failed``'s writes, inside the caller's transaction (the caller notifies
-    plugins after the commit)."""
-    log.warning("message %s failed for good: %s", message.id, exc)
+    plugins after the commit); None, writing nothing, when the attempt no longer holds
+    the message (``claims.mine``)."""
     code = getattr(exc, "code", None) or "error"
+    done = (
+        Message.update(
+            status="failed",
+            attempts=Message.attempts + 1,
+            error=f"{code}: {exc}"[:2000],
+            next_attempt_at=None,
+            claimed_until=None,
+        )
+        .where(mine(message))
+        .execute()
+    )
+    if not done:
+        return None
+    log.warning("message %s failed for good: %s", message.id, exc)
     _close_pending(message.id, RecipientOutcome("failed", code, str(exc)))
-    Message.update(
-        status="failed",
-        attempts=Message.attempts + 1,
-        error=f"{code}: {exc}"[:2000],
-        next_attempt_at=None,
-        claimed_until=None,
-    ).where(Message.id == message.id).execute()
     message = Message.get_by_id(message.id)
     webhook_events.message_event(postern, "message.failed", [message])
     metrics.OUTBOUND.labels("failed").inc()
@@ -346,36 +381,48 @@ def deliver_due(postern, limit: int = 50) -> int:
 
 def run_due(postern, status: str, attempt, limit: int = 50) -> int:
     """Claim messages in ``status`` whose ``next_attempt_at`` has come and run
-    ``attempt(postern, message_id)`` on each. Safe in several processes: a message is
-    claimed by moving its time forward by the lease only if nobody else has.
+    ``attempt(postern, message_id)`` on each, at most ``limit``. Safe in several
+    processes: a message is claimed by moving its time forward by the lease only if
+    nobody else has.
 
-    Up to ``[mail] outbox_threads`` attempts run at once, each message claimed just
-    before its attempt (so no claim waits long enough for its lease to lapse): a relay
-    or an MX that hangs until its deadline holds one thread, never the whole queue."""
-    due = list(
-        Message.select(Message.id, Message.next_attempt_at)
-        .where((Message.status == status) & (Message.next_attempt_at <= utcnow()))
-        .order_by(Message.next_attempt_at)
-        .limit(limit)
-    )
-    threads = min(postern.config.mail.outbox_threads, len(due))
-    if threads <= 1:
-        return sum(_claim_and_run(postern, status, attempt, row) for row in due)
-    rows = iter(due)
+    Up to ``[mail] outbox_threads`` attempts run at once, each thread taking the next
+    due message when it is free and claiming it just before its attempt (so no claim
+    waits long enough for its lease to lapse): a relay or an MX that hangs until its
+    deadline holds one thread while the others go on through the queue."""
+    due = (Message.status == status) & (Message.next_attempt_at <= utcnow())
+    workers = min(postern.config.mail.outbox_threads, Message.select(Message.id).where(due).limit(limit).count())
+    taken: set[str] = set()
     take = threading.Lock()
 
-    def work(_) -> int:
-        done = 0
-        with database.connection_context():  # a connection of its own, closed with the thread's work
-            while True:
-                with take:
-                    row = next(rows, None)
-                if row is None:
-                    return done
-                done += _claim_and_run(postern, status, attempt, row)
+    def next_due():
+        with take:
+            if len(taken) >= limit:
+                return None
+            query = Message.select(Message.id, Message.next_attempt_at).where(
+                (Message.status == status) & (Message.next_attempt_at <= utcnow())
+            )
+            if taken:
+                query = query.where(Message.id.not_in(list(taken)))
+            row = query.order_by(Message.next_attempt_at).first()
+            if row is not None:
+                taken.add(row.id)
+            return row
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="postern-outbox") as pool:
-        return sum(pool.map(work, range(threads)))
+    def work(_=None) -> int:
+        done = 0
+        while (row := next_due()) is not None:
+            done += _claim_and_run(postern, status, attempt, row)
+        return done
+
+    if workers <= 1:
+        return work()
+
+    def in_thread(_) -> int:
+        with database.connection_context():  # a connection of its own, closed with the thread's work
+            return work()
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="postern-outbox") as pool:
+        return sum(pool.map(in_thread, range(workers)))
 
 
 def _claim_and_run(postern, status: str, attempt, row) -> int:

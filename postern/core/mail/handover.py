@@ -17,8 +17,9 @@ from postern.core.backends import (
     SendResult,
     TemporaryFailure,
 )
+from postern.core.db import write_transaction
 from postern.core.errors import BackendUnavailable
-from postern.core.mail import reports, unsubscribe
+from postern.core.mail import claims, recipients, reports, unsubscribe
 from postern.core.models import Message
 
 log = logging.getLogger("postern.outbound")
@@ -37,10 +38,16 @@ def hand_over(postern, message: Message, remote: list[str]):
 def _hand_over_each(postern, backend, message: Message, remote: list[str]) -> SendResult:
     """Bulk mail: one copy per recipient, each with its own one-click unsubscribe link
     (postern.core.mail.unsubscribe) and signed with it; a failure of one copy is that
-    recipient's outcome."""
+    recipient's outcome. Copies go one after another, so before each the attempt
+    extends its claim (a hundred slow copies must not outlive the lease and be sent
+    again by another attempt), and each outcome is written as soon as it is known (a
+    crash part-way resends only the copies not yet handed over)."""
     outcomes: dict[str, RecipientOutcome] = {}
     last = None
     for address in remote:
+        if not claims.extend(postern, message):
+            outcomes[address] = RecipientOutcome("deferred", "claim_lost", "the attempt no longer held the message")
+            continue
         lines = unsubscribe.headers_for(postern, message.customer_id, address, message.id)
         try:
             raw = _signed(postern, backend, message, lines + bytes(message.raw))
@@ -48,13 +55,15 @@ def _hand_over_each(postern, backend, message: Message, remote: list[str]) -> Se
             result = _send(backend, message, _outbound(message, [address], raw, extra))
         except TemporaryFailure as exc:
             outcomes[address] = RecipientOutcome("deferred", exc.code or "", str(exc))
-            continue
         except PermanentFailure as exc:
             outcomes[address] = RecipientOutcome("failed", exc.code or "", str(exc))
-            continue
-        last = result
-        default = RecipientOutcome("captured" if result.status == "captured" else "sent")
-        outcomes[address] = result.recipients.get(address, default)
+        else:
+            last = result
+            default = RecipientOutcome("captured" if result.status == "captured" else "sent")
+            outcomes[address] = result.recipients.get(address, default)
+        if outcomes[address].status != "bounced":  # a bounce is recorded with its event and suppression
+            with write_transaction():  # counted as an attempt when the whole attempt is recorded
+                recipients.record(message.id, {address: outcomes[address]}, attempt=False)
     if last is None:
         return SendResult(backend.name, None, "sent", recipients=outcomes)
     return SendResult(backend.name, last.backend_message_id, last.status, recipients=outcomes)

@@ -98,7 +98,7 @@ def send(
     if len(raw) > max_bytes:
         raise InvalidInput(f"the message would be {len(raw)} bytes; the limit is {max_bytes}", field="attachments")
     held = requires_approval(inbox)  # waits for a human: never the all-local shortcut
-    local = None if held else _all_local(postern, request.recipients, raw)
+    local = None if held else _all_local(postern, [r for r in recipients if r.lower() not in suppressed], raw)
     delivered: list[Message] = []
     try:
         with write_transaction():
@@ -116,7 +116,7 @@ def send(
             if local is not None:
                 parsed, known = local
                 delivered = store(postern, parsed, raw, sender.address, list(known), known, delivered_for=message.id)
-                message = record_sent(postern, message.id, None, attempt=True)
+                message = record_sent(postern, message, None, attempt=True)  # ours: stored just now
             if held:
                 message = hold(postern, message)
             doorbell.ring_in_transaction([inbox.id])

@@ -64,16 +64,21 @@ def set_all(message_id: str, addresses: Iterable[str], outcome: Outcome, *, atte
 
 
 def mark_report(message_id: str, address: str, status: str, code: str, detail: str) -> bool:
-    """A bounce or complaint report about one recipient. A complaint overrides any
-    state; a bounce does not undo a complaint. Returns whether the recipient is one of
-    the message's (a report naming a stranger changes nothing)."""
+    """A bounce or complaint about one recipient; returns whether it changed anything
+    (the caller then fires the event and suppresses). Nothing changes for an address
+    that is not one of the message's recipients, for one never sent to (suppressed,
+    cancelled, failed), for a report already recorded (a replayed report fires nothing
+    twice), or for a bounce after a complaint."""
     envelope = json.loads(Message.get_by_id(message_id).envelope_to)
     if address not in {a.lower() for a in envelope}:
         return False
     address = next(a for a in envelope if a.lower() == address)
     row = MessageRecipient.get_or_none((MessageRecipient.message == message_id) & (MessageRecipient.address == address))
-    if row is not None and row.status == "complained" and status != "complained":
-        return True
+    if row is not None:
+        if row.status in ("suppressed", "cancelled", "failed") or row.status == status:
+            return False
+        if row.status == "complained":
+            return False
     record(message_id, {address: Outcome(status, code, detail)}, attempt=False)
     return True
 

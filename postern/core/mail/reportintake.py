@@ -63,13 +63,15 @@ def take(postern, arrival):
     for address in verp:
         message = verp_target(address)
         if message is not None and report is not None:
-            apply(postern, message, report)
+            apply(postern, message, report, suppress=True)
         elif message is not None:
             log.info("dropped mail to the bounce address of %s: not a bounce or complaint report", message.id)
     if report is not None and inbox_rcpts and not verp:
         message = _by_message_id(report, [arrival.inboxes[r.strip().lower()] for r in inbox_rcpts])
         if message is not None:
-            apply(postern, message, report)
+            # A Message-ID reaches every recipient, forward and archive: such a report
+            # marks the recipient and tells the webhooks, but suppresses no one.
+            apply(postern, message, report, suppress=False)
             consumed.update(r for r in inbox_rcpts if arrival.inboxes[r.strip().lower()].id == message.inbox_id)
     if not consumed:
         return None, arrival
@@ -106,18 +108,20 @@ def _is_complaint(report) -> bool:
     return report.feedback_type.lower() in COMPLAINTS and len(report.recipients) == 1
 
 
-def apply(postern, message: Message, report) -> None:
+def apply(postern, message: Message, report, *, suppress: bool) -> None:
     """Mark what the report says about the message's recipients (only recipients of the
-    message: a report naming anyone else changes nothing)."""
+    message: a report naming anyone else changes nothing); ``suppress``: also add them
+    to the suppression list (reports to the VERP address only)."""
     with write_transaction():
         if report.kind == "complaint":
             if _is_complaint(report):
-                bounces.complained(postern, message, {report.recipients[0].recipient: report.feedback_type or "abuse"})
+                named = {report.recipients[0].recipient: report.feedback_type or "abuse"}
+                bounces.complained(postern, message, named, suppress=suppress)
         else:
             failed = {
                 r.recipient: RecipientOutcome("bounced", r.status, r.diagnostic)
                 for r in report.recipients
                 if r.action == "failed"
             }
-            bounces.bounced(postern, message, failed, "report")
+            bounces.bounced(postern, message, failed, "report", suppress=suppress)
     log.info("report (%s) for %s: %d recipient(s)", report.kind, message.id, len(report.recipients))

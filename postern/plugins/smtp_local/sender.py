@@ -124,6 +124,7 @@ class SmtpLocalSender(Sender):
     def __init__(self, options: SmtpLocalSendOptions | None = None):
         self.options = options or SmtpLocalSendOptions()
         self._direct = None
+        self._direct_lock = threading.Lock()  # the outbox's threads share one transport
         if self.options.mode == "direct":
             self.retry_delays = tuple(60 * m for m in self.options.retry_minutes)
             self.queue_lifetime = 3600 * self.options.queue_lifetime_hours
@@ -203,23 +204,27 @@ class SmtpLocalSender(Sender):
     def transport(self):
         """The direct-delivery transport, built once (it keeps the connection pool and
         the MTA-STS policy cache)."""
-        if self._direct is None:
-            from postern.plugins.smtp_local.direct import DirectTransport
-
-            o = self.options
-            self._direct = DirectTransport(
-                helo=o.helo or socket.getfqdn(),
-                source_address=o.source_address,
-                resolver=o.resolver,
-                smtp_port=o.mx_port,
-                timeout=o.timeout,
-                deadline=o.deadline,
-                ca_file=o.ca_file,
-                mta_sts_https_port=o.mta_sts_port,
-                reuse_seconds=o.reuse_seconds,
-                dns_cache=o.dns_cache,
-            )
+        with self._direct_lock:
+            if self._direct is None:
+                self._direct = self._build_transport()
         return self._direct
+
+    def _build_transport(self):
+        from postern.plugins.smtp_local.direct import DirectTransport
+
+        o = self.options
+        return DirectTransport(
+            helo=o.helo or socket.getfqdn(),
+            source_address=o.source_address,
+            resolver=o.resolver,
+            smtp_port=o.mx_port,
+            timeout=o.timeout,
+            deadline=o.deadline,
+            ca_file=o.ca_file,
+            mta_sts_https_port=o.mta_sts_port,
+            reuse_seconds=o.reuse_seconds,
+            dns_cache=o.dns_cache,
+        )
 
     def _relay(self, message: OutboundMessage) -> SendResult:
         o = self.options
