@@ -299,7 +299,7 @@ def test_the_cli_lists_approves_rejects_and_requires(env, client, acme, monkeypa
     assert json.loads(made.output[made.output.index("{") :])["require_approval"] is True
 
 
-def test_the_console_queue_shows_text_only_and_decides_with_csrf(client, acme):
+def test_the_console_queue_shows_text_only_and_decides_with_csrf(client, postern, acme):
     evil = send(client, acme, text="<b>bold</b> claim", html="<script>alert(1)</script><p>hello</p>").json
     plain = send(client, acme, text="", html="<p>only html <img src=x onerror=alert(2)></p>").json
     bolt = make_tenant("bolt")
@@ -317,7 +317,8 @@ def test_the_console_queue_shows_text_only_and_decides_with_csrf(client, acme):
     foreign = post(client, f"/console/approvals/{evil['id']}/approve", theirs, csrf_of(client, theirs))
     assert foreign.status_code == 404 and Message.get_by_id(evil["id"]).status == "pending_approval"
     done = post(client, f"/console/approvals/{evil['id']}/approve", cookies, csrf)
-    assert done.status_code == 303 and Message.get_by_id(evil["id"]).status == "captured"
+    assert done.status_code == 303 and Message.get_by_id(evil["id"]).status == "queued"  # due now, for the outbox
+    assert deliver_due(postern) == 1 and Message.get_by_id(evil["id"]).status == "captured"
     done = post(client, f"/console/approvals/{plain['id']}/reject", cookies, csrf, note="not+today")
     assert done.status_code == 303
     assert (Message.get_by_id(plain["id"]).status, Message.get_by_id(plain["id"]).review_note) == (

@@ -18,7 +18,6 @@ from postern.console.web import page
 from postern.core import approval
 from postern.core.mail.htmltext import html_to_text
 from postern.core.mail.messageview import view_of
-from postern.core.mail.outbound import first_attempt
 from postern.core.views import pending_json
 
 #: Characters of each message's text shown in the queue.
@@ -67,10 +66,11 @@ class ApproveResource:
         postern = self.web.postern
 
         def approve(principal, info):
-            return approval.approve(postern, principal, info, message_id, attempt_now=False)
+            # Handed to the outbox (it leaves within seconds): a delivery attempt here would
+            # hold one of the console's database threads for as long as a relay hangs.
+            return approval.approve(postern, principal, info, message_id, via_outbox=True)
 
-        _, _, message = await self.web.act(req, approve, csrf=form.get("csrf"), state_changing=True)
-        await self.web.runner.run(lambda: first_attempt(postern, message))
+        await self.web.act(req, approve, csrf=form.get("csrf"), state_changing=True)
         raise falcon.HTTPSeeOther("/console/approvals?done=approved")
 
 

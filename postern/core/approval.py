@@ -73,17 +73,29 @@ def _decide(principal: Principal, message: Message, **values) -> bool:
     return bool(changed)
 
 
-def approve(postern, principal: Principal, info: RequestInfo, message_id: str, *, attempt_now: bool = True) -> Message:
+def approve(
+    postern,
+    principal: Principal,
+    info: RequestInfo,
+    message_id: str,
+    *,
+    attempt_now: bool = True,
+    via_outbox: bool = False,
+) -> Message:
     """Approve a pending message as the agent wrote it: ``queued``, then the first
     delivery attempt (with ``attempt_now=False`` the caller makes it, with
-    ``postern.core.mail.outbound.first_attempt``). 409 ``not_pending_approval`` for a
-    message that is not pending (approved, rejected or expired already)."""
+    ``postern.core.mail.outbound.first_attempt``; with ``via_outbox`` nobody here does:
+    it is due at once and the outbox attempts it on its next pass). 409
+    ``not_pending_approval`` for a message that is not pending (approved, rejected or
+    expired already)."""
     message = _visible_outbound(principal, message_id)
     claim = utcnow() + lease(postern)
     with write_transaction():
         # The approver's own attempt owns the message for a lease, as a sender's does:
         # the outbox takes it over only if that attempt never happens.
         queued = {"status": "queued", "next_attempt_at": claim, "claimed_until": claim, "approval_expires_at": None}
+        if via_outbox:
+            queued.update(next_attempt_at=utcnow(), claimed_until=None)
         if not _decide(principal, message, **queued):
             raise _not_pending(message.id, "approved")
         audit.record(
@@ -92,7 +104,7 @@ def approve(postern, principal: Principal, info: RequestInfo, message_id: str, *
         message = Message.get_by_id(message.id)
         webhook_events.message_event(postern, "message.approved", [message])
     log.info("message %s approved by %s", message.id, message.reviewed_by)
-    return first_attempt(postern, message) if attempt_now else message
+    return first_attempt(postern, message) if attempt_now and not via_outbox else message
 
 
 def check_note(note) -> str:
