@@ -15,7 +15,7 @@ from support.world import make_tenant
 from test_dkim import txt_from
 
 from postern.api import create_app
-from postern.core.models import Message, Suppression, UnsubscribeToken
+from postern.core.models import Message, MessageRecipient, Suppression, UnsubscribeToken
 
 PUBLIC = "https://postern.example.org"
 
@@ -137,3 +137,44 @@ def test_each_bulk_copy_extends_the_attempts_claim(agent, sink):
     assert resp.json["status"] == "sent"
     assert len(seen) == 3 and seen[0] < seen[1] < seen[2]  # a new lease before each copy
     assert Message.get_by_id(resp.json["id"]).claimed_until is None  # released at the end
+
+
+def test_each_bulk_copy_has_its_own_bounce_address_which_speaks_only_for_its_recipient(postern, agent, sink):
+    from support.fuzz import RunningSmtp
+    from test_bounces import dsn, smtp
+
+    from postern.core.mail import reports
+
+    resp = send(agent, ["ann@example.org", "ben@example.org"], bulk=True)
+    verps = {c.rcpt_tos[0]: c.mail_from for c in sink[0].received}
+    ann_id, ann_tag = reports.verp_parts(verps["ann@example.org"])
+    assert ann_id == resp.json["id"] and ann_tag and verps["ann@example.org"] != verps["ben@example.org"]
+    original = Message.get_by_id(resp.json["id"])
+    listener = RunningSmtp(postern)
+    try:
+        # Ann's address cannot get Ben bounced, nor can the untagged address of bulk mail.
+        assert smtp(listener, "", verps["ann@example.org"], dsn(original, "ben@example.org", "5.1.1"))[0] == 250
+        untagged = reports.verp_address(original.id, "acme.agents.localhost")
+        assert smtp(listener, "", untagged, dsn(original, "ben@example.org", "5.1.1"))[0] == 250
+        assert Suppression.select().count() == 0
+        # Ann's address speaks for Ann.
+        assert smtp(listener, "", verps["ann@example.org"], dsn(original, "ann@example.org", "5.1.1"))[0] == 250
+    finally:
+        listener.stop()
+    assert [(s.address, s.reason) for s in Suppression.select()] == [("ann@example.org", "bounce")]
+    statuses = {r.address: r.status for r in MessageRecipient.select()}
+    assert statuses == {"ann@example.org": "bounced", "ben@example.org": "sent"}
+
+
+def test_verp_addresses_parse_strictly():
+    from postern.core.mail import reports
+
+    good = "bounce-msg_aaaaaaaaaaaaaaaaaaaaaaaaaa-abcdefgh234567ab@acme.agents.localhost"
+    assert reports.verp_parts(good) == ("msg_aaaaaaaaaaaaaaaaaaaaaaaaaa", "abcdefgh234567ab")
+    for bad in (
+        "bounce-msg_aaaaaaaaaaaaaaaaaaaaaaaaaa-@acme.agents.localhost",  # empty tag
+        "bounce-msg_aaaaaaaaaaaaaaaaaaaaaaaaaa-ABCDEFGH234567AB@acme.agents.localhost",  # not lower case
+        "bounce-msg_aaaaaaaaaaaaaaaaaaaaaaaaaa-short@acme.agents.localhost",  # too short
+        "bounce-msg_aaaaaaaaaaaaaaaaaaaaaaaaaa-abcdefgh234567ab-x@acme.agents.localhost",
+    ):
+        assert reports.verp_parts(bad) is None, bad

@@ -19,7 +19,7 @@ from postern.core.backends import (
 )
 from postern.core.db import write_transaction
 from postern.core.errors import BackendUnavailable
-from postern.core.mail import claims, recipients, reports, unsubscribe
+from postern.core.mail import claims, recipients, reports, unsubscribe, verptag
 from postern.core.models import Message
 
 log = logging.getLogger("postern.outbound")
@@ -52,7 +52,8 @@ def _hand_over_each(postern, backend, message: Message, remote: list[str]) -> Se
         try:
             raw = _signed(postern, backend, message, lines + bytes(message.raw))
             extra = dict(line.split(": ", 1) for line in lines.decode().splitlines())
-            result = _send(backend, message, _outbound(message, [address], raw, extra))
+            outbound = _outbound(message, [address], raw, extra, verptag.tag(message.id, address))
+            result = _send(backend, message, outbound)
         except TemporaryFailure as exc:
             outcomes[address] = RecipientOutcome("deferred", exc.code or "", str(exc))
         except PermanentFailure as exc:
@@ -77,7 +78,9 @@ def _signed(postern, backend, message: Message, raw: bytes) -> bytes:
         raise TemporaryFailure(str(exc), code="dkim_key_unavailable") from exc
 
 
-def _outbound(message: Message, remote: list[str], raw: bytes, extra_headers: dict | None = None) -> OutboundMessage:
+def _outbound(
+    message: Message, remote: list[str], raw: bytes, extra_headers: dict | None = None, tag: str = ""
+) -> OutboundMessage:
     attachments = tuple(
         OutboundAttachment(a.filename, a.content_type, bytes(a.data), a.content_id, a.inline)
         for a in message.attachments
@@ -101,7 +104,7 @@ def _outbound(message: Message, remote: list[str], raw: bytes, extra_headers: di
         headers={**_headers(message), **(extra_headers or {})},
         names={p["address"]: p["name"] for p in people if p.get("name")},
         attempt=message.attempts + 1,
-        return_path=reports.verp_address(message.id, message.envelope_from.rpartition("@")[2]),
+        return_path=reports.verp_address(message.id, message.envelope_from.rpartition("@")[2], tag),
     )
 
 

@@ -19,7 +19,7 @@ import logging
 
 from postern.core.backends import RecipientOutcome
 from postern.core.db import write_transaction
-from postern.core.mail import bounces, reports
+from postern.core.mail import bounces, reports, verptag
 from postern.core.models import Message
 
 log = logging.getLogger("postern.reports")
@@ -63,7 +63,7 @@ def take(postern, arrival):
     for address in verp:
         message = verp_target(address)
         if message is not None and report is not None:
-            apply(postern, message, report, suppress=True)
+            apply(postern, message, _for_tag(message, report, address), suppress=True)
         elif message is not None:
             log.info("dropped mail to the bounce address of %s: not a bounce or complaint report", message.id)
     if report is not None and inbox_rcpts and not verp:
@@ -80,6 +80,21 @@ def take(postern, arrival):
         return "250 2.0.0 OK report received", None
     inboxes = {k: v for k, v in arrival.inboxes.items() if v is not REPORTS}
     return None, dataclasses.replace(arrival, recipients=rest, inboxes=inboxes)
+
+
+def _for_tag(message: Message, report, address: str):
+    """The part of ``report`` the VERP address may speak for: with a recipient tag (a
+    copy sent to one recipient), that recipient only; untagged, any recipient of the
+    message, except bulk mail, whose copies are always tagged (an untagged report about
+    it is a forgery)."""
+    parts = reports.verp_parts(address.strip().lower())
+    tag = parts[1] if parts else ""
+    if not tag and not message.bulk:
+        return report
+    named = tuple(r for r in report.recipients if tag and verptag.names(message.id, r.recipient, tag))
+    if len(named) != len(report.recipients):
+        log.warning("report to %s names recipients its address was not made for: ignored for them", address)
+    return dataclasses.replace(report, recipients=named)
 
 
 def _by_message_id(report, inboxes) -> Message | None:

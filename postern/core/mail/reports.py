@@ -68,6 +68,7 @@ DSN_PARTS = frozenset(DSN_REPORT_TYPES.values())
 ARF_PART = "message/feedback-report"
 RETURNED_PARTS = frozenset({"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"})
 VERP_PREFIX = "bounce-"
+VERP_TAG = re.compile(r"[a-z2-7]{10,32}")
 
 
 @dataclass(frozen=True)
@@ -134,18 +135,29 @@ def parse_report(raw: bytes) -> Report | None:
         return None
 
 
-def verp_address(message_id: str, domain: str) -> str:
-    """The envelope sender for outbound message ``message_id``: ``bounce-<id>@<domain>``."""
+def verp_address(message_id: str, domain: str, tag: str = "") -> str:
+    """The envelope sender for outbound message ``message_id``: ``bounce-<id>@<domain>``,
+    or ``bounce-<id>-<tag>@<domain>`` for a copy sent to one recipient (the tag names
+    that recipient: postern.core.mail.verptag)."""
     if not well_formed(message_id, "msg"):
         raise ValueError(f"'{str(message_id)[:80]}' is not a Postern message id")
     if not isinstance(domain, str):
         raise ValueError("the VERP domain must be a string")
-    return f"{VERP_PREFIX}{message_id}@{normalise_domain(domain)}"
+    if tag and VERP_TAG.fullmatch(tag) is None:
+        raise ValueError("a VERP tag is 10 to 32 lower-case letters and digits")
+    return f"{VERP_PREFIX}{message_id}{'-' + tag if tag else ''}@{normalise_domain(domain)}"
 
 
 def verp_message_id(address: str) -> str | None:
-    """The message id a VERP address names, or None: the local part must be exactly
-    ``bounce-`` and a well-formed message id (no case folding, nothing around it)."""
+    """The message id a VERP address names, or None."""
+    parts = verp_parts(address)
+    return parts[0] if parts else None
+
+
+def verp_parts(address: str) -> tuple[str, str] | None:
+    """(message id, tag) of a VERP address (tag "" when untagged), or None: the local
+    part must be exactly ``bounce-``, a well-formed message id and optionally ``-`` and
+    a tag (no case folding, nothing else around it)."""
     if not isinstance(address, str) or len(address) > 320:
         return None
     address = address.strip()
@@ -158,8 +170,12 @@ def verp_message_id(address: str) -> str | None:
         normalise_domain(domain)
     except InvalidName:
         return None
-    candidate = local[len(VERP_PREFIX) :]
-    return candidate if well_formed(candidate, "msg") else None
+    candidate, _, tag = local[len(VERP_PREFIX) :].partition("-")
+    if not well_formed(candidate, "msg") or (tag and VERP_TAG.fullmatch(tag) is None):
+        return None
+    if not tag and "-" in local[len(VERP_PREFIX) :]:
+        return None  # "bounce-<id>-": an empty tag
+    return candidate, tag
 
 
 # -- finding the report -------------------------------------------------------------
