@@ -104,6 +104,8 @@ def test_a_relay_refusing_one_recipient_bounces_that_one_only(app, relay):
     ]
     told_the_model = shape.sent(SdkMessage.from_json(resp.json))["recipients_not_sent"]  # MCP's send_email
     assert sorted(r["address"] for r in told_the_model) == ["blocked@example.org", "gone@example.org"]
+    detail = shape.message_detail(SdkMessage.from_json(resp.json), include_html=False, links={}, nonce="n")
+    assert {r["address"]: r["status"] for r in detail["recipients"]}["gone@example.org"] == "bounced"
     # 5.1.1 says the address is bad: suppressed. 5.7.1 refuses the sender's mail, not the address.
     assert suppressed(acme.customer.id) == {"gone@example.org": "bounce"}
     [event] = events("message.bounced")

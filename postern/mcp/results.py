@@ -141,6 +141,8 @@ MessageDetail = _open(
             "truncated": bool,
             "attachments": list[Attachment],
             "authentication": NotRequired[Authentication],  # inbound mail checked at receive
+            "recipients": NotRequired[list[dict]],  # outbound mail: each recipient's status
+            "review_note": NotRequired[str],  # mail held for approval: the reviewer's note
             "html": NotRequired[str],
         },
     )

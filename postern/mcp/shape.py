@@ -111,6 +111,11 @@ def message_detail(m: Message, *, include_html: bool, links: dict[str, dict], no
             "aligned": a.aligned,
             "verified_sender": a.verified_sender,
         }
+    if m.recipients:
+        # Outbound: where each recipient stands (sent, deferred, bounced, complained, suppressed…).
+        detail["recipients"] = [{"address": r.address, "status": r.status, "code": r.code} for r in m.recipients]
+    if m.review_note:
+        detail["review_note"] = m.review_note
     if include_html:
         detail["html"] = fence(m.html or "", nonce)
     return detail
