@@ -113,7 +113,8 @@ def _settle(postern, message: Message, todo: list[str], result, had_local: bool)
         bounces.bounced(postern, message, refused, "delivery")
         if not deferred and not had_local and _nobody_got_it(message):
             # Refused at RCPT (bounced), or the whole copy refused (failed: bulk mail).
-            first = next(o for o in outcomes.values() if o.status in ("bounced", "failed"))
+            nobody = RecipientOutcome("failed", "no_recipients", "no recipient took it")
+            first = next((o for o in outcomes.values() if o.status in ("bounced", "failed")), nobody)
             failure = PermanentFailure(f"every recipient was refused: {_words(first)}", code=first.code)
             recorded = _fail(postern, message, failure)
         elif not deferred:
