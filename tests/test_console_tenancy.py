@@ -19,7 +19,18 @@ from postern.core.db import DatabaseRunner
 from postern.core.ids import new_id
 from postern.core.principal import CLI
 
-POSTS = {"suspend", "resume", "revoke", "delete", "download", "verify", "rotate-secret", "redeliver"}
+POSTS = {
+    "suspend",
+    "resume",
+    "revoke",
+    "delete",
+    "download",
+    "verify",
+    "rotate-secret",
+    "redeliver",
+    "approve",
+    "reject",
+}
 
 
 def kind_of(path: str, param: str) -> tuple[str, str]:

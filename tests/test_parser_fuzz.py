@@ -141,6 +141,8 @@ def write_operations(client) -> list[tuple[str, str, str | None, list[str]]]:
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if "requestBody" in op:
+                if "application/json" not in op["requestBody"]["content"]:
+                    continue  # a form body (the RFC 8058 one-click unsubscribe): fuzzed as JSON it means nothing
                 schema = op["requestBody"]["content"]["application/json"]["schema"]
                 if "$ref" in schema:
                     schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
