@@ -115,11 +115,12 @@ def config(env):
 @pytest.fixture
 def db(db_url):
     """The test database, migrated to the latest schema and connected."""
-    open_database(db_url)
+    opened = open_database(db_url)
     database.connect(reuse_if_open=True)
     migrations.upgrade()
     yield database.obj
     database.close()
+    opened.close()  # the test may have opened the database again (build_postern does)
 
 
 @pytest.fixture

@@ -91,6 +91,12 @@ def open_database(url: str, sqlite_synchronous: str = "full") -> peewee.Database
         db = connect(url, options=options, **defaults)
     else:
         raise DatabaseConfigError(f"database.url: unsupported scheme '{scheme}' (use sqlite:/// or postgresql://)")
+    previous = database.obj
+    if previous is not None and not previous.is_closed():
+        # Opened again (a command that checks, then serves): this thread's connection to
+        # the database being replaced would otherwise stay open until garbage collection.
+        with contextlib.suppress(peewee.PeeweeException):
+            previous.close()
     database.initialize(db)
     return db
 
@@ -160,6 +166,10 @@ class DatabaseRunner:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._on_shutdown: list = []
+        # Each pool thread's connection, closed at shutdown: a finished thread's
+        # thread-local connection is only freed when the garbage collector gets to it,
+        # and on PostgreSQL those idle leftovers count against max_connections.
+        self._connections: dict[int, object] = {}
 
     def on_shutdown(self, fn) -> None:
         """Call ``fn`` when the runner shuts down (e.g. a ``GroupCommitter`` beside it)."""
@@ -169,7 +179,15 @@ class DatabaseRunner:
         if self._pool is None:  # first use, or used again after an ASGI lifespan shutdown
             self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="postern-db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(_in_connection, fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, functools.partial(self._in_connection, fn, *args, **kwargs))
+
+    def _in_connection(self, fn, *args, **kwargs):
+        db = database.obj
+        _drop_if_stale(db)
+        if db.is_closed():
+            db.connect(reuse_if_open=True)
+            self._connections[threading.get_ident()] = db.connection()
+        return _run_guarded(db, fn, *args, **kwargs)
 
     def shutdown(self) -> None:
         for fn in self._on_shutdown:
@@ -177,13 +195,22 @@ class DatabaseRunner:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        connections, self._connections = self._connections, {}
+        for conn in connections.values():  # its thread has ended: nobody else uses it
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def _in_connection(fn, *args, **kwargs):
+    """Run ``fn`` on this thread's connection, opened (or replaced when stale) first."""
     db = database.obj
     _drop_if_stale(db)
     if db.is_closed():
         db.connect(reuse_if_open=True)
+    return _run_guarded(db, fn, *args, **kwargs)
+
+
+def _run_guarded(db: peewee.Database, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (peewee.OperationalError, peewee.InterfaceError):
