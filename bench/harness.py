@@ -73,8 +73,9 @@ class World:
         env["POSTERN_CONFIG"] = str(self.config_file)
         return env
 
-    def write_config(self, extra: str = "", smtp_extra: str = "", limits: str = "off") -> None:
-        """``limits``: ``"off"``, ``"high"`` or the body of a ``[limits]`` table (``limits_table``)."""
+    def write_config(self, extra: str = "", smtp_extra: str = "", limits: str = "off", server_extra: str = "") -> None:
+        """``limits``: ``"off"``, ``"high"`` or the body of a ``[limits]`` table (``limits_table``);
+        ``server_extra``: more lines for ``[server]``."""
         if "[limits]" in extra:
             raise ValueError("give the [limits] table as limits=, not in extra")
         self.config_file.write_text(
@@ -84,6 +85,7 @@ class World:
             f'bind = "127.0.0.1:{self.http_port}"\n'
             f"workers = {self.workers}\n"
             "graceful_timeout = 5\n"
+            f"{server_extra}"
             "[receive.smtp_local]\n"
             f'bind = "127.0.0.1:{self.smtp_port}"\n'
             f"{smtp_extra}"
@@ -129,6 +131,7 @@ def make_world(
     config_extra: str = "",
     smtp_extra: str = "",
     limits: str = "off",
+    server_extra: str = "",
 ) -> World:
     """Config file + migrated SQLite database + tenant ``bench`` + one agent key + inboxes.
     ``limits``: see ``limits_table`` (off unless asked for)."""
@@ -142,7 +145,7 @@ def make_world(
     from postern.core.runtime import build_postern
 
     world = World(tmp, free_port(), free_port(), workers)
-    world.write_config(config_extra, smtp_extra, limits)
+    world.write_config(config_extra, smtp_extra, limits, server_extra)
     postern = build_postern(load_config(world.config_file, environ={}))
     with database.connection_context():
         migrations.upgrade()
@@ -284,6 +287,24 @@ def wait_smtp(child: Child, port: int, timeout: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"no SMTP banner on :{port} within {timeout}s:\n{child.tail()}")
+
+
+def memory_of(root_pid: int) -> dict:
+    """Memory of a process and all its descendants, in bytes: ``rss`` summed (counts the
+    pages forked workers share once per process, so it overstates), ``pss`` summed (each
+    shared page split between its sharers: the tree's real total) and ``uss`` summed
+    (pages no other process has), with the number of ``processes``."""
+    totals = {"rss": 0, "pss": 0, "uss": 0, "processes": 0}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(root_pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                full = proc.memory_full_info()
+                totals["rss"] += full.rss
+                totals["pss"] += getattr(full, "pss", full.rss)
+                totals["uss"] += full.uss
+                totals["processes"] += 1
+    return totals
 
 
 def percentile(values: list[float], p: float) -> float:

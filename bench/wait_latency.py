@@ -45,10 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Child, make_world, percentile, postern_cmd, record, running, wait_http, wait_smtp
+from harness import Child, make_world, memory_of, percentile, postern_cmd, record, running, wait_http, wait_smtp
 
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 50.0
+TARGET_BYTES_PER_WAIT = 20 * 1024
 WAIT_TIMEOUT = 60  # seconds each waiter asks the server to park for
 
 
@@ -206,7 +207,7 @@ async def baseline(port: int, count: int) -> list[float]:
     return times
 
 
-async def measure(args, world, port: int) -> dict:
+async def measure(args, world, port: int, server_pid: int) -> dict:
     headers = {"Authorization": f"Bearer {world.key}"}
     inboxes = world.inboxes
     clients = [Client(port, headers) for _ in range(args.waiters)]
@@ -215,6 +216,7 @@ async def measure(args, world, port: int) -> dict:
 
     result["healthz_ms"] = await baseline(port, args.baseline)
     audited = audited_waits(world.db_path)
+    result["memory_before"] = memory_of(server_pid)
     for round_no in range(1, args.rounds + 1):
         futures = []
         for i, client in enumerate(clients):
@@ -226,6 +228,8 @@ async def measure(args, world, port: int) -> dict:
         await asyncio.sleep(args.settle)
         if any(f.done() for f in futures):
             raise RuntimeError(f"round {round_no}: a waiter answered before any mail was sent")
+        if round_no == 1:  # every waiter parked, none woken yet: what parking them cost
+            result["memory_parked"] = memory_of(server_pid)
 
         sent, acked = await send_mail(world.smtp_port, [i["address"] for i in inboxes], round_no)
         done, pending = await asyncio.wait(futures, timeout=args.round_timeout)
@@ -310,12 +314,15 @@ def main() -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="postern-bench-wait-"))
     try:
-        world = make_world(tmp, inboxes=args.inboxes, workers=args.workers)
+        # Room for every waiter on one client address (the defaults, 1,000 connections per
+        # worker and 256 per client, would refuse a bench's waiters with 503).
+        connections = f"max_connections = {args.waiters + 100}\nmax_connections_per_client = 0\n"
+        world = make_world(tmp, inboxes=args.inboxes, workers=args.workers, server_extra=connections)
         child = Child("postern serve", postern_cmd("serve"), tmp / "serve.log", world.env(), tmp)
         with running(child):
             wait_http(child, world.http_port, "/healthz")
             wait_smtp(child, world.smtp_port)
-            result = runner(measure(args, world, world.http_port))
+            result = runner(measure(args, world, world.http_port, child.proc.pid))
             child.check_alive()
     finally:
         if args.keep:
@@ -361,6 +368,16 @@ def main() -> int:
             f"targets: p50 < {TARGET_P50_MS:g} ms -> {p50:.1f} ms, {'met' if p50 < TARGET_P50_MS else 'NOT met'}; "
             f"p99 < {TARGET_P99_MS:g} ms -> {p99:.1f} ms, {'met' if p99 < TARGET_P99_MS else 'NOT met'}"
         )
+    before, parked = result["memory_before"], result.get("memory_parked", result["memory_before"])
+    per_wait = {k: (parked[k] - before[k]) / args.waiters for k in ("rss", "pss", "uss")}
+    met = per_wait["pss"] < TARGET_BYTES_PER_WAIT
+    print(
+        f"memory per parked wait (server tree, parked minus before): PSS {per_wait['pss'] / 1024:.1f} KiB, "
+        f"USS {per_wait['uss'] / 1024:.1f} KiB, RSS {per_wait['rss'] / 1024:.1f} KiB; server PSS "
+        f"{before['pss'] / 2**20:.0f} -> {parked['pss'] / 2**20:.0f} MiB; "
+        f"target < {TARGET_BYTES_PER_WAIT // 1024} KiB: {'met' if met else 'NOT met'}"
+    )
+    record("memory per parked wait (PSS)", per_wait["pss"] / 1024, "KiB", target="< 20 KiB", met=met)
     all_woken = all(w == args.waiters for w in woken) and not result["late"]
     return 0 if all_woken else 1
 

@@ -518,3 +518,21 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_refused(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="colour"):
         get_plugin_manager(modules=["badargs_plugin"], load_entrypoints=False)
+
+
+def test_loading_every_plugin_leaves_the_x402_sdk_unimported(tmp_path):
+    """Every process loads every built-in plugin; the x402 backend's SDK (eth_account,
+    web3: ~30 MiB per process, bench/README.md "Memory") is imported only when x402
+    billing is chosen. Checked in a fresh interpreter, where nothing else imported it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from postern.core.config import load_config\n"
+        "from postern.core.runtime import build_postern\n"
+        f"build_postern(load_config(environ={{'POSTERN_DATA_DIR': {str(tmp_path)!r}}}))\n"
+        "print(sorted(m for m in ('eth_account', 'web3', 'x402') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -25,7 +25,7 @@ from postern.core.backends import BillingBackend, QuotaDecision
 from postern.core.errors import ConfigError
 from postern.core.options import option
 from postern.plugins.billing_x402 import store
-from postern.plugins.billing_x402.facilitator import _ADDRESS, SCHEME, network_refusal
+from postern.plugins.billing_x402.networks import _ADDRESS, SCHEME, network_refusal
 
 log = logging.getLogger("postern.billing.x402")
 

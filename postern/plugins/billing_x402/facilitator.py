@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from postern.core.errors import ConfigError, SetupError
+from postern.plugins.billing_x402.networks import _ADDRESS, SCHEME, network_refusal
 from postern.plugins.billing_x402.nonces import CallbackNonces, MemoryNonces, NonceKey, SpentNonces, SqliteNonces
 
 __all__ = [  # the nonce stores stay importable from here, where tests and callers look
@@ -59,7 +60,6 @@ else:
 if TYPE_CHECKING:
     from x402.schemas import PaymentPayload, PaymentRequirements
 
-SCHEME = "exact"
 X402_VERSION = 2
 
 # What any payer the ledger was not told about holds: a million test USDC (6 decimals), so
@@ -70,34 +70,6 @@ DEFAULT_BALANCE = 1_000_000 * 10**6
 # time for the settlement to land in a block before ``validBefore``.
 EXPIRY_MARGIN = 6
 
-# Chains whose tokens are worth nothing. A chain not listed is refused even when asked for.
-TEST_NETWORKS = {
-    "eip155:84532": "Base Sepolia",
-    "eip155:11155111": "Ethereum Sepolia",
-    "eip155:80002": "Polygon Amoy",
-    "eip155:43113": "Avalanche Fuji",
-    "eip155:421614": "Arbitrum Sepolia",
-    "eip155:11155420": "OP Sepolia",
-    "eip155:10143": "Monad testnet",
-    "eip155:2201": "Stable testnet",
-    "eip155:1328": "Sei testnet",
-    "eip155:11124": "Abstract testnet",
-    "eip155:31337": "a local Hardhat/Anvil chain",
-}
-# Named only so that a refusal says which mainnet it was.
-MAINNETS = {
-    "eip155:1": "Ethereum mainnet",
-    "eip155:8453": "Base mainnet",
-    "eip155:137": "Polygon PoS mainnet",
-    "eip155:43114": "Avalanche C-Chain mainnet",
-    "eip155:42161": "Arbitrum One mainnet",
-    "eip155:10": "OP mainnet",
-    "eip155:143": "Monad mainnet",
-    "eip155:988": "Stable mainnet",
-    "eip155:4326": "MegaETH mainnet",
-    "eip155:1329": "Sei mainnet",
-    "eip155:2741": "Abstract mainnet",
-}
 
 # Reason codes the package has no constant for (its own are in x402.mechanisms.evm.constants).
 ERR_TEST_NETWORK_REQUIRED = "test_network_required"
@@ -108,7 +80,6 @@ ERR_INVALID_PAYLOAD = "invalid_payload"
 ERR_INVALID_REQUIREMENTS = "invalid_payment_requirements"
 ERR_INVALID_VERSION = "invalid_x402_version"
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _NONCE = re.compile(r"0x[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 _UINT = re.compile(r"[0-9]{1,78}")
@@ -133,17 +104,6 @@ _EIP712_TYPES = {
         {"name": "nonce", "type": "bytes32"},
     ],
 }
-
-
-def network_refusal(network: str) -> str | None:
-    """Why the facilitator refuses ``network``, or None for a test network."""
-    if network in TEST_NETWORKS:
-        return None
-    if network in MAINNETS:
-        what = f"{network} is {MAINNETS[network]}"
-    else:
-        what = f"{network} is not a known EVM test network"
-    return f"{what}: the offline facilitator moves no money, so it settles on test networks only"
 
 
 @dataclass(frozen=True)
