@@ -27,7 +27,7 @@ from support.server import wait_for
 
 from postern.core import bell
 from postern.core.db import database, is_postgres
-from postern.core.doorbell import Waiters
+from postern.core.doorbell import SAFETY_RECHECK, Waiters
 
 EAR = Path(__file__).parent / "support" / "bell_ear.py"
 
@@ -175,17 +175,26 @@ def test_mail_waiters_re_read_when_the_bell_lost_its_connection_and_wake_on_late
 
     async def scenario():
         waiters = Waiters(db_url)
-        event = waiters.subscribe("inbox_1")
+        reads, mail = [], asyncio.Event()
+
+        async def read(cursor):
+            reads.append(cursor)
+            return (b"mail" if mail.is_set() else None), cursor
+
         waiters.ensure_listening()
         try:
             listener = waiters._listener.listener
             await wait_until(lambda: listener.listening)
+            wait = asyncio.ensure_future(waiters.wait("inbox_1", 0, 60, read))
+            await wait_until(lambda: len(reads) == 1)  # parked after its first look
             database.execute_sql("SELECT pg_terminate_backend(%s)", (listener.conn.get_backend_pid(),))
-            await asyncio.wait_for(event.wait(), 30)  # woken by the loss, not by mail
+            # Woken by the loss, not by mail, and well before its 15 s safety re-read.
+            await wait_until(lambda: len(reads) >= 2, timeout=SAFETY_RECHECK - 5)
             await wait_until(lambda: listener.listening)
-            event.clear()
+            mail.set()
             bell.ring("mail", ["inbox_1"])
-            await asyncio.wait_for(event.wait(), 30)  # the new connection hears later rings
+            # the new connection hears later rings (again sooner than the safety re-read)
+            assert await asyncio.wait_for(wait, SAFETY_RECHECK - 5) == (b"mail", 0)
         finally:
             waiters.close()
 

@@ -10,6 +10,7 @@ import orjson
 from postern.api.bodies import read_json
 from postern.api.docs import PAGING, operation, page_of, path_param, query_param, ref
 from postern.core.db import GroupCommitter
+from postern.core.doorbell import Departure
 from postern.core.errors import InvalidInput
 from postern.core.mail import codewait, cursors, deletion, outbound, reading
 from postern.core.mail.messageview import view_of
@@ -223,7 +224,7 @@ class ReplyResource:
         await _send(self.caller, req, resp, inbox_id, reply_to=message_id)
 
 
-async def _client_leaves(req, gone: asyncio.Event) -> None:
+async def _client_leaves(req, gone: Departure) -> None:
     """Return when the client disconnects, and set ``gone`` so the wait notices.
 
     A client that gives up (its own timeout, a crash) would otherwise hold a parked
@@ -288,7 +289,7 @@ class WaitResource:
         claim = None
         if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
             claim = lambda old, new: self.claims.run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
-        gone = asyncio.Event() if self.notice_disconnects else None
+        gone = Departure() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
         try:
             body, cursor = await self.waiters.wait(
@@ -352,7 +353,7 @@ class CodeWaitResource:
             return codewait.open_code_wait(principal, info, inbox_id), principal.agent_id
 
         inbox, agent_id = await self.caller.as_agent(req, open_wait, inbox_id, scope="mailbox:read", action="code.wait")
-        gone = asyncio.Event() if self.notice_disconnects else None
+        gone = Departure() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
 
         async def read(cursor):

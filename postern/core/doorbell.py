@@ -11,9 +11,13 @@ have been missed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from postern.core import bell, metrics
 from postern.core.db import is_postgres
@@ -22,6 +26,19 @@ log = logging.getLogger("postern.doorbell")
 
 CHANNEL = "mail"
 SAFETY_RECHECK = 15.0
+
+# The cyclic garbage collector, not the wake, was most of the time to answer thousands of
+# waiters woken at once: answering them allocates enough to trigger collections, and each
+# one walks every parked waiter's objects (5,000 waiters: 350 ms of a 520 ms wake, one full
+# collection 230 ms; bench/README.md). A wake of at least GC_PAUSE_WAITERS holds collection
+# off for GC_PAUSE_PER_WAITER seconds each, capped at GC_PAUSE_MAX: reference counting
+# still frees nearly everything, and the cycles made meanwhile are collected right after.
+GC_PAUSE_WAITERS = 100
+GC_PAUSE_PER_WAITER = 0.0002
+GC_PAUSE_MAX = 2.0
+_gc_resume: threading.Timer | None = None
+_gc_paused_at = 0.0
+_gc_lock = threading.Lock()
 
 
 def ring_in_transaction(inbox_ids) -> None:
@@ -38,22 +55,90 @@ def ring_after_commit(inbox_ids) -> None:
         bell.ring(CHANNEL, inbox_ids)
 
 
+class Departure:
+    """Set when a waiter's client leaves (``_client_leaves`` in postern.api.messages); the
+    wait it is attached to ends at once instead of at its next wake or timeout."""
+
+    __slots__ = ("_left", "_on_set")
+
+    def __init__(self):
+        self._left = False
+        self._on_set: Callable[[], None] | None = None
+
+    def is_set(self) -> bool:
+        return self._left
+
+    def set(self) -> None:
+        self._left = True
+        if self._on_set is not None:
+            self._on_set()
+
+
+def _pause_gc(seconds: float) -> None:
+    """Hold automatic garbage collection off for ``seconds``; a later pause extends it, but
+    never past GC_PAUSE_MAX after it began (back-to-back waves of wakes still let the
+    collector run between them). Nothing is done if someone else turned collection off.
+    The resume is a timer thread, not the event loop's: collection comes back on even if
+    the loop that paused it stops meanwhile."""
+    global _gc_resume, _gc_paused_at
+    now = time.monotonic()
+    with _gc_lock:
+        if _gc_resume is None:
+            if not gc.isenabled():
+                return  # not ours to turn back on
+            gc.disable()
+            _gc_paused_at = now
+        else:
+            _gc_resume.cancel()
+        _gc_resume = threading.Timer(min(now + seconds, _gc_paused_at + GC_PAUSE_MAX) - now, _resume_gc)
+        _gc_resume.daemon = True
+        _gc_resume.start()
+
+
+def _resume_gc() -> None:
+    global _gc_resume
+    with _gc_lock:
+        _gc_resume = None
+        gc.enable()
+
+
+def _resolve(future: asyncio.Future, rang: bool) -> None:
+    if not future.done():
+        future.set_result(rang)
+
+
 class Waiters:
-    """This worker's parked waiters, by inbox, and the listener that wakes them."""
+    """This worker's parked waiters, by inbox, and the listener that wakes them.
+
+    A parked wait is one bare future in its inbox's set, resolved by a ring (True) or by
+    its own timer (False): waking N waiters is N ``set_result`` calls and N task resumes.
+    (``asyncio.Event`` + ``wait_for`` cost a task, a shield and a cancelled timer per
+    waiter per wake; with 10,000 parked that was most of the wake time, bench/README.md.)
+    """
 
     def __init__(self, database_url: str):
         self.database_url = database_url
-        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._parked: dict[str, set[asyncio.Future]] = {}
         self._listener = None
         #: Rings seen per inbox. A store read tagged with generation g reflects every
         #: commit whose ring arrived before it started.
         self._generation: dict[str, int] = defaultdict(int)
         self._reads: dict[tuple, tuple[int, asyncio.Future]] = {}
 
-    def subscribe(self, inbox_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._events[inbox_id].add(event)
-        return event
+    def _park(self, inbox_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        future = loop.create_future()
+        parked = self._parked.get(inbox_id)
+        if parked is None:
+            parked = self._parked[inbox_id] = set()
+        parked.add(future)
+        return future
+
+    def _unpark(self, inbox_id: str, future: asyncio.Future) -> None:
+        parked = self._parked.get(inbox_id)
+        if parked is not None:
+            parked.discard(future)
+            if not parked:
+                del self._parked[inbox_id]
 
     def generation(self, inbox_id: str) -> int:
         return self._generation.get(inbox_id, 0)
@@ -61,9 +146,9 @@ class Waiters:
     async def read_shared(self, inbox_id: str, key: tuple, since: int, make):
         """Run ``make()`` once for all waiters woken together on the same ``key``.
 
-        A waiter that cleared its event at generation ``since`` may share a read that
-        started at that generation or later: any commit the read could miss rings
-        after the waiter cleared its event, so the waiter looks again.
+        A waiter that parked at generation ``since`` may share a read that started at
+        that generation or later: any commit the read could miss rings after the waiter
+        parked, so the waiter looks again.
         """
         found = self._reads.get(key)
         if found is None or found[0] < since:
@@ -71,6 +156,8 @@ class Waiters:
             found = (self.generation(inbox_id), future)
             self._reads[key] = found
             future.add_done_callback(lambda _, key=key, found=found: self._forget(key, found))
+        if found[1].done():
+            return found[1].result()
         return await asyncio.shield(found[1])
 
     def _forget(self, key, found) -> None:
@@ -85,7 +172,7 @@ class Waiters:
         read: Callable[[int], Awaitable[tuple[bytes | None, int]]],
         *,
         claim: Callable[[int, int], Awaitable] | None = None,
-        gone: asyncio.Event | None = None,
+        gone: Departure | None = None,
         shared: bool = True,
     ) -> tuple[bytes | None, int]:
         """Wait up to ``timeout`` seconds for ``read(cursor)`` to find mail.
@@ -95,7 +182,7 @@ class Waiters:
         inbox from the same cursor. ``claim(old, new)``, for a wait on a delivery cursor,
         moves the stored cursor by compare-and-swap and returns ``(won, seq)``: a waiter
         that lost reads on from ``seq`` (another wait handed those messages over). A
-        ``gone`` event set (the client left) ends the wait without claiming anything.
+        ``gone`` departure set (the client left) ends the wait without claiming anything.
         ``shared=False`` runs each waiter's ``read`` on its own (``wait_for_code``, whose
         read claims what it finds for its one caller).
         Returns the answer, or None on timeout, and the cursor to report.
@@ -103,18 +190,21 @@ class Waiters:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.ensure_listening()
-        # One subscription for the whole wait, cleared before each read of the store:
-        # a ring for a commit the read might miss arrives after the clear and sets it.
-        event = self.subscribe(inbox_id)
-        relay = asyncio.ensure_future(_set_when(gone, event)) if gone is not None else None
         metrics.WAITERS.inc()
         woken = None  # when a ring last woke this wait
+        rung = None
         try:
             while True:
-                event.clear()
-                if gone is not None and gone.is_set():
-                    log.info("wait on %s ended early: the client disconnected", inbox_id)
-                    return None, cursor
+                if rung is not None:
+                    self._unpark(inbox_id, rung)
+                # Parked before each read of the store: a ring for a commit the read
+                # might miss arrives after this and resolves it.
+                rung = self._park(inbox_id, loop)
+                if gone is not None:
+                    if gone.is_set():
+                        log.info("wait on %s ended early: the client disconnected", inbox_id)
+                        return None, cursor
+                    gone._on_set = partial(_resolve, rung, True)
                 since = self.generation(inbox_id)
                 before = cursor
                 if shared:
@@ -135,35 +225,36 @@ class Waiters:
                     return None, cursor
                 if cursor != before:
                     continue  # a batch of our own sent mail: read on at once
-                try:
-                    await asyncio.wait_for(event.wait(), min(deadline - loop.time(), SAFETY_RECHECK))
-                    woken = loop.time()
-                except TimeoutError:
-                    woken = None  # re-read the store: covers a lost ring
+                if not rung.done():
+                    timer = loop.call_at(min(deadline, loop.time() + SAFETY_RECHECK), _resolve, rung, False)
+                    try:
+                        await rung
+                    finally:
+                        timer.cancel()
+                # rung by the bell: time the wake; the timer: re-read the store (covers a lost ring)
+                woken = loop.time() if rung.result() else None
         finally:
             metrics.WAITERS.dec()
-            if relay is not None:
-                relay.cancel()
-            self.unsubscribe(inbox_id, event)
-
-    def unsubscribe(self, inbox_id: str, event: asyncio.Event) -> None:
-        events = self._events.get(inbox_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._events[inbox_id]
+            if gone is not None:
+                gone._on_set = None
+            if rung is not None:
+                self._unpark(inbox_id, rung)
 
     def wake(self, inbox_id: str) -> None:
         self._generation[inbox_id] += 1
-        for event in self._events.get(inbox_id, ()):
-            event.set()
+        parked = self._parked.pop(inbox_id, ())
+        if len(parked) >= GC_PAUSE_WAITERS:
+            _pause_gc(len(parked) * GC_PAUSE_PER_WAITER)
+        for future in parked:
+            if not future.done():
+                future.set_result(True)
 
     def wake_all(self) -> None:
-        for inbox_id in list(self._events):
+        for inbox_id in list(self._parked):
             self.wake(inbox_id)
 
     def waiting(self) -> int:
-        return sum(len(events) for events in self._events.values())
+        return sum(len(parked) for parked in self._parked.values())
 
     def _rung(self, topics: list[str]) -> None:
         if bell.ALL in topics:
@@ -184,8 +275,3 @@ class Waiters:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-
-
-async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
-    await source.wait()
-    target.set()

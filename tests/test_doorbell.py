@@ -1,0 +1,69 @@
+"""``Waiters`` (postern.core.doorbell) with many parked waits: a ring answers every one of
+them from one shared read, and a big wave of wakes holds the cyclic garbage collector off
+for a bounded time (bench/README.md, wait_latency.py), then turns it back on."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from postern.core import doorbell
+from postern.core.doorbell import GC_PAUSE_MAX, GC_PAUSE_WAITERS, Waiters
+
+
+def park_and_ring(db_url: str, count: int) -> tuple[list, int, bool]:
+    """Park ``count`` waits on one inbox, ring it, and return their answers, how many
+    times the store was read for them, and whether collection was off right after the ring."""
+
+    async def scenario():
+        waiters = Waiters(db_url)
+        reads, mail = [], asyncio.Event()
+
+        async def read(cursor):
+            reads.append(cursor)
+            return (b"mail" if mail.is_set() else None), cursor + (1 if mail.is_set() else 0)
+
+        try:
+            waits = [asyncio.ensure_future(waiters.wait("inbox_1", 0, 60, read)) for _ in range(count)]
+            while waiters.waiting() < count or len(reads) < 1:
+                await asyncio.sleep(0.01)
+            before = len(reads)
+            mail.set()
+            waiters.wake("inbox_1")
+            paused = not gc.isenabled()
+            answers = await asyncio.wait_for(asyncio.gather(*waits), 10)
+            return answers, len(reads) - before, paused
+        finally:
+            waiters.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_big_wave_of_wakes_pauses_collection_and_then_resumes_it(db_url):
+    count = GC_PAUSE_WAITERS * 3
+    answers, reads, paused = park_and_ring(db_url, count)
+    assert answers == [(b"mail", 1)] * count
+    assert reads == 1  # one read of the store answered every waiter woken together
+    assert paused
+    deadline = time.monotonic() + GC_PAUSE_MAX + 2
+    while not gc.isenabled():
+        assert time.monotonic() < deadline, "the collector stayed off"
+        time.sleep(0.02)
+    assert doorbell._gc_resume is None
+
+
+def test_a_small_wake_leaves_collection_alone(db_url):
+    answers, reads, paused = park_and_ring(db_url, GC_PAUSE_WAITERS - 1)
+    assert answers == [(b"mail", 1)] * (GC_PAUSE_WAITERS - 1) and reads == 1
+    assert not paused and gc.isenabled()
+
+
+def test_collection_turned_off_by_someone_else_stays_off(db_url):
+    gc.disable()
+    try:
+        _, _, paused = park_and_ring(db_url, GC_PAUSE_WAITERS * 2)
+        time.sleep(0.05)
+        assert paused and not gc.isenabled() and doorbell._gc_resume is None
+    finally:
+        gc.enable()
