@@ -30,6 +30,7 @@ BENCHMARKS = {
     "console_pages": (["--sizes", "1000,10000", "--requests", "30"], []),
     "list_throughput": (["--duration", "2", "--warmup", "1", "--rounds", "1"], ["wrk"]),
     "wait_latency": (["--waiters", "20", "--rounds", "5", "--baseline", "100"], []),
+    "park_floor": (["--waiters", "200", "--rounds", "1"], []),
     "smtp_ingest": (["--messages", "300", "--warmup", "50", "--rounds", "1"], ["smtp-source", "smtp-sink"]),
     "extraction": (["--repeat", "5"], []),
     "html_to_text": (["--repeat", "3"], []),
