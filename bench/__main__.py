@@ -29,6 +29,7 @@ BENCHMARKS = {
     "list_growth": (["--sizes", "1000,10000", "--requests", "50"], []),
     "console_pages": (["--sizes", "1000,10000", "--requests", "30"], []),
     "list_throughput": (["--duration", "2", "--warmup", "1", "--rounds", "1"], ["wrk"]),
+    "list_breakdown": (["--repeat", "50"], []),
     "wait_latency": (["--waiters", "20", "--rounds", "5", "--baseline", "100"], []),
     "park_floor": (["--waiters", "200", "--rounds", "1"], []),
     "smtp_ingest": (["--messages", "300", "--warmup", "50", "--rounds", "1"], ["smtp-source", "smtp-sink"]),
