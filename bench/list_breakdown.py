@@ -71,7 +71,7 @@ def main() -> int:
             lambda: database.execute_sql(f"SELECT {columns} FROM message {tail}", params).fetchall(),
         )
         items = timed("page query into model instances", lambda: fastsql.select(Message, fields, tail, params))[:50]
-        timed("attachments query (with_attachments)", lambda: reading.with_attachments(items))
+        timed("attachment counts query", lambda: reading.with_attachment_counts(items))
 
         def audited():
             with audit.deferring_reads():

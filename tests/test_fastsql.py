@@ -80,3 +80,21 @@ def test_audit_insert_reads_back_through_peewee(stored):
         "x\\ny",
     )
     assert row.request_id == INFO.request_id and row.at is not None
+
+
+def test_summary_attachment_counts_match_the_attachment_rows(stored, config):
+    """Listings count attachments in one grouped query; the count is the rows' count."""
+    from postern.core.mail.messageview import with_attachment_counts, with_attachments
+    from postern.core.mail.reading import list_messages
+    from postern.core.principal import CLI
+
+    plain = RAW.split('Content-Type: multipart/mixed; boundary="b"')[0].format(to=stored.address, n=9) + "\r\nplain\r\n"
+    ingest(build_postern(config), plain.encode(), "ann@example.org", [stored.address])
+    messages = list(Message.select().where(Message.inbox == stored.id))
+    counted = {v.message.id: v.attachment_count for v in with_attachment_counts(messages)}
+    listed = {v.message.id: len(v.attachments) for v in with_attachments(messages)}
+    assert counted == listed and sorted(counted.values()) == [0, 1, 1, 1]
+    assert with_attachment_counts([]) == []
+    with audit.deferring_reads():
+        page = list_messages(CLI, INFO, stored.id, {}, None, None)
+    assert {v.message.id: v.attachment_count for v in page.items} == listed

@@ -14,6 +14,8 @@ migrations do; they must not contain ``?`` anywhere else.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import peewee
 
 from postern.core.db import database
@@ -46,9 +48,25 @@ def _compile(model, fields, tail: str) -> _Compiled:
     if compiled is None:
         columns = ", ".join(_quote(f.column_name) for f in fields)
         sql = f"SELECT {columns} FROM {_quote(model._meta.table_name)} {tail}".replace("?", db.param)
-        converters = tuple((i, f.python_value) for i, f in enumerate(fields) if isinstance(f, _CONVERTED))
+        converters = tuple((i, _converter(f)) for i, f in enumerate(fields) if isinstance(f, _CONVERTED))
         compiled = _cache[key] = _Compiled(sql, tuple(f.name for f in fields), converters)
     return compiled
+
+
+def _datetime(value):
+    """A stored datetime: SQLite hands back peewee's text ("2026-12-07 15:17:40.123456"),
+    PostgreSQL a datetime. ``fromisoformat`` reads that text at a fifth of the cost of
+    peewee's general parser, which a page of 50 messages ran 100 times."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return peewee.format_date_time(value, peewee.DateTimeField.formats)
+
+
+def _converter(field):
+    return _datetime if type(field) is peewee.DateTimeField else field.python_value
 
 
 def _instance(model, names, row, converters):
@@ -71,6 +89,11 @@ def select(model, fields: tuple, tail: str, params: tuple | list = ()) -> list:
     cursor = database.execute_sql(compiled.sql, params)
     names, converters = compiled.names, compiled.converters
     return [_instance(model, names, row, converters) for row in cursor.fetchall()]
+
+
+def rows(sql: str, params: tuple | list = ()) -> list[tuple]:
+    """The rows of one hand-written statement (``?`` marks, as in ``tail``), as tuples."""
+    return database.execute_sql(sql.replace("?", database.obj.param), params).fetchall()
 
 
 def select_one(model, fields: tuple, tail: str, params: tuple | list = ()):

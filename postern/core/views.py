@@ -199,34 +199,41 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
     """A message summary; with ``full``, bodies, headers and attachments too.
     Mail is untrusted: ``html`` is returned as received, for the caller to sanitise."""
     m = view.message
+    # The row's values by field name (foreign keys hold the id): one dict lookup each
+    # instead of a peewee descriptor call, a third of a summary's cost on a page of 50.
+    # A summary row (reading._SUMMARY_FIELDS) lacks the columns it never shows; like the
+    # descriptor, ``get`` reads an absent value as None.
+    d = m.__data__
     result = outcome(m)
+    status = d.get("status")
+    stored_verdict = d.get("authentication")
     body = {
-        "id": m.id,
-        "inbox_id": m.inbox_id,
-        "thread_id": m.thread_id,
-        "cursor": str(m.seq),
-        "direction": m.direction,
-        "status": m.status,
+        "id": d.get("id"),
+        "inbox_id": d.get("inbox"),
+        "thread_id": d.get("thread"),
+        "cursor": str(d.get("seq")),
+        "direction": d.get("direction"),
+        "status": status,
         "left_server": result.left_server,
         "status_reason": result.reason,
-        "message_id": m.message_id_header,
-        "subject": m.subject,
+        "message_id": d.get("message_id_header"),
+        "subject": d.get("subject"),
         # Mail without a From header still has an envelope sender: show who it came from.
-        "from": {"address": m.from_address or m.envelope_from, "name": m.from_name},
-        "to": _people(m.to_addresses),
-        "cc": _people(m.cc_addresses),
-        "snippet": m.snippet,
+        "from": {"address": d.get("from_address") or d.get("envelope_from"), "name": d.get("from_name")},
+        "to": _people(d.get("to_addresses")),
+        "cc": _people(d.get("cc_addresses")),
+        "snippet": d.get("snippet"),
         **_extraction(m),
-        "verified_sender": bool((_authentication(m) or {}).get("verified_sender")),
-        "received_at": iso(m.received_at),
-        "sent_at": iso(m.sent_at),
-        "size": m.size,
-        "attachment_count": len(view.attachments),
+        "verified_sender": bool(stored_verdict and orjson.loads(stored_verdict).get("verified_sender")),
+        "received_at": iso(d.get("received_at")),
+        "sent_at": iso(d.get("sent_at")),
+        "size": d.get("size"),
+        "attachment_count": view.attachment_count,
         # Human approval (postern.core.approval): the reviewer's note to the agent, and
         # until when a held message waits.
-        "review_note": getattr(m, "review_note", None),
-        "reviewed_at": iso(getattr(m, "reviewed_at", None)),
-        "approval_expires_at": iso(m.approval_expires_at) if m.status == "pending_approval" else None,
+        "review_note": d.get("review_note"),
+        "reviewed_at": iso(d.get("reviewed_at")),
+        "approval_expires_at": iso(d.get("approval_expires_at")) if status == "pending_approval" else None,
     }
     if full:
         text, html = m.text, m.html
