@@ -52,10 +52,22 @@ CODE_KEYWORDS = [
     "一次性密码", "一次性密碼", "登录码", "登入碼", "代码", "代碼",
 ]  # fmt: skip
 # Longest first, so "verification code" is the evidence rather than "code".
-_KEYWORD = re.compile(
-    "|".join(re.escape(k) for k in sorted(CODE_KEYWORDS, key=len, reverse=True)),
-    re.I,
-)
+_KEYWORD_ALTERNATIVES = "|".join(re.escape(k.lower()) for k in sorted(CODE_KEYWORDS, key=len, reverse=True))
+# Matched against the lowered text: a case-sensitive alternation of literals lets the
+# regex engine skip ahead by their first characters, which re.I prevents (~6x faster on
+# 2 KB; this scan and the order-number mask were over half of a message's ingest CPU).
+_KEYWORD = re.compile(_KEYWORD_ALTERNATIVES)
+_KEYWORD_ANY_CASE = re.compile(_KEYWORD_ALTERNATIVES, re.I)  # when lowering moves offsets
+
+
+def _first_chars(alternatives: str) -> str:
+    """A lookahead admitting only where one of ``alternatives`` (plain words joined by
+    ``|``) can start, in either case: under re.I the engine cannot skip by first
+    characters on its own, and tries every alternative at every position."""
+    starts = {c for word in alternatives.split("|") for c in (word[0].lower(), word[0].upper())}
+    return f"(?=[{''.join(re.escape(c) for c in sorted(starts))}])"
+
+
 # "Use code BF2026 for 40% off": what follows a token can make it a promo code too.
 _PROMO_AFTER = re.compile(
     r".{0,20}?(?:\d\s?%|\boff\b|rabatt|réduction|descuento|desconto|sconto|korting|割引|折扣|优惠)", re.I
@@ -86,6 +98,12 @@ _CODE = re.compile(
 )
 
 # Numbers that are not codes: masked (replaced by spaces, offsets kept) before looking.
+_ORDER_WORDS = (
+    "order|invoice|ticket|case|customer|account|reference|ref|booking|tracking|shipment|transaction"
+    "|bestellung|bestellnummer|rechnung|kundennummer|auftrag|commande|facture|pedido|factura|encomenda"
+    "|fatura|ordine|fattura|bestelling|factuur|klantnummer|kontonummer|iban|注文番号|注文|订单号|订单|訂單|发票"
+    "|お問い合わせ番号"
+)
 _MONEY = r"(?:[$€£¥₹]|USD|EUR|GBP|JPY|CHF|R\$|元|円)"
 _NOT_CODES = [
     re.compile(r"(?:https?://|www\.)[^\s<>\"'\])]{1,2000}", re.I),
@@ -97,25 +115,26 @@ _NOT_CODES = [
     # Phone numbers: +49 30 1234567, (555) 123-4567, 0800 123 4567.
     re.compile(r"\+\d{1,3}[\s.-]?(?:\(?\d{1,5}\)?[\s.-]?){1,4}\d{2,6}"),
     re.compile(r"\(\d{2,5}\)\s?\d{3,4}[\s.-]?\d{3,5}"),
-    re.compile(r"(?<!\d)\d{2}(?:[\s.-]\d{2}){3,6}(?!\d)"),  # 01 23 45 67 89
-    re.compile(r"(?<!\d)\d{3,4}[\s.-]\d{3}[\s.-]\d{3,4}(?!\d)"),
+    re.compile(r"\d(?<!\d\d)\d(?:[\s.-]\d{2}){3,6}(?!\d)"),  # 01 23 45 67 89
+    re.compile(r"\d(?<!\d\d)\d{2,3}[\s.-]\d{3}[\s.-]\d{3,4}(?!\d)"),
     # Prices and amounts: $12.99, 1.299,00 €, 25 EUR, 3000円.
-    re.compile(_MONEY + r"\s?\d[\d.,' ]{0,16}\d?", re.I),
-    re.compile(r"(?<![\d.,'])\d[\d.,']{0,16}\s?" + _MONEY, re.I),
+    re.compile(_first_chars("$|€|£|¥|₹|USD|EUR|GBP|JPY|CHF|R|元|円") + _MONEY + r"\s?\d[\d.,' ]{0,16}\d?", re.I),
+    re.compile(r"\d(?<![\d.,']\d)[\d.,']{0,16}\s?" + _MONEY, re.I),
     re.compile(
-        r"(?<![\d.,])\d{1,6}(?:[.,]\d{1,4})?\s?(?:%|percent|prozent|pour cent|por ciento|per cento|procent)", re.I
-    ),
-    # Order, invoice, ticket, customer and reference numbers, in the supported languages.
-    re.compile(
-        r"(?:order|invoice|ticket|case|customer|account|reference|ref|booking|tracking|shipment|transaction"
-        r"|bestellung|bestellnummer|rechnung|kundennummer|auftrag|commande|facture|pedido|factura|encomenda"
-        r"|fatura|ordine|fattura|bestelling|factuur|klantnummer|kontonummer|iban|注文番号|注文|订单号|订单|訂單|发票"
-        r"|お問い合わせ番号)[ \t\w.]{0,12}?(?:#|no\.?|nr\.?|n°|nº|number|nummer|numéro|número|numero|id)?"
-        r"[ \t]*[:#：]?[ \t]*(?=[A-Z-]{0,40}\d)[A-Z0-9-]{3,40}(?:[ \t]\d{2,6}){0,6}",
-        re.I,
+        r"\d(?<![\d.,]\d)\d{0,5}(?:[.,]\d{1,4})?\s?(?:%|percent|prozent|pour cent|por ciento|per cento|procent)", re.I
     ),
     re.compile(r"#\s?[A-Z0-9-]{3,40}", re.I),
 ]
+# Order, invoice, ticket, customer and reference numbers, in the supported languages.
+# Matched against the lowered text, as the keywords are, where it runs ~4x faster than
+# under re.I; the classes name lower-case letters for that reason.
+_ORDER_NUMBER = (
+    f"(?:{_ORDER_WORDS})"
+    r"[ \t\w.]{0,12}?(?:#|no\.?|nr\.?|n°|nº|number|nummer|numéro|número|numero|id)?"
+    r"[ \t]*[:#：]?[ \t]*(?=[a-z-]{0,40}\d)[a-z0-9-]{3,40}(?:[ \t]\d{2,6}){0,6}"
+)
+_ORDER = re.compile(_ORDER_NUMBER)
+_ORDER_ANY_CASE = re.compile(_ORDER_NUMBER, re.I)
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _BEFORE = 60  # characters a keyword may precede a code by ("Your verification code is: ")
 _AFTER = 40  # ... or follow it by ("123456 is your code")
@@ -213,7 +232,7 @@ def _codes(body: str) -> list[Code]:
     # A promo-code keyword stays in the list so that it, being nearest, can veto its token.
     keywords = [
         (m.start(), m.end(), None if _promo(masked, m.start()) else m.group(0).lower())
-        for m in _KEYWORD.finditer(masked)
+        for m in _keywords(masked)
         if _whole_word(masked, m)
     ]
     if not keywords:
@@ -235,6 +254,13 @@ def _codes(body: str) -> list[Code]:
             found[value] = (distance, Code(value, written, keyword))
     ranked = sorted(found.values(), key=lambda item: item[0])
     return [code for _, code in ranked[:MAX_CODES]]
+
+
+def _keywords(masked: str):
+    lowered = masked.lower()
+    if len(lowered) == len(masked):  # a few letters ("İ") lower to two characters
+        return _KEYWORD.finditer(lowered)
+    return _KEYWORD_ANY_CASE.finditer(masked)
 
 
 def _paired(text: str, keywords, candidates):
@@ -280,8 +306,10 @@ def _overlaps(m: re.Match, keywords, ends: list[int]) -> bool:
 
 def _mask(body: str) -> str:
     chars = list(body)
-    for pattern in _NOT_CODES:
-        for m in pattern.finditer(body):
+    lowered = body.lower()
+    orders = _ORDER.finditer(lowered) if len(lowered) == len(body) else _ORDER_ANY_CASE.finditer(body)
+    for found in (*(pattern.finditer(body) for pattern in _NOT_CODES), orders):
+        for m in found:
             chars[m.start() : m.end()] = " " * (m.end() - m.start())
     return "".join(chars)
 
