@@ -228,6 +228,12 @@ def extract(subject: str, text: str, html: str = "", sender: str = "") -> Extrac
 
 
 def _codes(body: str) -> list[Code]:
+    lowered = body.lower()
+    if len(lowered) == len(body) and not _KEYWORD.search(lowered):
+        # Most mail names no code keyword: then neither does its masked text (masking
+        # turns runs of 2+ characters into spaces, which cannot complete a keyword), and
+        # the masking that was most of extraction's time is skipped.
+        return []
     masked = _mask(body)
     # A promo-code keyword stays in the list so that it, being nearest, can veto its token.
     keywords = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from postern.core import fastsql
 from postern.core.errors import InvalidInput
 from postern.core.mail import rules
 from postern.core.models import InboundPolicy
@@ -50,9 +51,18 @@ def server_policy(config) -> Policy:
 
 def levels(customer_id: str, inbox_id: str | None = None) -> dict[str, InboundPolicy]:
     """The rows that set ``customer_id``'s policy (key ``''``) and ``inbox_id``'s."""
-    scopes = ["", inbox_id] if inbox_id else [""]
-    query = InboundPolicy.select().where((InboundPolicy.customer == customer_id) & (InboundPolicy.scope.in_(scopes)))
-    return {row.scope: row for row in query}
+    # Hand-written (postern/core/fastsql.py): ingest asks this per recipient whose mail
+    # the policy could act on.
+    if inbox_id:
+        rows = fastsql.select(InboundPolicy, _POLICY_FIELDS, _BOTH_LEVELS, (customer_id, inbox_id))
+    else:
+        rows = fastsql.select(InboundPolicy, _POLICY_FIELDS, _CUSTOMER_LEVEL, (customer_id,))
+    return {row.scope: row for row in rows}
+
+
+_POLICY_FIELDS = fastsql.all_fields(InboundPolicy)
+_BOTH_LEVELS = "WHERE customer_id = ? AND scope IN ('', ?)"
+_CUSTOMER_LEVEL = "WHERE customer_id = ? AND scope = ''"
 
 
 def effective(config, customer_id: str, inbox_id: str | None = None) -> Policy:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from postern.core import fastsql
 from postern.core.errors import InvalidInput, PermissionDenied
 from postern.core.models import MailRule
 from postern.core.names import InvalidName, normalise_domain
@@ -49,18 +50,19 @@ def matches(pattern: str, address: str) -> bool:
     return domain == pattern or domain.endswith("." + pattern)
 
 
+_RULE_FIELDS = fastsql.all_fields(MailRule)
+# Hand-written (postern/core/fastsql.py): ingest asks this for every recipient of every
+# message, and peewee building the statement was ~7% of an SMTP session's CPU.
+_APPLYING = (
+    "WHERE customer_id = ? AND direction = ? AND ((enrollment_id IS NULL AND inbox_id IS NULL)"
+    " OR (enrollment_id = ? AND inbox_id IS NULL) OR inbox_id = ?)"
+)
+
+
 def applying(customer_id: str, enrollment_id: str, inbox_id: str, direction: str) -> list[MailRule]:
     """The entries of one direction that apply to an inbox: its customer's, its
     enrollment key's and its own."""
-    whole_customer = MailRule.enrollment.is_null() & MailRule.inbox.is_null()
-    its_enrollment = (MailRule.enrollment == enrollment_id) & MailRule.inbox.is_null()
-    return list(
-        MailRule.select().where(
-            (MailRule.customer == customer_id)
-            & (MailRule.direction == direction)
-            & (whole_customer | its_enrollment | (MailRule.inbox == inbox_id))
-        )
-    )
+    return fastsql.select(MailRule, _RULE_FIELDS, _APPLYING, (customer_id, direction, enrollment_id, inbox_id))
 
 
 @dataclass(frozen=True)
