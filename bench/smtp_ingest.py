@@ -46,7 +46,8 @@ from harness import (
     wait_smtp,
 )
 
-TARGET = 0.75  # Postern >= 75% of the do-nothing aiosmtpd handler
+TARGET = 0.80  # Postern >= 80% of the parse-only aiosmtpd (issue 25; every 250 still committed)
+BASELINE = "aiosmtpd parse"
 
 
 def smtp_source(args, port: int, to: str, messages: int, extra: list[str] | tuple = ()) -> float:
@@ -196,35 +197,30 @@ def main() -> int:
 
     median = {name: statistics.median(rates) for name, rates in samples.items()}
     null, sink = median["aiosmtpd null"], median["smtp-sink"]
-    print(f"\n{'server':<14} {'msg/s':>8} {'min-max':>14} {'vs null':>8} {'vs sink':>8}")
+    print(f"\n{'server':<14} {'msg/s':>8} {'min-max':>14} {'vs parse':>8} {'vs null':>8} {'vs sink':>8}")
     for name, rates in samples.items():
         spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
-        print(f"{name:<14} {median[name]:>8,.0f} {spread:>14} {median[name] / null:>7.0%} {median[name] / sink:>7.0%}")
-    print()
-    for name in servers[: 2 if multi else 1]:
-        ratio = median[name] / null
         print(
-            f"target: {name} >= {TARGET:.0%} of aiosmtpd null -> {ratio:.0%}, {'met' if ratio >= TARGET else 'NOT met'}"
+            f"{name:<14} {median[name]:>8,.0f} {spread:>14} {median[name] / median[BASELINE]:>7.0%} "
+            f"{median[name] / null:>7.0%} {median[name] / sink:>7.0%}"
         )
-    ceiling = median["aiosmtpd parse"] / null
+    print()
+    base = median[BASELINE]
+    for name in servers[: 2 if multi else 1]:
+        ratio = median[name] / base
+        print(f"target: {name} >= {TARGET:.0%} of {BASELINE} -> {ratio:.0%}, {'met' if ratio >= TARGET else 'NOT met'}")
+    ceiling = base / null
     print(
         f"parsing alone, in one process, reaches {ceiling:.0%} of aiosmtpd null: the most any one-process "
         "listener that refuses bad MIME at DATA can reach"
     )
     ok = stored == sent_to_postern
-    ratio = median["postern"] / null
-    record("SMTP ingest, msg/s", median["postern"], "msg/s", "aiosmtpd null", null, f">= {TARGET:.0%}", ratio >= TARGET)
+    ratio = median["postern"] / base
+    record("SMTP ingest, msg/s", median["postern"], "msg/s", BASELINE, base, f">= {TARGET:.0%}", ratio >= TARGET)
     if multi:
-        ratio = median[multi] / null
-        record(
-            f"SMTP ingest {multi}, msg/s",
-            median[multi],
-            "msg/s",
-            "aiosmtpd null",
-            null,
-            f">= {TARGET:.0%}",
-            ratio >= TARGET,
-        )
+        ratio = median[multi] / base
+        met = ratio >= TARGET
+        record(f"SMTP ingest {multi}, msg/s", median[multi], "msg/s", BASELINE, base, f">= {TARGET:.0%}", met)
     record("SMTP parse-only aiosmtpd, msg/s", median["aiosmtpd parse"], "msg/s", "aiosmtpd null", null)
     record("SMTP ingest vs C sink, msg/s", median["postern"], "msg/s", "smtp-sink", sink)
     record("SMTP messages stored of sent", stored, "rows", "sent", sent_to_postern, "= 100%", ok)
