@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.fuzz import examples
 
 from postern.core.mail.mime import MailLimits, MailRejected, parse, sanitize_filename
 from postern.core.mail.threads import normalize_subject
@@ -135,3 +136,79 @@ def test_mime_shaped_junk_never_crashes_the_parser(pieces):
         parse(b"".join(pieces), LIMITS)
     except MailRejected:
         pass
+
+
+# Address headers: the plain-form fast path must give what the email package's parser gives.
+_LOCAL = st.sampled_from(["a", "Ann.Lee", "a+tag", "o'brien", "x_y", "a.b.c", "1", "a#b", "a/b", "{}", "A-Z"])
+_DOMAIN = st.sampled_from(["example.org", "Example.ORG", "x-y.example", "a.b.c.d", "localhost", "-x.org", "1.2"])
+_NAME = st.sampled_from(["", "Ann", "Ann Lee", "ann lee 2", "A B C", "Bob", "X1"])
+_TRICKY = st.sampled_from(
+    [
+        '"Ann, Lee" <a@x.org>',
+        "Ann (work) <a@x.org>",
+        "=?utf-8?q?Caf=C3=A9?= <c@x.org>",
+        "undisclosed-recipients:;",
+        "a@[127.0.0.1]",
+        "Ann  Lee <a@x.org>",
+        "<a@x.org",
+        "a@",
+        "@x.org",
+        "a..b@x.org",
+        ".a@x.org",
+        "a@x..org",
+        "Dr. Who <w@x.org>",
+        "a@x.org,",
+        ", a@x.org",
+        "",
+        " ",
+        "Ann <a@x.org> (c)",
+        "a@x.org\r\n b@x.org",
+        "\u00e9l\u00e8ve@x.org",
+        "Ann\t<a@x.org>",
+        "<<a@x.org>>",
+        "a@x.org;b@x.org",
+        "A <a@x.org>, B <b@x.org>",
+    ]
+)
+
+
+@st.composite
+def _address_header(draw):
+    items = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            items.append(draw(_TRICKY))
+            continue
+        address = f"{draw(_LOCAL)}@{draw(_DOMAIN)}"
+        name = draw(_NAME)
+        form = draw(st.sampled_from(["bare", "angle", "named"]))
+        items.append(
+            address if form == "bare" else f"<{address}>" if form == "angle" or not name else f"{name} <{address}>"
+        )
+    separator = draw(st.sampled_from([", ", ",", ",\r\n ", " , "]))
+    return separator.join(items)
+
+
+@settings(max_examples=examples(600), deadline=None)
+@given(value=_address_header())
+def test_plain_address_fast_path_agrees_with_the_email_parser(value):
+    import email
+
+    from postern.core.mail import mime
+
+    msg = email.message_from_string(f"To: {value}\r\n\r\n", policy=mime.TOLERANT)
+    slow = mime._mailboxes(msg, "To")
+    fast = mime._plain_mailboxes(next(v for n, v in msg.raw_items() if n == "To"))
+    if fast is not None:
+        assert fast == slow, value
+
+
+def test_plain_address_fast_path_takes_the_common_forms():
+    from postern.core.mail import mime
+
+    assert mime._plain_mailboxes("Ann Lee <Ann@Example.ORG>,\r\n b@x.org") == [
+        mime.Mailbox("ann@example.org", "Ann Lee"),
+        mime.Mailbox("b@x.org", ""),
+    ]
+    for value in ('"Ann, Lee" <a@x.org>', "=?utf-8?q?Caf=C3=A9?= <c@x.org>", "Ann (work) <a@x.org>", "a@[1.2.3.4]"):
+        assert mime._plain_mailboxes(value) is None, value

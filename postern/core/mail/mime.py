@@ -95,10 +95,10 @@ def parse(raw: bytes, limits: MailLimits) -> ParsedMessage:
         in_reply_to=first_msgid(raw.get("in-reply-to")),
         references=MSGID.findall(str(raw.get("references", "")))[-50:],
         subject=_header_text(msg, "Subject")[:998] if "subject" in raw else "",
-        sender=_first(_mailboxes(msg, "From")) if "from" in raw else None,
-        to=_mailboxes(msg, "To") if "to" in raw else [],
-        cc=_mailboxes(msg, "Cc") if "cc" in raw else [],
-        reply_to=_mailboxes(msg, "Reply-To") if "reply-to" in raw else [],
+        sender=_first(_mailboxes(msg, "From", raw.get("from"))) if "from" in raw else None,
+        to=_mailboxes(msg, "To", raw.get("to")) if "to" in raw else [],
+        cc=_mailboxes(msg, "Cc", raw.get("cc")) if "cc" in raw else [],
+        reply_to=_mailboxes(msg, "Reply-To", raw.get("reply-to")) if "reply-to" in raw else [],
         date=_date(raw.get("date")),
         text=text,
         html=html,
@@ -351,7 +351,36 @@ def _safe_str(value) -> str:
     return one_line_text(text)
 
 
-def _mailboxes(msg: EmailMessage, name: str) -> list[Mailbox]:
+# The plain forms most address headers take, "Name <local@domain>" and "local@domain":
+# read with one regex they give what the email package's header parser gives (tests
+# compare the two), at a tenth of its cost, which was ~7% of ingest's CPU. Anything
+# else (quotes, comments, encoded words, groups, IP literals, 8-bit) goes to the parser.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+"
+_PLAIN_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?:([A-Za-z0-9]+(?: [A-Za-z0-9]+)*)[ \t]*)?<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS}))[ \t]*"
+)
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _plain_mailboxes(value) -> list[Mailbox] | None:
+    """The mailboxes of a header ``value`` in plain form, or None when it is not."""
+    if not isinstance(value, str):
+        return None
+    found = []
+    for item in _FOLD.sub("", value).split(","):
+        m = _PLAIN_MAILBOX.fullmatch(item)
+        if m is None:
+            return None
+        name, angled, bare = m.groups()
+        found.append(Mailbox((angled or bare).lower()[:320], (name or "")[:200]))
+    return found
+
+
+def _mailboxes(msg: EmailMessage, name: str, raw_value=None) -> list[Mailbox]:
+    plain = _plain_mailboxes(raw_value)
+    if plain is not None:
+        return plain
     try:
         header = msg.get(name)
         addresses = getattr(header, "addresses", ()) if header is not None else ()
