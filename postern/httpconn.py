@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+from gunicorn import glogging
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 from gunicorn.workers.gasgi import ASGIWorker
@@ -115,3 +116,24 @@ class PosternWorker(ASGIWorker):
         # name fails them rather than silently dropping the bounds.
         gasgi.ASGIProtocol = LimitedProtocol
         super().init_process()
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, building only the fields Postern's access line prints
+    (``server.ACCESS_LOG_FORMAT``). gunicorn's own ``atoms`` formats a timestamp, decodes
+    any Basic credentials for ``%(u)s`` and copies every request and response header and
+    the whole environ into the dict, ~12 us per request that 1,000 woken waiters pay in
+    turn on one worker."""
+
+    def atoms(self, resp, req, environ, request_time):
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        return {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "m": environ.get("REQUEST_METHOD"),
+            "U": environ.get("PATH_INFO"),
+            "s": status,
+            "B": getattr(resp, "sent", None),
+            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
+        }

@@ -23,6 +23,10 @@ from postern.core.logs import gunicorn_logconfig
 
 log = logging.getLogger("postern.server")
 
+#: Only the method and path: query strings may one day carry signed tokens. Every field
+#: here must be one ``postern.httpconn.AccessLogger`` builds.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # postern.core.metrics.MULTIPROC_ENV, without importing it
 
 
@@ -62,8 +66,8 @@ class ApiApplication(BaseApplication):
             "secure_scheme_headers": {},
             "logconfig_dict": gunicorn_logconfig(self.config.log, self.config.data_dir),
             "accesslog": "-",
-            # Only the method and path: query strings may one day carry signed tokens.
-            "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+            "access_log_format": ACCESS_LOG_FORMAT,
+            "logger_class": "postern.httpconn.AccessLogger",
             # A worker's metrics files stay (its counters still count); its live gauges
             # (parked waiters) must not: postern/core/metrics.py.
             "child_exit": _worker_exited,

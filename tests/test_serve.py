@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import psutil
@@ -59,6 +60,10 @@ def test_only_api_serves_without_services(server):
     health = wait_for(s.health)
     assert health["database"]["ok"] is True
     assert not s.sleeper_pids()
+    # The access line (postern.httpconn.AccessLogger): peer, method and path (never the
+    # query), status, bytes sent and milliseconds.
+    line = wait_for(lambda: re.search(r'127\.0\.0\.1 "GET /healthz" 200 (\d+) (\d+)ms', s.output()))
+    assert int(line.group(1)) > 0
     tree = descendants(s.proc.pid)
     assert s.stop() == 0
     _, alive = psutil.wait_procs(tree, timeout=10)
