@@ -48,7 +48,8 @@ from pathlib import Path
 from harness import Child, make_world, memory_of, percentile, postern_cmd, record, running, wait_http, wait_smtp
 
 TARGET_P50_MS = 10.0
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = 50.0  # up to 1,000 waiters (issue 25)
+TARGET_P99_MS_10K = 250.0  # 10,000 waiters (issue 25)
 TARGET_BYTES_PER_WAIT = 20 * 1024
 WAIT_TIMEOUT = 300  # seconds each waiter asks the server to park for (its maximum): arming 10,000 takes a while
 
@@ -354,6 +355,7 @@ def main() -> int:
     if lat:
         p50, p99 = percentile(lat, 50), percentile(lat, 99)
         base = percentile(result["healthz_ms"], 50)
+        p99_target = TARGET_P99_MS_10K if args.waiters >= 10_000 else TARGET_P99_MS
         record(
             "wait_for_email wake p50",
             p50,
@@ -369,13 +371,13 @@ def main() -> int:
             "ms",
             "GET /healthz p50",
             base,
-            f"< {TARGET_P99_MS:g} ms",
-            p99 < TARGET_P99_MS,
+            f"< {p99_target:g} ms",
+            p99 < p99_target,
         )
         print(f"wake p50 = {p50 / base:.1f}x the /healthz p50 ({base:.1f} ms)")
         print(
             f"targets: p50 < {TARGET_P50_MS:g} ms -> {p50:.1f} ms, {'met' if p50 < TARGET_P50_MS else 'NOT met'}; "
-            f"p99 < {TARGET_P99_MS:g} ms -> {p99:.1f} ms, {'met' if p99 < TARGET_P99_MS else 'NOT met'}"
+            f"p99 < {p99_target:g} ms -> {p99:.1f} ms, {'met' if p99 < p99_target else 'NOT met'}"
         )
     before, parked = result["memory_warm"], result["memory_parked"]
     per_wait = {k: (parked[k] - before[k]) / max(1, result["memory_waits"]) for k in ("rss", "pss", "uss")}

@@ -82,7 +82,10 @@ class ApiApplication(BaseApplication):
         app = create_app(build_postern(self.config), notice_disconnects=True)
         # Everything loaded so far lives as long as the worker: out of the collector's
         # sight, a full collection walks only what requests allocate (docs/design.md).
-        gc.collect()
+        # Only the young generations are collected first: a full collection would write
+        # to every object inherited from the master (frozen there, see run_api) and so
+        # copy their pages into this worker.
+        gc.collect(1)
         gc.freeze()
         return app
 
@@ -101,6 +104,10 @@ def run_api(config: Config) -> None:
     log.info(
         "schema at version %s; starting API on %s with %s workers", version, config.server.bind, config.server.workers
     )
+    # What the master holds before it forks the workers is never collected in them
+    # (the Python docs' advice for pre-forking servers): a worker's full collection
+    # would otherwise touch, and so un-share, every page of it.
+    gc.freeze()
     ApiApplication(config).run()
 
 
