@@ -197,3 +197,25 @@ def test_extraction_is_bounded_on_hostile_input(text, html):
     start = time.perf_counter()
     extract("subject", text, html)
     assert time.perf_counter() - start < 1.5  # ~0.1 s here: no pattern may go quadratic
+
+
+@pytest.mark.parametrize(
+    ("text", "codes"),
+    [
+        # re.I matches "ı" to "i" and "ſ" to "s"; str.lower() does not: such text is
+        # matched case-insensitively, not on its lowered form.
+        ("Your pın is 482913", ["482913"]),
+        ("Your paſſcode: 482913", ["482913"]),
+        ("ınvoice 4829137 and code 123456", ["123456"]),
+        # "İ" lowers to two characters, which would move every offset after it.
+        ("İstanbul code 5555", ["5555"]),
+        ("İSTANBUL ORDER NO. AB-77 code 5555", ["5555"]),
+        # Keywords and order numbers in any case, on the lowered-text path.
+        ("YOUR VERIFICATION CODE IS 482913", ["482913"]),
+        ("Order No. XK-12345, Code: 778899", ["778899"]),
+        # No keyword at all: nothing, without masking.
+        ("Invoice 4829137, total $12.99, call 555 123 4567", []),
+    ],
+)
+def test_keyword_and_order_number_matching_is_case_insensitive_for_every_letter(text, codes):
+    assert [c.value for c in extract("subject", text).codes] == codes

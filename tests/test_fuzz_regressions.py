@@ -90,7 +90,10 @@ def test_an_rcpt_address_postgresql_cannot_hold_answers_553(smtp_server, inbox, 
     assert any(r.startswith(b"250 2.1.5") for r in replies), replies
 
 
-@pytest.mark.parametrize("command", [b"MAIL FROM:<", b"MAIL FROM:<@", b"RCPT TO:<", b"RCPT TO:<@"])
+@pytest.mark.parametrize(
+    "command",
+    [b"MAIL FROM:<", b"MAIL FROM:<@", b"RCPT TO:<", b"RCPT TO:<@", b'MAIL FROM:"', b'MAIL FROM:<"', b'RCPT TO:()"'],
+)
 def test_an_address_the_standard_library_trips_on_is_malformed_not_a_500(smtp_server, command):
     """get_angle_addr raises IndexError on "<" and "<@"; aiosmtpd let it escape and
     answered "500 Error: (IndexError) …" with a logged traceback, once per command."""

@@ -76,7 +76,7 @@ ADDRESSES = [
     "", "<>", "<a@example.org>", " <a@example.org> SIZE=100", "a@example.org", "<a@[127.0.0.1]>",
     '<"quoted local"@example.org>', "<@relay.example:a@example.org>", "<a@example.org", "<", "<@", "@", "a",
     "<" + "l" * 65 + "@example.org>", "<" + "l" * 64 + "@example.org>", "<a@example.org> BODY=8BITMIME",
-    "\u00e9l\u00e8ve@example.org", "<a b@example.org>",
+    "\u00e9l\u00e8ve@example.org", "<a b@example.org>", '"', '<"', '< "', '()"', '"a"@example.org',
 ]  # fmt: skip
 
 

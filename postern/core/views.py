@@ -207,6 +207,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
     result = outcome(m)
     status = d.get("status")
     stored_verdict = d.get("authentication")
+    verdict = orjson.loads(stored_verdict) if stored_verdict else None
     body = {
         "id": d.get("id"),
         "inbox_id": d.get("inbox"),
@@ -224,7 +225,7 @@ def message_json(view, *, full: bool = False, max_length: int | None = None) -> 
         "cc": _people(d.get("cc_addresses")),
         "snippet": d.get("snippet"),
         **_extraction(m),
-        "verified_sender": bool(stored_verdict and orjson.loads(stored_verdict).get("verified_sender")),
+        "verified_sender": bool((verdict or {}).get("verified_sender")),
         "received_at": iso(d.get("received_at")),
         "sent_at": iso(d.get("sent_at")),
         "size": d.get("size"),

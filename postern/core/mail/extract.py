@@ -228,8 +228,8 @@ def extract(subject: str, text: str, html: str = "", sender: str = "") -> Extrac
 
 
 def _codes(body: str) -> list[Code]:
-    lowered = body.lower()
-    if len(lowered) == len(body) and not _KEYWORD.search(lowered):
+    lowered = _lowered(body)
+    if lowered is not None and not _KEYWORD.search(lowered):
         # Most mail names no code keyword: then neither does its masked text (masking
         # turns runs of 2+ characters into spaces, which cannot complete a keyword), and
         # the masking that was most of extraction's time is skipped.
@@ -262,11 +262,20 @@ def _codes(body: str) -> list[Code]:
     return [code for _, code in ranked[:MAX_CODES]]
 
 
+def _lowered(text: str) -> str | None:
+    """``text`` lowered, when matching its lower case equals matching ``text`` under
+    re.I for our patterns; else None (use the re.I pattern). "İ" lowers to two
+    characters (offsets would move); re.I matches "ı" to "i" and "ſ" to "s", which
+    ``lower()`` keeps as they are."""
+    lowered = text.lower()
+    if len(lowered) != len(text) or ("ı" in lowered or "ſ" in lowered):
+        return None
+    return lowered
+
+
 def _keywords(masked: str):
-    lowered = masked.lower()
-    if len(lowered) == len(masked):  # a few letters ("İ") lower to two characters
-        return _KEYWORD.finditer(lowered)
-    return _KEYWORD_ANY_CASE.finditer(masked)
+    lowered = _lowered(masked)
+    return _KEYWORD_ANY_CASE.finditer(masked) if lowered is None else _KEYWORD.finditer(lowered)
 
 
 def _paired(text: str, keywords, candidates):
@@ -312,8 +321,8 @@ def _overlaps(m: re.Match, keywords, ends: list[int]) -> bool:
 
 def _mask(body: str) -> str:
     chars = list(body)
-    lowered = body.lower()
-    orders = _ORDER.finditer(lowered) if len(lowered) == len(body) else _ORDER_ANY_CASE.finditer(body)
+    lowered = _lowered(body)
+    orders = _ORDER_ANY_CASE.finditer(body) if lowered is None else _ORDER.finditer(lowered)
     for found in (*(pattern.finditer(body) for pattern in _NOT_CODES), orders):
         for m in found:
             chars[m.start() : m.end()] = " " * (m.end() - m.start())

@@ -292,13 +292,15 @@ def _smtp_class():
                     address, rest = get_angle_addr(arg)
                 else:
                     address, rest = get_addr_spec(arg)
+                # Inside the try: for '"' and '<"' the parse succeeds and reading
+                # addr_spec raises IndexError.
+                addr = address.addr_spec
             except (HeaderParseError, IndexError, ValueError):
                 # The standard library's get_angle_addr raises IndexError on "<" and
                 # "<@" (Python 3.11.7), which aiosmtpd lets escape: "MAIL FROM:<" was
                 # answered "500 Error: (IndexError) …" with a traceback logged per
                 # command. A malformed address gets aiosmtpd's own answer instead.
                 return None, None
-            addr = address.addr_spec
             if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
                 return None, None
             return addr, rest
