@@ -91,11 +91,6 @@ def select(model, fields: tuple, tail: str, params: tuple | list = ()) -> list:
     return [_instance(model, names, row, converters) for row in cursor.fetchall()]
 
 
-def rows(sql: str, params: tuple | list = ()) -> list[tuple]:
-    """The rows of one hand-written statement (``?`` marks, as in ``tail``), as tuples."""
-    return database.execute_sql(sql.replace("?", database.obj.param), params).fetchall()
-
-
 def select_one(model, fields: tuple, tail: str, params: tuple | list = ()):
     rows = select(model, fields, tail, params)
     return rows[0] if rows else None

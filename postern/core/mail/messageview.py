@@ -49,7 +49,7 @@ def with_attachment_counts(messages: list[Message]) -> list[MessageView]:
         ids = [m.id for m in messages]
         marks = ", ".join("?" * len(ids))
         sql = f"SELECT message_id, COUNT(*) FROM attachment WHERE message_id IN ({marks}) GROUP BY message_id"
-        counts = dict(fastsql.rows(sql, ids))
+        counts = dict(fastsql.execute(sql, ids).fetchall())
     return [MessageView(m, [], counted=counts.get(m.id, 0)) for m in messages]
 
 
