@@ -10,6 +10,7 @@ from pathlib import Path
 import falcon.testing
 import pytest
 from hypothesis import settings
+from support import server as live_servers
 
 from postern.api import create_app
 from postern.core import migrations
@@ -28,6 +29,22 @@ TESTS_DIR = Path(__file__).parent
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI") and not any(os.environ.get(v) for v in ("POSTERN_FUZZ_CASES", "POSTERN_FUZZ_EXAMPLES")):
     settings.load_profile("ci")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that started ``postern serve`` shows each server's log, processes and
+    their stacks: a hang in CI can be read from CI's output alone. After its teardown no
+    server of the test runs on into the next one."""
+    report = yield
+    if report.failed:
+        for server in live_servers.started_in_test:
+            report.sections.append((f"postern serve on port {server.port}", live_servers.post_mortem(server)))
+    if report.when == "teardown":
+        for server in live_servers.started_in_test:
+            live_servers.kill_tree(server)  # one left running (a start that timed out) stops here
+        live_servers.started_in_test.clear()
+    return report
 
 
 @pytest.fixture(autouse=True)

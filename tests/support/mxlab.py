@@ -6,7 +6,6 @@ policies served over HTTPS with certificates from a trustme CA. Fixtures: ``port
 from __future__ import annotations
 
 import http.server
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -18,15 +17,10 @@ from aiosmtpd.smtp import SMTP
 
 from postern.plugins.smtp_local.direct import DirectTransport
 
+from .server import free_port
 from .zone_dns import ZoneDns
 
 POLICY = "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

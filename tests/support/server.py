@@ -24,20 +24,40 @@ TESTS_DIR = Path(__file__).parent.parent
 _issued: set[int] = set()
 _issued_lock = threading.Lock()
 
+#: Every server started during the running test, for the report of a failed test
+#: (tests/conftest.py prints each one's log, process tree and stacks).
+started_in_test: list[Server] = []
+
+#: tests/sitecustomize.py has every Python process of a test's server dump its threads'
+#: stacks to its log on this signal (gunicorn resets the standard ones in its workers).
+STACKS_SIGNAL = signal.SIGRTMIN + 3
+
 
 def free_port() -> int:
-    """A loopback port free now, and never handed out before in this process. The caller
-    binds it later; after a bind(0) socket is closed the kernel may give the same port
-    to the next bind(0), so the API, SMTP and DNS ports of one server (or the ports of
-    two tests' servers) could otherwise be the same, and one of the binds fail."""
+    """A loopback port free now for TCP and for UDP, and never handed out before in this
+    process. The caller binds it later; after a bind(0) socket is closed the kernel may
+    give the same port to the next bind(0), so the API, SMTP and DNS ports of one server
+    (or the ports of two tests' servers) could otherwise be the same, and one of the
+    binds fail. UDP too, since the DNS service binds both: a port free for TCP may be
+    some process's ephemeral UDP port (a resolver's query, a doorbell datagram socket)."""
     with _issued_lock:
         while True:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
-            if port not in _issued:
-                _issued.add(port)
-                return port
+                if port in _issued or not _udp_free(port):
+                    continue
+            _issued.add(port)
+            return port
+
+
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for(predicate, timeout=30.0, interval=0.1):
@@ -79,6 +99,7 @@ class Server:
         self.env = full_env
         self.args = args
         self.url = f"http://127.0.0.1:{self.port}"
+        started_in_test.append(self)
         self.start()
 
     def start(self) -> None:
@@ -113,6 +134,49 @@ class Server:
             return self.proc.wait(timeout=timeout)
         finally:
             self.log.close()
+
+
+def post_mortem(server: Server, log_lines: int = 40, frames: int = 6) -> str:
+    """What a failed test needs to know about ``server``: the end of its log, its
+    processes, and where each one's threads are (the innermost ``frames`` calls)."""
+    if not server.log.closed:
+        server.log.flush()
+    lines = [f"--- the last {log_lines} lines of its log ---", *server.output().splitlines()[-log_lines:]]
+    lines.append(f"--- its processes (API port {server.port}, SMTP {server.smtp_port}, DNS {server.dns_port}) ---")
+    tree = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = [psutil.Process(server.proc.pid), *descendants(server.proc.pid)]
+    if not tree:
+        lines.append(f"none: it exited with {server.proc.poll()}")
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            lines.append(f"{proc.pid} (parent {proc.ppid()}) {proc.status()}: {' '.join(proc.cmdline()[2:])}")
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                lines += _stacks(server, proc.pid, frames)
+    return "\n".join(lines)
+
+
+def _stacks(server: Server, pid: int, frames: int) -> list[str]:
+    """``pid``'s threads' innermost ``frames`` calls, which it writes to the log on
+    ``STACKS_SIGNAL`` (tests/sitecustomize.py)."""
+    before = len(server.output())
+    os.kill(pid, STACKS_SIGNAL)
+    deadline, size = time.monotonic() + 2, before
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        grown = len(server.output())
+        if grown > before and grown == size:
+            break  # written, and no longer growing
+        size = grown
+    kept, depth = [], 0
+    for line in server.output()[before:].splitlines():
+        if line.startswith(("Current thread", "Thread 0x")):
+            kept.append("  " + line)
+            depth = 0
+        elif line.startswith("  File") and "<frozen " not in line and depth < frames:
+            kept.append("  " + line)
+            depth += 1
+    return kept
 
 
 def workers_holding_my_connections(server: Server) -> set[int]:
