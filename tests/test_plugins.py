@@ -536,3 +536,28 @@ def test_loading_every_plugin_leaves_the_x402_sdk_unimported(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_process_imports_what_its_command_runs_not_every_command(tmp_path):
+    """Each service, the supervisor and the API master is a ``postern`` process of its
+    own. One that runs the DNS service (or any but SMTP) loads every built-in plugin, but
+    not the SMTP listener's ingest path, and no process loads the admin commands'
+    modules unless it runs one (bench/README.md "Memory": ~30 MiB PSS over a server)."""
+    import subprocess
+    import sys
+
+    heavy = ("postern.core.mail.ingest", "postern.core.smtp.listener", "postern.cli.admin", "postern.core.inboxes")
+    probe = (
+        "import sys\n"
+        "from postern.cli.app import cli\n"
+        "from postern.core.config import load_config\n"
+        "from postern.core.runtime import build_postern\n"
+        f"postern = build_postern(load_config(environ={{'POSTERN_DATA_DIR': {str(tmp_path)!r}}}))\n"
+        "cli.get_command(None, 'service')\n"
+        "assert [s.name for s in postern.services()]\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        "cli.get_command(None, 'admin')\n"
+        "print('postern.cli.admin' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["[]", "True"], out.stdout + out.stderr

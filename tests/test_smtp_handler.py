@@ -14,7 +14,7 @@ from postern.core.inboxes import create_inbox
 from postern.core.models import Message
 from postern.core.runtime import build_postern
 from postern.core.smtp import session
-from postern.plugins.smtp_local import receiver as smtp
+from postern.plugins.smtp_local import intake as smtp
 
 
 @pytest.fixture

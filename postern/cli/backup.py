@@ -72,7 +72,3 @@ def restore(ctx, directory, force):
         click.echo(f"schema at version {manifest['schema_version']}: nothing to upgrade")
 
 
-def register(cli: click.Group) -> None:
-    """Add ``backup`` and ``restore`` to the root group."""
-    cli.add_command(backup)
-    cli.add_command(restore)

@@ -202,7 +202,7 @@ class RunningSmtp:
 
     def __init__(self, postern):
         from postern.core.smtp.session import smtp_session
-        from postern.plugins.smtp_local.receiver import make_handler
+        from postern.plugins.smtp_local.intake import make_handler
 
         self.runner, self.committer = DatabaseRunner(2), GroupCommitter()
         handler = make_handler(postern, self.runner, self.committer)
