@@ -70,5 +70,3 @@ def restore(ctx, directory, force):
         click.echo("apply them with: postern db upgrade (preview: postern db upgrade --dry-run)")
     else:
         click.echo(f"schema at version {manifest['schema_version']}: nothing to upgrade")
-
-
