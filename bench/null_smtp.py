@@ -1,7 +1,7 @@
 """A do-nothing aiosmtpd server for bench/smtp_ingest.py: every RCPT and DATA gets 250.
 
-Built exactly as Postern's listener builds its server (postern/plugins/smtp_local/
-receiver.py ``_serve``): same ``SMTP`` arguments, Postern's default hostname and
+Built exactly as Postern's listener builds its server (postern/core/smtp/listener.py
+``_serve``): same ``SMTP`` arguments, Postern's default hostname and
 message size limit, uvloop when Postern would use it. So the only difference from
 Postern is the handler: no RCPT lookup, no parse, no store.
 

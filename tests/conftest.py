@@ -37,13 +37,19 @@ def pytest_runtest_makereport(item, call):
     their stacks: a hang in CI can be read from CI's output alone. After its teardown no
     server of the test runs on into the next one."""
     report = yield
-    if report.failed:
-        for server in live_servers.started_in_test:
-            report.sections.append((f"postern serve on port {server.port}", live_servers.post_mortem(server)))
-    if report.when == "teardown":
-        for server in live_servers.started_in_test:
-            live_servers.kill_tree(server)  # one left running (a start that timed out) stops here
-        live_servers.started_in_test.clear()
+    try:
+        if report.failed:
+            for server in live_servers.started_in_test:
+                report.sections.append((f"postern serve on port {server.port}", live_servers.post_mortem(server)))
+        if report.when == "teardown":
+            for server in live_servers.started_in_test:
+                if getattr(server, "proc", None) is not None:
+                    live_servers.kill_tree(server)  # one left running (a start that timed out) stops here
+    except Exception as exc:  # noqa: BLE001 (an error here would end the whole session)
+        report.sections.append(("postern serve", f"no report of its servers: {exc!r}"))
+    finally:
+        if report.when == "teardown":
+            live_servers.started_in_test.clear()
     return report
 
 

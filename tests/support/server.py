@@ -25,7 +25,9 @@ _issued: set[int] = set()
 _issued_lock = threading.Lock()
 
 #: Every server started during the running test, for the report of a failed test
-#: (tests/conftest.py prints each one's log, process tree and stacks).
+#: (tests/conftest.py prints each one's log, process tree and stacks), and killed after
+#: the test's teardown: a server shared by several tests (a module-scoped fixture) would
+#: need to leave this list.
 started_in_test: list[Server] = []
 
 #: tests/sitecustomize.py has every Python process of a test's server dump its threads'
@@ -143,24 +145,34 @@ def post_mortem(server: Server, log_lines: int = 40, frames: int = 6) -> str:
         server.log.flush()
     lines = [f"--- the last {log_lines} lines of its log ---", *server.output().splitlines()[-log_lines:]]
     lines.append(f"--- its processes (API port {server.port}, SMTP {server.smtp_port}, DNS {server.dns_port}) ---")
+    proc = getattr(server, "proc", None)
+    if proc is None or proc.poll() is not None:  # (a reaped pid may be someone else's by now)
+        lines.append(f"none: {'it did not start' if proc is None else f'it exited with {proc.returncode}'}")
+        return "\n".join(lines)
     tree = []
     with contextlib.suppress(psutil.NoSuchProcess):
-        tree = [psutil.Process(server.proc.pid), *descendants(server.proc.pid)]
-    if not tree:
-        lines.append(f"none: it exited with {server.proc.poll()}")
-    for proc in tree:
+        tree = [psutil.Process(proc.pid), *descendants(proc.pid)]
+    for member in tree:
         with contextlib.suppress(psutil.Error):
-            lines.append(f"{proc.pid} (parent {proc.ppid()}) {proc.status()}: {' '.join(proc.cmdline()[2:])}")
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                lines += _stacks(server, proc.pid, frames)
+            lines.append(f"{member.pid} (parent {member.ppid()}) {member.status()}: {' '.join(member.cmdline()[2:])}")
+            lines += _stacks(server, member, frames)
     return "\n".join(lines)
 
 
-def _stacks(server: Server, pid: int, frames: int) -> list[str]:
-    """``pid``'s threads' innermost ``frames`` calls, which it writes to the log on
-    ``STACKS_SIGNAL`` (tests/sitecustomize.py)."""
+def _stacks(server: Server, proc: psutil.Process, frames: int) -> list[str]:
+    """``proc``'s threads' innermost ``frames`` calls, which it writes to the log on
+    ``STACKS_SIGNAL`` (tests/sitecustomize.py). Only to a process that handles the
+    signal: one that has not reached sitecustomize yet (just started, or not Python)
+    would die of it."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return ["  (gone)"]
+    if not caught >> (STACKS_SIGNAL - 1) & 1:
+        return ["  (no stacks: it does not handle the signal yet)"]
     before = len(server.output())
-    os.kill(pid, STACKS_SIGNAL)
+    proc.send_signal(STACKS_SIGNAL)  # psutil checks the pid is still this process
     deadline, size = time.monotonic() + 2, before
     while time.monotonic() < deadline:
         time.sleep(0.1)
