@@ -278,22 +278,18 @@ class WaitResource:
         caller.runner.on_shutdown(self.claims.shutdown)
 
     async def on_get(self, req, resp, inbox_id):
-        timeout = req.get_param("timeout")
-        if timeout is None:
-            timeout = DEFAULT_WAIT
-        elif not timeout.isdigit() or int(timeout) > MAX_WAIT:
-            raise InvalidInput(f"timeout must be an integer from 0 to {MAX_WAIT} seconds", field="timeout")
-        inbox, cursor, claimant = await self.caller.as_agent(
+        timeout = _timeout(req.get_param("timeout"))
+        inbox_id, cursor, claimant = await self.caller.as_agent(
             req, reading.open_wait, inbox_id, req.get_param("after"), scope="mailbox:read", action="message.wait"
         )
         claim = None
         if claimant is not None:  # no after: hand mail over on the agent's delivery cursor
-            claim = lambda old, new: self.claims.run(cursors.claim, claimant, inbox.id, old, new)  # noqa: E731
+            claim = lambda old, new: self.claims.run(cursors.claim, claimant, inbox_id, old, new)  # noqa: E731
         gone = Departure() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
         try:
             body, cursor = await self.waiters.wait(
-                inbox.id, cursor, int(timeout), lambda c: self._read(inbox.id, c), claim=claim, gone=gone
+                inbox_id, cursor, timeout, lambda c: self._read(inbox_id, c), claim=claim, gone=gone
             )
         finally:
             if watch is not None:
@@ -349,26 +345,28 @@ class CodeWaitResource:
         timeout = _timeout(req.get_param("timeout"))
         from_domain = codewait.parse_domain(req.get_param("from_domain"))
 
-        def open_wait(principal, info, inbox_id):
-            return codewait.open_code_wait(principal, info, inbox_id), principal.agent_id
+        def open_wait(principal, info, inbox_id):  # the id only, as WaitResource's open_wait
+            return codewait.open_code_wait(principal, info, inbox_id).id, principal.agent_id
 
-        inbox, agent_id = await self.caller.as_agent(req, open_wait, inbox_id, scope="mailbox:read", action="code.wait")
+        inbox_id, agent_id = await self.caller.as_agent(
+            req, open_wait, inbox_id, scope="mailbox:read", action="code.wait"
+        )
         gone = Departure() if self.notice_disconnects else None
         watch = asyncio.ensure_future(_client_leaves(req, gone)) if gone is not None else None
 
         async def read(cursor):
             if gone is not None and gone.is_set():
                 return None, cursor  # nobody to hand a code to: claim nothing
-            handed = await self.caller.runner.run(codewait.next_code, agent_id, inbox.id, from_domain)
+            handed = await self.caller.runner.run(codewait.next_code, agent_id, inbox_id, from_domain)
             return (None if handed is None else handed.to_json()), cursor
 
         try:
             # Never shared between waiters: each read claims what it finds for its caller.
-            found, _ = await self.waiters.wait(inbox.id, 0, timeout, read, gone=gone, shared=False)
+            found, _ = await self.waiters.wait(inbox_id, 0, timeout, read, gone=gone, shared=False)
         finally:
             if watch is not None:
                 watch.cancel()
-        empty = {"message_id": None, "inbox_id": inbox.id, "from": None, "code": None, "link": None}
+        empty = {"message_id": None, "inbox_id": inbox_id, "from": None, "code": None, "link": None}
         resp.media = {**(found or {**empty, "received_at": None}), "timed_out": found is None}
 
 

@@ -10,7 +10,7 @@ from postern.core.inboxes import get_inbox
 from postern.core.isotime import parse_time
 from postern.core.mail import cursors
 from postern.core.mail.messageview import MessageView, view_of, with_attachment_counts
-from postern.core.models import Inbox, Message, Thread
+from postern.core.models import Message, Thread
 from postern.core.pagination import (
     Page,
     decode_token,
@@ -113,13 +113,12 @@ def get_thread(principal: Principal, info: RequestInfo, inbox_id: str, thread_id
     return thread, with_attachment_counts(messages)
 
 
-def open_wait(
-    principal: Principal, info: RequestInfo, inbox_id: str, after: str | None
-) -> tuple[Inbox, int, str | None]:
+def open_wait(principal: Principal, info: RequestInfo, inbox_id: str, after: str | None) -> tuple[str, int, str | None]:
     """Check access once for a wait and resolve where it reads from: ``after``, or when
-    absent the agent's delivery cursor (docs/mail.md, "Delivery cursors"). Also returns
-    the agent whose cursor the wait claims what it hands over on: None with ``after``,
-    which moves no stored cursor."""
+    absent the agent's delivery cursor (docs/mail.md, "Delivery cursors"). Returns the
+    inbox's id (a parked wait holds what it keeps for minutes, thousands at once: not
+    the inbox row), the cursor, and the agent whose cursor the wait claims what it hands
+    over on: None with ``after``, which moves no stored cursor."""
     inbox = get_inbox(principal, info, inbox_id, audit_read=False, action="message.wait")
     if after not in (None, ""):
         cursor, claimant = parse_cursor(after), None
@@ -128,7 +127,7 @@ def open_wait(
     else:
         cursor, claimant = cursors.position(principal.agent_id, inbox.id), principal.agent_id
     _audit(principal, info, "message.wait", inbox.id)
-    return inbox, cursor, claimant
+    return inbox.id, cursor, claimant
 
 
 def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageView], int]:
