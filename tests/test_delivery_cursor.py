@@ -9,6 +9,7 @@ import datetime as dt
 import smtplib
 import socket
 import threading
+import time
 from email.message import EmailMessage
 
 import httpx
@@ -208,8 +209,9 @@ def smtp_ready(port) -> bool:
         return False
 
 
-def smtp_send(port: int, to: str, subject: str) -> None:
+def smtp_send(port: int, to: str | list[str], subject: str) -> None:
     msg = EmailMessage()
+    to = ", ".join(to) if isinstance(to, list) else to
     msg["From"], msg["To"], msg["Subject"] = "Ann <ann@example.org>", to, subject
     msg.set_content("hello")
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
@@ -279,3 +281,35 @@ def test_a_wait_parked_before_the_mail_returns_it_and_moves_the_cursor(live):
     assert resp.status_code == 200 and [m["subject"] for m in resp.json()["messages"]] == ["late"]
     with Postern(api_key=live.key, base_url=live.url) as client:
         assert client.messages.wait(inbox.id, timeout=0).messages == []
+
+
+@pytest.mark.slow
+def test_one_message_to_many_inboxes_wakes_each_wait_with_its_own_inbox_copy(live):
+    """One ring wakes the waits of every recipient inbox at once, and a worker answers
+    them from one batched read (core/readbatch.py): each wait still gets exactly its own
+    inbox's copy, whether it waits on its delivery cursor or on ``after``."""
+    with Postern(api_key=live.key, base_url=live.url) as client:
+        inboxes = [client.inboxes.create(f"fan{n}") for n in range(5)]
+    answers: dict[tuple[str, str], object] = {}
+
+    def wait(inbox_id: str, after: str | None) -> None:
+        params = {"timeout": 30, **({"after": after} if after is not None else {})}
+        answers[(inbox_id, after or "cursor")] = httpx.get(
+            f"{live.url}/v1/inboxes/{inbox_id}/messages/wait",
+            params=params,
+            headers={"Authorization": f"Bearer {live.key}"},
+            timeout=60,
+        )
+
+    threads = [threading.Thread(target=wait, args=(i.id, a)) for i in inboxes for a in (None, "0")]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # parked, in both workers
+    smtp_send(live.smtp_port, [i.address for i in inboxes], "to all")
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 10
+    for (inbox_id, _), resp in answers.items():
+        assert resp.status_code == 200
+        messages = resp.json()["messages"]
+        assert [(m["subject"], m["inbox_id"]) for m in messages] == [("to all", inbox_id)]

@@ -98,3 +98,39 @@ def test_summary_attachment_counts_match_the_attachment_rows(stored, config):
     with audit.deferring_reads():
         page = list_messages(CLI, INFO, stored.id, {}, None, None)
     assert {v.message.id: v.attachment_count for v in page.items} == listed
+
+
+def test_select_each_is_select_per_parameter_list_with_each_limit_and_order(stored, config):
+    """One UNION ALL statement answers like one select per list: each part keeps its own
+    LIMIT and order, an empty part stays empty, the same table twice with different
+    cursors stays apart, and values are bound, never spliced."""
+    from postern.core.mail import reading
+
+    enrolled = make_tenant("other").agent_key(handle="bot2")
+    principal = authenticate(enrolled.agent_key, "agent", INFO)
+    second, _ = create_inbox(build_postern(config), principal, INFO, {"username": "bot2"})
+    ingest(build_postern(config), RAW.format(to=second.address, n=7).encode(), "ann@example.org", [second.address])
+    fields, tail = reading._SUMMARY_FIELDS, "WHERE inbox_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    params_each = [
+        (stored.id, 0, 2),
+        (second.id, 0, 50),
+        ("inb_nope' OR '1'='1", 0, 50),
+        (stored.id, 1, 50),
+        (stored.id, 99, 50),
+    ]
+    each = fastsql.select_each(Message, fields, tail, params_each, "seq")
+    assert [len(rows) for rows in each] == [2, 1, 0, 2, 0]
+    for params, rows in zip(params_each, each, strict=True):
+        if rows:
+            same_rows(Message, fields, rows, fastsql.select(Message, fields, tail, params))
+    assert [m.seq for m in each[3]] == sorted(m.seq for m in each[3])
+    assert fastsql.select_each(Message, fields, tail, [params_each[0]], "seq")[0][0].id == each[0][0].id
+
+    # inbound_after_each: per read, the same answer as inbound_after, in two statements.
+    reads = [(stored.id, 0, 2), (second.id, 0, 50), (stored.id, 3, 50)]
+    together = reading.inbound_after_each(reads)
+    alone = [reading.inbound_after(*read) for read in reads]
+    shape = [([v.message.id for v in views], [v.attachment_count for v in views], cursor) for views, cursor in together]
+    assert shape == [([v.message.id for v in views], [v.attachment_count for v in views], c) for views, c in alone]
+    assert [len(views) for views, _ in together] == [2, 1, 0] and together[2][1] == 3  # nothing new: cursor kept
+    assert together[0][0][0].attachment_count == 1

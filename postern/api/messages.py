@@ -14,6 +14,7 @@ from postern.core.doorbell import Departure
 from postern.core.errors import InvalidInput
 from postern.core.mail import codewait, cursors, deletion, outbound, reading
 from postern.core.mail.messageview import view_of
+from postern.core.readbatch import ReadBatcher
 from postern.core.views import message_json, page_json, thread_json
 
 DEFAULT_WAIT = 30
@@ -276,6 +277,8 @@ class WaitResource:
         # otherwise queue one commit each (bench/wait_latency.py --delivery-cursor).
         self.claims = GroupCommitter()
         caller.runner.on_shutdown(self.claims.shutdown)
+        # The reads of inboxes woken by one ring share one pool job (core/readbatch.py).
+        self.reads = ReadBatcher(caller.runner, reading.inbound_after_each)
 
     async def on_get(self, req, resp, inbox_id):
         timeout = _timeout(req.get_param("timeout"))
@@ -301,7 +304,7 @@ class WaitResource:
 
     async def _read(self, inbox_id: str, cursor: int) -> tuple[bytes | None, int]:
         """Read the store and encode the answer once for every waiter sharing it."""
-        views, cursor = await self.caller.runner.run(reading.inbound_after, inbox_id, cursor, WAIT_BATCH)
+        views, cursor = await self.reads.run(inbox_id, cursor, WAIT_BATCH)
         if not views:
             return None, cursor
         body = {"messages": [message_json(v) for v in views], "cursor": str(cursor), "timed_out": False}

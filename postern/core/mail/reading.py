@@ -134,11 +134,20 @@ def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageV
     """Inbound messages newer than ``cursor`` (at most ``limit`` scanned, oldest first),
     and the cursor after them. The inbox's own sent mail advances the cursor without
     being returned: a waiter wants what arrives, not what it sent."""
+    return inbound_after_each([(inbox_id, cursor, limit)])[0]
+
+
+def inbound_after_each(reads: list[tuple[str, int, int]]) -> list[tuple[list[MessageView], int]]:
+    """``inbound_after`` for each ``(inbox_id, cursor, limit)``, in two statements however
+    many there are: the inboxes a ring woke together (core/readbatch.py)."""
     tail = "WHERE inbox_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-    rows = fastsql.select(Message, _SUMMARY_FIELDS, tail, (inbox_id, cursor, limit))
-    if not rows:
-        return [], cursor
-    return with_attachment_counts([m for m in rows if m.direction == "inbound"]), rows[-1].seq
+    pages = fastsql.select_each(Message, _SUMMARY_FIELDS, tail, reads, "seq")
+    inbound = [[m for m in rows if m.direction == "inbound"] for rows in pages]
+    views = iter(with_attachment_counts([m for rows in inbound for m in rows]))
+    return [
+        ([next(views) for _ in shown], rows[-1].seq if rows else cursor)
+        for (_, cursor, _), rows, shown in zip(reads, pages, inbound, strict=True)
+    ]
 
 
 def parse_cursor(value: str) -> int:
