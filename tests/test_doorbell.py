@@ -67,3 +67,36 @@ def test_collection_turned_off_by_someone_else_stays_off(db_url):
         assert paused and not gc.isenabled() and doorbell._gc_resume is None
     finally:
         gc.enable()
+
+
+def test_a_ring_for_many_inboxes_counts_as_one_wave(db_url):
+    """A message to many inboxes wakes many small sets at once: the collector pause
+    looks at the whole wave, not at each inbox's few waiters."""
+
+    async def scenario():
+        waiters = Waiters(db_url)
+        inboxes = [f"inbox_{n}" for n in range(GC_PAUSE_WAITERS // 2 + 1)]
+
+        async def read(cursor):
+            return None, cursor
+
+        try:
+            waits = [asyncio.ensure_future(waiters.wait(i, 0, 60, read)) for i in inboxes for _ in range(2)]
+            while waiters.waiting() < len(waits):
+                await asyncio.sleep(0.01)
+            waiters._rung(inboxes)
+            paused = not gc.isenabled()
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+            return paused
+        finally:
+            waiters.close()
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        deadline = time.monotonic() + GC_PAUSE_MAX + 2
+        while not gc.isenabled():
+            assert time.monotonic() < deadline, "the collector stayed off"
+            time.sleep(0.02)

@@ -241,17 +241,25 @@ class Waiters:
                 self._unpark(inbox_id, rung)
 
     def wake(self, inbox_id: str) -> None:
-        self._generation[inbox_id] += 1
-        parked = self._parked.pop(inbox_id, ())
-        if len(parked) >= GC_PAUSE_WAITERS:
-            _pause_gc(len(parked) * GC_PAUSE_PER_WAITER)
-        for future in parked:
-            if not future.done():
-                future.set_result(True)
+        self.wake_many((inbox_id,))
+
+    def wake_many(self, inbox_ids) -> None:
+        """Wake every wait on these inboxes. The collector pause counts the whole wave:
+        a message to 100 inboxes wakes 100 small sets that are one wave to answer."""
+        woken = []
+        for inbox_id in inbox_ids:
+            self._generation[inbox_id] += 1
+            woken.append(self._parked.pop(inbox_id, ()))
+        total = sum(len(parked) for parked in woken)
+        if total >= GC_PAUSE_WAITERS:
+            _pause_gc(total * GC_PAUSE_PER_WAITER)
+        for parked in woken:
+            for future in parked:
+                if not future.done():
+                    future.set_result(True)
 
     def wake_all(self) -> None:
-        for inbox_id in list(self._parked):
-            self.wake(inbox_id)
+        self.wake_many(list(self._parked))
 
     def waiting(self) -> int:
         return sum(len(parked) for parked in self._parked.values())
@@ -260,8 +268,7 @@ class Waiters:
         if bell.ALL in topics:
             self.wake_all()  # rings may have been missed: every waiter reads again
             return
-        for inbox_id in topics:
-            self.wake(inbox_id)
+        self.wake_many(topics)
 
     def ensure_listening(self) -> None:
         """Start this process's listener on first use, inside the running loop."""
