@@ -100,3 +100,62 @@ def test_a_ring_for_many_inboxes_counts_as_one_wave(db_url):
         while not gc.isenabled():
             assert time.monotonic() < deadline, "the collector stayed off"
             time.sleep(0.02)
+
+
+def test_waits_parked_together_share_their_timeout_timers_and_end_on_time(db_url):
+    """Re-check and timeout timers are one per RECHECK_GRAIN slot, not one per wait:
+    200 waits parked in one instant use at most two, each wait still ends at or after
+    its timeout and within a grain of it, and nothing stays scheduled afterwards."""
+    from postern.core.doorbell import RECHECK_GRAIN
+
+    async def scenario():
+        waiters = Waiters(db_url)
+        loop = asyncio.get_running_loop()
+
+        async def read(cursor):
+            return None, cursor
+
+        try:
+            started = loop.time()
+            waits = [asyncio.ensure_future(waiters.wait("inbox_1", 0, 0.3, read)) for _ in range(200)]
+            while waiters.waiting() < 200:
+                await asyncio.sleep(0.005)
+            slots = len(waiters._rechecks[loop]._slots)
+            ended = []
+            for wait in asyncio.as_completed(waits):
+                ended.append((await wait, loop.time() - started))
+            return slots, ended, dict(waiters._rechecks[loop]._slots)
+        finally:
+            waiters.close()
+
+    slots, ended, left = asyncio.run(scenario())
+    assert 1 <= slots <= 2
+    assert all(answer == (None, 0) for answer, _ in ended)
+    assert min(t for _, t in ended) >= 0.3 and max(t for _, t in ended) < 0.3 + RECHECK_GRAIN + 0.25
+    assert left == {}
+
+
+def test_a_woken_wait_leaves_nothing_for_its_pending_timer_to_resolve(db_url):
+    async def scenario():
+        waiters = Waiters(db_url)
+        loop = asyncio.get_running_loop()
+        mail = []
+
+        async def read(cursor):
+            return (b"mail", cursor + 1) if mail else (None, cursor)
+
+        try:
+            wait = asyncio.ensure_future(waiters.wait("inbox_1", 0, 60, read))
+            while waiters.waiting() < 1:
+                await asyncio.sleep(0.005)
+            mail.append(1)
+            waiters.wake("inbox_1")
+            answer = await asyncio.wait_for(wait, 5)
+            pending = [p for due in waiters._rechecks[loop]._slots.values() for p in due]
+            return answer, pending
+        finally:
+            waiters.close()
+
+    answer, pending = asyncio.run(scenario())
+    assert answer == (b"mail", 1)
+    assert len(pending) == 1 and pending[0].future is None  # its re-check slot remains, holding no future

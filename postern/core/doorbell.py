@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -26,6 +28,9 @@ log = logging.getLogger("postern.doorbell")
 
 CHANNEL = "mail"
 SAFETY_RECHECK = 15.0
+#: Re-checks and timeouts fire on this grid of the loop's clock, one timer per slot
+#: shared by every wait due in it: a wait ends at most this much after its timeout.
+RECHECK_GRAIN = 0.05
 
 # The cyclic garbage collector, not the wake, was most of the time to answer thousands of
 # waiters woken at once: answering them allocates enough to trigger collections, and each
@@ -107,6 +112,43 @@ def _resolve(future: asyncio.Future, rang: bool) -> None:
         future.set_result(rang)
 
 
+class _Parked:
+    """What a wait's re-check resolves: the future the wait is parked on now (None once
+    the wait is over). One per wait, however often it parks again."""
+
+    __slots__ = ("future",)
+
+    def __init__(self):
+        self.future: asyncio.Future | None = None
+
+
+class _Rechecks:
+    """Re-check and timeout timers of one loop's parked waits, one loop timer per
+    ``RECHECK_GRAIN`` slot instead of one per wait. A ``TimerHandle`` (with its copied
+    context and its place in the loop's heap) was ~560 B of every parked wait, and
+    a woken wait cancelled its own, which the loop pays for again when it prunes its
+    heap (bench/README.md, "Parked waiters")."""
+
+    def __init__(self):
+        self._slots: dict[int, list[_Parked]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, when: float, parked: _Parked) -> float:
+        """Resolve ``parked.future`` with False at ``when`` or up to one grain later;
+        returns the time it will fire."""
+        slot = math.ceil(when / RECHECK_GRAIN)
+        due = self._slots.get(slot)
+        if due is None:
+            due = self._slots[slot] = []
+            loop.call_at(slot * RECHECK_GRAIN, self._fire, slot)
+        due.append(parked)
+        return slot * RECHECK_GRAIN
+
+    def _fire(self, slot: int) -> None:
+        for parked in self._slots.pop(slot, ()):
+            if parked.future is not None and not parked.future.done():
+                parked.future.set_result(False)
+
+
 class Waiters:
     """This worker's parked waiters, by inbox, and the listener that wakes them.
 
@@ -124,6 +166,7 @@ class Waiters:
         #: commit whose ring arrived before it started.
         self._generation: dict[str, int] = defaultdict(int)
         self._reads: dict[tuple, tuple[int, asyncio.Future]] = {}
+        self._rechecks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> _Rechecks
 
     def _park(self, inbox_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         future = loop.create_future()
@@ -193,6 +236,10 @@ class Waiters:
         metrics.WAITERS.inc()
         woken = None  # when a ring last woke this wait
         rung = None
+        parked, recheck_at = _Parked(), 0.0
+        rechecks = self._rechecks.get(loop)
+        if rechecks is None:
+            rechecks = self._rechecks[loop] = _Rechecks()
         try:
             while True:
                 if rung is not None:
@@ -226,15 +273,15 @@ class Waiters:
                 if cursor != before:
                     continue  # a batch of our own sent mail: read on at once
                 if not rung.done():
-                    timer = loop.call_at(min(deadline, loop.time() + SAFETY_RECHECK), _resolve, rung, False)
-                    try:
-                        await rung
-                    finally:
-                        timer.cancel()
+                    parked.future = rung
+                    if recheck_at <= loop.time():  # none pending (the last one fired)
+                        recheck_at = rechecks.add(loop, min(deadline, loop.time() + SAFETY_RECHECK), parked)
+                    await rung
                 # rung by the bell: time the wake; the timer: re-read the store (covers a lost ring)
                 woken = loop.time() if rung.result() else None
         finally:
             metrics.WAITERS.dec()
+            parked.future = None  # its slot may fire later: it finds nothing to resolve
             if gone is not None:
                 gone._on_set = None
             if rung is not None:
