@@ -103,3 +103,17 @@ def test_a_key_with_only_the_scope_is_let_in(client, postern, op):
     resp, _ = _call(client, postern, tenant, op, [op.scope])
     assert 200 <= resp.status_code < 300, resp.text
     assert AuditEvent.select().where(AuditEvent.outcome == "denied").count() == 0
+
+
+def test_principals_with_the_same_scopes_share_one_set_and_others_get_their_own(db):
+    """Parked waits keep their principals; the scope set is shared per stored scopes
+    string (core/auth.py ``_scope_set``), never across different scopes."""
+    from support.world import INFO
+
+    from postern.core.auth import authenticate
+
+    tenant = make_tenant("acme")
+    full = [authenticate(tenant.agent_key(handle=f"b{n}").agent_key, "agent", INFO) for n in range(2)]
+    reader = authenticate(tenant.agent_key(["mailbox:read"], handle="r").agent_key, "agent", INFO)
+    assert full[0].scopes is full[1].scopes and full[0].scopes == frozenset(SCOPES)
+    assert reader.scopes == frozenset({"mailbox:read"}) and reader.scopes is not full[0].scopes
