@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
 
 from postern.core import doorbell
@@ -159,3 +160,73 @@ def test_a_woken_wait_leaves_nothing_for_its_pending_timer_to_resolve(db_url):
     answer, pending = asyncio.run(scenario())
     assert answer == (b"mail", 1)
     assert len(pending) == 1 and pending[0].future is None  # its re-check slot remains, holding no future
+
+
+def test_on_uvloop_every_lost_ring_is_covered_by_a_re_read_until_the_timeout(db_url, monkeypatch):
+    """uvloop's clock counts whole milliseconds, so a fired slot's time can compare
+    above the clock: a wait must know its re-check fired from the slot, not the clock,
+    or it parks with no timer left (no re-read, no timeout). A read that returns at
+    once re-parks within the same millisecond, where that went wrong."""
+    import uvloop
+
+    monkeypatch.setattr(doorbell, "SAFETY_RECHECK", 0.1)
+
+    async def scenario():
+        waiters = Waiters(db_url)
+        loop = asyncio.get_running_loop()
+        reads = []
+
+        async def read(cursor):
+            reads.append(loop.time())
+            return None, cursor
+
+        try:
+            started = loop.time()
+            answer = await asyncio.wait_for(waiters.wait("inbox_1", 0, 1.5, read, shared=False), 5)
+            return answer, loop.time() - started, reads
+        finally:
+            waiters.close()
+
+    answer, took, reads = uvloop.run(scenario())
+    assert answer == (None, 0)
+    assert 1.5 <= took < 1.5 + doorbell.RECHECK_GRAIN + 0.3
+    gaps = [b - a for a, b in zip(reads, reads[1:], strict=False)]
+    assert len(reads) >= 10 and max(gaps) < 0.1 + doorbell.RECHECK_GRAIN + 0.1, gaps
+
+
+class _CoarseClockLoop(asyncio.SelectorEventLoop):
+    """The stdlib loop with a coarse clock, as uvloop's counts whole milliseconds (here
+    10 ms, so that this happens on every re-check, not now and then): a timer is due
+    in the tick its time falls in, so it can run while ``time()`` is still below the
+    time it was set for, and the wait re-parks within that tick."""
+
+    def time(self):
+        return math.floor(super().time() * 100) / 100
+
+    def call_at(self, when, callback, *args, context=None):
+        return super().call_at(math.floor(when * 100) / 100, callback, *args, context=context)
+
+
+def test_a_re_check_that_fires_below_its_own_time_on_the_clock_still_counts_as_fired(db_url, monkeypatch):
+    monkeypatch.setattr(doorbell, "SAFETY_RECHECK", 0.1)
+    loop = _CoarseClockLoop()
+
+    async def scenario():
+        waiters = Waiters(db_url)
+        reads = []
+
+        async def read(cursor):
+            reads.append(loop.time())
+            return None, cursor
+
+        try:
+            answer = await asyncio.wait_for(waiters.wait("inbox_1", 0, 1.2, read, shared=False), 5)
+            return answer, reads
+        finally:
+            waiters.close()
+
+    try:
+        answer, reads = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert answer == (None, 0) and len(reads) >= 10

@@ -118,13 +118,18 @@ def test_select_each_is_select_per_parameter_list_with_each_limit_and_order(stor
         (stored.id, 1, 50),
         (stored.id, 99, 50),
     ]
-    each = fastsql.select_each(Message, fields, tail, params_each, "seq")
+    nothing = ("", 0, 0)
+    each = fastsql.select_each(Message, fields, tail, params_each, "seq", nothing)
     assert [len(rows) for rows in each] == [2, 1, 0, 2, 0]
     for params, rows in zip(params_each, each, strict=True):
         if rows:
             same_rows(Message, fields, rows, fastsql.select(Message, fields, tail, params))
     assert [m.seq for m in each[3]] == sorted(m.seq for m in each[3])
-    assert fastsql.select_each(Message, fields, tail, [params_each[0]], "seq")[0][0].id == each[0][0].id
+    assert fastsql.select_each(Message, fields, tail, [params_each[0]], "seq", nothing)[0][0].id == each[0][0].id
+    # More lists than one statement's parts: several statements, the last one padded.
+    many = [params_each[n % len(params_each)] for n in range(2 * fastsql.EACH_PARTS + 3)]
+    chunked = fastsql.select_each(Message, fields, tail, many, "seq", nothing)
+    assert [[m.id for m in rows] for rows in chunked] == [[m.id for m in each[n % len(each)]] for n in range(len(many))]
 
     # inbound_after_each: per read, the same answer as inbound_after, in two statements.
     reads = [(stored.id, 0, 2), (second.id, 0, 50), (stored.id, 3, 50)]
@@ -134,3 +139,18 @@ def test_select_each_is_select_per_parameter_list_with_each_limit_and_order(stor
     assert shape == [([v.message.id for v in views], [v.attachment_count for v in views], c) for views, c in alone]
     assert [len(views) for views, _ in together] == [2, 1, 0] and together[2][1] == 3  # nothing new: cursor kept
     assert together[0][0][0].attachment_count == 1
+
+
+def test_a_page_of_only_sent_mail_moves_the_wait_cursor_and_shows_nothing(stored, config):
+    """inbound_after_each, like inbound_after: the inbox's own sent mail advances the
+    cursor without being returned."""
+    from postern.core.mail import reading
+
+    last = max(m.seq for m in Message.select().where(Message.inbox == stored.id))
+    Message.update(direction="outbound").where((Message.inbox == stored.id) & (Message.seq == last)).execute()
+    together = reading.inbound_after_each([(stored.id, last - 1, 50), (stored.id, 0, 50)])
+    assert [([v.message.seq for v in views], cursor) for views, cursor in together] == [
+        ([], last),
+        ([m.seq for m in Message.select().where(Message.inbox == stored.id).order_by(Message.seq)][:-1], last),
+    ]
+    assert reading.inbound_after(stored.id, last - 1, 50) == ([], last)

@@ -93,6 +93,6 @@ def test_a_caller_that_went_away_does_not_disturb_the_others(runner):
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await leaving
-        return await staying
+        return await asyncio.wait_for(staying, 5)
 
     assert asyncio.run(main()) == 2

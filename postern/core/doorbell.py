@@ -114,12 +114,15 @@ def _resolve(future: asyncio.Future, rang: bool) -> None:
 
 class _Parked:
     """What a wait's re-check resolves: the future the wait is parked on now (None once
-    the wait is over). One per wait, however often it parks again."""
+    the wait is over), and whether a re-check for it is pending. One per wait, however
+    often it parks again."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "due", "final")
 
     def __init__(self):
         self.future: asyncio.Future | None = None
+        self.due = False  # a slot holds it and has not fired
+        self.final = False  # that slot is the wait's deadline
 
 
 class _Rechecks:
@@ -132,19 +135,21 @@ class _Rechecks:
     def __init__(self):
         self._slots: dict[int, list[_Parked]] = {}
 
-    def add(self, loop: asyncio.AbstractEventLoop, when: float, parked: _Parked) -> float:
-        """Resolve ``parked.future`` with False at ``when`` or up to one grain later;
-        returns the time it will fire."""
+    def add(self, loop: asyncio.AbstractEventLoop, when: float, parked: _Parked, final: bool) -> None:
+        """Resolve ``parked.future`` with False at ``when`` or up to one grain later.
+        Whether it fired is ``parked.due``, never the clock: a slot's time and the loop's
+        clock need not compare equal when it fires (uvloop counts whole milliseconds)."""
         slot = math.ceil(when / RECHECK_GRAIN)
         due = self._slots.get(slot)
         if due is None:
             due = self._slots[slot] = []
             loop.call_at(slot * RECHECK_GRAIN, self._fire, slot)
         due.append(parked)
-        return slot * RECHECK_GRAIN
+        parked.due, parked.final = True, final
 
     def _fire(self, slot: int) -> None:
         for parked in self._slots.pop(slot, ()):
+            parked.due = False
             if parked.future is not None and not parked.future.done():
                 parked.future.set_result(False)
 
@@ -236,7 +241,8 @@ class Waiters:
         metrics.WAITERS.inc()
         woken = None  # when a ring last woke this wait
         rung = None
-        parked, recheck_at = _Parked(), 0.0
+        parked = _Parked()
+        expired = False  # the deadline's slot fired: the next empty read ends the wait
         rechecks = self._rechecks.get(loop)
         if rechecks is None:
             rechecks = self._rechecks[loop] = _Rechecks()
@@ -268,15 +274,17 @@ class Waiters:
                     if woken is not None:
                         metrics.WAKE_LATENCY.observe(loop.time() - woken)
                     return body, cursor
-                if loop.time() >= deadline:
+                if expired or loop.time() >= deadline:
                     return None, cursor
                 if cursor != before:
                     continue  # a batch of our own sent mail: read on at once
                 if not rung.done():
                     parked.future = rung
-                    if recheck_at <= loop.time():  # none pending (the last one fired)
-                        recheck_at = rechecks.add(loop, min(deadline, loop.time() + SAFETY_RECHECK), parked)
+                    if not parked.due:
+                        recheck = loop.time() + SAFETY_RECHECK
+                        rechecks.add(loop, min(deadline, recheck), parked, final=deadline <= recheck)
                     await rung
+                    expired = parked.final and not parked.due
                 # rung by the bell: time the wake; the timer: re-read the store (covers a lost ring)
                 woken = loop.time() if rung.result() else None
         finally:

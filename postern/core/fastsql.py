@@ -91,29 +91,40 @@ def select(model, fields: tuple, tail: str, params: tuple | list = ()) -> list:
     return [_instance(model, names, row, converters) for row in cursor.fetchall()]
 
 
-def select_each(model, fields: tuple, tail: str, params_each: list, order: str) -> list[list]:
-    """``select`` once per parameter list, as one statement: a ``UNION ALL`` of the
-    statement per list, each keeping its own ``LIMIT``. Returns one list of instances per
-    parameter list, each ordered by the column ``order`` (which ``tail`` orders by too).
-    One round trip instead of one per list: the reads of many inboxes woken together
-    (core/readbatch.py)."""
+#: Parts per ``select_each`` statement. A fixed shape: each number of parts would be a
+#: statement of its own in every connection's cache of prepared statements, and a
+#: compound of many parts is a large one (a statement per batch size cost a worker
+#: ~8 KiB per parked wait, bench/wait_latency.py --inboxes 100).
+EACH_PARTS = 8
+
+
+def select_each(model, fields: tuple, tail: str, params_each: list, order: str, nothing: tuple) -> list[list]:
+    """``select`` once per parameter list, ``EACH_PARTS`` lists per statement: a ``UNION
+    ALL`` of the statement per list, each keeping its own ``LIMIT``. ``nothing`` is a
+    parameter list that selects no row, filling the last statement's unused parts.
+    Returns one list of instances per parameter list, each ordered by the column
+    ``order`` (which ``tail`` orders by too). For the reads of many inboxes woken
+    together (core/readbatch.py): a few statements instead of one per list."""
     if len(params_each) == 1:
         return [select(model, fields, tail, params_each[0])]
-    key = (database.obj.param, model, fields, tail, order, len(params_each))
+    key = (database.obj.param, model, fields, tail, order, "each")
     compiled = _cache.get(key)
     if compiled is None:
         one = _compile(model, fields, tail)
         # Each part in a subquery (a member of a compound SELECT cannot have its own
         # ORDER BY or LIMIT), numbered by a literal that says whose row it is.
         columns = one.sql[len("SELECT ") :]
-        parts = [f"SELECT * FROM (SELECT {i} AS postern_part, {columns}) AS part{i}" for i in range(len(params_each))]
+        parts = [f"SELECT * FROM (SELECT {i} AS postern_part, {columns}) AS part{i}" for i in range(EACH_PARTS)]
         sql = f"{' UNION ALL '.join(parts)} ORDER BY postern_part, {_quote(order)}"
         compiled = _cache[key] = _Compiled(sql, one.names, one.converters)
-    cursor = database.execute_sql(compiled.sql, [value for params in params_each for value in params])
     results: list[list] = [[] for _ in params_each]
     names, converters = compiled.names, compiled.converters
-    for row in cursor.fetchall():
-        results[row[0]].append(_instance(model, names, row[1:], converters))
+    for start in range(0, len(params_each), EACH_PARTS):
+        chunk = list(params_each[start : start + EACH_PARTS])
+        chunk += [nothing] * (EACH_PARTS - len(chunk))
+        cursor = database.execute_sql(compiled.sql, [value for params in chunk for value in params])
+        for row in cursor.fetchall():
+            results[start + row[0]].append(_instance(model, names, row[1:], converters))
     return results
 
 

@@ -41,15 +41,20 @@ def with_attachments(messages: list[Message]) -> list[MessageView]:
     return [MessageView(m, by_message[m.id]) for m in messages]
 
 
+COUNTS_PER_QUERY = 50
+
+
 def with_attachment_counts(messages: list[Message]) -> list[MessageView]:
-    """Each message with how many attachments it has, in one query: what a summary
+    """Each message with how many attachments it has, in one query per 50 messages (a
+    page's worth: longer lists would each be a statement of their own): what a summary
     shows. Cheaper than ``with_attachments`` by the metadata rows it does not build."""
     counts: dict[str, int] = {}
-    if messages:
-        ids = [m.id for m in messages]
-        marks = ", ".join("?" * len(ids))
+    ids = [m.id for m in messages]
+    for start in range(0, len(ids), COUNTS_PER_QUERY):
+        chunk = ids[start : start + COUNTS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
         sql = f"SELECT message_id, COUNT(*) FROM attachment WHERE message_id IN ({marks}) GROUP BY message_id"
-        counts = dict(fastsql.execute(sql, ids).fetchall())
+        counts.update(fastsql.execute(sql, chunk).fetchall())
     return [MessageView(m, [], counted=counts.get(m.id, 0)) for m in messages]
 
 

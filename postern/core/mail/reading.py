@@ -138,10 +138,11 @@ def inbound_after(inbox_id: str, cursor: int, limit: int) -> tuple[list[MessageV
 
 
 def inbound_after_each(reads: list[tuple[str, int, int]]) -> list[tuple[list[MessageView], int]]:
-    """``inbound_after`` for each ``(inbox_id, cursor, limit)``, in two statements however
-    many there are: the inboxes a ring woke together (core/readbatch.py)."""
+    """``inbound_after`` for each ``(inbox_id, cursor, limit)``, in one statement per
+    ``fastsql.EACH_PARTS`` reads and one for the attachment counts of up to 50 messages:
+    the inboxes a ring woke together (core/readbatch.py)."""
     tail = "WHERE inbox_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-    pages = fastsql.select_each(Message, _SUMMARY_FIELDS, tail, reads, "seq")
+    pages = fastsql.select_each(Message, _SUMMARY_FIELDS, tail, reads, "seq", nothing=("", 0, 0))
     inbound = [[m for m in rows if m.direction == "inbound"] for rows in pages]
     views = iter(with_attachment_counts([m for rows in inbound for m in rows]))
     return [
