@@ -6,7 +6,7 @@ in the same iteration. One pool job per read cost each of them a thread hand-off
 connection check and a loop wake-up on the way back, one after another on the worker's
 one loop thread: the 100-inbox wake was ~30 ms slower than the one-inbox wake at 1,000
 waiters (bench/README.md, "Parked waiters"). Batched, they cost one hand-off, and
-the reads of ``wait_for_email`` two statements (``reading.inbound_after_each``).
+the reads of ``wait_for_email`` one statement per 8 inboxes (``reading.inbound_after_each``).
 """
 
 from __future__ import annotations
