@@ -30,7 +30,7 @@ class ReadBatcher:
         self.many = many
         self.max_batch = max_batch
         self._pending: dict[asyncio.AbstractEventLoop, list] = {}
-        self.jobs = 0  # pool jobs run, for tests and the benchmark
+        self.jobs = 0  # pool jobs run, for tests
 
     async def run(self, *args):
         loop = asyncio.get_running_loop()
