@@ -20,7 +20,6 @@ The counts are per worker process: with ``workers`` N, N times each cap is admit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import traceback
 
@@ -31,6 +30,7 @@ from gunicorn.workers.gasgi import ASGIWorker
 
 from postern.api.errors import envelope
 from postern.core.connlimits import ConnectionLimiter
+from postern.core.deferred import after_iteration
 
 
 def _refusal() -> bytes:
@@ -127,32 +127,14 @@ class AccessLogger(glogging.Logger):
     the whole environ into the dict, ~12 us per request that 1,000 woken waiters pay in
     turn on one worker.
 
-    The lines of one event-loop iteration are written after it (``access``): when a ring
-    wakes hundreds of parked waits, their responses all run in one iteration, and the
-    last waiter's response would otherwise wait behind every earlier waiter's log line
-    (a quarter of a worker's time per woken wait in py-spy, bench/wait_latency.py)."""
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self._pending: list[dict] = []
+    The lines of one event-loop iteration are written after it (``core/deferred.py``):
+    when a ring wakes hundreds of parked waits, the last waiter's response otherwise
+    waited behind every earlier waiter's log line (a quarter of a worker's time per
+    woken wait in py-spy, bench/wait_latency.py)."""
 
     def access(self, resp, req, environ, request_time):
-        if not self.access_log_enabled:
-            return
-        atoms = self.atoms(resp, req, environ, request_time)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not in the worker's loop: nothing to answer first
-            self._write(atoms)
-            return
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append(atoms)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for atoms in pending:
-            self._write(atoms)
+        if self.access_log_enabled:
+            after_iteration(self._write, self.atoms(resp, req, environ, request_time))
 
     def _write(self, atoms: dict) -> None:
         try:

@@ -18,6 +18,7 @@ import falcon
 
 from postern.api.errors import ApiError
 from postern.core import metrics
+from postern.core.deferred import after_iteration
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
@@ -35,9 +36,15 @@ class MetricsMiddleware:
         started = getattr(req.context, "metrics_started", None)
         route = route_label(req, resource)
         method = req.method if req.method in METHODS else "OTHER"
-        metrics.API_REQUESTS.labels(route, method, metrics.status_class(resp.status_code)).inc()
-        if started is not None:
-            metrics.API_LATENCY.labels(route).observe(time.perf_counter() - started)
+        took = None if started is None else time.perf_counter() - started
+        # Counted once the loop iteration's responses are out (core/deferred.py).
+        after_iteration(_count, route, method, metrics.status_class(resp.status_code), took)
+
+
+def _count(route: str, method: str, status: str, took: float | None) -> None:
+    metrics.API_REQUESTS.labels(route, method, status).inc()
+    if took is not None:
+        metrics.API_LATENCY.labels(route).observe(took)
 
 
 def route_label(req, resource) -> str:

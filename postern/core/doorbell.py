@@ -23,6 +23,7 @@ from functools import partial
 
 from postern.core import bell, metrics
 from postern.core.db import is_postgres
+from postern.core.deferred import after_iteration
 
 log = logging.getLogger("postern.doorbell")
 
@@ -271,8 +272,8 @@ class Waiters:
                     if not won:
                         continue  # another wait of this agent took it: read on from there
                 if body is not None:
-                    if woken is not None:
-                        metrics.WAKE_LATENCY.observe(loop.time() - woken)
+                    if woken is not None:  # recorded after the wave's answers (core/deferred.py)
+                        after_iteration(metrics.WAKE_LATENCY.observe, loop.time() - woken)
                     return body, cursor
                 if expired or loop.time() >= deadline:
                     return None, cursor
@@ -288,7 +289,7 @@ class Waiters:
                 # rung by the bell: time the wake; the timer: re-read the store (covers a lost ring)
                 woken = loop.time() if rung.result() else None
         finally:
-            metrics.WAITERS.dec()
+            after_iteration(metrics.WAITERS.dec)
             parked.future = None  # its slot may fire later: it finds nothing to resolve
             if gone is not None:
                 gone._on_set = None
