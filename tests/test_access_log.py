@@ -78,6 +78,8 @@ def test_outside_a_loop_the_line_is_written_at_once(logger):
 
 
 def test_a_broken_line_is_reported_not_raised(logger, monkeypatch):
+    # Lines.emit formats without logging's handleError guard, as a handler that raises
+    # would: the format error reaches AccessLogger._write, which reports it.
     log, lines = logger
     errors = []
     monkeypatch.setattr(log, "error", errors.append)

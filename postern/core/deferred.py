@@ -12,36 +12,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+import weakref
 
 log = logging.getLogger(__name__)
 
-_local = threading.local()  # each thread runs at most one loop at a time
+# A loop's queue, flushed by the one callback it scheduled. Keyed by the loop, not the
+# thread: a loop stopped with its flush pending runs it when it runs again, on whatever
+# thread; one closed before that is never run again, and its entry goes with it.
+_queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def after_iteration(fn, *args) -> None:
     """Run ``fn(*args)`` after the current event-loop iteration, or now outside a loop.
-    An exception is logged and does not stop the rest of the queue."""
+    An exception is logged and stops nothing else."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        fn(*args)
+        _run(fn, args)
         return
-    queue = getattr(_local, "queue", None)
-    # A queue belongs to the loop that will flush it: a loop closed before its flush
-    # ran (tests start and stop many) must not leave later work waiting on it.
-    if queue is None or _local.loop is not loop:
-        queue = _local.queue = []
-        _local.loop = loop
-        loop.call_soon(_flush, queue)
-    queue.append((fn, args))
+    queue = _queues.get(loop)
+    if queue is None:
+        queue = [(fn, args)]
+        loop.call_soon(_flush, loop, queue)
+        _queues[loop] = queue
+    else:
+        queue.append((fn, args))
 
 
-def _flush(queue: list) -> None:
-    if getattr(_local, "queue", None) is queue:
-        _local.queue = _local.loop = None  # work queued while this runs goes to the next iteration
+def _flush(loop, queue: list) -> None:
+    if _queues.get(loop) is queue:
+        del _queues[loop]  # work queued while this runs goes to the next iteration
     for fn, args in queue:
-        try:
-            fn(*args)
-        except Exception:  # noqa: BLE001 -- bookkeeping must not lose the rest of the queue
-            log.exception("deferred %r failed", fn)
+        _run(fn, args)
+
+
+def _run(fn, args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 -- bookkeeping must not fail the response, or the rest of the queue
+        log.exception("deferred %r failed", fn)
