@@ -21,6 +21,7 @@ The counts are per worker process: with ``workers`` N, N times each cap is admit
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 
 from gunicorn import glogging
@@ -95,6 +96,16 @@ class LimitedProtocol(ASGIProtocol):
             return False
         return super().eof_received()
 
+    def _build_environ(self, request, sockname, peername):
+        """gunicorn builds this dict only for the access line: the fields
+        ``AccessLogger.atoms`` reads, without gunicorn's copy of every request header
+        (decoding them cost each woken waiter ~3 us more, in turn)."""
+        return {
+            "REQUEST_METHOD": request.method,
+            "PATH_INFO": request.path,
+            "REMOTE_ADDR": peername[0] if peername else "-",
+        }
+
     def connection_lost(self, exc):
         if self._refused:
             return  # gunicorn never saw this connection: nothing of its to clean up
@@ -137,8 +148,13 @@ class AccessLogger(glogging.Logger):
             after_iteration(self._write, self.atoms(resp, req, environ, request_time))
 
     def _write(self, atoms: dict) -> None:
+        log = self.access_log
         try:
-            self.access_log.info(self.cfg.access_log_format, self.atoms_wrapper_class(atoms))
+            if log.isEnabledFor(logging.INFO):
+                # As log.info() without its walk up the stack for the caller's file and
+                # line, which an access line never shows (a third of its cost).
+                fmt, args = self.cfg.access_log_format, self.atoms_wrapper_class(atoms)
+                log.handle(log.makeRecord(log.name, logging.INFO, "(access)", 0, fmt, (args,), None))
         except Exception:  # noqa: BLE001 -- as gunicorn's own access(): a broken line is reported, never raised
             self.error(traceback.format_exc())
 
