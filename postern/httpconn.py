@@ -97,9 +97,10 @@ class LimitedProtocol(ASGIProtocol):
         return super().eof_received()
 
     def _build_environ(self, request, sockname, peername):
-        """gunicorn builds this dict only for the access line: the fields
-        ``AccessLogger.atoms`` reads, without gunicorn's copy of every request header
-        (decoding them cost each woken waiter ~3 us more, in turn)."""
+        """gunicorn builds this dict only for the access line (and a ``post_request``
+        hook, which Postern does not set: one added later gets no headers here): the
+        fields ``AccessLogger.atoms`` reads, without gunicorn's copy of every request
+        header (decoding them cost each woken waiter ~3 us more, in turn)."""
         return {
             "REQUEST_METHOD": request.method,
             "PATH_INFO": request.path,

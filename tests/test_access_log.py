@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.config import Config
 
-from postern.httpconn import AccessLogger
+from postern.httpconn import AccessLogger, LimitedProtocol
 from postern.server import ACCESS_LOG_FORMAT
 
 
@@ -75,6 +75,24 @@ def test_outside_a_loop_the_line_is_written_at_once(logger):
     log, lines = logger
     answer(log, '/with"quote')
     assert lines == ['127.0.0.1 "GET /with\\"quote" 200 17 3ms']  # gunicorn's escaping kept
+
+
+def test_no_line_when_the_access_logger_is_above_info(logger):
+    log, lines = logger
+    log.access_log.setLevel(logging.WARNING)
+    try:
+        answer(log, "/quiet")
+    finally:
+        log.access_log.setLevel(logging.INFO)
+    answer(log, "/heard")
+    assert lines == ['127.0.0.1 "GET /heard" 200 17 3ms']
+
+
+def test_the_protocol_gives_the_line_its_three_fields():
+    request = SimpleNamespace(method="GET", path="/v1/me", headers=[("AUTHORIZATION", "Bearer pk_agent_x")])
+    environ = LimitedProtocol._build_environ(None, request, ("127.0.0.1", 8000), ("10.0.0.7", 5555))
+    assert environ == {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/me", "REMOTE_ADDR": "10.0.0.7"}
+    assert LimitedProtocol._build_environ(None, request, None, None)["REMOTE_ADDR"] == "-"
 
 
 def test_a_broken_line_is_reported_not_raised(logger, monkeypatch):

@@ -18,7 +18,8 @@ def new_request_id() -> str:
     in each forked worker, and not ``secrets``: ``os.urandom`` gives up the GIL for its
     system call, and on a worker whose database threads are running Python the event
     loop then waited for the GIL to come back, ~300 us a call in a measured case
-    (docs/design.md, "Performance round 2")."""
+    (docs/design.md, "Performance round 2"). ``random`` is predictable from its output:
+    never use it for anything secret."""
     return f"req_{random.getrandbits(96):024x}"
 
 
